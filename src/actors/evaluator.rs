@@ -1,0 +1,222 @@
+//! The evaluator: owns every score and every keep/discard decision. It runs
+//! the experiment's eval command itself in the trial's workspace (numbers the
+//! train command printed are never the score), applies the failure labels and
+//! gates, compares with the incumbent by the metric's direction, and records
+//! the outcome in lineage before telling anyone.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::executor::{expand, interrupt, trial_env, ExecutorMsg};
+use super::{update_trial, CALL_TIMEOUT_MS};
+use crate::config::Config;
+use crate::domain::{Decision, FailureLabel, Incumbent, ProcessReport, Trial, TrialId, TrialStatus};
+use crate::lineage::actor::LineageMsg;
+use crate::process::{self, GroupGuard};
+use crate::workspace::TrialDirs;
+
+pub enum EvaluatorMsg {
+    /// A trial's train command ended; judge it.
+    Evaluate { id: TrialId, train: ProcessReport },
+    /// The eval command of a trial ended (from its task).
+    EvalFinished { id: TrialId, eval: ProcessReport },
+    /// Where to report incumbent changes (sent again after a restart).
+    SetExecutor(ActorRef<ExecutorMsg>),
+}
+
+pub struct Evaluator;
+
+pub struct EvaluatorArgs {
+    pub config: Arc<Config>,
+    pub lineage: ActorRef<LineageMsg>,
+}
+
+struct RunningEval {
+    guard: GroupGuard,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RunningEval {
+    fn drop(&mut self) {
+        self.guard.kill();
+        self.task.abort();
+    }
+}
+
+pub struct EvaluatorState {
+    config: Arc<Config>,
+    lineage: ActorRef<LineageMsg>,
+    executor: Option<ActorRef<ExecutorMsg>>,
+    incumbent: Option<Incumbent>,
+    running: HashMap<TrialId, RunningEval>,
+}
+
+/// What the evaluator concluded about a trial.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// `score` is kept when there was one (a gate miss, a size failure).
+    Failed { label: FailureLabel, detail: String, score: Option<f64> },
+    Scored { score: f64, decision: Decision },
+}
+
+impl Actor for Evaluator {
+    type Msg = EvaluatorMsg;
+    type State = EvaluatorState;
+    type Arguments = EvaluatorArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: EvaluatorArgs) -> Result<EvaluatorState, ActorProcessingErr> {
+        let incumbent = ractor::call_t!(args.lineage, LineageMsg::Incumbent, CALL_TIMEOUT_MS)?;
+        Ok(EvaluatorState { config: args.config, lineage: args.lineage, executor: None, incumbent, running: HashMap::new() })
+    }
+
+    /// Evaluations cut short by the previous process are run again.
+    async fn post_start(&self, myself: ActorRef<Self::Msg>, state: &mut EvaluatorState) -> Result<(), ActorProcessingErr> {
+        let active = ractor::call_t!(state.lineage, LineageMsg::Active, CALL_TIMEOUT_MS)?;
+        for t in active.into_iter().filter(|t| t.status == TrialStatus::Evaluating) {
+            info!(trial = %t.id, "re-running an evaluation cut short");
+            myself.cast(EvaluatorMsg::Evaluate { id: t.id, train: t.train.unwrap_or_default() })?;
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut EvaluatorState) -> Result<(), ActorProcessingErr> {
+        let ids: Vec<TrialId> = state.running.keys().copied().collect();
+        state.running.clear();
+        for id in ids {
+            let _ = update_trial(&state.lineage, id, interrupt("ratchet stopped during the evaluation")).await;
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: EvaluatorMsg, state: &mut EvaluatorState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            EvaluatorMsg::SetExecutor(e) => state.executor = Some(e),
+            EvaluatorMsg::Evaluate { id, train } => {
+                let report = train.clone();
+                let trial = update_trial(&state.lineage, id, Box::new(move |t| {
+                    t.status = TrialStatus::Evaluating;
+                    t.train = Some(report.clone());
+                }))
+                .await?;
+                if !train.succeeded() {
+                    let label = if train.timed_out { FailureLabel::BudgetOverrun } else { FailureLabel::Crash };
+                    let verdict = Verdict::Failed { label, detail: format!("train: {}", train.describe()), score: None };
+                    return record(state, &trial, verdict, None).await;
+                }
+                start_eval(&myself, state, &trial);
+            }
+            EvaluatorMsg::EvalFinished { id, eval } => {
+                if let Some(done) = state.running.remove(&id) {
+                    done.guard.disarm();
+                }
+                let trial = ractor::call_t!(state.lineage, LineageMsg::Get, CALL_TIMEOUT_MS, id)?
+                    .ok_or_else(|| format!("trial {id} vanished from lineage"))?;
+                let verdict = judge(&state.config, state.incumbent.as_ref(), &eval);
+                record(state, &trial, verdict, Some(eval)).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn start_eval(myself: &ActorRef<EvaluatorMsg>, state: &mut EvaluatorState, trial: &Trial) {
+    let dirs = TrialDirs::new(&state.config.lineage_dir, trial.id);
+    let spec = process::Spec {
+        argv: expand(&state.config.experiment.file.eval.proxy, &state.config, &dirs),
+        cwd: dirs.work.clone(),
+        env: trial_env(&state.config, &dirs, trial.id),
+        timeout: Duration::from_secs(state.config.experiment.eval_timeout_secs()),
+        stdout: dirs.root.join("eval.stdout"),
+        stderr: dirs.root.join("eval.stderr"),
+    };
+    let guard = GroupGuard::default();
+    let task_guard = guard.clone();
+    let me = myself.clone();
+    let id = trial.id;
+    let task = tokio::spawn(async move {
+        let eval = match process::run(&spec, &task_guard).await {
+            Ok(r) => r,
+            Err(e) => ProcessReport { spawn_error: Some(format!("cannot capture eval output: {e}")), ..Default::default() },
+        };
+        let _ = me.cast(EvaluatorMsg::EvalFinished { id, eval });
+    });
+    state.running.insert(id, RunningEval { guard, task });
+}
+
+/// The evaluator's rules, in order: the eval must succeed, print the metric,
+/// print a finite metric, pass the gates; then it is compared with the incumbent.
+pub fn judge(config: &Config, incumbent: Option<&Incumbent>, eval: &ProcessReport) -> Verdict {
+    let exp = &config.experiment.file;
+    let fail = |label, detail: String| Verdict::Failed { label, detail, score: None };
+    if !eval.succeeded() {
+        let label = if eval.timed_out { FailureLabel::BudgetOverrun } else { FailureLabel::Crash };
+        return fail(label, format!("eval: {}", eval.describe()));
+    }
+    if eval.non_finite.iter().any(|n| *n == exp.metric) {
+        return fail(FailureLabel::Diverged, format!("eval printed a non-finite {}", exp.metric));
+    }
+    let Some(&score) = eval.metrics.get(&exp.metric) else {
+        return fail(FailureLabel::MetricMissing, format!("eval printed no `{}=` line", exp.metric));
+    };
+    if let (Some(limit), Some(&size)) = (exp.gates.max_artifact_bytes, eval.metrics.get("artifact_bytes")) {
+        if size > limit as f64 {
+            let detail = format!("artifact_bytes={size} over the gate {limit}");
+            return Verdict::Failed { label: FailureLabel::SizeFailure, detail, score: Some(score) };
+        }
+    }
+    if let Some(min) = exp.gates.min_quality {
+        if exp.direction.better(min, score) {
+            let detail = format!("{}={score} misses the quality gate {min}", exp.metric);
+            return Verdict::Failed { label: FailureLabel::GateMiss, detail, score: Some(score) };
+        }
+    }
+    let decision = match incumbent {
+        None => Decision::Improved,
+        Some(inc) if exp.direction.better(score, inc.score) => Decision::Improved,
+        Some(inc) if score == inc.score => Decision::WithinNoise,
+        Some(_) => Decision::Regressed,
+    };
+    Verdict::Scored { score, decision }
+}
+
+/// Writes the outcome to lineage (the incumbent moves in the same write when
+/// kept), then tells the executor if the incumbent moved.
+async fn record(state: &mut EvaluatorState, trial: &Trial, verdict: Verdict, eval: Option<ProcessReport>) -> Result<(), ActorProcessingErr> {
+    let parent_score = state.incumbent.as_ref().map(|i| i.score);
+    let v = verdict.clone();
+    let updated = update_trial(&state.lineage, trial.id, Box::new(move |t| {
+        t.eval = eval.clone();
+        t.parent_score = parent_score;
+        match &v {
+            Verdict::Failed { label, detail, score } => {
+                t.status = TrialStatus::Failed;
+                t.label = Some(*label);
+                t.detail = Some(detail.clone());
+                t.score = *score;
+            }
+            Verdict::Scored { score, decision } => {
+                t.status = if *decision == Decision::Improved { TrialStatus::Kept } else { TrialStatus::Discarded };
+                t.score = Some(*score);
+                t.decision = Some(*decision);
+            }
+        }
+    }))
+    .await?;
+    match verdict {
+        Verdict::Scored { score, decision: Decision::Improved } => {
+            info!(trial = %trial.id, score, "new incumbent");
+            state.incumbent = Some(Incumbent { trial: trial.id, score, config: updated.config.clone(), since_ms: crate::domain::now_ms() });
+            if let Some(e) = &state.executor {
+                e.cast(ExecutorMsg::IncumbentChanged)?;
+            }
+        }
+        Verdict::Failed { label, .. } => warn!(trial = %trial.id, label = %label, "trial failed"),
+        Verdict::Scored { .. } => {}
+    }
+    Ok(())
+}

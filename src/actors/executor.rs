@@ -1,0 +1,337 @@
+//! The executor: owns the slots, the queue of proposed trials and the child
+//! process groups of running trials. It asks specialists for proposals ahead of
+//! need (so a free slot starts the next trial at once), runs each trial's train
+//! command in its own workspace and process group, and hands finished runs to
+//! the evaluator.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::evaluator::EvaluatorMsg;
+use super::specialist::SpecialistMsg;
+use super::{update_trial, CALL_TIMEOUT_MS};
+use crate::config::Config;
+use crate::domain::{FailureLabel, ProcessReport, Trial, TrialId, TrialStatus};
+use crate::lineage::actor::{LineageMsg, Observer, RunEvent};
+use crate::lineage::NewTrial;
+use crate::process::{self, GroupGuard};
+use crate::workspace::{self, TrialDirs};
+
+pub enum ExecutorMsg {
+    /// The specialists to ask for proposals (sent again after a restart).
+    SetSpecialists(Vec<(String, ActorRef<SpecialistMsg>)>),
+    SetEvaluator(ActorRef<EvaluatorMsg>),
+    /// A specialist's answer to `Propose`: a trial recorded in lineage, or none.
+    Proposed { specialist: String, trial: Option<Box<Trial>> },
+    /// A trial's train command ended (from the trial's task).
+    TrainFinished { id: TrialId, report: ProcessReport },
+    /// The incumbent moved: specialists that ran out of ideas may have new ones.
+    IncumbentChanged,
+}
+
+pub struct Executor;
+
+pub struct ExecutorArgs {
+    pub config: Arc<Config>,
+    pub lineage: ActorRef<LineageMsg>,
+    pub evaluator: ActorRef<EvaluatorMsg>,
+    pub observer: Option<Observer>,
+    /// Stop issuing trials after this many (counted in this process).
+    pub max_trials: Option<u64>,
+}
+
+struct SpecialistSlot {
+    name: String,
+    actor: ActorRef<SpecialistMsg>,
+    /// A `Propose` is in flight.
+    asked: bool,
+    /// It had nothing to propose at the current incumbent.
+    exhausted: bool,
+}
+
+/// A trial occupying a slot. Dropping it kills the trial's process group, so
+/// no trial process outlives the executor state (a crash of the executor included).
+struct RunningTrial {
+    guard: GroupGuard,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RunningTrial {
+    fn drop(&mut self) {
+        self.guard.kill();
+        self.task.abort();
+    }
+}
+
+pub struct ExecutorState {
+    config: Arc<Config>,
+    lineage: ActorRef<LineageMsg>,
+    evaluator: ActorRef<EvaluatorMsg>,
+    observer: Option<Observer>,
+    specialists: Vec<SpecialistSlot>,
+    next: usize,
+    queue: VecDeque<Trial>,
+    running: HashMap<TrialId, RunningTrial>,
+    issued: u64,
+    max_trials: Option<u64>,
+    baseline_needed: bool,
+    /// The supervisor has told us the specialists: only then can we be drained.
+    ready: bool,
+    drained_sent: bool,
+}
+
+impl ExecutorState {
+    fn asked(&self) -> u64 {
+        self.specialists.iter().filter(|s| s.asked).count() as u64
+    }
+
+    fn budget_left(&self) -> u64 {
+        match self.max_trials {
+            Some(m) => m.saturating_sub(self.issued + self.asked()),
+            None => u64::MAX,
+        }
+    }
+}
+
+impl Actor for Executor {
+    type Msg = ExecutorMsg;
+    type State = ExecutorState;
+    type Arguments = ExecutorArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: ExecutorArgs) -> Result<ExecutorState, ActorProcessingErr> {
+        recover(&args.lineage).await?;
+        let incumbent = ractor::call_t!(args.lineage, LineageMsg::Incumbent, CALL_TIMEOUT_MS)?;
+        let defaults = vec![args.config.experiment.defaults.clone()];
+        let unknown = ractor::call_t!(args.lineage, LineageMsg::Unknown, CALL_TIMEOUT_MS, defaults)?;
+        Ok(ExecutorState {
+            baseline_needed: incumbent.is_none() && unknown.first() == Some(&true),
+            config: args.config,
+            lineage: args.lineage,
+            evaluator: args.evaluator,
+            observer: args.observer,
+            specialists: Vec::new(),
+            next: 0,
+            queue: VecDeque::new(),
+            running: HashMap::new(),
+            issued: 0,
+            max_trials: args.max_trials,
+            ready: false,
+            drained_sent: false,
+        })
+    }
+
+    async fn post_start(&self, myself: ActorRef<Self::Msg>, state: &mut ExecutorState) -> Result<(), ActorProcessingErr> {
+        fill(&myself, state).await
+    }
+
+    /// A clean stop: running trials are killed and recorded `interrupted`.
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut ExecutorState) -> Result<(), ActorProcessingErr> {
+        let ids: Vec<TrialId> = state.running.keys().copied().chain(state.queue.iter().map(|t| t.id)).collect();
+        state.running.clear();
+        state.queue.clear();
+        for id in ids {
+            let _ = update_trial(&state.lineage, id, interrupt("ratchet stopped while the trial ran")).await;
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: ExecutorMsg, state: &mut ExecutorState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ExecutorMsg::SetSpecialists(list) => {
+                state.specialists = list
+                    .into_iter()
+                    .map(|(name, actor)| SpecialistSlot { name, actor, asked: false, exhausted: false })
+                    .collect();
+                state.next = 0;
+                state.ready = true;
+            }
+            ExecutorMsg::SetEvaluator(e) => state.evaluator = e,
+            ExecutorMsg::Proposed { specialist, trial } => {
+                if let Some(slot) = state.specialists.iter_mut().find(|s| s.name == specialist) {
+                    slot.asked = false;
+                    slot.exhausted = trial.is_none();
+                }
+                if let Some(trial) = trial {
+                    state.issued += 1;
+                    // A duplicate is already terminal in lineage: counted, not run.
+                    if trial.status == TrialStatus::Proposed {
+                        let queued = update_trial(&state.lineage, trial.id, Box::new(|t| t.status = TrialStatus::Queued)).await?;
+                        state.queue.push_back(queued);
+                    }
+                }
+            }
+            ExecutorMsg::TrainFinished { id, report } => {
+                if let Some(done) = state.running.remove(&id) {
+                    done.guard.disarm();
+                }
+                state.evaluator.cast(EvaluatorMsg::Evaluate { id, train: report })?;
+            }
+            ExecutorMsg::IncumbentChanged => {
+                for s in &mut state.specialists {
+                    s.exhausted = false;
+                }
+            }
+        }
+        fill(&myself, state).await
+    }
+}
+
+/// Starts queued trials on free slots and asks specialists for more proposals
+/// until the queue holds one trial per slot; reports when all work is drained.
+async fn fill(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState) -> Result<(), ActorProcessingErr> {
+    if state.baseline_needed && state.budget_left() > 0 {
+        state.baseline_needed = false;
+        let defaults = state.config.experiment.defaults.clone();
+        let new = NewTrial {
+            specialist: "baseline".into(),
+            surface: None,
+            parent: None,
+            hypothesis: "the experiment's recipe as it is".into(),
+            changes: Default::default(),
+            config: defaults,
+        };
+        let trial = ractor::call_t!(state.lineage, LineageMsg::Propose, CALL_TIMEOUT_MS, new)??;
+        myself.cast(ExecutorMsg::Proposed { specialist: "baseline".into(), trial: Some(Box::new(trial)) })?;
+        return Ok(());
+    }
+    while state.running.len() < state.config.slots {
+        let Some(trial) = state.queue.pop_front() else { break };
+        start(myself, state, trial);
+    }
+    let n = state.specialists.len();
+    while (state.queue.len() as u64 + state.asked()) < state.config.slots as u64 && state.budget_left() > 0 {
+        let Some(i) = (0..n).map(|k| (state.next + k) % n).find(|&i| !state.specialists[i].asked && !state.specialists[i].exhausted) else {
+            break;
+        };
+        state.next = (i + 1) % n;
+        let slot = &mut state.specialists[i];
+        slot.asked = true;
+        slot.actor.cast(SpecialistMsg::Propose { reply_to: myself.clone() })?;
+    }
+    let idle = state.ready && state.running.is_empty() && state.queue.is_empty() && state.asked() == 0;
+    if idle && !state.drained_sent {
+        state.drained_sent = true;
+        info!(issued = state.issued, "executor drained: no trial running and none coming");
+        if let Some(o) = &state.observer {
+            let _ = o.send(RunEvent::Drained { issued: state.issued });
+        }
+    } else if !idle {
+        state.drained_sent = false;
+    }
+    Ok(())
+}
+
+/// Starts one trial in its own task: workspace, `Running` in lineage, then the
+/// train command in its own process group.
+fn start(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState, trial: Trial) {
+    let id = trial.id;
+    let guard = GroupGuard::default();
+    let config = state.config.clone();
+    let lineage = state.lineage.clone();
+    let executor = myself.clone();
+    let task_guard = guard.clone();
+    let task = tokio::spawn(async move {
+        let report = run_train(&config, &lineage, &task_guard, trial).await;
+        let _ = executor.cast(ExecutorMsg::TrainFinished { id, report });
+    });
+    state.running.insert(id, RunningTrial { guard, task });
+}
+
+async fn run_train(config: &Config, lineage: &ActorRef<LineageMsg>, guard: &GroupGuard, trial: Trial) -> ProcessReport {
+    let exp = &config.experiment;
+    let dirs = TrialDirs::new(&config.lineage_dir, trial.id);
+    let spec = process::Spec {
+        argv: expand(&exp.file.train, config, &dirs),
+        cwd: dirs.work.clone(),
+        env: trial_env(config, &dirs, trial.id),
+        timeout: Duration::from_secs(exp.file.timeout_secs),
+        stdout: dirs.root.join("train.stdout"),
+        stderr: dirs.root.join("train.stderr"),
+    };
+    let failed = |e: String| ProcessReport { spawn_error: Some(e), stdout: spec.stdout.clone(), stderr: spec.stderr.clone(), ..Default::default() };
+
+    let (exp_dir, recipe, cfg, d, skip) =
+        (exp.dir.clone(), exp.file.recipe.clone(), trial.config.clone(), dirs.clone(), config.lineage_dir.clone());
+    match tokio::task::spawn_blocking(move || workspace::prepare(&exp_dir, &recipe, &cfg, &d, &skip)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return failed(e.to_string()),
+        Err(e) => return failed(format!("workspace task failed: {e}")),
+    }
+    let root = dirs.root.clone();
+    if let Err(e) = update_trial(lineage, trial.id, Box::new(move |t| {
+        t.status = TrialStatus::Running;
+        t.trial_dir = Some(root.clone());
+    }))
+    .await
+    {
+        return failed(e);
+    }
+    let started = match process::start(&spec, guard).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(report)) => return report,
+        Err(e) => return failed(format!("cannot write trial logs: {e}")),
+    };
+    let pgid = started.pgid;
+    if let Err(e) = update_trial(lineage, trial.id, Box::new(move |t| t.pgid = Some(pgid))).await {
+        warn!(trial = %trial.id, error = %e, "could not record the process group");
+    }
+    match process::finish(started, &spec, guard).await {
+        Ok(r) => r,
+        Err(e) => failed(format!("cannot capture trial output: {e}")),
+    }
+}
+
+/// The environment every trial command gets.
+pub fn trial_env(config: &Config, dirs: &TrialDirs, id: TrialId) -> Vec<(String, String)> {
+    vec![
+        ("RATCHET_BUDGET_SECS".into(), config.experiment.file.budget_secs.to_string()),
+        ("RATCHET_TRIAL_ID".into(), id.to_string()),
+        ("RATCHET_TRIAL_DIR".into(), dirs.root.display().to_string()),
+        ("RATCHET_SEED".into(), config.seed.to_string()),
+    ]
+}
+
+/// Expands `{ratchet}`, `{trial_dir}`, `{work}` and `{experiment_dir}` in an argv.
+pub fn expand(argv: &[String], config: &Config, dirs: &TrialDirs) -> Vec<String> {
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "ratchet".into());
+    argv.iter()
+        .map(|a| {
+            a.replace("{ratchet}", &exe)
+                .replace("{trial_dir}", &dirs.root.display().to_string())
+                .replace("{work}", &dirs.work.display().to_string())
+                .replace("{experiment_dir}", &config.experiment.dir.display().to_string())
+        })
+        .collect()
+}
+
+/// The change that marks a trial `interrupted`.
+pub fn interrupt(why: &'static str) -> crate::lineage::actor::Change {
+    Box::new(move |t: &mut Trial| {
+        t.status = TrialStatus::Interrupted;
+        t.label = Some(FailureLabel::Interrupted);
+        t.detail = Some(why.to_string());
+    })
+}
+
+/// Start-up recovery: trials that were proposed, queued or running when the
+/// previous ratchet process died are marked `interrupted` and their recorded
+/// process groups killed. (Evaluating trials are re-evaluated by the evaluator.)
+async fn recover(lineage: &ActorRef<LineageMsg>) -> Result<(), ActorProcessingErr> {
+    let active = ractor::call_t!(lineage, LineageMsg::Active, CALL_TIMEOUT_MS)?;
+    for t in active {
+        if t.status == TrialStatus::Evaluating {
+            continue;
+        }
+        if let Some(pgid) = t.pgid {
+            process::kill_group(pgid);
+        }
+        warn!(trial = %t.id, status = %t.status, "recovering: trial was in flight when ratchet stopped");
+        update_trial(lineage, t.id, interrupt("ratchet stopped before the trial finished")).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The supervisor: root of the actor tree. It spawns and wires the children and
+//! applies the restart policy:
+//!
+//! - Lineage fails → fatal: the supervisor stops with an error (the process
+//!   exits non-zero; under systemd it is restarted and recovery runs).
+//! - A specialist fails → a `proposer_error` event is recorded and it is
+//!   restarted after a backoff (1 s doubling to 60 s).
+//! - Executor or evaluator fails → restarted at once; the new one recovers from
+//!   lineage (in-flight trials interrupted / evaluations re-run).
+//!
+//! Children are stopped in dependency order: specialists, executor, evaluator,
+//! lineage last, so every stop is recorded.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tracing::{error, warn};
+
+use super::evaluator::{Evaluator, EvaluatorArgs, EvaluatorMsg};
+use super::executor::{Executor, ExecutorArgs, ExecutorMsg};
+use super::specialist::{Specialist, SpecialistArgs, SpecialistMsg};
+use crate::config::Config;
+use crate::lineage::actor::{Lineage, LineageArgs, LineageMsg, Observer};
+
+pub enum SupervisorMsg {
+    RestartSpecialist(String),
+}
+
+pub struct Supervisor;
+
+pub struct SupervisorArgs {
+    pub config: Arc<Config>,
+    pub observer: Option<Observer>,
+    pub max_trials: Option<u64>,
+}
+
+pub struct SupervisorState {
+    config: Arc<Config>,
+    observer: Option<Observer>,
+    max_trials: Option<u64>,
+    lineage: ActorRef<LineageMsg>,
+    evaluator: ActorRef<EvaluatorMsg>,
+    executor: ActorRef<ExecutorMsg>,
+    specialists: HashMap<String, ActorRef<SpecialistMsg>>,
+    /// Failures per specialist, for the backoff.
+    failures: HashMap<String, u32>,
+    incarnations: u64,
+    stopping: bool,
+}
+
+const STOP_WAIT: Duration = Duration::from_secs(30);
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
+        let cell = myself.get_cell();
+        let (lineage, _) = Actor::spawn_linked(
+            None,
+            Lineage,
+            LineageArgs { dir: args.config.lineage_dir.clone(), observer: args.observer.clone() },
+            cell.clone(),
+        )
+        .await?;
+        let evaluator = spawn_evaluator(&args.config, &lineage, cell.clone()).await?;
+        let executor = spawn_executor(&args.config, &lineage, &evaluator, &args.observer, args.max_trials, cell.clone()).await?;
+        evaluator.cast(EvaluatorMsg::SetExecutor(executor.clone()))?;
+        let mut state = SupervisorState {
+            config: args.config,
+            observer: args.observer,
+            max_trials: args.max_trials,
+            lineage,
+            evaluator,
+            executor,
+            specialists: HashMap::new(),
+            failures: HashMap::new(),
+            incarnations: 0,
+            stopping: false,
+        };
+        for s in state.config.specialists.clone() {
+            spawn_specialist(&mut state, &s.name, cell.clone()).await?;
+        }
+        announce_specialists(&state)?;
+        Ok(state)
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        state.stopping = true;
+        for s in state.specialists.values() {
+            let _ = s.stop_and_wait(None, Some(STOP_WAIT)).await;
+        }
+        let _ = state.executor.stop_and_wait(None, Some(STOP_WAIT)).await;
+        let _ = state.evaluator.stop_and_wait(None, Some(STOP_WAIT)).await;
+        let _ = state.lineage.stop_and_wait(None, Some(STOP_WAIT)).await;
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::RestartSpecialist(name) => {
+                if !state.stopping && !state.specialists.contains_key(&name) {
+                    spawn_specialist(state, &name, myself.get_cell()).await?;
+                    announce_specialists(state)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, e) => (cell, e.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
+            _ => return Ok(()),
+        };
+        if state.stopping {
+            return Ok(());
+        }
+        let id = cell.get_id();
+        if id == state.lineage.get_id() {
+            error!(reason = %reason, "lineage failed; stopping (lineage failures are fatal)");
+            return Err(format!("lineage failed: {reason}").into());
+        }
+        if id == state.executor.get_id() {
+            warn!(reason = %reason, "executor stopped; restarting it");
+            let cell = myself.get_cell();
+            state.executor = spawn_executor(&state.config, &state.lineage, &state.evaluator, &state.observer, state.max_trials, cell).await?;
+            state.evaluator.cast(EvaluatorMsg::SetExecutor(state.executor.clone()))?;
+            return announce_specialists(state);
+        }
+        if id == state.evaluator.get_id() {
+            warn!(reason = %reason, "evaluator stopped; restarting it");
+            state.evaluator = spawn_evaluator(&state.config, &state.lineage, myself.get_cell()).await?;
+            state.evaluator.cast(EvaluatorMsg::SetExecutor(state.executor.clone()))?;
+            state.executor.cast(ExecutorMsg::SetEvaluator(state.evaluator.clone()))?;
+            return Ok(());
+        }
+        let Some(name) = state.specialists.iter().find(|(_, r)| r.get_id() == id).map(|(n, _)| n.clone()) else {
+            return Ok(());
+        };
+        state.specialists.remove(&name);
+        announce_specialists(state)?;
+        let failures = state.failures.entry(name.clone()).or_insert(0);
+        *failures += 1;
+        let backoff = Duration::from_secs((1u64 << (*failures - 1).min(6)).min(60));
+        warn!(specialist = %name, reason = %reason, backoff_secs = backoff.as_secs(), "specialist failed; restarting after backoff");
+        state.lineage.cast(LineageMsg::Event { kind: "proposer_error".into(), subject: name.clone(), detail: reason })?;
+        let me = myself.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(backoff).await;
+            let _ = me.cast(SupervisorMsg::RestartSpecialist(name));
+        });
+        Ok(())
+    }
+}
+
+async fn spawn_evaluator(config: &Arc<Config>, lineage: &ActorRef<LineageMsg>, cell: ActorCell) -> Result<ActorRef<EvaluatorMsg>, ActorProcessingErr> {
+    let args = EvaluatorArgs { config: config.clone(), lineage: lineage.clone() };
+    Ok(Actor::spawn_linked(None, Evaluator, args, cell).await?.0)
+}
+
+async fn spawn_executor(
+    config: &Arc<Config>,
+    lineage: &ActorRef<LineageMsg>,
+    evaluator: &ActorRef<EvaluatorMsg>,
+    observer: &Option<Observer>,
+    max_trials: Option<u64>,
+    cell: ActorCell,
+) -> Result<ActorRef<ExecutorMsg>, ActorProcessingErr> {
+    let args = ExecutorArgs {
+        config: config.clone(),
+        lineage: lineage.clone(),
+        evaluator: evaluator.clone(),
+        observer: observer.clone(),
+        max_trials,
+    };
+    Ok(Actor::spawn_linked(None, Executor, args, cell).await?.0)
+}
+
+async fn spawn_specialist(state: &mut SupervisorState, name: &str, cell: ActorCell) -> Result<(), ActorProcessingErr> {
+    let Some(config) = state.config.specialists.iter().find(|s| s.name == name).cloned() else { return Ok(()) };
+    state.incarnations += 1;
+    let args = SpecialistArgs {
+        config,
+        experiment: Arc::new(state.config.experiment.clone()),
+        lineage: state.lineage.clone(),
+        seed: state.config.seed,
+        incarnation: state.incarnations,
+    };
+    let (actor, _) = Actor::spawn_linked(None, Specialist, args, cell).await?;
+    state.specialists.insert(name.to_string(), actor);
+    Ok(())
+}
+
+/// Tells the executor which specialists to ask, in configuration order.
+fn announce_specialists(state: &SupervisorState) -> Result<(), ActorProcessingErr> {
+    let list = state
+        .config
+        .specialists
+        .iter()
+        .filter_map(|s| state.specialists.get(&s.name).map(|r| (s.name.clone(), r.clone())))
+        .collect();
+    state.executor.cast(ExecutorMsg::SetSpecialists(list))?;
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! The command line: clap arguments, resolved into plain values and dispatched.
+//! The rest of the program never sees clap types.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::domain::{format_float, Trial, TrialId};
+use crate::lineage::LineageStore;
+
+#[derive(Parser, Debug)]
+#[command(name = "ratchet", version, about = "Autonomous research on ML training recipes: specialists propose, an evaluator keeps only measured gains")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ConfigArg {
+    /// The specialists file (it names the experiment and the lineage directory).
+    #[arg(long, short = 'c', default_value = "specialists.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the research loop in the foreground with live progress.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Stop after this many trials (the baseline counts as one).
+        #[arg(long, short = 'n')]
+        trials: Option<u64>,
+    },
+    /// Validate specialists.toml and the experiment; exit status 2 when invalid.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Read the lineage: every trial, its edit, outcome and label.
+    Lineage {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Read this lineage directory instead of the one the config names.
+        #[arg(long, global = true)]
+        lineage: Option<PathBuf>,
+        #[command(subcommand)]
+        command: LineageCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LineageCommand {
+    /// One line per trial.
+    List {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything recorded about one trial.
+    Show { id: TrialId },
+    /// The incumbent: the best kept trial.
+    Best {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit status for an invalid configuration.
+const EXIT_CONFIG: u8 = 2;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RATCHET_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        eprintln!("{errors}");
+        eprintln!("{} error(s) in the configuration", errors.0.len());
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check { config } => {
+            let c = match load_config(&config.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            println!(
+                "ok: {} specialist(s) on experiment `{}` ({} surface(s), {} parameter(s)); lineage {}",
+                c.specialists.len(),
+                c.experiment.file.name,
+                c.experiment.file.surfaces.len(),
+                c.experiment.defaults.len(),
+                c.lineage_dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config, trials } => {
+            let c = match load_config(&config.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            let summary = rt.block_on(crate::run::run(c, trials))?;
+            Ok(if summary.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS })
+        }
+        Command::Lineage { config, lineage, command } => {
+            let dir = match lineage {
+                Some(d) => d,
+                None => match load_config(&config.config) {
+                    Ok(c) => c.lineage_dir,
+                    Err(code) => return Ok(code),
+                },
+            };
+            if !dir.join("db").exists() {
+                anyhow::bail!("no lineage at {} yet (run `ratchet run` first)", dir.display());
+            }
+            let store = LineageStore::open(&dir)?;
+            lineage_command(&store, command)
+        }
+    }
+}
+
+fn lineage_command(store: &LineageStore, command: LineageCommand) -> anyhow::Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match command {
+        LineageCommand::List { json } => {
+            if !json {
+                writeln!(out, "{:>6}  {:<11} {:<15} {:<14} {:>12}  hypothesis", "id", "status", "label/decision", "specialist", "score")?;
+            }
+            for t in store.iter() {
+                let t = t?;
+                if json {
+                    serde_json::to_writer(&mut out, &t)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(out, "{}", list_row(&t))?;
+                }
+            }
+        }
+        LineageCommand::Show { id } => {
+            let Some(t) = store.get(id)? else { anyhow::bail!("no trial {id} in lineage") };
+            show(&mut out, &t)?;
+        }
+        LineageCommand::Best { json } => {
+            let Some(inc) = store.incumbent()? else { anyhow::bail!("no incumbent yet: no trial has been kept") };
+            if json {
+                serde_json::to_writer(&mut out, &inc)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "incumbent: trial {} score {}", inc.trial, format_float(inc.score))?;
+                for (k, v) in &inc.config {
+                    writeln!(out, "  {k} = {v}")?;
+                }
+                let history = store.incumbent_history()?;
+                writeln!(out, "history ({} keep(s)):", history.len())?;
+                for h in history {
+                    writeln!(out, "  trial {:<6} {}", h.trial, format_float(h.score))?;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list_row(t: &Trial) -> String {
+    let verdict = t.label.map(|l| l.to_string()).or(t.decision.map(|d| d.as_str().to_string())).unwrap_or_default();
+    let mut hyp: String = t.hypothesis.chars().take(70).collect();
+    if hyp.len() < t.hypothesis.len() {
+        hyp.push('…');
+    }
+    format!(
+        "{:>6}  {:<11} {:<15} {:<14} {:>12}  {}",
+        t.id.0,
+        t.status.as_str(),
+        verdict,
+        t.specialist,
+        t.score.map(format_float).unwrap_or_else(|| "-".into()),
+        hyp
+    )
+}
+
+fn show(out: &mut impl Write, t: &Trial) -> anyhow::Result<()> {
+    writeln!(out, "trial {} (attempt {})", t.id, t.attempt)?;
+    writeln!(out, "specialist: {}  surface: {}", t.specialist, t.surface.as_deref().unwrap_or("-"))?;
+    writeln!(out, "parent: {}", t.parent.map(|p| p.to_string()).unwrap_or_else(|| "-".into()))?;
+    writeln!(out, "hypothesis: {}", t.hypothesis)?;
+    writeln!(out, "edit: {}", t.edit_summary())?;
+    writeln!(out, "status: {}", t.status)?;
+    if let Some(l) = t.label {
+        writeln!(out, "label: {l}")?;
+    }
+    if let Some(d) = t.decision {
+        writeln!(out, "decision: {}", d.as_str())?;
+    }
+    if let Some(s) = t.score {
+        writeln!(out, "score: {}  (incumbent then: {})", format_float(s), t.parent_score.map(format_float).unwrap_or_else(|| "-".into()))?;
+    }
+    if let Some(d) = &t.detail {
+        writeln!(out, "detail: {d}")?;
+    }
+    writeln!(out, "history:")?;
+    let start = t.history.first().map(|c| c.at_ms).unwrap_or(0);
+    for c in &t.history {
+        writeln!(out, "  +{:>8.3}s  {}", (c.at_ms - start) as f64 / 1000.0, c.status)?;
+    }
+    for (name, report) in [("train", &t.train), ("eval", &t.eval)] {
+        let Some(r) = report else { continue };
+        writeln!(out, "{name}: {} in {:.2}s{}", r.describe(), r.duration_ms as f64 / 1000.0, if r.truncated { " (log truncated)" } else { "" })?;
+        for (k, v) in &r.metrics {
+            writeln!(out, "  {k}={}", format_float(*v))?;
+        }
+        for (stream, path) in [("stdout", &r.stdout), ("stderr", &r.stderr)] {
+            let tail = tail_lines(path, 8);
+            if !tail.is_empty() {
+                writeln!(out, "  {stream} ({}), last lines:", path.display())?;
+                for l in tail {
+                    writeln!(out, "    {l}")?;
+                }
+            }
+        }
+    }
+    writeln!(out, "config:")?;
+    for (k, v) in &t.config {
+        writeln!(out, "  {k} = {v}")?;
+    }
+    Ok(())
+}
+
+/// The last `n` lines of a log file (reads at most its last 64 KiB).
+fn tail_lines(path: &Path, n: usize) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else { return Vec::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| l.chars().take(200).collect()).collect()
+}

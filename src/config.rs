@@ -1,0 +1,613 @@
+//! Configuration: `specialists.toml` and `experiments/<name>/experiment.toml`,
+//! parsed with serde and validated as a whole, every error with its file and key path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::domain::{Direction, ParamValue, Params};
+
+/// One problem in a configuration file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Key path inside the file, such as `specialist[1].kind`; `.` for the whole file.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
+    }
+}
+
+/// Every problem found in a configuration, in file order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// ---------------------------------------------------------------------------
+// specialists.toml
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecialistsFile {
+    pub daemon: DaemonSection,
+    #[serde(default, rename = "specialist")]
+    pub specialists: Vec<SpecialistSection>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSection {
+    /// The experiment directory (holding experiment.toml), relative to specialists.toml.
+    pub experiment: PathBuf,
+    /// Where the sled database and trial directories live, relative to specialists.toml.
+    #[serde(default = "default_lineage_dir")]
+    pub lineage_dir: PathBuf,
+    /// Trials that run at once.
+    #[serde(default = "default_slots")]
+    pub slots: usize,
+    /// Seed of the search specialists.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_lineage_dir() -> PathBuf {
+    PathBuf::from("lineage")
+}
+
+fn default_slots() -> usize {
+    1
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecialistSection {
+    pub name: String,
+    pub surface: String,
+    pub kind: SpecialistKind,
+    /// The agent file (`agents/<name>.md`), relative to specialists.toml.
+    pub instructions: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpecialistKind {
+    /// Built-in offline search over the surface's declared parameter space.
+    Search,
+}
+
+// ---------------------------------------------------------------------------
+// experiment.toml
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentFile {
+    pub name: String,
+    /// The TOML recipe file whose keys the surfaces' parameters address.
+    pub recipe: PathBuf,
+    /// The metric the eval command prints as `NAME=value`.
+    pub metric: String,
+    pub direction: Direction,
+    /// The fixed training budget, given to train as `RATCHET_BUDGET_SECS`.
+    pub budget_secs: u64,
+    /// Hard limit: at this age the train command's whole process group is killed.
+    pub timeout_secs: u64,
+    /// argv of the train command, run in the trial's workspace.
+    pub train: Vec<String>,
+    pub eval: EvalSection,
+    #[serde(default)]
+    pub gates: Gates,
+    #[serde(default, rename = "surface")]
+    pub surfaces: Vec<SurfaceSection>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// argv of the eval command every trial gets.
+    pub proxy: Vec<String>,
+    /// Hard limit for one eval run (default: the experiment's timeout_secs).
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gates {
+    /// A trial whose eval prints `artifact_bytes=` above this fails with `size_failure`.
+    pub max_artifact_bytes: Option<u64>,
+    /// A score worse than this (by the metric's direction) fails with `gate_miss`.
+    pub min_quality: Option<f64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SurfaceSection {
+    pub name: String,
+    /// The parameter space: recipe key path → its range.
+    #[serde(default)]
+    pub params: BTreeMap<String, ParamSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ParamSpec {
+    Int { min: i64, max: i64 },
+    Float { min: f64, max: f64 },
+    LogFloat { min: f64, max: f64 },
+    Choice { values: Vec<ParamValue> },
+}
+
+impl ParamSpec {
+    /// Whether `v` is a legal value of this parameter.
+    pub fn contains(&self, v: &ParamValue) -> bool {
+        match (self, v) {
+            (Self::Int { min, max }, ParamValue::Int(x)) => min <= x && x <= max,
+            (Self::Float { min, max } | Self::LogFloat { min, max }, ParamValue::Float(x)) => {
+                *min <= *x && *x <= *max
+            }
+            (Self::Float { min, max } | Self::LogFloat { min, max }, ParamValue::Int(x)) => {
+                *min <= *x as f64 && *x as f64 <= *max
+            }
+            (Self::Choice { values }, v) => values.contains(v),
+            _ => false,
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        match self {
+            Self::Int { min, max } if min >= max => Err(format!("min {min} must be below max {max}")),
+            Self::Float { min, max } if !(min < max) => Err(format!("min {min} must be below max {max}")),
+            Self::LogFloat { min, max } if !(*min > 0.0 && min < max) => {
+                Err(format!("log_float needs 0 < min < max, got min {min} max {max}"))
+            }
+            Self::Choice { values } if values.len() < 2 => Err("choice needs at least two values".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The resolved configuration the rest of the program sees.
+
+/// A validated configuration with absolute paths.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub file: PathBuf,
+    pub lineage_dir: PathBuf,
+    pub slots: usize,
+    pub seed: u64,
+    pub specialists: Vec<Specialist>,
+    pub experiment: Experiment,
+}
+
+#[derive(Clone, Debug)]
+pub struct Specialist {
+    pub name: String,
+    pub surface: String,
+    pub kind: SpecialistKind,
+    pub instructions: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Experiment {
+    pub dir: PathBuf,
+    pub file: ExperimentFile,
+    /// The recipe's current values of every declared parameter.
+    pub defaults: Params,
+}
+
+impl Experiment {
+    pub fn surface(&self, name: &str) -> Option<&SurfaceSection> {
+        self.file.surfaces.iter().find(|s| s.name == name)
+    }
+
+    pub fn eval_timeout_secs(&self) -> u64 {
+        self.file.eval.timeout_secs.unwrap_or(self.file.timeout_secs)
+    }
+}
+
+impl Config {
+    /// Loads and validates `specialists.toml` and the experiment it names.
+    pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let config = load_inner(file, &mut errors);
+        match config {
+            Some(c) if errors.is_empty() => Ok(c),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+}
+
+fn err(errors: &mut Vec<ConfigError>, file: &Path, key: impl Into<String>, message: impl Into<String>) {
+    errors.push(ConfigError { file: file.to_path_buf(), key: key.into(), message: message.into() });
+}
+
+fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
+    let file = absolute(file);
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) => {
+            err(errors, &file, ".", format!("cannot read: {e}"));
+            return None;
+        }
+    };
+    let parsed: Option<SpecialistsFile> = parse_collecting(&file, &text, errors);
+
+    // The experiment is validated even when specialists.toml has errors, as long as
+    // its path could be read, so one `ratchet check` shows everything.
+    let experiment_dir = parsed
+        .as_ref()
+        .map(|p| p.daemon.experiment.clone())
+        .or_else(|| experiment_path_fallback(&text))
+        .map(|p| base.join(p));
+    let experiment = experiment_dir.and_then(|dir| load_experiment(&dir, errors));
+
+    let parsed = parsed?;
+    let d = &parsed.daemon;
+    if d.slots == 0 {
+        err(errors, &file, "daemon.slots", "must be at least 1");
+    }
+    let mut names = BTreeSet::new();
+    for (i, s) in parsed.specialists.iter().enumerate() {
+        let key = |k: &str| format!("specialist[{i}].{k}");
+        if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            err(errors, &file, key("name"), format!("`{}` must be non-empty and use only letters, digits, `_` and `-`", s.name));
+        }
+        if !names.insert(s.name.clone()) {
+            err(errors, &file, key("name"), format!("duplicate specialist name `{}`", s.name));
+        }
+        if s.name == "baseline" {
+            err(errors, &file, key("name"), "`baseline` is reserved for the experiment's own recipe");
+        }
+        if let Some(exp) = &experiment {
+            match exp.surface(&s.surface) {
+                None => {
+                    let known: Vec<&str> = exp.file.surfaces.iter().map(|s| s.name.as_str()).collect();
+                    err(errors, &file, key("surface"), format!("no surface `{}` in {} (surfaces: {})", s.surface, exp.dir.join("experiment.toml").display(), known.join(", ")));
+                }
+                Some(surface) if s.kind == SpecialistKind::Search && surface.params.is_empty() => {
+                    err(errors, &file, key("surface"), format!("surface `{}` declares no params for a search specialist", s.surface));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(path) = &s.instructions {
+            if !base.join(path).is_file() {
+                err(errors, &file, key("instructions"), format!("file {} does not exist", base.join(path).display()));
+            }
+        }
+    }
+    if parsed.specialists.is_empty() {
+        err(errors, &file, "specialist", "no [[specialist]] is configured");
+    }
+    let experiment = experiment?;
+    Some(Config {
+        lineage_dir: base.join(&d.lineage_dir),
+        slots: d.slots,
+        seed: d.seed,
+        specialists: parsed
+            .specialists
+            .iter()
+            .map(|s| Specialist {
+                name: s.name.clone(),
+                surface: s.surface.clone(),
+                kind: s.kind,
+                instructions: s.instructions.as_ref().map(|p| base.join(p)),
+            })
+            .collect(),
+        experiment,
+        file,
+    })
+}
+
+/// `daemon.experiment` read leniently, for validating the experiment when the
+/// rest of specialists.toml does not parse.
+fn experiment_path_fallback(text: &str) -> Option<PathBuf> {
+    let table: toml::Table = text.parse().ok()?;
+    table.get("daemon")?.get("experiment")?.as_str().map(PathBuf::from)
+}
+
+/// Loads and validates `<dir>/experiment.toml` and reads the recipe defaults.
+pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Experiment> {
+    let dir = absolute(dir);
+    let file = dir.join("experiment.toml");
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) => {
+            err(errors, &file, ".", format!("cannot read: {e}"));
+            return None;
+        }
+    };
+    let exp: ExperimentFile = parse_collecting(&file, &text, errors)?;
+    let before = errors.len();
+    if exp.metric.is_empty() {
+        err(errors, &file, "metric", "must not be empty");
+    }
+    if exp.budget_secs == 0 {
+        err(errors, &file, "budget_secs", "must be at least 1");
+    }
+    if exp.timeout_secs < exp.budget_secs {
+        err(errors, &file, "timeout_secs", format!("{} is below budget_secs {}: every trial would be killed", exp.timeout_secs, exp.budget_secs));
+    }
+    if exp.train.is_empty() {
+        err(errors, &file, "train", "needs a program");
+    }
+    if exp.eval.proxy.is_empty() {
+        err(errors, &file, "eval.proxy", "needs a program");
+    }
+    if exp.eval.timeout_secs == Some(0) {
+        err(errors, &file, "eval.timeout_secs", "must be at least 1");
+    }
+    if exp.recipe.is_absolute() || exp.recipe.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        err(errors, &file, "recipe", "must be a relative path inside the experiment directory");
+    }
+    let mut surface_names = BTreeSet::new();
+    let mut param_owner: BTreeMap<&str, &str> = BTreeMap::new();
+    for (i, s) in exp.surfaces.iter().enumerate() {
+        if !surface_names.insert(s.name.as_str()) {
+            err(errors, &file, format!("surface[{i}].name"), format!("duplicate surface `{}`", s.name));
+        }
+        for (k, spec) in &s.params {
+            let key = format!("surface[{i}].params.{}", quote_key(k));
+            if let Err(m) = spec.check() {
+                err(errors, &file, key.clone(), m);
+            }
+            if let Some(other) = param_owner.insert(k, &s.name) {
+                err(errors, &file, key, format!("parameter already belongs to surface `{other}`"));
+            }
+        }
+    }
+    if errors.len() > before {
+        return None;
+    }
+    let recipe_path = dir.join(&exp.recipe);
+    let defaults = read_defaults(&recipe_path, &exp, errors)?;
+    Some(Experiment { dir, file: exp, defaults })
+}
+
+/// Reads the recipe's value of every declared parameter and checks it against its space.
+fn read_defaults(recipe: &Path, exp: &ExperimentFile, errors: &mut Vec<ConfigError>) -> Option<Params> {
+    let text = match std::fs::read_to_string(recipe) {
+        Ok(t) => t,
+        Err(e) => {
+            err(errors, recipe, ".", format!("cannot read the recipe: {e}"));
+            return None;
+        }
+    };
+    let table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            err(errors, recipe, ".", format!("invalid TOML: {}", one_line(&e.to_string())));
+            return None;
+        }
+    };
+    let mut defaults = Params::new();
+    let before = errors.len();
+    for s in &exp.surfaces {
+        for (k, spec) in &s.params {
+            match lookup(&table, k).and_then(param_value) {
+                None => err(errors, recipe, k.clone(), format!("surface `{}` declares this parameter but the recipe has no such key (or not a number, string or bool)", s.name)),
+                Some(v) if !spec.contains(&v) => err(errors, recipe, k.clone(), format!("value {v} is outside the declared space {spec:?}")),
+                Some(v) => {
+                    defaults.insert(k.clone(), v);
+                }
+            }
+        }
+    }
+    (errors.len() == before).then_some(defaults)
+}
+
+/// Looks up a dotted key path in a TOML table.
+pub fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let mut parts = key.split('.');
+    let mut current = table.get(parts.next()?)?;
+    for part in parts {
+        current = current.as_table()?.get(part)?;
+    }
+    Some(current)
+}
+
+fn param_value(v: &toml::Value) -> Option<ParamValue> {
+    match v {
+        toml::Value::Integer(i) => Some(ParamValue::Int(*i)),
+        toml::Value::Float(f) => Some(ParamValue::Float(*f)),
+        toml::Value::String(s) => Some(ParamValue::Str(s.clone())),
+        toml::Value::Boolean(b) => Some(ParamValue::Bool(*b)),
+        _ => None,
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A map key as it appears in a key path: bare when it can be, quoted otherwise.
+fn quote_key(k: &str) -> String {
+    if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        k.to_string()
+    } else {
+        format!("{k:?}")
+    }
+}
+
+/// Deserializes `text` into `T`, collecting every structural error (unknown key,
+/// wrong type, missing key) instead of stopping at the first: each error's key
+/// is removed and deserialization retried, so one run reports them all.
+fn parse_collecting<T: DeserializeOwned>(file: &Path, text: &str, errors: &mut Vec<ConfigError>) -> Option<T> {
+    let table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            err(errors, file, ".", format!("invalid TOML: {}", one_line(&e.to_string())));
+            return None;
+        }
+    };
+    let mut value = toml::Value::Table(table);
+    let mut removed: Vec<Vec<String>> = Vec::new();
+    let mut failed = false;
+    for _ in 0..100 {
+        let e = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(v) => return (!failed).then_some(v),
+            Err(e) => e,
+        };
+        failed = true;
+        let message = one_line(&e.inner().to_string());
+        let mut path: Vec<String> = Vec::new();
+        for seg in e.path().iter() {
+            match seg {
+                serde_path_to_error::Segment::Map { key } => path.push(key.clone()),
+                serde_path_to_error::Segment::Seq { index } => path.push(format!("[{index}]")),
+                _ => {}
+            }
+        }
+        // An unknown field may be reported at its parent; the key is in the message.
+        if let Some(name) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+            if path.last().map(String::as_str) != Some(name) {
+                path.push(name.to_string());
+            }
+        }
+        // A missing key that we removed ourselves was already reported as wrong.
+        let missing = message.strip_prefix("missing field `").and_then(|m| m.split('`').next()).map(str::to_string);
+        let already = missing.as_ref().is_some_and(|name| {
+            let mut full = path.clone();
+            full.push(name.clone());
+            removed.contains(&full)
+        });
+        if !already {
+            let key = match &missing {
+                Some(name) => render_path(&[path.clone(), vec![name.clone()]].concat()),
+                None => render_path(&path),
+            };
+            err(errors, file, key, message);
+        }
+        if missing.is_some() || !remove_at(&mut value, &path) {
+            return None;
+        }
+        removed.push(path);
+    }
+    None
+}
+
+fn render_path(path: &[String]) -> String {
+    if path.is_empty() {
+        return ".".to_string();
+    }
+    let mut out = String::new();
+    for p in path {
+        if p.starts_with('[') {
+            out.push_str(p);
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&quote_key(p));
+        }
+    }
+    out
+}
+
+fn remove_at(value: &mut toml::Value, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else { return false };
+    let mut current = value;
+    for p in parents {
+        current = match (p.strip_prefix('[').and_then(|s| s.strip_suffix(']')), current) {
+            (Some(i), toml::Value::Array(a)) => match i.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
+                Some(v) => v,
+                None => return false,
+            },
+            (None, toml::Value::Table(t)) => match t.get_mut(p) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match current {
+        toml::Value::Table(t) => t.remove(last).is_some(),
+        toml::Value::Array(a) => match last.trim_matches(|c| c == '[' || c == ']').parse::<usize>() {
+            Ok(i) if i < a.len() => {
+                a.remove(i);
+                true
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect<T: DeserializeOwned>(text: &str) -> (Option<T>, Vec<ConfigError>) {
+        let mut errors = Vec::new();
+        let v = parse_collecting::<T>(Path::new("f.toml"), text, &mut errors);
+        (v, errors)
+    }
+
+    #[test]
+    fn reports_unknown_key_and_wrong_type_together() {
+        let (v, errors) = collect::<SpecialistsFile>(
+            "[daemon]\nexperiment = \"e\"\nslots = \"two\"\ncolour = 1\n\n[[specialist]]\nname = \"a\"\nsurface = \"s\"\nkind = \"search\"\nbogus = true\n",
+        );
+        assert!(v.is_none());
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"daemon.slots"), "{errors:?}");
+        assert!(keys.contains(&"daemon.colour"), "{errors:?}");
+        assert!(keys.contains(&"specialist[0].bogus"), "{errors:?}");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+    }
+
+    #[test]
+    fn reports_missing_key_once() {
+        let (_, errors) = collect::<SpecialistsFile>("[daemon]\nslots = 2\n");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "daemon.experiment");
+    }
+
+    #[test]
+    fn param_specs_parse_and_check() {
+        let (v, errors) = collect::<SurfaceSection>(
+            "name = \"opt\"\n[params]\n\"optimizer.lr\" = { type = \"log_float\", min = 0.0, max = 1.0 }\n\"optimizer.kind\" = { type = \"choice\", values = [\"a\", \"b\"] }\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let s = v.unwrap();
+        assert!(s.params["optimizer.lr"].check().is_err());
+        assert!(s.params["optimizer.kind"].check().is_ok());
+        assert!(s.params["optimizer.kind"].contains(&ParamValue::Str("a".into())));
+        assert!(!s.params["optimizer.kind"].contains(&ParamValue::Str("c".into())));
+    }
+
+    #[test]
+    fn unknown_field_inside_a_param_spec_is_named() {
+        let (_, errors) = collect::<SurfaceSection>(
+            "name = \"opt\"\n[params]\n\"optimizer.lr\" = { type = \"float\", min = 0.0, max = 1.0, step = 2 }\n",
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].message.contains("step"), "{errors:?}");
+        assert!(errors[0].key.starts_with("params.\"optimizer.lr\""), "{errors:?}");
+    }
+}

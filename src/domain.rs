@@ -1,0 +1,357 @@
+//! Domain types of a trial: ids, statuses, failure labels, decisions, parameter values. No I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A trial's id: assigned by the lineage store, dense and increasing from 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TrialId(pub u64);
+
+impl fmt::Display for TrialId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for TrialId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.trim_start_matches('#')
+            .parse()
+            .map(TrialId)
+            .map_err(|_| format!("`{s}` is not a trial id (expected a number such as 42)"))
+    }
+}
+
+/// Where a trial is in its lifecycle:
+/// `Proposed → Queued → Running → Evaluating → Kept | Discarded | Failed | Interrupted`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrialStatus {
+    Proposed,
+    Queued,
+    Running,
+    Evaluating,
+    Kept,
+    Discarded,
+    Failed,
+    Interrupted,
+}
+
+impl TrialStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Kept | Self::Discarded | Self::Failed | Self::Interrupted)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Proposed => "proposed",
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Evaluating => "evaluating",
+            Self::Kept => "kept",
+            Self::Discarded => "discarded",
+            Self::Failed => "failed",
+            Self::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl fmt::Display for TrialStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a trial failed. Failures are data that later proposals read, never `Err`s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureLabel {
+    /// The train or eval command exited non-zero or could not start.
+    Crash,
+    /// Killed at the experiment's hard timeout.
+    BudgetOverrun,
+    /// The artifact is larger than the size gate.
+    SizeFailure,
+    /// The score misses the minimum quality gate.
+    GateMiss,
+    /// The eval command did not print the experiment's metric.
+    MetricMissing,
+    /// The metric is NaN or infinite.
+    Diverged,
+    IllegalEdit,
+    PatchFailed,
+    /// The same configuration was already measured: a proposer bug.
+    Duplicate,
+    ProposerError,
+    /// The daemon stopped or died while the trial was in flight.
+    Interrupted,
+}
+
+impl FailureLabel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Crash => "crash",
+            Self::BudgetOverrun => "budget_overrun",
+            Self::SizeFailure => "size_failure",
+            Self::GateMiss => "gate_miss",
+            Self::MetricMissing => "metric_missing",
+            Self::Diverged => "diverged",
+            Self::IllegalEdit => "illegal_edit",
+            Self::PatchFailed => "patch_failed",
+            Self::Duplicate => "duplicate",
+            Self::ProposerError => "proposer_error",
+            Self::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl fmt::Display for FailureLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The evaluator's verdict on a scored trial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Better than the incumbent: kept, and it becomes the incumbent.
+    Improved,
+    /// No measurable difference from the incumbent.
+    WithinNoise,
+    /// Worse than the incumbent.
+    Regressed,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Improved => "improved",
+            Self::WithinNoise => "within_noise",
+            Self::Regressed => "regressed",
+        }
+    }
+}
+
+/// Whether a lower or a higher metric is better.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Minimize,
+    Maximize,
+}
+
+impl Direction {
+    /// True when `a` is strictly better than `b`.
+    pub fn better(self, a: f64, b: f64) -> bool {
+        match self {
+            Self::Minimize => a < b,
+            Self::Maximize => a > b,
+        }
+    }
+}
+
+/// A value of a recipe parameter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bool(b) => write!(f, "{b}"),
+            Self::Int(i) => write!(f, "{i}"),
+            Self::Float(x) => write!(f, "{}", format_float(*x)),
+            Self::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// Formats a float compactly and round-trippably enough for a hypothesis line.
+pub fn format_float(x: f64) -> String {
+    if x != 0.0 && (x.abs() < 1e-3 || x.abs() >= 1e6) {
+        format!("{x:.4e}")
+    } else {
+        let s = format!("{x:.6}");
+        let s = s.trim_end_matches('0');
+        if s.ends_with('.') {
+            format!("{s}0")
+        } else {
+            s.to_string()
+        }
+    }
+}
+
+/// A full or partial assignment of recipe parameters, keyed by recipe key path.
+pub type Params = BTreeMap<String, ParamValue>;
+
+/// The canonical text of a configuration: two trials measure the same
+/// configuration exactly when their keys are equal.
+pub fn config_key(config: &Params) -> String {
+    serde_json::to_string(config).expect("params serialize")
+}
+
+/// One state change of a trial, with its wall-clock time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub status: TrialStatus,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// What a finished child process (train or eval) did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessReport {
+    /// Exit code when it exited normally.
+    pub exit_code: Option<i32>,
+    /// Signal number when it was killed by a signal.
+    pub signal: Option<i32>,
+    /// Killed by ratchet at the hard timeout.
+    pub timed_out: bool,
+    /// Could not be started at all (the reason).
+    pub spawn_error: Option<String>,
+    pub duration_ms: u64,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    /// A log reached its cap and the rest of it was dropped.
+    pub truncated: bool,
+    /// `NAME=value` lines with finite values, last value wins.
+    pub metrics: BTreeMap<String, f64>,
+    /// `NAME=value` lines whose value was NaN or infinite.
+    pub non_finite: Vec<String>,
+}
+
+impl ProcessReport {
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == Some(0) && !self.timed_out && self.spawn_error.is_none()
+    }
+
+    /// A short human description of how the process ended.
+    pub fn describe(&self) -> String {
+        if let Some(e) = &self.spawn_error {
+            return format!("failed to start: {e}");
+        }
+        if self.timed_out {
+            return format!("killed at the timeout after {:.1}s", self.duration_ms as f64 / 1000.0);
+        }
+        match (self.exit_code, self.signal) {
+            (Some(c), _) => format!("exit status {c}"),
+            (None, Some(s)) => format!("killed by signal {s}"),
+            (None, None) => "ended without a status".to_string(),
+        }
+    }
+}
+
+/// Everything lineage knows about one trial.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    pub id: TrialId,
+    pub attempt: u32,
+    /// The specialist that proposed it (`baseline` for the experiment's own recipe).
+    pub specialist: String,
+    /// The surface it edits; `None` for the baseline.
+    pub surface: Option<String>,
+    /// The incumbent it was proposed against.
+    pub parent: Option<TrialId>,
+    pub hypothesis: String,
+    /// The parameters this trial changes relative to its parent.
+    pub changes: Params,
+    /// The full configuration it measures.
+    pub config: Params,
+    pub status: TrialStatus,
+    pub label: Option<FailureLabel>,
+    pub decision: Option<Decision>,
+    /// The experiment's metric from the eval command, when it produced one.
+    pub score: Option<f64>,
+    /// The incumbent's score at decision time (for the metric delta).
+    pub parent_score: Option<f64>,
+    /// Why it failed or was discarded, in words.
+    pub detail: Option<String>,
+    pub history: Vec<StatusChange>,
+    pub trial_dir: Option<PathBuf>,
+    /// Process group of the running train command, for orphan cleanup.
+    pub pgid: Option<i32>,
+    pub train: Option<ProcessReport>,
+    pub eval: Option<ProcessReport>,
+}
+
+impl Trial {
+    /// Time of the first entry into `status`.
+    pub fn time_of(&self, status: TrialStatus) -> Option<u64> {
+        self.history.iter().find(|c| c.status == status).map(|c| c.at_ms)
+    }
+
+    /// A one-line summary of the edit, `key=value` pairs.
+    pub fn edit_summary(&self) -> String {
+        if self.changes.is_empty() {
+            return "(no change)".to_string();
+        }
+        let parts: Vec<String> = self.changes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        parts.join(" ")
+    }
+}
+
+/// The recipe the ratchet currently stands on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Incumbent {
+    pub trial: TrialId,
+    pub score: f64,
+    pub config: Params,
+    pub since_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trial_id_parses_with_and_without_hash() {
+        assert_eq!("42".parse::<TrialId>().unwrap(), TrialId(42));
+        assert_eq!("#7".parse::<TrialId>().unwrap(), TrialId(7));
+        assert!("x".parse::<TrialId>().is_err());
+    }
+
+    #[test]
+    fn direction_compares_strictly() {
+        assert!(Direction::Minimize.better(1.0, 2.0));
+        assert!(!Direction::Minimize.better(2.0, 2.0));
+        assert!(Direction::Maximize.better(3.0, 2.0));
+    }
+
+    #[test]
+    fn param_values_round_trip_through_json() {
+        let mut p = Params::new();
+        p.insert("a".into(), ParamValue::Int(3));
+        p.insert("b".into(), ParamValue::Float(0.5));
+        p.insert("c".into(), ParamValue::Str("x".into()));
+        p.insert("d".into(), ParamValue::Bool(true));
+        let back: Params = serde_json::from_str(&config_key(&p)).unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn float_formatting_is_compact() {
+        assert_eq!(format_float(0.5), "0.5");
+        assert_eq!(format_float(3.0), "3.0");
+        assert_eq!(format_float(1e-4), "1.0000e-4");
+    }
+}

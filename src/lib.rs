@@ -1,0 +1,12 @@
+//! ratchet: a daemon that runs autonomous research on ML training recipes.
+//! See ARCHITECTURE.md for the map of this crate.
+
+pub mod actors;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod lineage;
+pub mod process;
+pub mod propose;
+pub mod run;
+pub mod workspace;

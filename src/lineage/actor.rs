@@ -1,0 +1,142 @@
+//! The lineage actor: the only owner of the sled database while ratchet runs.
+//! Every write is flushed before the reply, and every trial change is published
+//! to the observer (the foreground progress display, later the control socket).
+
+use std::path::PathBuf;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{error, info};
+
+use super::{LineageError, LineageStore, NewTrial};
+use crate::domain::{Incumbent, Params, Trial, TrialId};
+
+/// What observers of a running ratchet hear about.
+#[derive(Clone, Debug)]
+pub enum RunEvent {
+    /// A trial was recorded or changed; the record after the change.
+    Trial(Box<Trial>),
+    /// The executor will start nothing more: every issued trial has left its
+    /// slot and no proposal is coming (trial budget reached or all specialists
+    /// exhausted). `issued` counts trials proposed in this process.
+    Drained { issued: u64 },
+}
+
+pub type Observer = UnboundedSender<RunEvent>;
+
+/// A state change of a trial, as the executor and evaluator ask for it.
+pub type Change = Box<dyn Fn(&mut Trial) + Send + Sync>;
+
+pub enum LineageMsg {
+    Propose(NewTrial, RpcReplyPort<Result<Trial, String>>),
+    Update(TrialId, Change, RpcReplyPort<Result<Trial, String>>),
+    Get(TrialId, RpcReplyPort<Option<Trial>>),
+    Incumbent(RpcReplyPort<Option<Incumbent>>),
+    /// Which of these configurations lineage has never seen (by index).
+    Unknown(Vec<Params>, RpcReplyPort<Vec<bool>>),
+    /// Trials that are not terminal (for recovery).
+    Active(RpcReplyPort<Vec<Trial>>),
+    /// A daemon event such as a specialist crash.
+    Event { kind: String, subject: String, detail: String },
+}
+
+pub struct Lineage;
+
+pub struct LineageArgs {
+    pub dir: PathBuf,
+    pub observer: Option<Observer>,
+}
+
+pub struct LineageState {
+    store: LineageStore,
+    observer: Option<Observer>,
+}
+
+impl LineageState {
+    fn publish(&self, trial: &Trial) {
+        if let Some(o) = &self.observer {
+            let _ = o.send(RunEvent::Trial(Box::new(trial.clone())));
+        }
+    }
+}
+
+impl Actor for Lineage {
+    type Msg = LineageMsg;
+    type State = LineageState;
+    type Arguments = LineageArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: LineageArgs) -> Result<LineageState, ActorProcessingErr> {
+        let store = LineageStore::open(&args.dir)?;
+        info!(dir = %args.dir.display(), trials = store.trial_count(), "lineage opened");
+        Ok(LineageState { store, observer: args.observer })
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut LineageState) -> Result<(), ActorProcessingErr> {
+        state.store.flush().await?;
+        Ok(())
+    }
+
+    async fn handle(&self, _myself: ActorRef<Self::Msg>, msg: LineageMsg, state: &mut LineageState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            LineageMsg::Propose(new, reply) => {
+                let result = write(state, |s| s.propose(new)).await;
+                reply_fatal(reply, result)?;
+            }
+            LineageMsg::Update(id, change, reply) => {
+                let result = write(state, |s| s.update(id, change)).await;
+                // A refused transition is the caller's bug, not a storage failure.
+                match result {
+                    Err(e @ (LineageError::BadTransition { .. } | LineageError::NoSuchTrial(_))) => {
+                        error!(trial = %id, error = %e, "refused lineage update");
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                    other => reply_fatal(reply, other)?,
+                }
+            }
+            LineageMsg::Get(id, reply) => {
+                let _ = reply.send(state.store.get(id)?);
+            }
+            LineageMsg::Incumbent(reply) => {
+                let _ = reply.send(state.store.incumbent()?);
+            }
+            LineageMsg::Unknown(configs, reply) => {
+                let mut out = Vec::with_capacity(configs.len());
+                for c in &configs {
+                    out.push(!state.store.knows(c)?);
+                }
+                let _ = reply.send(out);
+            }
+            LineageMsg::Active(reply) => {
+                let _ = reply.send(state.store.active()?);
+            }
+            LineageMsg::Event { kind, subject, detail } => {
+                state.store.record_event(&kind, &subject, &detail)?;
+                state.store.flush().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs a write, flushes it, and publishes the trial it produced.
+async fn write(state: &mut LineageState, op: impl FnOnce(&LineageStore) -> Result<Trial, LineageError>) -> Result<Trial, LineageError> {
+    let trial = op(&state.store)?;
+    state.store.flush().await?;
+    state.publish(&trial);
+    Ok(trial)
+}
+
+/// Replies, and turns a storage failure into the actor's failure: lineage
+/// errors are fatal (the supervisor stops the process; systemd restarts it).
+fn reply_fatal(reply: RpcReplyPort<Result<Trial, String>>, result: Result<Trial, LineageError>) -> Result<(), ActorProcessingErr> {
+    match result {
+        Ok(t) => {
+            let _ = reply.send(Ok(t));
+            Ok(())
+        }
+        Err(e) => {
+            let _ = reply.send(Err(e.to_string()));
+            Err(e.into())
+        }
+    }
+}

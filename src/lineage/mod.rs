@@ -1,0 +1,358 @@
+//! The lineage store: every trial, its state changes and the incumbent, in sled.
+//!
+//! Durability: every write is flushed before the call returns, so a trial is on
+//! disk before its process starts and its outcome before anyone acts on it.
+//! Layout (trees): `trials` id → Trial (JSON), `active` id → () for non-terminal
+//! trials, `configs` canonical config → id, `incumbents` id → Incumbent
+//! (history, newest last), `meta` (`next_id`, `incumbent`), `events` seq → Event.
+
+pub mod actor;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use crate::domain::{
+    config_key, now_ms, FailureLabel, Incumbent, Params, StatusChange, Trial, TrialId, TrialStatus,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LineageError {
+    #[error("lineage at {path} is in use by another ratchet process (sled holds a lock on it); stop it or point --config at another lineage_dir")]
+    Locked { path: PathBuf },
+    #[error("cannot open lineage at {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("lineage storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("lineage record of trial {id} is unreadable: {source}")]
+    Corrupt { id: String, source: serde_json::Error },
+    #[error("no trial {0} in lineage")]
+    NoSuchTrial(TrialId),
+    #[error("trial {id} is {status} and cannot become {to}")]
+    BadTransition { id: TrialId, status: TrialStatus, to: TrialStatus },
+}
+
+/// A proposal before lineage gives it an id.
+#[derive(Clone, Debug)]
+pub struct NewTrial {
+    pub specialist: String,
+    pub surface: Option<String>,
+    pub parent: Option<TrialId>,
+    pub hypothesis: String,
+    pub changes: Params,
+    pub config: Params,
+}
+
+/// A daemon-level event that is not a trial state change (a specialist crash, a recovery).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub at_ms: u64,
+    pub kind: String,
+    pub subject: String,
+    pub detail: String,
+}
+
+/// Handle to the sled database. Only the lineage actor (or a CLI command when no
+/// ratchet process runs) holds one: sled locks the directory.
+pub struct LineageStore {
+    db: sled::Db,
+    trials: sled::Tree,
+    active: sled::Tree,
+    configs: sled::Tree,
+    incumbents: sled::Tree,
+    meta: sled::Tree,
+    events: sled::Tree,
+}
+
+const NEXT_ID: &[u8] = b"next_id";
+const INCUMBENT: &[u8] = b"incumbent";
+
+type TxResult<T> = Result<T, ConflictableTransactionError<LineageError>>;
+
+fn abort<T>(e: LineageError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn from_tx(e: TransactionError<LineageError>) -> LineageError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => LineageError::Sled(e),
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("lineage records serialize")
+}
+
+fn decode_trial(key: &[u8], bytes: &[u8]) -> Result<Trial, LineageError> {
+    serde_json::from_slice(bytes).map_err(|source| LineageError::Corrupt { id: id_string(key), source })
+}
+
+fn id_string(key: &[u8]) -> String {
+    key.try_into().map(|b: [u8; 8]| u64::from_be_bytes(b).to_string()).unwrap_or_else(|_| format!("{key:?}"))
+}
+
+fn key(id: TrialId) -> [u8; 8] {
+    id.0.to_be_bytes()
+}
+
+impl LineageStore {
+    /// Opens (or creates) the database under `dir/db`.
+    pub fn open(dir: &Path) -> Result<LineageStore, LineageError> {
+        let path = dir.join("db");
+        std::fs::create_dir_all(dir).map_err(|e| LineageError::Open { path: path.clone(), source: e.into() })?;
+        let db = sled::Config::new().path(&path).open().map_err(|source| match &source {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+                LineageError::Locked { path: path.clone() }
+            }
+            _ => LineageError::Open { path: path.clone(), source },
+        })?;
+        Ok(LineageStore {
+            trials: db.open_tree("trials")?,
+            active: db.open_tree("active")?,
+            configs: db.open_tree("configs")?,
+            incumbents: db.open_tree("incumbents")?,
+            meta: db.open_tree("meta")?,
+            events: db.open_tree("events")?,
+            db,
+        })
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), LineageError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Records a new trial as `Proposed`. A configuration that was already
+    /// recorded is stored as `Failed(duplicate)` instead: that is a proposer bug.
+    pub fn propose(&self, new: NewTrial) -> Result<Trial, LineageError> {
+        let ck = config_key(&new.config);
+        (&self.trials, &self.active, &self.configs, &self.meta)
+            .transaction(|(trials, active, configs, meta)| {
+                let next = match meta.get(NEXT_ID)? {
+                    Some(b) => u64::from_be_bytes(b.as_ref().try_into().unwrap_or([0; 8])),
+                    None => 1,
+                };
+                let id = TrialId(next);
+                meta.insert(NEXT_ID, &(next + 1).to_be_bytes())?;
+                let now = now_ms();
+                let mut trial = Trial {
+                    id,
+                    attempt: 1,
+                    specialist: new.specialist.clone(),
+                    surface: new.surface.clone(),
+                    parent: new.parent,
+                    hypothesis: new.hypothesis.clone(),
+                    changes: new.changes.clone(),
+                    config: new.config.clone(),
+                    status: TrialStatus::Proposed,
+                    label: None,
+                    decision: None,
+                    score: None,
+                    parent_score: None,
+                    detail: None,
+                    history: vec![StatusChange { status: TrialStatus::Proposed, at_ms: now }],
+                    trial_dir: None,
+                    pgid: None,
+                    train: None,
+                    eval: None,
+                };
+                if let Some(existing) = configs.get(ck.as_bytes())? {
+                    trial.status = TrialStatus::Failed;
+                    trial.label = Some(FailureLabel::Duplicate);
+                    trial.detail = Some(format!("configuration already measured by trial {}", id_string(&existing)));
+                    trial.history.push(StatusChange { status: TrialStatus::Failed, at_ms: now });
+                } else {
+                    configs.insert(ck.as_bytes(), &key(id))?;
+                    active.insert(&key(id), &[])?;
+                }
+                trials.insert(&key(id), encode(&trial))?;
+                Ok(trial)
+            })
+            .map_err(from_tx)
+    }
+
+    /// Applies `change` to a non-terminal trial and records its new status.
+    pub fn update(&self, id: TrialId, change: impl Fn(&mut Trial)) -> Result<Trial, LineageError> {
+        (&self.trials, &self.active, &self.meta, &self.incumbents)
+            .transaction(|(trials, active, meta, incumbents)| {
+                let Some(bytes) = trials.get(key(id))? else { return abort(LineageError::NoSuchTrial(id)) };
+                let mut trial = match decode_trial(&key(id), &bytes) {
+                    Ok(t) => t,
+                    Err(e) => return abort(e),
+                };
+                let before = trial.status;
+                change(&mut trial);
+                if before.is_terminal() {
+                    return abort(LineageError::BadTransition { id, status: before, to: trial.status });
+                }
+                if trial.status != before {
+                    trial.history.push(StatusChange { status: trial.status, at_ms: now_ms() });
+                }
+                if trial.status.is_terminal() {
+                    active.remove(&key(id))?;
+                }
+                if trial.status == TrialStatus::Kept {
+                    let inc = Incumbent {
+                        trial: id,
+                        score: trial.score.unwrap_or(f64::NAN),
+                        config: trial.config.clone(),
+                        since_ms: now_ms(),
+                    };
+                    meta.insert(INCUMBENT, encode(&inc))?;
+                    incumbents.insert(&key(id), encode(&inc))?;
+                }
+                trials.insert(&key(id), encode(&trial))?;
+                Ok(trial)
+            })
+            .map_err(from_tx)
+    }
+
+    pub fn get(&self, id: TrialId) -> Result<Option<Trial>, LineageError> {
+        self.trials.get(key(id))?.map(|b| decode_trial(&key(id), &b)).transpose()
+    }
+
+    pub fn incumbent(&self) -> Result<Option<Incumbent>, LineageError> {
+        Ok(self.meta.get(INCUMBENT)?.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    /// Every incumbent the ratchet has stood on, oldest first.
+    pub fn incumbent_history(&self) -> Result<Vec<Incumbent>, LineageError> {
+        let mut out = Vec::new();
+        for kv in self.incumbents.iter() {
+            let (_, v) = kv?;
+            if let Ok(inc) = serde_json::from_slice(&v) {
+                out.push(inc);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether this exact configuration was already recorded by any trial.
+    pub fn knows(&self, config: &Params) -> Result<bool, LineageError> {
+        Ok(self.configs.contains_key(config_key(config).as_bytes())?)
+    }
+
+    /// Trials that are not yet in a terminal state.
+    pub fn active(&self) -> Result<Vec<Trial>, LineageError> {
+        let mut out = Vec::new();
+        for kv in self.active.iter() {
+            let (k, _) = kv?;
+            if let Some(b) = self.trials.get(&k)? {
+                out.push(decode_trial(&k, &b)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// All trials in id order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = Result<Trial, LineageError>> + '_ {
+        self.trials.iter().map(|kv| {
+            let (k, v) = kv?;
+            decode_trial(&k, &v)
+        })
+    }
+
+    pub fn trial_count(&self) -> usize {
+        self.trials.len()
+    }
+
+    pub fn record_event(&self, kind: &str, subject: &str, detail: &str) -> Result<(), LineageError> {
+        let seq = self.db.generate_id()?;
+        let ev = Event { at_ms: now_ms(), kind: kind.into(), subject: subject.into(), detail: detail.into() };
+        self.events.insert(seq.to_be_bytes(), encode(&ev))?;
+        Ok(())
+    }
+
+    pub fn events(&self) -> Result<Vec<Event>, LineageError> {
+        let mut out = Vec::new();
+        for kv in self.events.iter() {
+            let (_, v) = kv?;
+            if let Ok(e) = serde_json::from_slice(&v) {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ParamValue;
+
+    fn new_trial(x: i64) -> NewTrial {
+        let mut config = Params::new();
+        config.insert("x".into(), ParamValue::Int(x));
+        NewTrial {
+            specialist: "s".into(),
+            surface: Some("surf".into()),
+            parent: None,
+            hypothesis: format!("x={x}"),
+            changes: config.clone(),
+            config,
+        }
+    }
+
+    #[test]
+    fn ids_are_dense_and_history_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LineageStore::open(dir.path()).unwrap();
+            let a = store.propose(new_trial(1)).unwrap();
+            let b = store.propose(new_trial(2)).unwrap();
+            assert_eq!((a.id, b.id), (TrialId(1), TrialId(2)));
+            store
+                .update(a.id, |t| {
+                    t.status = TrialStatus::Kept;
+                    t.score = Some(0.5);
+                })
+                .unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = LineageStore::open(dir.path()).unwrap();
+        let a = store.get(TrialId(1)).unwrap().unwrap();
+        assert_eq!(a.status, TrialStatus::Kept);
+        assert_eq!(a.history.len(), 2);
+        assert_eq!(store.incumbent().unwrap().unwrap().trial, TrialId(1));
+        let active: Vec<TrialId> = store.active().unwrap().iter().map(|t| t.id).collect();
+        assert_eq!(active, vec![TrialId(2)]);
+        assert_eq!(store.propose(new_trial(3)).unwrap().id, TrialId(3));
+    }
+
+    #[test]
+    fn a_repeated_configuration_is_recorded_as_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LineageStore::open(dir.path()).unwrap();
+        store.propose(new_trial(1)).unwrap();
+        assert!(store.knows(&new_trial(1).config).unwrap());
+        let dup = store.propose(new_trial(1)).unwrap();
+        assert_eq!(dup.status, TrialStatus::Failed);
+        assert_eq!(dup.label, Some(FailureLabel::Duplicate));
+        assert!(store.active().unwrap().iter().all(|t| t.id != dup.id));
+    }
+
+    #[test]
+    fn terminal_trials_do_not_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LineageStore::open(dir.path()).unwrap();
+        let a = store.propose(new_trial(1)).unwrap();
+        store.update(a.id, |t| t.status = TrialStatus::Discarded).unwrap();
+        let e = store.update(a.id, |t| t.status = TrialStatus::Running).unwrap_err();
+        assert!(matches!(e, LineageError::BadTransition { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_second_open_reports_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = LineageStore::open(dir.path()).unwrap();
+        match LineageStore::open(dir.path()) {
+            Err(LineageError::Locked { .. }) => {}
+            Err(e) => panic!("expected Locked, got {e}"),
+            Ok(_) => panic!("second open succeeded"),
+        }
+    }
+}

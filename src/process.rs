@@ -1,0 +1,329 @@
+//! Child processes of a trial: each in its own process group, logs captured to
+//! capped files, `NAME=value` lines parsed, the whole group killed at the timeout.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+use crate::domain::ProcessReport;
+
+/// Each captured log file stops growing at this size; the rest is read and dropped.
+pub const LOG_CAP_BYTES: u64 = 1 << 20;
+/// Lines longer than this are not parsed as metrics.
+const MAX_LINE: usize = 4096;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub argv: Vec<String>,
+    pub cwd: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// Kills a process group when dropped, unless disarmed: a trial's processes
+/// never outlive the executor state that owns them.
+#[derive(Clone, Debug, Default)]
+pub struct GroupGuard(Arc<AtomicI32>);
+
+impl GroupGuard {
+    pub fn set(&self, pgid: i32) {
+        self.0.store(pgid, Ordering::SeqCst);
+    }
+    pub fn disarm(&self) {
+        self.0.store(0, Ordering::SeqCst);
+    }
+    pub fn kill(&self) {
+        let pgid = self.0.swap(0, Ordering::SeqCst);
+        if pgid > 0 {
+            kill_group(pgid);
+        }
+    }
+}
+
+/// SIGKILL to a whole process group; a group that is already gone is fine.
+pub fn kill_group(pgid: i32) {
+    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+}
+
+/// Whether any process of the group is still alive (zombies aside).
+pub fn group_alive(pgid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    dir.flatten().any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { return false };
+        // pid (comm) state ppid pgrp ...; comm may contain spaces, so split after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return false };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
+    })
+}
+
+/// Whether a process is alive (a zombie waiting to be reaped counts as dead).
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, r)| r.split_whitespace().next() != Some("Z")),
+        Err(_) => false,
+    }
+}
+
+/// A started child: its process group and the tasks capturing its output.
+pub struct Started {
+    child: tokio::process::Child,
+    pub pgid: i32,
+    started: Instant,
+    out: tokio::task::JoinHandle<std::io::Result<Captured>>,
+    err: tokio::task::JoinHandle<std::io::Result<Captured>>,
+}
+
+/// Starts `spec` in a new process group; `guard` learns the group at once.
+/// `Ok(Err(report))` when the program cannot start (that is the trial's
+/// failure, not ratchet's); `Err` only for I/O on ratchet's own log files.
+pub async fn start(spec: &Spec, guard: &GroupGuard) -> std::io::Result<Result<Started, ProcessReport>> {
+    let mut report = ProcessReport { stdout: spec.stdout.clone(), stderr: spec.stderr.clone(), ..Default::default() };
+    let Some((program, args)) = spec.argv.split_first() else {
+        report.spawn_error = Some("empty command".into());
+        return Ok(Err(report));
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .current_dir(&spec.cwd)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let started = Instant::now();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            report.spawn_error = Some(format!("{program}: {e}"));
+            tokio::fs::write(&spec.stderr, format!("ratchet: cannot start {program}: {e}\n")).await?;
+            tokio::fs::write(&spec.stdout, b"").await?;
+            return Ok(Err(report));
+        }
+    };
+    let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+    guard.set(pgid);
+    let out = tokio::spawn(capture(child.stdout.take().expect("piped"), spec.stdout.clone(), true));
+    let err = tokio::spawn(capture(child.stderr.take().expect("piped"), spec.stderr.clone(), false));
+    Ok(Ok(Started { child, pgid, started, out, err }))
+}
+
+/// Waits for a started child until `spec.timeout` after its start, then kills
+/// its whole group (always: grandchildren left behind by a leader that exited
+/// die too) and collects the report.
+pub async fn finish(mut s: Started, spec: &Spec, guard: &GroupGuard) -> std::io::Result<ProcessReport> {
+    let mut report = ProcessReport { stdout: spec.stdout.clone(), stderr: spec.stderr.clone(), ..Default::default() };
+    let deadline = tokio::time::Instant::from_std(s.started + spec.timeout);
+    let status = tokio::select! {
+        st = s.child.wait() => Some(st?),
+        _ = tokio::time::sleep_until(deadline) => None,
+    };
+    kill_group(s.pgid);
+    let status = match status {
+        Some(st) => st,
+        None => {
+            report.timed_out = true;
+            s.child.wait().await?
+        }
+    };
+    guard.disarm();
+    report.duration_ms = s.started.elapsed().as_millis() as u64;
+    report.exit_code = status.code();
+    report.signal = std::os::unix::process::ExitStatusExt::signal(&status);
+
+    // A process that left the group (setsid) may hold the pipes open; do not wait forever.
+    for (task, is_stdout) in [(s.out, true), (s.err, false)] {
+        match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(Ok(Ok(c))) => {
+                report.truncated |= c.truncated;
+                if is_stdout {
+                    report.metrics = c.metrics;
+                    report.non_finite = c.non_finite;
+                }
+            }
+            Ok(Ok(Err(e))) => return Err(e),
+            Ok(Err(_)) | Err(_) => report.truncated = true,
+        }
+    }
+    Ok(report)
+}
+
+/// Starts and finishes `spec`.
+pub async fn run(spec: &Spec, guard: &GroupGuard) -> std::io::Result<ProcessReport> {
+    match start(spec, guard).await? {
+        Ok(s) => finish(s, spec, guard).await,
+        Err(report) => Ok(report),
+    }
+}
+
+#[derive(Default)]
+pub struct Captured {
+    truncated: bool,
+    metrics: BTreeMap<String, f64>,
+    non_finite: Vec<String>,
+}
+
+/// Copies a stream into `path` up to the cap, reads the rest to keep the child
+/// unblocked, and parses metric lines from all of it.
+async fn capture(mut from: impl AsyncRead + Unpin, path: PathBuf, parse: bool) -> std::io::Result<Captured> {
+    let mut file = tokio::fs::File::create(&path).await?;
+    let mut written = 0u64;
+    let mut out = Captured::default();
+    let mut line = Vec::with_capacity(256);
+    let mut overlong = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        let room = LOG_CAP_BYTES.saturating_sub(written) as usize;
+        if room > 0 {
+            let take = room.min(n);
+            file.write_all(&chunk[..take]).await?;
+            written += take as u64;
+        }
+        if room < n {
+            out.truncated = true;
+        }
+        if parse {
+            for &b in chunk {
+                if b == b'\n' {
+                    if !overlong {
+                        parse_line(&line, &mut out);
+                    }
+                    line.clear();
+                    overlong = false;
+                } else if line.len() < MAX_LINE {
+                    line.push(b);
+                } else {
+                    overlong = true;
+                }
+            }
+        }
+    }
+    if parse && !overlong {
+        parse_line(&line, &mut out);
+    }
+    file.flush().await?;
+    Ok(out)
+}
+
+fn parse_line(line: &[u8], out: &mut Captured) {
+    let Ok(text) = std::str::from_utf8(line) else { return };
+    if let Some((name, value)) = parse_metric(text) {
+        if value.is_finite() {
+            out.metrics.insert(name.to_string(), value);
+        } else {
+            out.metrics.remove(name);
+            out.non_finite.retain(|n| n != name);
+            out.non_finite.push(name.to_string());
+        }
+    }
+}
+
+/// Parses one `NAME=value` line: NAME is `[A-Za-z_][A-Za-z0-9_.]*`, value a float
+/// (including `nan` and `inf`). Anything else on stdout is ordinary output.
+pub fn parse_metric(line: &str) -> Option<(&str, f64)> {
+    let (name, value) = line.trim().split_once('=')?;
+    let name = name.trim_end();
+    let mut chars = name.chars();
+    let first = chars.next()?;
+    if !(first.is_ascii_alphabetic() || first == '_') || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+        return None;
+    }
+    let value = value.trim();
+    let parsed = value.parse::<f64>().ok().or_else(|| match value.to_ascii_lowercase().as_str() {
+        "nan" | "-nan" => Some(f64::NAN),
+        "inf" | "+inf" | "infinity" => Some(f64::INFINITY),
+        "-inf" | "-infinity" => Some(f64::NEG_INFINITY),
+        _ => None,
+    })?;
+    Some((name, parsed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &std::path::Path, script: &str, timeout_ms: u64) -> Spec {
+        Spec {
+            argv: vec!["bash".into(), "-c".into(), script.into()],
+            cwd: dir.to_path_buf(),
+            env: vec![("RATCHET_TEST".into(), "yes".into())],
+            timeout: Duration::from_millis(timeout_ms),
+            stdout: dir.join("out.log"),
+            stderr: dir.join("err.log"),
+        }
+    }
+
+    #[test]
+    fn metric_lines_parse() {
+        assert_eq!(parse_metric("val_bpb=1.25"), Some(("val_bpb", 1.25)));
+        assert_eq!(parse_metric(" loss = 2 "), Some(("loss", 2.0)));
+        assert!(parse_metric("loss=nan").unwrap().1.is_nan());
+        assert_eq!(parse_metric("a.b=inf").unwrap().1, f64::INFINITY);
+        assert_eq!(parse_metric("hello world"), None);
+        assert_eq!(parse_metric("1x=3"), None);
+        assert_eq!(parse_metric("x=three"), None);
+    }
+
+    #[tokio::test]
+    async fn captures_metrics_env_and_exit_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(dir.path(), "echo loss=0.5; echo acc=nan; echo $RATCHET_TEST >&2; exit 3", 10_000);
+        let r = run(&s, &GroupGuard::default()).await.unwrap();
+        assert_eq!(r.exit_code, Some(3));
+        assert_eq!(r.metrics.get("loss"), Some(&0.5));
+        assert_eq!(r.non_finite, vec!["acc".to_string()]);
+        assert_eq!(std::fs::read_to_string(&s.stderr).unwrap(), "yes\n");
+        assert!(!r.timed_out && !r.truncated);
+    }
+
+    #[tokio::test]
+    async fn a_flood_is_capped_and_the_last_metric_still_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(dir.path(), "head -c 5000000 /dev/zero | tr '\\0' 'x'; echo; echo loss=1.5", 30_000);
+        let r = run(&s, &GroupGuard::default()).await.unwrap();
+        assert!(r.truncated);
+        assert_eq!(std::fs::metadata(&s.stdout).unwrap().len(), LOG_CAP_BYTES);
+        assert_eq!(r.metrics.get("loss"), Some(&1.5));
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(dir.path(), "sleep 300 & echo $! > gc.pid; sleep 300", 500);
+        let guard = GroupGuard::default();
+        let started = start(&s, &guard).await.unwrap().unwrap();
+        let seen = started.pgid;
+        let r = finish(started, &s, &guard).await.unwrap();
+        assert!(r.timed_out);
+        assert!(seen > 0);
+        assert!(!group_alive(seen), "process group {seen} survived");
+        let gc: i32 = std::fs::read_to_string(dir.path().join("gc.pid")).unwrap().trim().parse().unwrap();
+        assert!(!pid_alive(gc), "grandchild {gc} survived");
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_reported_not_raised() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path(), "", 1000);
+        s.argv = vec!["/nonexistent/program".into()];
+        let r = run(&s, &GroupGuard::default()).await.unwrap();
+        assert!(r.spawn_error.is_some());
+        assert!(!r.succeeded());
+    }
+}

@@ -1,0 +1,5 @@
+//! Proposal strategies, free of actors and I/O: given a surface's parameter
+//! space and the configuration to start from, produce candidate edits.
+
+pub mod rng;
+pub mod search;

@@ -1,0 +1,152 @@
+//! `ratchet run`: the actor tree in the foreground, with a live progress display
+//! of every trial event, until the trial budget is spent, the specialists have
+//! nothing left to propose, or Ctrl-C.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::Actor;
+use tokio::sync::mpsc;
+
+use crate::actors::supervisor::{Supervisor, SupervisorArgs};
+use crate::config::Config;
+use crate::domain::{format_float, Trial, TrialId, TrialStatus};
+use crate::lineage::actor::RunEvent;
+
+/// What a foreground run did.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    pub trials: u64,
+    pub kept: u64,
+    pub discarded: u64,
+    pub failed: BTreeMap<String, u64>,
+    pub interrupted: bool,
+}
+
+pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunSummary> {
+    let config = Arc::new(config);
+    let exp = &config.experiment.file;
+    let out = std::io::stdout();
+    println!(
+        "ratchet: experiment `{}` ({} {:?}), {} specialist(s), {} slot(s), budget {}s per trial{}",
+        exp.name,
+        exp.metric,
+        exp.direction,
+        config.specialists.len(),
+        config.slots,
+        exp.budget_secs,
+        max_trials.map(|n| format!(", {n} trial(s)")).unwrap_or_default()
+    );
+    println!("lineage: {}", config.lineage_dir.display());
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let args = SupervisorArgs { config: config.clone(), observer: Some(tx), max_trials };
+    let (supervisor, mut handle) = Actor::spawn(None, Supervisor, args)
+        .await
+        .map_err(|e| anyhow::anyhow!("could not start: {e}"))?;
+
+    let started = Instant::now();
+    let mut summary = RunSummary::default();
+    let mut seen: HashMap<TrialId, TrialStatus> = HashMap::new();
+    let mut drained = false;
+    let mut baseline: Option<f64> = None;
+    let mut incumbent: Option<(TrialId, f64)> = None;
+    let mut interrupts = 0;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut supervisor_gone = false;
+
+    loop {
+        if drained && seen.values().all(|s| s.is_terminal()) {
+            break;
+        }
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(RunEvent::Trial(t)) => {
+                    let first = seen.insert(t.id, t.status) != Some(t.status);
+                    if !first {
+                        continue;
+                    }
+                    if t.status.is_terminal() {
+                        summary.trials += 1;
+                        match t.status {
+                            TrialStatus::Kept => summary.kept += 1,
+                            TrialStatus::Discarded => summary.discarded += 1,
+                            _ => *summary.failed.entry(t.label.map(|l| l.to_string()).unwrap_or_else(|| t.status.to_string())).or_default() += 1,
+                        }
+                        if t.status == TrialStatus::Kept {
+                            incumbent = t.score.map(|s| (t.id, s));
+                            if t.specialist == "baseline" {
+                                baseline = t.score;
+                            }
+                        }
+                    }
+                    if matches!(t.status, TrialStatus::Running) || t.status.is_terminal() {
+                        let _ = writeln!(out.lock(), "{}", progress_line(&t, &exp.metric, incumbent));
+                    }
+                }
+                Some(RunEvent::Drained { .. }) => drained = true,
+                None => break,
+            },
+            r = &mut handle => {
+                supervisor_gone = true;
+                if let Err(e) = r {
+                    anyhow::bail!("ratchet stopped unexpectedly: {e}");
+                }
+                break;
+            }
+            _ = &mut ctrl_c => {
+                interrupts += 1;
+                if interrupts > 1 {
+                    std::process::exit(130);
+                }
+                eprintln!("\nratchet: interrupted; killing running trials and recording them (Ctrl-C again to quit at once)");
+                summary.interrupted = true;
+                break;
+            }
+        }
+    }
+    if !supervisor_gone {
+        supervisor.stop(None);
+        let _ = handle.await;
+    }
+    println!(
+        "done: {} trial(s) in {:.1}s: {} kept, {} discarded, {} failed{}",
+        summary.trials,
+        started.elapsed().as_secs_f64(),
+        summary.kept,
+        summary.discarded,
+        summary.failed.values().sum::<u64>(),
+        if summary.failed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", summary.failed.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
+        }
+    );
+    if let Some((id, score)) = incumbent {
+        let vs = baseline.map(|b| format!(" (baseline {}, change {:+.4})", format_float(b), score - b)).unwrap_or_default();
+        println!("incumbent: trial {id} {}={}{vs}", exp.metric, format_float(score));
+    }
+    Ok(summary)
+}
+
+fn progress_line(t: &Trial, metric: &str, incumbent: Option<(TrialId, f64)>) -> String {
+    let head = format!("#{:<5} {:<14}", t.id.0, t.specialist);
+    match t.status {
+        TrialStatus::Running => format!("{head} running     {}", t.hypothesis),
+        TrialStatus::Kept => format!("{head} kept        {metric}={}  new incumbent", t.score.map(format_float).unwrap_or_default()),
+        TrialStatus::Discarded => format!(
+            "{head} discarded   {metric}={}  {} (incumbent {})",
+            t.score.map(format_float).unwrap_or_default(),
+            t.decision.map(|d| d.as_str()).unwrap_or(""),
+            incumbent.map(|(id, s)| format!("{}, trial {id}", format_float(s))).unwrap_or_default()
+        ),
+        _ => format!(
+            "{head} {:<11} {}",
+            t.label.map(|l| l.to_string()).unwrap_or_else(|| t.status.to_string()),
+            t.detail.clone().unwrap_or_default()
+        ),
+    }
+}

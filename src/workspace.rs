@@ -1,0 +1,158 @@
+//! Trial workspaces: a private copy of the experiment directory per trial, with
+//! the trial's configuration written into the recipe. Nothing here touches the
+//! experiment directory itself.
+
+use std::path::{Path, PathBuf};
+
+use crate::domain::{ParamValue, Params, TrialId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error("cannot prepare trial workspace {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("recipe {path} is not valid TOML: {message}")]
+    Recipe { path: PathBuf, message: String },
+    #[error("recipe {path} has no key `{key}` to set")]
+    MissingKey { path: PathBuf, key: String },
+}
+
+/// The directories of one trial.
+#[derive(Clone, Debug)]
+pub struct TrialDirs {
+    /// `<lineage>/trials/<id>`: logs and the work copy.
+    pub root: PathBuf,
+    /// `<root>/work`: the experiment as this trial sees it; commands run here.
+    pub work: PathBuf,
+}
+
+impl TrialDirs {
+    pub fn new(lineage_dir: &Path, id: TrialId) -> TrialDirs {
+        let root = lineage_dir.join("trials").join(format!("{:06}", id.0));
+        TrialDirs { work: root.join("work"), root }
+    }
+}
+
+/// Creates the trial's directories, copies the experiment into `work` (skipping
+/// hidden entries, symlinks and `skip`), and writes `config` into the recipe.
+/// Blocking: call from `spawn_blocking`.
+pub fn prepare(experiment_dir: &Path, recipe: &Path, config: &Params, dirs: &TrialDirs, skip: &Path) -> Result<(), WorkspaceError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| WorkspaceError::Io { path, source }
+    };
+    if dirs.work.exists() {
+        std::fs::remove_dir_all(&dirs.work).map_err(io(&dirs.work))?;
+    }
+    std::fs::create_dir_all(&dirs.work).map_err(io(&dirs.work))?;
+    copy_tree(experiment_dir, &dirs.work, skip).map_err(io(experiment_dir))?;
+    let recipe_path = dirs.work.join(recipe);
+    let text = std::fs::read_to_string(&recipe_path).map_err(io(&recipe_path))?;
+    let updated = apply(&text, config).map_err(|e| match e {
+        ApplyError::Parse(message) => WorkspaceError::Recipe { path: recipe_path.clone(), message },
+        ApplyError::Missing(key) => WorkspaceError::MissingKey { path: recipe_path.clone(), key },
+    })?;
+    std::fs::write(&recipe_path, updated).map_err(io(&recipe_path))?;
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path, skip: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with('.') || path == skip {
+            continue;
+        }
+        let kind = entry.file_type()?;
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            copy_tree(&path, &target, skip)?;
+        } else if kind.is_file() {
+            std::fs::copy(&path, &target)?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, PartialEq)]
+pub enum ApplyError {
+    Parse(String),
+    Missing(String),
+}
+
+/// Sets each dotted key of `config` in the TOML text, keeping its layout and comments.
+pub fn apply(text: &str, config: &Params) -> Result<String, ApplyError> {
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| ApplyError::Parse(e.to_string()))?;
+    for (key, value) in config {
+        let mut parts = key.split('.').peekable();
+        let mut item: &mut toml_edit::Item = doc.as_item_mut();
+        while let Some(part) = parts.next() {
+            let next = match item.get_mut(part) {
+                Some(i) if !i.is_none() => i,
+                _ => return Err(ApplyError::Missing(key.clone())),
+            };
+            if parts.peek().is_none() {
+                let decor = next.as_value().map(|v| v.decor().clone());
+                let mut new = to_edit(value);
+                if let Some(d) = decor {
+                    *new.decor_mut() = d;
+                }
+                *next = toml_edit::Item::Value(new);
+            }
+            item = next;
+        }
+    }
+    Ok(doc.to_string())
+}
+
+fn to_edit(v: &ParamValue) -> toml_edit::Value {
+    match v {
+        ParamValue::Bool(b) => (*b).into(),
+        ParamValue::Int(i) => (*i).into(),
+        ParamValue::Float(f) => (*f).into(),
+        ParamValue::Str(s) => s.as_str().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_sets_nested_keys_and_keeps_comments() {
+        let text = "# recipe\n[optimizer]\nlr = 0.1 # learning rate\nsteps = 10\n[model]\nkind = \"mlp\"\n";
+        let mut p = Params::new();
+        p.insert("optimizer.lr".into(), ParamValue::Float(0.25));
+        p.insert("model.kind".into(), ParamValue::Str("linear".into()));
+        let out = apply(text, &p).unwrap();
+        assert!(out.contains("lr = 0.25 # learning rate"), "{out}");
+        assert!(out.contains("kind = \"linear\""), "{out}");
+        assert!(out.contains("steps = 10"), "{out}");
+        assert!(out.starts_with("# recipe"), "{out}");
+    }
+
+    #[test]
+    fn apply_refuses_unknown_keys() {
+        let mut p = Params::new();
+        p.insert("optimizer.momentum".into(), ParamValue::Float(0.9));
+        assert_eq!(apply("[optimizer]\nlr = 0.1\n", &p), Err(ApplyError::Missing("optimizer.momentum".into())));
+    }
+
+    #[test]
+    fn prepare_copies_without_touching_the_source() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("recipe.toml"), "[a]\nx = 1\n").unwrap();
+        std::fs::create_dir(src.path().join("data")).unwrap();
+        std::fs::write(src.path().join("data/d.txt"), "d").unwrap();
+        std::fs::write(src.path().join(".hidden"), "h").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let dirs = TrialDirs::new(out.path(), TrialId(3));
+        let mut p = Params::new();
+        p.insert("a.x".into(), ParamValue::Int(5));
+        prepare(src.path(), Path::new("recipe.toml"), &p, &dirs, Path::new("/nonexistent")).unwrap();
+        assert_eq!(std::fs::read_to_string(dirs.work.join("recipe.toml")).unwrap(), "[a]\nx = 5\n");
+        assert_eq!(std::fs::read_to_string(dirs.work.join("data/d.txt")).unwrap(), "d");
+        assert!(!dirs.work.join(".hidden").exists());
+        assert_eq!(std::fs::read_to_string(src.path().join("recipe.toml")).unwrap(), "[a]\nx = 1\n");
+    }
+}
