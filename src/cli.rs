@@ -12,7 +12,11 @@ use crate::domain::{format_float, Trial, TrialId};
 use crate::lineage::LineageStore;
 
 #[derive(Parser, Debug)]
-#[command(name = "ratchet", version, about = "Autonomous research on ML training recipes: specialists propose, an evaluator keeps only measured gains")]
+#[command(
+    name = "ratchet",
+    version,
+    about = "Autonomous research on ML training recipes: specialists propose, an evaluator keeps only measured gains"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -85,8 +89,13 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RATCHET_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RATCHET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 fn load_config(path: &Path) -> Result<Config, ExitCode> {
@@ -121,9 +130,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let rt = tokio::runtime::Runtime::new()?;
             let summary = rt.block_on(crate::run::run(c, trials))?;
-            Ok(if summary.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS })
+            Ok(if summary.interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
-        Command::Lineage { config, lineage, command } => {
+        Command::Lineage {
+            config,
+            lineage,
+            command,
+        } => {
             let dir = match lineage {
                 Some(d) => d,
                 None => match load_config(&config.config) {
@@ -132,7 +149,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             };
             if !dir.join("db").exists() {
-                anyhow::bail!("no lineage at {} yet (run `ratchet run` first)", dir.display());
+                anyhow::bail!(
+                    "no lineage at {} yet (run `ratchet run` first)",
+                    dir.display()
+                );
             }
             let store = LineageStore::open(&dir)?;
             lineage_command(&store, command)
@@ -146,7 +166,11 @@ fn lineage_command(store: &LineageStore, command: LineageCommand) -> anyhow::Res
     match command {
         LineageCommand::List { json } => {
             if !json {
-                writeln!(out, "{:>6}  {:<11} {:<15} {:<14} {:>12}  hypothesis", "id", "status", "label/decision", "specialist", "score")?;
+                writeln!(
+                    out,
+                    "{:>6}  {:<11} {:<15} {:<14} {:>12}  hypothesis",
+                    "id", "status", "label/decision", "specialist", "score"
+                )?;
             }
             for t in store.iter() {
                 let t = t?;
@@ -159,16 +183,25 @@ fn lineage_command(store: &LineageStore, command: LineageCommand) -> anyhow::Res
             }
         }
         LineageCommand::Show { id } => {
-            let Some(t) = store.get(id)? else { anyhow::bail!("no trial {id} in lineage") };
+            let Some(t) = store.get(id)? else {
+                anyhow::bail!("no trial {id} in lineage")
+            };
             show(&mut out, &t)?;
         }
         LineageCommand::Best { json } => {
-            let Some(inc) = store.incumbent()? else { anyhow::bail!("no incumbent yet: no trial has been kept") };
+            let Some(inc) = store.incumbent()? else {
+                anyhow::bail!("no incumbent yet: no trial has been kept")
+            };
             if json {
                 serde_json::to_writer(&mut out, &inc)?;
                 writeln!(out)?;
             } else {
-                writeln!(out, "incumbent: trial {} score {}", inc.trial, format_float(inc.score))?;
+                writeln!(
+                    out,
+                    "incumbent: trial {} score {}",
+                    inc.trial,
+                    format_float(inc.score)
+                )?;
                 for (k, v) in &inc.config {
                     writeln!(out, "  {k} = {v}")?;
                 }
@@ -184,7 +217,11 @@ fn lineage_command(store: &LineageStore, command: LineageCommand) -> anyhow::Res
 }
 
 fn list_row(t: &Trial) -> String {
-    let verdict = t.label.map(|l| l.to_string()).or(t.decision.map(|d| d.as_str().to_string())).unwrap_or_default();
+    let verdict = t
+        .label
+        .map(|l| l.to_string())
+        .or(t.decision.map(|d| d.as_str().to_string()))
+        .unwrap_or_default();
     let mut hyp: String = t.hypothesis.chars().take(70).collect();
     if hyp.len() < t.hypothesis.len() {
         hyp.push('…');
@@ -202,8 +239,19 @@ fn list_row(t: &Trial) -> String {
 
 fn show(out: &mut impl Write, t: &Trial) -> anyhow::Result<()> {
     writeln!(out, "trial {} (attempt {})", t.id, t.attempt)?;
-    writeln!(out, "specialist: {}  surface: {}", t.specialist, t.surface.as_deref().unwrap_or("-"))?;
-    writeln!(out, "parent: {}", t.parent.map(|p| p.to_string()).unwrap_or_else(|| "-".into()))?;
+    writeln!(
+        out,
+        "specialist: {}  surface: {}",
+        t.specialist,
+        t.surface.as_deref().unwrap_or("-")
+    )?;
+    writeln!(
+        out,
+        "parent: {}",
+        t.parent
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into())
+    )?;
     writeln!(out, "hypothesis: {}", t.hypothesis)?;
     writeln!(out, "edit: {}", t.edit_summary())?;
     writeln!(out, "status: {}", t.status)?;
@@ -214,7 +262,14 @@ fn show(out: &mut impl Write, t: &Trial) -> anyhow::Result<()> {
         writeln!(out, "decision: {}", d.as_str())?;
     }
     if let Some(s) = t.score {
-        writeln!(out, "score: {}  (incumbent then: {})", format_float(s), t.parent_score.map(format_float).unwrap_or_else(|| "-".into()))?;
+        writeln!(
+            out,
+            "score: {}  (incumbent then: {})",
+            format_float(s),
+            t.parent_score
+                .map(format_float)
+                .unwrap_or_else(|| "-".into())
+        )?;
     }
     if let Some(d) = &t.detail {
         writeln!(out, "detail: {d}")?;
@@ -222,11 +277,22 @@ fn show(out: &mut impl Write, t: &Trial) -> anyhow::Result<()> {
     writeln!(out, "history:")?;
     let start = t.history.first().map(|c| c.at_ms).unwrap_or(0);
     for c in &t.history {
-        writeln!(out, "  +{:>8.3}s  {}", (c.at_ms - start) as f64 / 1000.0, c.status)?;
+        writeln!(
+            out,
+            "  +{:>8.3}s  {}",
+            (c.at_ms - start) as f64 / 1000.0,
+            c.status
+        )?;
     }
     for (name, report) in [("train", &t.train), ("eval", &t.eval)] {
         let Some(r) = report else { continue };
-        writeln!(out, "{name}: {} in {:.2}s{}", r.describe(), r.duration_ms as f64 / 1000.0, if r.truncated { " (log truncated)" } else { "" })?;
+        writeln!(
+            out,
+            "{name}: {} in {:.2}s{}",
+            r.describe(),
+            r.duration_ms as f64 / 1000.0,
+            if r.truncated { " (log truncated)" } else { "" }
+        )?;
         for (k, v) in &r.metrics {
             writeln!(out, "  {k}={}", format_float(*v))?;
         }
@@ -250,12 +316,17 @@ fn show(out: &mut impl Write, t: &Trial) -> anyhow::Result<()> {
 /// The last `n` lines of a log file (reads at most its last 64 KiB).
 fn tail_lines(path: &Path, n: usize) -> Vec<String> {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else { return Vec::new() };
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf);
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].iter().map(|l| l.chars().take(200).collect()).collect()
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.chars().take(200).collect())
+        .collect()
 }

@@ -174,15 +174,26 @@ impl ParamSpec {
 
     fn check(&self) -> Result<(), String> {
         match self {
-            Self::Int { min, max } if min >= max => Err(format!("min {min} must be below max {max}")),
-            Self::Float { min, max } if !(min < max) => Err(format!("min {min} must be below max {max}")),
-            Self::LogFloat { min, max } if !(*min > 0.0 && min < max) => {
-                Err(format!("log_float needs 0 < min < max, got min {min} max {max}"))
+            Self::Int { min, max } if min >= max => {
+                Err(format!("min {min} must be below max {max}"))
             }
-            Self::Choice { values } if values.len() < 2 => Err("choice needs at least two values".into()),
+            Self::Float { min, max } if !ordered(*min, *max) => {
+                Err(format!("min {min} must be below max {max}"))
+            }
+            Self::LogFloat { min, max } if !(ordered(0.0, *min) && ordered(*min, *max)) => Err(
+                format!("log_float needs 0 < min < max, got min {min} max {max}"),
+            ),
+            Self::Choice { values } if values.len() < 2 => {
+                Err("choice needs at least two values".into())
+            }
             _ => Ok(()),
         }
     }
+}
+
+/// `a < b`, both finite.
+fn ordered(a: f64, b: f64) -> bool {
+    a.is_finite() && b.is_finite() && a.partial_cmp(&b) == Some(std::cmp::Ordering::Less)
 }
 
 // ---------------------------------------------------------------------------
@@ -221,7 +232,10 @@ impl Experiment {
     }
 
     pub fn eval_timeout_secs(&self) -> u64 {
-        self.file.eval.timeout_secs.unwrap_or(self.file.timeout_secs)
+        self.file
+            .eval
+            .timeout_secs
+            .unwrap_or(self.file.timeout_secs)
     }
 }
 
@@ -237,8 +251,17 @@ impl Config {
     }
 }
 
-fn err(errors: &mut Vec<ConfigError>, file: &Path, key: impl Into<String>, message: impl Into<String>) {
-    errors.push(ConfigError { file: file.to_path_buf(), key: key.into(), message: message.into() });
+fn err(
+    errors: &mut Vec<ConfigError>,
+    file: &Path,
+    key: impl Into<String>,
+    message: impl Into<String>,
+) {
+    errors.push(ConfigError {
+        file: file.to_path_buf(),
+        key: key.into(),
+        message: message.into(),
+    });
 }
 
 fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
@@ -270,35 +293,87 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
     let mut names = BTreeSet::new();
     for (i, s) in parsed.specialists.iter().enumerate() {
         let key = |k: &str| format!("specialist[{i}].{k}");
-        if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            err(errors, &file, key("name"), format!("`{}` must be non-empty and use only letters, digits, `_` and `-`", s.name));
+        if s.name.is_empty()
+            || !s
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            err(
+                errors,
+                &file,
+                key("name"),
+                format!(
+                    "`{}` must be non-empty and use only letters, digits, `_` and `-`",
+                    s.name
+                ),
+            );
         }
         if !names.insert(s.name.clone()) {
-            err(errors, &file, key("name"), format!("duplicate specialist name `{}`", s.name));
+            err(
+                errors,
+                &file,
+                key("name"),
+                format!("duplicate specialist name `{}`", s.name),
+            );
         }
         if s.name == "baseline" {
-            err(errors, &file, key("name"), "`baseline` is reserved for the experiment's own recipe");
+            err(
+                errors,
+                &file,
+                key("name"),
+                "`baseline` is reserved for the experiment's own recipe",
+            );
         }
         if let Some(exp) = &experiment {
             match exp.surface(&s.surface) {
                 None => {
-                    let known: Vec<&str> = exp.file.surfaces.iter().map(|s| s.name.as_str()).collect();
-                    err(errors, &file, key("surface"), format!("no surface `{}` in {} (surfaces: {})", s.surface, exp.dir.join("experiment.toml").display(), known.join(", ")));
+                    let known: Vec<&str> =
+                        exp.file.surfaces.iter().map(|s| s.name.as_str()).collect();
+                    err(
+                        errors,
+                        &file,
+                        key("surface"),
+                        format!(
+                            "no surface `{}` in {} (surfaces: {})",
+                            s.surface,
+                            exp.dir.join("experiment.toml").display(),
+                            known.join(", ")
+                        ),
+                    );
                 }
                 Some(surface) if s.kind == SpecialistKind::Search && surface.params.is_empty() => {
-                    err(errors, &file, key("surface"), format!("surface `{}` declares no params for a search specialist", s.surface));
+                    err(
+                        errors,
+                        &file,
+                        key("surface"),
+                        format!(
+                            "surface `{}` declares no params for a search specialist",
+                            s.surface
+                        ),
+                    );
                 }
                 Some(_) => {}
             }
         }
         if let Some(path) = &s.instructions {
             if !base.join(path).is_file() {
-                err(errors, &file, key("instructions"), format!("file {} does not exist", base.join(path).display()));
+                err(
+                    errors,
+                    &file,
+                    key("instructions"),
+                    format!("file {} does not exist", base.join(path).display()),
+                );
             }
         }
     }
     if parsed.specialists.is_empty() {
-        err(errors, &file, "specialist", "no [[specialist]] is configured");
+        err(
+            errors,
+            &file,
+            "specialist",
+            "no [[specialist]] is configured",
+        );
     }
     let experiment = experiment?;
     Some(Config {
@@ -324,7 +399,11 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
 /// rest of specialists.toml does not parse.
 fn experiment_path_fallback(text: &str) -> Option<PathBuf> {
     let table: toml::Table = text.parse().ok()?;
-    table.get("daemon")?.get("experiment")?.as_str().map(PathBuf::from)
+    table
+        .get("daemon")?
+        .get("experiment")?
+        .as_str()
+        .map(PathBuf::from)
 }
 
 /// Loads and validates `<dir>/experiment.toml` and reads the recipe defaults.
@@ -347,7 +426,15 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
         err(errors, &file, "budget_secs", "must be at least 1");
     }
     if exp.timeout_secs < exp.budget_secs {
-        err(errors, &file, "timeout_secs", format!("{} is below budget_secs {}: every trial would be killed", exp.timeout_secs, exp.budget_secs));
+        err(
+            errors,
+            &file,
+            "timeout_secs",
+            format!(
+                "{} is below budget_secs {}: every trial would be killed",
+                exp.timeout_secs, exp.budget_secs
+            ),
+        );
     }
     if exp.train.is_empty() {
         err(errors, &file, "train", "needs a program");
@@ -358,14 +445,29 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
     if exp.eval.timeout_secs == Some(0) {
         err(errors, &file, "eval.timeout_secs", "must be at least 1");
     }
-    if exp.recipe.is_absolute() || exp.recipe.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        err(errors, &file, "recipe", "must be a relative path inside the experiment directory");
+    if exp.recipe.is_absolute()
+        || exp
+            .recipe
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        err(
+            errors,
+            &file,
+            "recipe",
+            "must be a relative path inside the experiment directory",
+        );
     }
     let mut surface_names = BTreeSet::new();
     let mut param_owner: BTreeMap<&str, &str> = BTreeMap::new();
     for (i, s) in exp.surfaces.iter().enumerate() {
         if !surface_names.insert(s.name.as_str()) {
-            err(errors, &file, format!("surface[{i}].name"), format!("duplicate surface `{}`", s.name));
+            err(
+                errors,
+                &file,
+                format!("surface[{i}].name"),
+                format!("duplicate surface `{}`", s.name),
+            );
         }
         for (k, spec) in &s.params {
             let key = format!("surface[{i}].params.{}", quote_key(k));
@@ -373,7 +475,12 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
                 err(errors, &file, key.clone(), m);
             }
             if let Some(other) = param_owner.insert(k, &s.name) {
-                err(errors, &file, key, format!("parameter already belongs to surface `{other}`"));
+                err(
+                    errors,
+                    &file,
+                    key,
+                    format!("parameter already belongs to surface `{other}`"),
+                );
             }
         }
     }
@@ -382,11 +489,19 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
     }
     let recipe_path = dir.join(&exp.recipe);
     let defaults = read_defaults(&recipe_path, &exp, errors)?;
-    Some(Experiment { dir, file: exp, defaults })
+    Some(Experiment {
+        dir,
+        file: exp,
+        defaults,
+    })
 }
 
 /// Reads the recipe's value of every declared parameter and checks it against its space.
-fn read_defaults(recipe: &Path, exp: &ExperimentFile, errors: &mut Vec<ConfigError>) -> Option<Params> {
+fn read_defaults(
+    recipe: &Path,
+    exp: &ExperimentFile,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Params> {
     let text = match std::fs::read_to_string(recipe) {
         Ok(t) => t,
         Err(e) => {
@@ -397,7 +512,12 @@ fn read_defaults(recipe: &Path, exp: &ExperimentFile, errors: &mut Vec<ConfigErr
     let table: toml::Table = match text.parse() {
         Ok(t) => t,
         Err(e) => {
-            err(errors, recipe, ".", format!("invalid TOML: {}", one_line(&e.to_string())));
+            err(
+                errors,
+                recipe,
+                ".",
+                format!("invalid TOML: {}", one_line(&e.to_string())),
+            );
             return None;
         }
     };
@@ -447,7 +567,10 @@ fn one_line(s: &str) -> String {
 
 /// A map key as it appears in a key path: bare when it can be, quoted otherwise.
 fn quote_key(k: &str) -> String {
-    if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         k.to_string()
     } else {
         format!("{k:?}")
@@ -457,11 +580,20 @@ fn quote_key(k: &str) -> String {
 /// Deserializes `text` into `T`, collecting every structural error (unknown key,
 /// wrong type, missing key) instead of stopping at the first: each error's key
 /// is removed and deserialization retried, so one run reports them all.
-fn parse_collecting<T: DeserializeOwned>(file: &Path, text: &str, errors: &mut Vec<ConfigError>) -> Option<T> {
+fn parse_collecting<T: DeserializeOwned>(
+    file: &Path,
+    text: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
     let table: toml::Table = match text.parse() {
         Ok(t) => t,
         Err(e) => {
-            err(errors, file, ".", format!("invalid TOML: {}", one_line(&e.to_string())));
+            err(
+                errors,
+                file,
+                ".",
+                format!("invalid TOML: {}", one_line(&e.to_string())),
+            );
             return None;
         }
     };
@@ -484,13 +616,19 @@ fn parse_collecting<T: DeserializeOwned>(file: &Path, text: &str, errors: &mut V
             }
         }
         // An unknown field may be reported at its parent; the key is in the message.
-        if let Some(name) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+        if let Some(name) = message
+            .strip_prefix("unknown field `")
+            .and_then(|m| m.split('`').next())
+        {
             if path.last().map(String::as_str) != Some(name) {
                 path.push(name.to_string());
             }
         }
         // A missing key that we removed ourselves was already reported as wrong.
-        let missing = message.strip_prefix("missing field `").and_then(|m| m.split('`').next()).map(str::to_string);
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+            .map(str::to_string);
         let already = missing.as_ref().is_some_and(|name| {
             let mut full = path.clone();
             full.push(name.clone());
@@ -530,14 +668,21 @@ fn render_path(path: &[String]) -> String {
 }
 
 fn remove_at(value: &mut toml::Value, path: &[String]) -> bool {
-    let Some((last, parents)) = path.split_last() else { return false };
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
     let mut current = value;
     for p in parents {
-        current = match (p.strip_prefix('[').and_then(|s| s.strip_suffix(']')), current) {
-            (Some(i), toml::Value::Array(a)) => match i.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
-                Some(v) => v,
-                None => return false,
-            },
+        current = match (
+            p.strip_prefix('[').and_then(|s| s.strip_suffix(']')),
+            current,
+        ) {
+            (Some(i), toml::Value::Array(a)) => {
+                match i.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
+                    Some(v) => v,
+                    None => return false,
+                }
+            }
             (None, toml::Value::Table(t)) => match t.get_mut(p) {
                 Some(v) => v,
                 None => return false,
@@ -547,7 +692,8 @@ fn remove_at(value: &mut toml::Value, path: &[String]) -> bool {
     }
     match current {
         toml::Value::Table(t) => t.remove(last).is_some(),
-        toml::Value::Array(a) => match last.trim_matches(|c| c == '[' || c == ']').parse::<usize>() {
+        toml::Value::Array(a) => match last.trim_matches(|c| c == '[' || c == ']').parse::<usize>()
+        {
             Ok(i) if i < a.len() => {
                 a.remove(i);
                 true
@@ -608,6 +754,9 @@ mod tests {
         );
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].message.contains("step"), "{errors:?}");
-        assert!(errors[0].key.starts_with("params.\"optimizer.lr\""), "{errors:?}");
+        assert!(
+            errors[0].key.starts_with("params.\"optimizer.lr\""),
+            "{errors:?}"
+        );
     }
 }

@@ -45,7 +45,10 @@ pub enum TrialStatus {
 
 impl TrialStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Kept | Self::Discarded | Self::Failed | Self::Interrupted)
+        matches!(
+            self,
+            Self::Kept | Self::Discarded | Self::Failed | Self::Interrupted
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -148,6 +151,13 @@ pub enum Direction {
 }
 
 impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Minimize => "minimize",
+            Self::Maximize => "maximize",
+        }
+    }
+
     /// True when `a` is strictly better than `b`.
     pub fn better(self, a: f64, b: f64) -> bool {
         match self {
@@ -221,6 +231,9 @@ pub struct ProcessReport {
     pub timed_out: bool,
     /// Could not be started at all (the reason).
     pub spawn_error: Option<String>,
+    /// Wall-clock start (ms since the Unix epoch) of the process.
+    pub started_ms: u64,
+    /// From start until the process (and its group) was gone.
     pub duration_ms: u64,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
@@ -243,7 +256,10 @@ impl ProcessReport {
             return format!("failed to start: {e}");
         }
         if self.timed_out {
-            return format!("killed at the timeout after {:.1}s", self.duration_ms as f64 / 1000.0);
+            return format!(
+                "killed at the timeout after {:.1}s",
+                self.duration_ms as f64 / 1000.0
+            );
         }
         match (self.exit_code, self.signal) {
             (Some(c), _) => format!("exit status {c}"),
@@ -289,7 +305,10 @@ pub struct Trial {
 impl Trial {
     /// Time of the first entry into `status`.
     pub fn time_of(&self, status: TrialStatus) -> Option<u64> {
-        self.history.iter().find(|c| c.status == status).map(|c| c.at_ms)
+        self.history
+            .iter()
+            .find(|c| c.status == status)
+            .map(|c| c.at_ms)
     }
 
     /// A one-line summary of the edit, `key=value` pairs.
@@ -297,7 +316,11 @@ impl Trial {
         if self.changes.is_empty() {
             return "(no change)".to_string();
         }
-        let parts: Vec<String> = self.changes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let parts: Vec<String> = self
+            .changes
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         parts.join(" ")
     }
 }

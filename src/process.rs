@@ -57,11 +57,17 @@ pub fn kill_group(pgid: i32) {
 
 /// Whether any process of the group is still alive (zombies aside).
 pub fn group_alive(pgid: i32) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
     dir.flatten().any(|e| {
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { return false };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
         // pid (comm) state ppid pgrp ...; comm may contain spaces, so split after ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return false };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            return false;
+        };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
     })
@@ -70,7 +76,9 @@ pub fn group_alive(pgid: i32) -> bool {
 /// Whether a process is alive (a zombie waiting to be reaped counts as dead).
 pub fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, r)| r.split_whitespace().next() != Some("Z")),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.split_whitespace().next() != Some("Z")),
         Err(_) => false,
     }
 }
@@ -80,6 +88,7 @@ pub struct Started {
     child: tokio::process::Child,
     pub pgid: i32,
     started: Instant,
+    started_ms: u64,
     out: tokio::task::JoinHandle<std::io::Result<Captured>>,
     err: tokio::task::JoinHandle<std::io::Result<Captured>>,
 }
@@ -87,8 +96,15 @@ pub struct Started {
 /// Starts `spec` in a new process group; `guard` learns the group at once.
 /// `Ok(Err(report))` when the program cannot start (that is the trial's
 /// failure, not ratchet's); `Err` only for I/O on ratchet's own log files.
-pub async fn start(spec: &Spec, guard: &GroupGuard) -> std::io::Result<Result<Started, ProcessReport>> {
-    let mut report = ProcessReport { stdout: spec.stdout.clone(), stderr: spec.stderr.clone(), ..Default::default() };
+pub async fn start(
+    spec: &Spec,
+    guard: &GroupGuard,
+) -> std::io::Result<Result<Started, ProcessReport>> {
+    let mut report = ProcessReport {
+        stdout: spec.stdout.clone(),
+        stderr: spec.stderr.clone(),
+        ..Default::default()
+    };
     let Some((program, args)) = spec.argv.split_first() else {
         report.spawn_error = Some("empty command".into());
         return Ok(Err(report));
@@ -103,27 +119,55 @@ pub async fn start(spec: &Spec, guard: &GroupGuard) -> std::io::Result<Result<St
         .process_group(0)
         .kill_on_drop(true);
     let started = Instant::now();
+    let started_ms = crate::domain::now_ms();
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             report.spawn_error = Some(format!("{program}: {e}"));
-            tokio::fs::write(&spec.stderr, format!("ratchet: cannot start {program}: {e}\n")).await?;
+            tokio::fs::write(
+                &spec.stderr,
+                format!("ratchet: cannot start {program}: {e}\n"),
+            )
+            .await?;
             tokio::fs::write(&spec.stdout, b"").await?;
             return Ok(Err(report));
         }
     };
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
     guard.set(pgid);
-    let out = tokio::spawn(capture(child.stdout.take().expect("piped"), spec.stdout.clone(), true));
-    let err = tokio::spawn(capture(child.stderr.take().expect("piped"), spec.stderr.clone(), false));
-    Ok(Ok(Started { child, pgid, started, out, err }))
+    let out = tokio::spawn(capture(
+        child.stdout.take().expect("piped"),
+        spec.stdout.clone(),
+        true,
+    ));
+    let err = tokio::spawn(capture(
+        child.stderr.take().expect("piped"),
+        spec.stderr.clone(),
+        false,
+    ));
+    Ok(Ok(Started {
+        child,
+        pgid,
+        started,
+        started_ms,
+        out,
+        err,
+    }))
 }
 
 /// Waits for a started child until `spec.timeout` after its start, then kills
 /// its whole group (always: grandchildren left behind by a leader that exited
 /// die too) and collects the report.
-pub async fn finish(mut s: Started, spec: &Spec, guard: &GroupGuard) -> std::io::Result<ProcessReport> {
-    let mut report = ProcessReport { stdout: spec.stdout.clone(), stderr: spec.stderr.clone(), ..Default::default() };
+pub async fn finish(
+    mut s: Started,
+    spec: &Spec,
+    guard: &GroupGuard,
+) -> std::io::Result<ProcessReport> {
+    let mut report = ProcessReport {
+        stdout: spec.stdout.clone(),
+        stderr: spec.stderr.clone(),
+        ..Default::default()
+    };
     let deadline = tokio::time::Instant::from_std(s.started + spec.timeout);
     let status = tokio::select! {
         st = s.child.wait() => Some(st?),
@@ -138,6 +182,7 @@ pub async fn finish(mut s: Started, spec: &Spec, guard: &GroupGuard) -> std::io:
         }
     };
     guard.disarm();
+    report.started_ms = s.started_ms;
     report.duration_ms = s.started.elapsed().as_millis() as u64;
     report.exit_code = status.code();
     report.signal = std::os::unix::process::ExitStatusExt::signal(&status);
@@ -176,7 +221,11 @@ pub struct Captured {
 
 /// Copies a stream into `path` up to the cap, reads the rest to keep the child
 /// unblocked, and parses metric lines from all of it.
-async fn capture(mut from: impl AsyncRead + Unpin, path: PathBuf, parse: bool) -> std::io::Result<Captured> {
+async fn capture(
+    mut from: impl AsyncRead + Unpin,
+    path: PathBuf,
+    parse: bool,
+) -> std::io::Result<Captured> {
     let mut file = tokio::fs::File::create(&path).await?;
     let mut written = 0u64;
     let mut out = Captured::default();
@@ -222,7 +271,9 @@ async fn capture(mut from: impl AsyncRead + Unpin, path: PathBuf, parse: bool) -
 }
 
 fn parse_line(line: &[u8], out: &mut Captured) {
-    let Ok(text) = std::str::from_utf8(line) else { return };
+    let Ok(text) = std::str::from_utf8(line) else {
+        return;
+    };
     if let Some((name, value)) = parse_metric(text) {
         if value.is_finite() {
             out.metrics.insert(name.to_string(), value);
@@ -241,16 +292,22 @@ pub fn parse_metric(line: &str) -> Option<(&str, f64)> {
     let name = name.trim_end();
     let mut chars = name.chars();
     let first = chars.next()?;
-    if !(first.is_ascii_alphabetic() || first == '_') || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+    if !(first.is_ascii_alphabetic() || first == '_')
+        || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+    {
         return None;
     }
     let value = value.trim();
-    let parsed = value.parse::<f64>().ok().or_else(|| match value.to_ascii_lowercase().as_str() {
-        "nan" | "-nan" => Some(f64::NAN),
-        "inf" | "+inf" | "infinity" => Some(f64::INFINITY),
-        "-inf" | "-infinity" => Some(f64::NEG_INFINITY),
-        _ => None,
-    })?;
+    let parsed =
+        value
+            .parse::<f64>()
+            .ok()
+            .or_else(|| match value.to_ascii_lowercase().as_str() {
+                "nan" | "-nan" => Some(f64::NAN),
+                "inf" | "+inf" | "infinity" => Some(f64::INFINITY),
+                "-inf" | "-infinity" => Some(f64::NEG_INFINITY),
+                _ => None,
+            })?;
     Some((name, parsed))
 }
 
@@ -283,7 +340,11 @@ mod tests {
     #[tokio::test]
     async fn captures_metrics_env_and_exit_code() {
         let dir = tempfile::tempdir().unwrap();
-        let s = spec(dir.path(), "echo loss=0.5; echo acc=nan; echo $RATCHET_TEST >&2; exit 3", 10_000);
+        let s = spec(
+            dir.path(),
+            "echo loss=0.5; echo acc=nan; echo $RATCHET_TEST >&2; exit 3",
+            10_000,
+        );
         let r = run(&s, &GroupGuard::default()).await.unwrap();
         assert_eq!(r.exit_code, Some(3));
         assert_eq!(r.metrics.get("loss"), Some(&0.5));
@@ -295,7 +356,11 @@ mod tests {
     #[tokio::test]
     async fn a_flood_is_capped_and_the_last_metric_still_parses() {
         let dir = tempfile::tempdir().unwrap();
-        let s = spec(dir.path(), "head -c 5000000 /dev/zero | tr '\\0' 'x'; echo; echo loss=1.5", 30_000);
+        let s = spec(
+            dir.path(),
+            "head -c 5000000 /dev/zero | tr '\\0' 'x'; echo; echo loss=1.5",
+            30_000,
+        );
         let r = run(&s, &GroupGuard::default()).await.unwrap();
         assert!(r.truncated);
         assert_eq!(std::fs::metadata(&s.stdout).unwrap().len(), LOG_CAP_BYTES);
@@ -313,7 +378,11 @@ mod tests {
         assert!(r.timed_out);
         assert!(seen > 0);
         assert!(!group_alive(seen), "process group {seen} survived");
-        let gc: i32 = std::fs::read_to_string(dir.path().join("gc.pid")).unwrap().trim().parse().unwrap();
+        let gc: i32 = std::fs::read_to_string(dir.path().join("gc.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert!(!pid_alive(gc), "grandchild {gc} survived");
     }
 

@@ -30,19 +30,25 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
     let exp = &config.experiment.file;
     let out = std::io::stdout();
     println!(
-        "ratchet: experiment `{}` ({} {:?}), {} specialist(s), {} slot(s), budget {}s per trial{}",
+        "ratchet: experiment `{}` ({} {}), {} specialist(s), {} slot(s), budget {}s per trial{}",
         exp.name,
         exp.metric,
-        exp.direction,
+        exp.direction.as_str(),
         config.specialists.len(),
         config.slots,
         exp.budget_secs,
-        max_trials.map(|n| format!(", {n} trial(s)")).unwrap_or_default()
+        max_trials
+            .map(|n| format!(", {n} trial(s)"))
+            .unwrap_or_default()
     );
     println!("lineage: {}", config.lineage_dir.display());
 
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let args = SupervisorArgs { config: config.clone(), observer: Some(tx), max_trials };
+    let args = SupervisorArgs {
+        config: config.clone(),
+        observer: Some(tx),
+        max_trials,
+    };
     let (supervisor, mut handle) = Actor::spawn(None, Supervisor, args)
         .await
         .map_err(|e| anyhow::anyhow!("could not start: {e}"))?;
@@ -122,12 +128,26 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
         if summary.failed.is_empty() {
             String::new()
         } else {
-            format!(" ({})", summary.failed.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
+            format!(
+                " ({})",
+                summary
+                    .failed
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         }
     );
     if let Some((id, score)) = incumbent {
-        let vs = baseline.map(|b| format!(" (baseline {}, change {:+.4})", format_float(b), score - b)).unwrap_or_default();
-        println!("incumbent: trial {id} {}={}{vs}", exp.metric, format_float(score));
+        let vs = baseline
+            .map(|b| format!(" (baseline {}, change {:+.4})", format_float(b), score - b))
+            .unwrap_or_default();
+        println!(
+            "incumbent: trial {id} {}={}{vs}",
+            exp.metric,
+            format_float(score)
+        );
     }
     Ok(summary)
 }
@@ -136,16 +156,23 @@ fn progress_line(t: &Trial, metric: &str, incumbent: Option<(TrialId, f64)>) -> 
     let head = format!("#{:<5} {:<14}", t.id.0, t.specialist);
     match t.status {
         TrialStatus::Running => format!("{head} running     {}", t.hypothesis),
-        TrialStatus::Kept => format!("{head} kept        {metric}={}  new incumbent", t.score.map(format_float).unwrap_or_default()),
+        TrialStatus::Kept => format!(
+            "{head} kept        {metric}={}  new incumbent",
+            t.score.map(format_float).unwrap_or_default()
+        ),
         TrialStatus::Discarded => format!(
             "{head} discarded   {metric}={}  {} (incumbent {})",
             t.score.map(format_float).unwrap_or_default(),
             t.decision.map(|d| d.as_str()).unwrap_or(""),
-            incumbent.map(|(id, s)| format!("{}, trial {id}", format_float(s))).unwrap_or_default()
+            incumbent
+                .map(|(id, s)| format!("{}, trial {id}", format_float(s)))
+                .unwrap_or_default()
         ),
         _ => format!(
             "{head} {:<11} {}",
-            t.label.map(|l| l.to_string()).unwrap_or_else(|| t.status.to_string()),
+            t.label
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| t.status.to_string()),
             t.detail.clone().unwrap_or_default()
         ),
     }

@@ -9,7 +9,10 @@ use crate::domain::{ParamValue, Params, TrialId};
 #[derive(Debug, thiserror::Error)]
 pub enum WorkspaceError {
     #[error("cannot prepare trial workspace {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("recipe {path} is not valid TOML: {message}")]
     Recipe { path: PathBuf, message: String },
     #[error("recipe {path} has no key `{key}` to set")]
@@ -28,14 +31,23 @@ pub struct TrialDirs {
 impl TrialDirs {
     pub fn new(lineage_dir: &Path, id: TrialId) -> TrialDirs {
         let root = lineage_dir.join("trials").join(format!("{:06}", id.0));
-        TrialDirs { work: root.join("work"), root }
+        TrialDirs {
+            work: root.join("work"),
+            root,
+        }
     }
 }
 
 /// Creates the trial's directories, copies the experiment into `work` (skipping
 /// hidden entries, symlinks and `skip`), and writes `config` into the recipe.
 /// Blocking: call from `spawn_blocking`.
-pub fn prepare(experiment_dir: &Path, recipe: &Path, config: &Params, dirs: &TrialDirs, skip: &Path) -> Result<(), WorkspaceError> {
+pub fn prepare(
+    experiment_dir: &Path,
+    recipe: &Path,
+    config: &Params,
+    dirs: &TrialDirs,
+    skip: &Path,
+) -> Result<(), WorkspaceError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| WorkspaceError::Io { path, source }
@@ -48,8 +60,14 @@ pub fn prepare(experiment_dir: &Path, recipe: &Path, config: &Params, dirs: &Tri
     let recipe_path = dirs.work.join(recipe);
     let text = std::fs::read_to_string(&recipe_path).map_err(io(&recipe_path))?;
     let updated = apply(&text, config).map_err(|e| match e {
-        ApplyError::Parse(message) => WorkspaceError::Recipe { path: recipe_path.clone(), message },
-        ApplyError::Missing(key) => WorkspaceError::MissingKey { path: recipe_path.clone(), key },
+        ApplyError::Parse(message) => WorkspaceError::Recipe {
+            path: recipe_path.clone(),
+            message,
+        },
+        ApplyError::Missing(key) => WorkspaceError::MissingKey {
+            path: recipe_path.clone(),
+            key,
+        },
     })?;
     std::fs::write(&recipe_path, updated).map_err(io(&recipe_path))?;
     Ok(())
@@ -82,7 +100,9 @@ pub enum ApplyError {
 
 /// Sets each dotted key of `config` in the TOML text, keeping its layout and comments.
 pub fn apply(text: &str, config: &Params) -> Result<String, ApplyError> {
-    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| ApplyError::Parse(e.to_string()))?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| ApplyError::Parse(e.to_string()))?;
     for (key, value) in config {
         let mut parts = key.split('.').peekable();
         let mut item: &mut toml_edit::Item = doc.as_item_mut();
@@ -135,7 +155,10 @@ mod tests {
     fn apply_refuses_unknown_keys() {
         let mut p = Params::new();
         p.insert("optimizer.momentum".into(), ParamValue::Float(0.9));
-        assert_eq!(apply("[optimizer]\nlr = 0.1\n", &p), Err(ApplyError::Missing("optimizer.momentum".into())));
+        assert_eq!(
+            apply("[optimizer]\nlr = 0.1\n", &p),
+            Err(ApplyError::Missing("optimizer.momentum".into()))
+        );
     }
 
     #[test]
@@ -149,10 +172,26 @@ mod tests {
         let dirs = TrialDirs::new(out.path(), TrialId(3));
         let mut p = Params::new();
         p.insert("a.x".into(), ParamValue::Int(5));
-        prepare(src.path(), Path::new("recipe.toml"), &p, &dirs, Path::new("/nonexistent")).unwrap();
-        assert_eq!(std::fs::read_to_string(dirs.work.join("recipe.toml")).unwrap(), "[a]\nx = 5\n");
-        assert_eq!(std::fs::read_to_string(dirs.work.join("data/d.txt")).unwrap(), "d");
+        prepare(
+            src.path(),
+            Path::new("recipe.toml"),
+            &p,
+            &dirs,
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dirs.work.join("recipe.toml")).unwrap(),
+            "[a]\nx = 5\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dirs.work.join("data/d.txt")).unwrap(),
+            "d"
+        );
         assert!(!dirs.work.join(".hidden").exists());
-        assert_eq!(std::fs::read_to_string(src.path().join("recipe.toml")).unwrap(), "[a]\nx = 1\n");
+        assert_eq!(
+            std::fs::read_to_string(src.path().join("recipe.toml")).unwrap(),
+            "[a]\nx = 1\n"
+        );
     }
 }

@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::executor::{expand, interrupt, trial_env, ExecutorMsg};
 use super::{update_trial, CALL_TIMEOUT_MS};
 use crate::config::Config;
-use crate::domain::{Decision, FailureLabel, Incumbent, ProcessReport, Trial, TrialId, TrialStatus};
+use crate::domain::{
+    Decision, FailureLabel, Incumbent, ProcessReport, Trial, TrialId, TrialStatus,
+};
 use crate::lineage::actor::LineageMsg;
 use crate::process::{self, GroupGuard};
 use crate::workspace::TrialDirs;
@@ -60,8 +62,15 @@ pub struct EvaluatorState {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Verdict {
     /// `score` is kept when there was one (a gate miss, a size failure).
-    Failed { label: FailureLabel, detail: String, score: Option<f64> },
-    Scored { score: f64, decision: Decision },
+    Failed {
+        label: FailureLabel,
+        detail: String,
+        score: Option<f64>,
+    },
+    Scored {
+        score: f64,
+        decision: Decision,
+    },
 }
 
 impl Actor for Evaluator {
@@ -69,43 +78,89 @@ impl Actor for Evaluator {
     type State = EvaluatorState;
     type Arguments = EvaluatorArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: EvaluatorArgs) -> Result<EvaluatorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: EvaluatorArgs,
+    ) -> Result<EvaluatorState, ActorProcessingErr> {
         let incumbent = ractor::call_t!(args.lineage, LineageMsg::Incumbent, CALL_TIMEOUT_MS)?;
-        Ok(EvaluatorState { config: args.config, lineage: args.lineage, executor: None, incumbent, running: HashMap::new() })
+        Ok(EvaluatorState {
+            config: args.config,
+            lineage: args.lineage,
+            executor: None,
+            incumbent,
+            running: HashMap::new(),
+        })
     }
 
     /// Evaluations cut short by the previous process are run again.
-    async fn post_start(&self, myself: ActorRef<Self::Msg>, state: &mut EvaluatorState) -> Result<(), ActorProcessingErr> {
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut EvaluatorState,
+    ) -> Result<(), ActorProcessingErr> {
         let active = ractor::call_t!(state.lineage, LineageMsg::Active, CALL_TIMEOUT_MS)?;
-        for t in active.into_iter().filter(|t| t.status == TrialStatus::Evaluating) {
+        for t in active
+            .into_iter()
+            .filter(|t| t.status == TrialStatus::Evaluating)
+        {
             info!(trial = %t.id, "re-running an evaluation cut short");
-            myself.cast(EvaluatorMsg::Evaluate { id: t.id, train: t.train.unwrap_or_default() })?;
+            myself.cast(EvaluatorMsg::Evaluate {
+                id: t.id,
+                train: t.train.unwrap_or_default(),
+            })?;
         }
         Ok(())
     }
 
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut EvaluatorState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut EvaluatorState,
+    ) -> Result<(), ActorProcessingErr> {
         let ids: Vec<TrialId> = state.running.keys().copied().collect();
         state.running.clear();
         for id in ids {
-            let _ = update_trial(&state.lineage, id, interrupt("ratchet stopped during the evaluation")).await;
+            let _ = update_trial(
+                &state.lineage,
+                id,
+                interrupt("ratchet stopped during the evaluation"),
+            )
+            .await;
         }
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: EvaluatorMsg, state: &mut EvaluatorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: EvaluatorMsg,
+        state: &mut EvaluatorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             EvaluatorMsg::SetExecutor(e) => state.executor = Some(e),
             EvaluatorMsg::Evaluate { id, train } => {
                 let report = train.clone();
-                let trial = update_trial(&state.lineage, id, Box::new(move |t| {
-                    t.status = TrialStatus::Evaluating;
-                    t.train = Some(report.clone());
-                }))
+                let trial = update_trial(
+                    &state.lineage,
+                    id,
+                    Box::new(move |t| {
+                        t.status = TrialStatus::Evaluating;
+                        t.train = Some(report.clone());
+                    }),
+                )
                 .await?;
                 if !train.succeeded() {
-                    let label = if train.timed_out { FailureLabel::BudgetOverrun } else { FailureLabel::Crash };
-                    let verdict = Verdict::Failed { label, detail: format!("train: {}", train.describe()), score: None };
+                    let label = if train.timed_out {
+                        FailureLabel::BudgetOverrun
+                    } else {
+                        FailureLabel::Crash
+                    };
+                    let verdict = Verdict::Failed {
+                        label,
+                        detail: format!("train: {}", train.describe()),
+                        score: None,
+                    };
                     return record(state, &trial, verdict, None).await;
                 }
                 start_eval(&myself, state, &trial);
@@ -127,7 +182,11 @@ impl Actor for Evaluator {
 fn start_eval(myself: &ActorRef<EvaluatorMsg>, state: &mut EvaluatorState, trial: &Trial) {
     let dirs = TrialDirs::new(&state.config.lineage_dir, trial.id);
     let spec = process::Spec {
-        argv: expand(&state.config.experiment.file.eval.proxy, &state.config, &dirs),
+        argv: expand(
+            &state.config.experiment.file.eval.proxy,
+            &state.config,
+            &dirs,
+        ),
         cwd: dirs.work.clone(),
         env: trial_env(&state.config, &dirs, trial.id),
         timeout: Duration::from_secs(state.config.experiment.eval_timeout_secs()),
@@ -141,7 +200,10 @@ fn start_eval(myself: &ActorRef<EvaluatorMsg>, state: &mut EvaluatorState, trial
     let task = tokio::spawn(async move {
         let eval = match process::run(&spec, &task_guard).await {
             Ok(r) => r,
-            Err(e) => ProcessReport { spawn_error: Some(format!("cannot capture eval output: {e}")), ..Default::default() },
+            Err(e) => ProcessReport {
+                spawn_error: Some(format!("cannot capture eval output: {e}")),
+                ..Default::default()
+            },
         };
         let _ = me.cast(EvaluatorMsg::EvalFinished { id, eval });
     });
@@ -152,27 +214,52 @@ fn start_eval(myself: &ActorRef<EvaluatorMsg>, state: &mut EvaluatorState, trial
 /// print a finite metric, pass the gates; then it is compared with the incumbent.
 pub fn judge(config: &Config, incumbent: Option<&Incumbent>, eval: &ProcessReport) -> Verdict {
     let exp = &config.experiment.file;
-    let fail = |label, detail: String| Verdict::Failed { label, detail, score: None };
+    let fail = |label, detail: String| Verdict::Failed {
+        label,
+        detail,
+        score: None,
+    };
     if !eval.succeeded() {
-        let label = if eval.timed_out { FailureLabel::BudgetOverrun } else { FailureLabel::Crash };
+        let label = if eval.timed_out {
+            FailureLabel::BudgetOverrun
+        } else {
+            FailureLabel::Crash
+        };
         return fail(label, format!("eval: {}", eval.describe()));
     }
-    if eval.non_finite.iter().any(|n| *n == exp.metric) {
-        return fail(FailureLabel::Diverged, format!("eval printed a non-finite {}", exp.metric));
+    if eval.non_finite.contains(&exp.metric) {
+        return fail(
+            FailureLabel::Diverged,
+            format!("eval printed a non-finite {}", exp.metric),
+        );
     }
     let Some(&score) = eval.metrics.get(&exp.metric) else {
-        return fail(FailureLabel::MetricMissing, format!("eval printed no `{}=` line", exp.metric));
+        return fail(
+            FailureLabel::MetricMissing,
+            format!("eval printed no `{}=` line", exp.metric),
+        );
     };
-    if let (Some(limit), Some(&size)) = (exp.gates.max_artifact_bytes, eval.metrics.get("artifact_bytes")) {
+    if let (Some(limit), Some(&size)) = (
+        exp.gates.max_artifact_bytes,
+        eval.metrics.get("artifact_bytes"),
+    ) {
         if size > limit as f64 {
             let detail = format!("artifact_bytes={size} over the gate {limit}");
-            return Verdict::Failed { label: FailureLabel::SizeFailure, detail, score: Some(score) };
+            return Verdict::Failed {
+                label: FailureLabel::SizeFailure,
+                detail,
+                score: Some(score),
+            };
         }
     }
     if let Some(min) = exp.gates.min_quality {
         if exp.direction.better(min, score) {
             let detail = format!("{}={score} misses the quality gate {min}", exp.metric);
-            return Verdict::Failed { label: FailureLabel::GateMiss, detail, score: Some(score) };
+            return Verdict::Failed {
+                label: FailureLabel::GateMiss,
+                detail,
+                score: Some(score),
+            };
         }
     }
     let decision = match incumbent {
@@ -186,36 +273,61 @@ pub fn judge(config: &Config, incumbent: Option<&Incumbent>, eval: &ProcessRepor
 
 /// Writes the outcome to lineage (the incumbent moves in the same write when
 /// kept), then tells the executor if the incumbent moved.
-async fn record(state: &mut EvaluatorState, trial: &Trial, verdict: Verdict, eval: Option<ProcessReport>) -> Result<(), ActorProcessingErr> {
+async fn record(
+    state: &mut EvaluatorState,
+    trial: &Trial,
+    verdict: Verdict,
+    eval: Option<ProcessReport>,
+) -> Result<(), ActorProcessingErr> {
     let parent_score = state.incumbent.as_ref().map(|i| i.score);
     let v = verdict.clone();
-    let updated = update_trial(&state.lineage, trial.id, Box::new(move |t| {
-        t.eval = eval.clone();
-        t.parent_score = parent_score;
-        match &v {
-            Verdict::Failed { label, detail, score } => {
-                t.status = TrialStatus::Failed;
-                t.label = Some(*label);
-                t.detail = Some(detail.clone());
-                t.score = *score;
+    let updated = update_trial(
+        &state.lineage,
+        trial.id,
+        Box::new(move |t| {
+            t.eval = eval.clone();
+            t.parent_score = parent_score;
+            match &v {
+                Verdict::Failed {
+                    label,
+                    detail,
+                    score,
+                } => {
+                    t.status = TrialStatus::Failed;
+                    t.label = Some(*label);
+                    t.detail = Some(detail.clone());
+                    t.score = *score;
+                }
+                Verdict::Scored { score, decision } => {
+                    t.status = if *decision == Decision::Improved {
+                        TrialStatus::Kept
+                    } else {
+                        TrialStatus::Discarded
+                    };
+                    t.score = Some(*score);
+                    t.decision = Some(*decision);
+                }
             }
-            Verdict::Scored { score, decision } => {
-                t.status = if *decision == Decision::Improved { TrialStatus::Kept } else { TrialStatus::Discarded };
-                t.score = Some(*score);
-                t.decision = Some(*decision);
-            }
-        }
-    }))
+        }),
+    )
     .await?;
     match verdict {
-        Verdict::Scored { score, decision: Decision::Improved } => {
+        Verdict::Scored {
+            score,
+            decision: Decision::Improved,
+        } => {
             info!(trial = %trial.id, score, "new incumbent");
-            state.incumbent = Some(Incumbent { trial: trial.id, score, config: updated.config.clone(), since_ms: crate::domain::now_ms() });
+            state.incumbent = Some(Incumbent {
+                trial: trial.id,
+                score,
+                config: updated.config.clone(),
+                since_ms: crate::domain::now_ms(),
+            });
             if let Some(e) = &state.executor {
                 e.cast(ExecutorMsg::IncumbentChanged)?;
             }
         }
-        Verdict::Failed { label, .. } => warn!(trial = %trial.id, label = %label, "trial failed"),
+        Verdict::Failed { label, .. } => info!(trial = %trial.id, label = %label, "trial failed"),
         Verdict::Scored { .. } => {}
     }
     Ok(())

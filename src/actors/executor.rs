@@ -27,9 +27,15 @@ pub enum ExecutorMsg {
     SetSpecialists(Vec<(String, ActorRef<SpecialistMsg>)>),
     SetEvaluator(ActorRef<EvaluatorMsg>),
     /// A specialist's answer to `Propose`: a trial recorded in lineage, or none.
-    Proposed { specialist: String, trial: Option<Box<Trial>> },
+    Proposed {
+        specialist: String,
+        trial: Option<Box<Trial>>,
+    },
     /// A trial's train command ended (from the trial's task).
-    TrainFinished { id: TrialId, report: ProcessReport },
+    TrainFinished {
+        id: TrialId,
+        report: ProcessReport,
+    },
     /// The incumbent moved: specialists that ran out of ideas may have new ones.
     IncumbentChanged,
 }
@@ -103,11 +109,16 @@ impl Actor for Executor {
     type State = ExecutorState;
     type Arguments = ExecutorArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: ExecutorArgs) -> Result<ExecutorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: ExecutorArgs,
+    ) -> Result<ExecutorState, ActorProcessingErr> {
         recover(&args.lineage).await?;
         let incumbent = ractor::call_t!(args.lineage, LineageMsg::Incumbent, CALL_TIMEOUT_MS)?;
         let defaults = vec![args.config.experiment.defaults.clone()];
-        let unknown = ractor::call_t!(args.lineage, LineageMsg::Unknown, CALL_TIMEOUT_MS, defaults)?;
+        let unknown =
+            ractor::call_t!(args.lineage, LineageMsg::Unknown, CALL_TIMEOUT_MS, defaults)?;
         Ok(ExecutorState {
             baseline_needed: incumbent.is_none() && unknown.first() == Some(&true),
             config: args.config,
@@ -125,27 +136,55 @@ impl Actor for Executor {
         })
     }
 
-    async fn post_start(&self, myself: ActorRef<Self::Msg>, state: &mut ExecutorState) -> Result<(), ActorProcessingErr> {
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut ExecutorState,
+    ) -> Result<(), ActorProcessingErr> {
         fill(&myself, state).await
     }
 
     /// A clean stop: running trials are killed and recorded `interrupted`.
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut ExecutorState) -> Result<(), ActorProcessingErr> {
-        let ids: Vec<TrialId> = state.running.keys().copied().chain(state.queue.iter().map(|t| t.id)).collect();
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut ExecutorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let ids: Vec<TrialId> = state
+            .running
+            .keys()
+            .copied()
+            .chain(state.queue.iter().map(|t| t.id))
+            .collect();
         state.running.clear();
         state.queue.clear();
         for id in ids {
-            let _ = update_trial(&state.lineage, id, interrupt("ratchet stopped while the trial ran")).await;
+            let _ = update_trial(
+                &state.lineage,
+                id,
+                interrupt("ratchet stopped while the trial ran"),
+            )
+            .await;
         }
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: ExecutorMsg, state: &mut ExecutorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: ExecutorMsg,
+        state: &mut ExecutorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ExecutorMsg::SetSpecialists(list) => {
                 state.specialists = list
                     .into_iter()
-                    .map(|(name, actor)| SpecialistSlot { name, actor, asked: false, exhausted: false })
+                    .map(|(name, actor)| SpecialistSlot {
+                        name,
+                        actor,
+                        asked: false,
+                        exhausted: false,
+                    })
                     .collect();
                 state.next = 0;
                 state.ready = true;
@@ -160,7 +199,12 @@ impl Actor for Executor {
                     state.issued += 1;
                     // A duplicate is already terminal in lineage: counted, not run.
                     if trial.status == TrialStatus::Proposed {
-                        let queued = update_trial(&state.lineage, trial.id, Box::new(|t| t.status = TrialStatus::Queued)).await?;
+                        let queued = update_trial(
+                            &state.lineage,
+                            trial.id,
+                            Box::new(|t| t.status = TrialStatus::Queued),
+                        )
+                        .await?;
                         state.queue.push_back(queued);
                     }
                 }
@@ -169,7 +213,9 @@ impl Actor for Executor {
                 if let Some(done) = state.running.remove(&id) {
                     done.guard.disarm();
                 }
-                state.evaluator.cast(EvaluatorMsg::Evaluate { id, train: report })?;
+                state
+                    .evaluator
+                    .cast(EvaluatorMsg::Evaluate { id, train: report })?;
             }
             ExecutorMsg::IncumbentChanged => {
                 for s in &mut state.specialists {
@@ -183,7 +229,10 @@ impl Actor for Executor {
 
 /// Starts queued trials on free slots and asks specialists for more proposals
 /// until the queue holds one trial per slot; reports when all work is drained.
-async fn fill(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState) -> Result<(), ActorProcessingErr> {
+async fn fill(
+    myself: &ActorRef<ExecutorMsg>,
+    state: &mut ExecutorState,
+) -> Result<(), ActorProcessingErr> {
     if state.baseline_needed && state.budget_left() > 0 {
         state.baseline_needed = false;
         let defaults = state.config.experiment.defaults.clone();
@@ -196,29 +245,47 @@ async fn fill(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState) -> Resu
             config: defaults,
         };
         let trial = ractor::call_t!(state.lineage, LineageMsg::Propose, CALL_TIMEOUT_MS, new)??;
-        myself.cast(ExecutorMsg::Proposed { specialist: "baseline".into(), trial: Some(Box::new(trial)) })?;
+        myself.cast(ExecutorMsg::Proposed {
+            specialist: "baseline".into(),
+            trial: Some(Box::new(trial)),
+        })?;
         return Ok(());
     }
     while state.running.len() < state.config.slots {
-        let Some(trial) = state.queue.pop_front() else { break };
+        let Some(trial) = state.queue.pop_front() else {
+            break;
+        };
         start(myself, state, trial);
     }
     let n = state.specialists.len();
-    while (state.queue.len() as u64 + state.asked()) < state.config.slots as u64 && state.budget_left() > 0 {
-        let Some(i) = (0..n).map(|k| (state.next + k) % n).find(|&i| !state.specialists[i].asked && !state.specialists[i].exhausted) else {
+    while (state.queue.len() as u64 + state.asked()) < state.config.slots as u64
+        && state.budget_left() > 0
+    {
+        let Some(i) = (0..n)
+            .map(|k| (state.next + k) % n)
+            .find(|&i| !state.specialists[i].asked && !state.specialists[i].exhausted)
+        else {
             break;
         };
         state.next = (i + 1) % n;
         let slot = &mut state.specialists[i];
         slot.asked = true;
-        slot.actor.cast(SpecialistMsg::Propose { reply_to: myself.clone() })?;
+        slot.actor.cast(SpecialistMsg::Propose {
+            reply_to: myself.clone(),
+        })?;
     }
-    let idle = state.ready && state.running.is_empty() && state.queue.is_empty() && state.asked() == 0;
+    let idle =
+        state.ready && state.running.is_empty() && state.queue.is_empty() && state.asked() == 0;
     if idle && !state.drained_sent {
         state.drained_sent = true;
-        info!(issued = state.issued, "executor drained: no trial running and none coming");
+        info!(
+            issued = state.issued,
+            "executor drained: no trial running and none coming"
+        );
         if let Some(o) = &state.observer {
-            let _ = o.send(RunEvent::Drained { issued: state.issued });
+            let _ = o.send(RunEvent::Drained {
+                issued: state.issued,
+            });
         }
     } else if !idle {
         state.drained_sent = false;
@@ -242,7 +309,12 @@ fn start(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState, trial: Trial
     state.running.insert(id, RunningTrial { guard, task });
 }
 
-async fn run_train(config: &Config, lineage: &ActorRef<LineageMsg>, guard: &GroupGuard, trial: Trial) -> ProcessReport {
+async fn run_train(
+    config: &Config,
+    lineage: &ActorRef<LineageMsg>,
+    guard: &GroupGuard,
+    trial: Trial,
+) -> ProcessReport {
     let exp = &config.experiment;
     let dirs = TrialDirs::new(&config.lineage_dir, trial.id);
     let spec = process::Spec {
@@ -253,20 +325,38 @@ async fn run_train(config: &Config, lineage: &ActorRef<LineageMsg>, guard: &Grou
         stdout: dirs.root.join("train.stdout"),
         stderr: dirs.root.join("train.stderr"),
     };
-    let failed = |e: String| ProcessReport { spawn_error: Some(e), stdout: spec.stdout.clone(), stderr: spec.stderr.clone(), ..Default::default() };
+    let failed = |e: String| ProcessReport {
+        spawn_error: Some(e),
+        stdout: spec.stdout.clone(),
+        stderr: spec.stderr.clone(),
+        ..Default::default()
+    };
 
-    let (exp_dir, recipe, cfg, d, skip) =
-        (exp.dir.clone(), exp.file.recipe.clone(), trial.config.clone(), dirs.clone(), config.lineage_dir.clone());
-    match tokio::task::spawn_blocking(move || workspace::prepare(&exp_dir, &recipe, &cfg, &d, &skip)).await {
+    let (exp_dir, recipe, cfg, d, skip) = (
+        exp.dir.clone(),
+        exp.file.recipe.clone(),
+        trial.config.clone(),
+        dirs.clone(),
+        config.lineage_dir.clone(),
+    );
+    match tokio::task::spawn_blocking(move || {
+        workspace::prepare(&exp_dir, &recipe, &cfg, &d, &skip)
+    })
+    .await
+    {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return failed(e.to_string()),
         Err(e) => return failed(format!("workspace task failed: {e}")),
     }
     let root = dirs.root.clone();
-    if let Err(e) = update_trial(lineage, trial.id, Box::new(move |t| {
-        t.status = TrialStatus::Running;
-        t.trial_dir = Some(root.clone());
-    }))
+    if let Err(e) = update_trial(
+        lineage,
+        trial.id,
+        Box::new(move |t| {
+            t.status = TrialStatus::Running;
+            t.trial_dir = Some(root.clone());
+        }),
+    )
     .await
     {
         return failed(e);
@@ -289,7 +379,10 @@ async fn run_train(config: &Config, lineage: &ActorRef<LineageMsg>, guard: &Grou
 /// The environment every trial command gets.
 pub fn trial_env(config: &Config, dirs: &TrialDirs, id: TrialId) -> Vec<(String, String)> {
     vec![
-        ("RATCHET_BUDGET_SECS".into(), config.experiment.file.budget_secs.to_string()),
+        (
+            "RATCHET_BUDGET_SECS".into(),
+            config.experiment.file.budget_secs.to_string(),
+        ),
         ("RATCHET_TRIAL_ID".into(), id.to_string()),
         ("RATCHET_TRIAL_DIR".into(), dirs.root.display().to_string()),
         ("RATCHET_SEED".into(), config.seed.to_string()),
@@ -298,13 +391,18 @@ pub fn trial_env(config: &Config, dirs: &TrialDirs, id: TrialId) -> Vec<(String,
 
 /// Expands `{ratchet}`, `{trial_dir}`, `{work}` and `{experiment_dir}` in an argv.
 pub fn expand(argv: &[String], config: &Config, dirs: &TrialDirs) -> Vec<String> {
-    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "ratchet".into());
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "ratchet".into());
     argv.iter()
         .map(|a| {
             a.replace("{ratchet}", &exe)
                 .replace("{trial_dir}", &dirs.root.display().to_string())
                 .replace("{work}", &dirs.work.display().to_string())
-                .replace("{experiment_dir}", &config.experiment.dir.display().to_string())
+                .replace(
+                    "{experiment_dir}",
+                    &config.experiment.dir.display().to_string(),
+                )
         })
         .collect()
 }
@@ -331,7 +429,12 @@ async fn recover(lineage: &ActorRef<LineageMsg>) -> Result<(), ActorProcessingEr
             process::kill_group(pgid);
         }
         warn!(trial = %t.id, status = %t.status, "recovering: trial was in flight when ratchet stopped");
-        update_trial(lineage, t.id, interrupt("ratchet stopped before the trial finished")).await?;
+        update_trial(
+            lineage,
+            t.id,
+            interrupt("ratchet stopped before the trial finished"),
+        )
+        .await?;
     }
     Ok(())
 }

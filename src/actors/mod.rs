@@ -15,7 +15,11 @@ use crate::lineage::actor::{Change, LineageMsg};
 pub const CALL_TIMEOUT_MS: u64 = 30_000;
 
 /// Records a change of a trial in lineage and returns the trial after it.
-pub async fn update_trial(lineage: &ActorRef<LineageMsg>, id: TrialId, change: Change) -> Result<Trial, String> {
+pub async fn update_trial(
+    lineage: &ActorRef<LineageMsg>,
+    id: TrialId,
+    change: Change,
+) -> Result<Trial, String> {
     let r: Result<Result<Trial, String>, _> = ractor::call_t!(
         lineage,
         |reply: RpcReplyPort<Result<Trial, String>>| LineageMsg::Update(id, change, reply),

@@ -47,33 +47,60 @@ impl Actor for Specialist {
     type State = SpecialistState;
     type Arguments = SpecialistArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: SpecialistArgs) -> Result<SpecialistState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: SpecialistArgs,
+    ) -> Result<SpecialistState, ActorProcessingErr> {
         let rng = Rng::for_name(args.seed, &args.config.name, args.incarnation);
-        Ok(SpecialistState { config: args.config, experiment: args.experiment, lineage: args.lineage, rng })
+        Ok(SpecialistState {
+            config: args.config,
+            experiment: args.experiment,
+            lineage: args.lineage,
+            rng,
+        })
     }
 
-    async fn handle(&self, _myself: ActorRef<Self::Msg>, msg: SpecialistMsg, state: &mut SpecialistState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: SpecialistMsg,
+        state: &mut SpecialistState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SpecialistMsg::Propose { reply_to } => {
                 let trial = propose(state).await?;
-                reply_to.cast(ExecutorMsg::Proposed { specialist: state.config.name.clone(), trial: trial.map(Box::new) })?;
+                reply_to.cast(ExecutorMsg::Proposed {
+                    specialist: state.config.name.clone(),
+                    trial: trial.map(Box::new),
+                })?;
             }
         }
         Ok(())
     }
 }
 
-async fn propose(state: &mut SpecialistState) -> Result<Option<crate::domain::Trial>, ActorProcessingErr> {
+async fn propose(
+    state: &mut SpecialistState,
+) -> Result<Option<crate::domain::Trial>, ActorProcessingErr> {
     let incumbent = ractor::call_t!(state.lineage, LineageMsg::Incumbent, CALL_TIMEOUT_MS)?;
     let (base, parent) = match incumbent {
         Some(inc) => (inc.config, Some(inc.trial)),
         None => (state.experiment.defaults.clone(), None),
     };
-    let surface = state.experiment.surface(&state.config.surface).ok_or("surface vanished from the experiment")?;
+    let surface = state
+        .experiment
+        .surface(&state.config.surface)
+        .ok_or("surface vanished from the experiment")?;
     let candidates = search::candidates(&surface.params, &base, &mut state.rng, CANDIDATES);
     let configs = candidates.iter().map(|c| c.config.clone()).collect();
     let unknown = ractor::call_t!(state.lineage, LineageMsg::Unknown, CALL_TIMEOUT_MS, configs)?;
-    let Some(pick) = candidates.into_iter().zip(unknown).find(|(_, u)| *u).map(|(c, _)| c) else {
+    let Some(pick) = candidates
+        .into_iter()
+        .zip(unknown)
+        .find(|(_, u)| *u)
+        .map(|(c, _)| c)
+    else {
         debug!(specialist = %state.config.name, "no unmeasured configuration near the incumbent");
         return Ok(None);
     };

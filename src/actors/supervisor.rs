@@ -57,17 +57,32 @@ impl Actor for Supervisor {
     type State = SupervisorState;
     type Arguments = SupervisorArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
         let cell = myself.get_cell();
         let (lineage, _) = Actor::spawn_linked(
             None,
             Lineage,
-            LineageArgs { dir: args.config.lineage_dir.clone(), observer: args.observer.clone() },
+            LineageArgs {
+                dir: args.config.lineage_dir.clone(),
+                observer: args.observer.clone(),
+            },
             cell.clone(),
         )
         .await?;
         let evaluator = spawn_evaluator(&args.config, &lineage, cell.clone()).await?;
-        let executor = spawn_executor(&args.config, &lineage, &evaluator, &args.observer, args.max_trials, cell.clone()).await?;
+        let executor = spawn_executor(
+            &args.config,
+            &lineage,
+            &evaluator,
+            &args.observer,
+            args.max_trials,
+            cell.clone(),
+        )
+        .await?;
         evaluator.cast(EvaluatorMsg::SetExecutor(executor.clone()))?;
         let mut state = SupervisorState {
             config: args.config,
@@ -88,7 +103,11 @@ impl Actor for Supervisor {
         Ok(state)
     }
 
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         state.stopping = true;
         for s in state.specialists.values() {
             let _ = s.stop_and_wait(None, Some(STOP_WAIT)).await;
@@ -99,7 +118,12 @@ impl Actor for Supervisor {
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::RestartSpecialist(name) => {
                 if !state.stopping && !state.specialists.contains_key(&name) {
@@ -111,10 +135,17 @@ impl Actor for Supervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         let (cell, reason) = match event {
             SupervisionEvent::ActorFailed(cell, e) => (cell, e.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
             _ => return Ok(()),
         };
         if state.stopping {
@@ -128,18 +159,38 @@ impl Actor for Supervisor {
         if id == state.executor.get_id() {
             warn!(reason = %reason, "executor stopped; restarting it");
             let cell = myself.get_cell();
-            state.executor = spawn_executor(&state.config, &state.lineage, &state.evaluator, &state.observer, state.max_trials, cell).await?;
-            state.evaluator.cast(EvaluatorMsg::SetExecutor(state.executor.clone()))?;
+            state.executor = spawn_executor(
+                &state.config,
+                &state.lineage,
+                &state.evaluator,
+                &state.observer,
+                state.max_trials,
+                cell,
+            )
+            .await?;
+            state
+                .evaluator
+                .cast(EvaluatorMsg::SetExecutor(state.executor.clone()))?;
             return announce_specialists(state);
         }
         if id == state.evaluator.get_id() {
             warn!(reason = %reason, "evaluator stopped; restarting it");
-            state.evaluator = spawn_evaluator(&state.config, &state.lineage, myself.get_cell()).await?;
-            state.evaluator.cast(EvaluatorMsg::SetExecutor(state.executor.clone()))?;
-            state.executor.cast(ExecutorMsg::SetEvaluator(state.evaluator.clone()))?;
+            state.evaluator =
+                spawn_evaluator(&state.config, &state.lineage, myself.get_cell()).await?;
+            state
+                .evaluator
+                .cast(EvaluatorMsg::SetExecutor(state.executor.clone()))?;
+            state
+                .executor
+                .cast(ExecutorMsg::SetEvaluator(state.evaluator.clone()))?;
             return Ok(());
         }
-        let Some(name) = state.specialists.iter().find(|(_, r)| r.get_id() == id).map(|(n, _)| n.clone()) else {
+        let Some(name) = state
+            .specialists
+            .iter()
+            .find(|(_, r)| r.get_id() == id)
+            .map(|(n, _)| n.clone())
+        else {
             return Ok(());
         };
         state.specialists.remove(&name);
@@ -148,7 +199,11 @@ impl Actor for Supervisor {
         *failures += 1;
         let backoff = Duration::from_secs((1u64 << (*failures - 1).min(6)).min(60));
         warn!(specialist = %name, reason = %reason, backoff_secs = backoff.as_secs(), "specialist failed; restarting after backoff");
-        state.lineage.cast(LineageMsg::Event { kind: "proposer_error".into(), subject: name.clone(), detail: reason })?;
+        state.lineage.cast(LineageMsg::Event {
+            kind: "proposer_error".into(),
+            subject: name.clone(),
+            detail: reason,
+        })?;
         let me = myself.clone();
         tokio::spawn(async move {
             tokio::time::sleep(backoff).await;
@@ -158,8 +213,15 @@ impl Actor for Supervisor {
     }
 }
 
-async fn spawn_evaluator(config: &Arc<Config>, lineage: &ActorRef<LineageMsg>, cell: ActorCell) -> Result<ActorRef<EvaluatorMsg>, ActorProcessingErr> {
-    let args = EvaluatorArgs { config: config.clone(), lineage: lineage.clone() };
+async fn spawn_evaluator(
+    config: &Arc<Config>,
+    lineage: &ActorRef<LineageMsg>,
+    cell: ActorCell,
+) -> Result<ActorRef<EvaluatorMsg>, ActorProcessingErr> {
+    let args = EvaluatorArgs {
+        config: config.clone(),
+        lineage: lineage.clone(),
+    };
     Ok(Actor::spawn_linked(None, Evaluator, args, cell).await?.0)
 }
 
@@ -181,8 +243,20 @@ async fn spawn_executor(
     Ok(Actor::spawn_linked(None, Executor, args, cell).await?.0)
 }
 
-async fn spawn_specialist(state: &mut SupervisorState, name: &str, cell: ActorCell) -> Result<(), ActorProcessingErr> {
-    let Some(config) = state.config.specialists.iter().find(|s| s.name == name).cloned() else { return Ok(()) };
+async fn spawn_specialist(
+    state: &mut SupervisorState,
+    name: &str,
+    cell: ActorCell,
+) -> Result<(), ActorProcessingErr> {
+    let Some(config) = state
+        .config
+        .specialists
+        .iter()
+        .find(|s| s.name == name)
+        .cloned()
+    else {
+        return Ok(());
+    };
     state.incarnations += 1;
     let args = SpecialistArgs {
         config,
@@ -202,7 +276,12 @@ fn announce_specialists(state: &SupervisorState) -> Result<(), ActorProcessingEr
         .config
         .specialists
         .iter()
-        .filter_map(|s| state.specialists.get(&s.name).map(|r| (s.name.clone(), r.clone())))
+        .filter_map(|s| {
+            state
+                .specialists
+                .get(&s.name)
+                .map(|r| (s.name.clone(), r.clone()))
+        })
         .collect();
     state.executor.cast(ExecutorMsg::SetSpecialists(list))?;
     Ok(())

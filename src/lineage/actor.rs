@@ -37,7 +37,11 @@ pub enum LineageMsg {
     /// Trials that are not terminal (for recovery).
     Active(RpcReplyPort<Vec<Trial>>),
     /// A daemon event such as a specialist crash.
-    Event { kind: String, subject: String, detail: String },
+    Event {
+        kind: String,
+        subject: String,
+        detail: String,
+    },
 }
 
 pub struct Lineage;
@@ -65,18 +69,34 @@ impl Actor for Lineage {
     type State = LineageState;
     type Arguments = LineageArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: LineageArgs) -> Result<LineageState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: LineageArgs,
+    ) -> Result<LineageState, ActorProcessingErr> {
         let store = LineageStore::open(&args.dir)?;
         info!(dir = %args.dir.display(), trials = store.trial_count(), "lineage opened");
-        Ok(LineageState { store, observer: args.observer })
+        Ok(LineageState {
+            store,
+            observer: args.observer,
+        })
     }
 
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut LineageState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut LineageState,
+    ) -> Result<(), ActorProcessingErr> {
         state.store.flush().await?;
         Ok(())
     }
 
-    async fn handle(&self, _myself: ActorRef<Self::Msg>, msg: LineageMsg, state: &mut LineageState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: LineageMsg,
+        state: &mut LineageState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             LineageMsg::Propose(new, reply) => {
                 let result = write(state, |s| s.propose(new)).await;
@@ -86,7 +106,9 @@ impl Actor for Lineage {
                 let result = write(state, |s| s.update(id, change)).await;
                 // A refused transition is the caller's bug, not a storage failure.
                 match result {
-                    Err(e @ (LineageError::BadTransition { .. } | LineageError::NoSuchTrial(_))) => {
+                    Err(
+                        e @ (LineageError::BadTransition { .. } | LineageError::NoSuchTrial(_)),
+                    ) => {
                         error!(trial = %id, error = %e, "refused lineage update");
                         let _ = reply.send(Err(e.to_string()));
                     }
@@ -109,7 +131,11 @@ impl Actor for Lineage {
             LineageMsg::Active(reply) => {
                 let _ = reply.send(state.store.active()?);
             }
-            LineageMsg::Event { kind, subject, detail } => {
+            LineageMsg::Event {
+                kind,
+                subject,
+                detail,
+            } => {
                 state.store.record_event(&kind, &subject, &detail)?;
                 state.store.flush().await?;
             }
@@ -119,7 +145,10 @@ impl Actor for Lineage {
 }
 
 /// Runs a write, flushes it, and publishes the trial it produced.
-async fn write(state: &mut LineageState, op: impl FnOnce(&LineageStore) -> Result<Trial, LineageError>) -> Result<Trial, LineageError> {
+async fn write(
+    state: &mut LineageState,
+    op: impl FnOnce(&LineageStore) -> Result<Trial, LineageError>,
+) -> Result<Trial, LineageError> {
     let trial = op(&state.store)?;
     state.store.flush().await?;
     state.publish(&trial);
@@ -128,7 +157,10 @@ async fn write(state: &mut LineageState, op: impl FnOnce(&LineageStore) -> Resul
 
 /// Replies, and turns a storage failure into the actor's failure: lineage
 /// errors are fatal (the supervisor stops the process; systemd restarts it).
-fn reply_fatal(reply: RpcReplyPort<Result<Trial, String>>, result: Result<Trial, LineageError>) -> Result<(), ActorProcessingErr> {
+fn reply_fatal(
+    reply: RpcReplyPort<Result<Trial, String>>,
+    result: Result<Trial, LineageError>,
+) -> Result<(), ActorProcessingErr> {
     match result {
         Ok(t) => {
             let _ = reply.send(Ok(t));

@@ -27,11 +27,18 @@ pub enum LineageError {
     #[error("lineage storage error: {0}")]
     Sled(#[from] sled::Error),
     #[error("lineage record of trial {id} is unreadable: {source}")]
-    Corrupt { id: String, source: serde_json::Error },
+    Corrupt {
+        id: String,
+        source: serde_json::Error,
+    },
     #[error("no trial {0} in lineage")]
     NoSuchTrial(TrialId),
     #[error("trial {id} is {status} and cannot become {to}")]
-    BadTransition { id: TrialId, status: TrialStatus, to: TrialStatus },
+    BadTransition {
+        id: TrialId,
+        status: TrialStatus,
+        to: TrialStatus,
+    },
 }
 
 /// A proposal before lineage gives it an id.
@@ -87,11 +94,16 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn decode_trial(key: &[u8], bytes: &[u8]) -> Result<Trial, LineageError> {
-    serde_json::from_slice(bytes).map_err(|source| LineageError::Corrupt { id: id_string(key), source })
+    serde_json::from_slice(bytes).map_err(|source| LineageError::Corrupt {
+        id: id_string(key),
+        source,
+    })
 }
 
 fn id_string(key: &[u8]) -> String {
-    key.try_into().map(|b: [u8; 8]| u64::from_be_bytes(b).to_string()).unwrap_or_else(|_| format!("{key:?}"))
+    key.try_into()
+        .map(|b: [u8; 8]| u64::from_be_bytes(b).to_string())
+        .unwrap_or_else(|_| format!("{key:?}"))
 }
 
 fn key(id: TrialId) -> [u8; 8] {
@@ -102,13 +114,25 @@ impl LineageStore {
     /// Opens (or creates) the database under `dir/db`.
     pub fn open(dir: &Path) -> Result<LineageStore, LineageError> {
         let path = dir.join("db");
-        std::fs::create_dir_all(dir).map_err(|e| LineageError::Open { path: path.clone(), source: e.into() })?;
-        let db = sled::Config::new().path(&path).open().map_err(|source| match &source {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
-                LineageError::Locked { path: path.clone() }
-            }
-            _ => LineageError::Open { path: path.clone(), source },
+        std::fs::create_dir_all(dir).map_err(|e| LineageError::Open {
+            path: path.clone(),
+            source: e.into(),
         })?;
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .map_err(|source| match &source {
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("lock") =>
+                {
+                    LineageError::Locked { path: path.clone() }
+                }
+                _ => LineageError::Open {
+                    path: path.clone(),
+                    source,
+                },
+            })?;
         Ok(LineageStore {
             trials: db.open_tree("trials")?,
             active: db.open_tree("active")?,
@@ -154,7 +178,10 @@ impl LineageStore {
                     score: None,
                     parent_score: None,
                     detail: None,
-                    history: vec![StatusChange { status: TrialStatus::Proposed, at_ms: now }],
+                    history: vec![StatusChange {
+                        status: TrialStatus::Proposed,
+                        at_ms: now,
+                    }],
                     trial_dir: None,
                     pgid: None,
                     train: None,
@@ -163,8 +190,14 @@ impl LineageStore {
                 if let Some(existing) = configs.get(ck.as_bytes())? {
                     trial.status = TrialStatus::Failed;
                     trial.label = Some(FailureLabel::Duplicate);
-                    trial.detail = Some(format!("configuration already measured by trial {}", id_string(&existing)));
-                    trial.history.push(StatusChange { status: TrialStatus::Failed, at_ms: now });
+                    trial.detail = Some(format!(
+                        "configuration already measured by trial {}",
+                        id_string(&existing)
+                    ));
+                    trial.history.push(StatusChange {
+                        status: TrialStatus::Failed,
+                        at_ms: now,
+                    });
                 } else {
                     configs.insert(ck.as_bytes(), &key(id))?;
                     active.insert(&key(id), &[])?;
@@ -179,7 +212,9 @@ impl LineageStore {
     pub fn update(&self, id: TrialId, change: impl Fn(&mut Trial)) -> Result<Trial, LineageError> {
         (&self.trials, &self.active, &self.meta, &self.incumbents)
             .transaction(|(trials, active, meta, incumbents)| {
-                let Some(bytes) = trials.get(key(id))? else { return abort(LineageError::NoSuchTrial(id)) };
+                let Some(bytes) = trials.get(key(id))? else {
+                    return abort(LineageError::NoSuchTrial(id));
+                };
                 let mut trial = match decode_trial(&key(id), &bytes) {
                     Ok(t) => t,
                     Err(e) => return abort(e),
@@ -187,10 +222,17 @@ impl LineageStore {
                 let before = trial.status;
                 change(&mut trial);
                 if before.is_terminal() {
-                    return abort(LineageError::BadTransition { id, status: before, to: trial.status });
+                    return abort(LineageError::BadTransition {
+                        id,
+                        status: before,
+                        to: trial.status,
+                    });
                 }
                 if trial.status != before {
-                    trial.history.push(StatusChange { status: trial.status, at_ms: now_ms() });
+                    trial.history.push(StatusChange {
+                        status: trial.status,
+                        at_ms: now_ms(),
+                    });
                 }
                 if trial.status.is_terminal() {
                     active.remove(&key(id))?;
@@ -212,11 +254,17 @@ impl LineageStore {
     }
 
     pub fn get(&self, id: TrialId) -> Result<Option<Trial>, LineageError> {
-        self.trials.get(key(id))?.map(|b| decode_trial(&key(id), &b)).transpose()
+        self.trials
+            .get(key(id))?
+            .map(|b| decode_trial(&key(id), &b))
+            .transpose()
     }
 
     pub fn incumbent(&self) -> Result<Option<Incumbent>, LineageError> {
-        Ok(self.meta.get(INCUMBENT)?.and_then(|b| serde_json::from_slice(&b).ok()))
+        Ok(self
+            .meta
+            .get(INCUMBENT)?
+            .and_then(|b| serde_json::from_slice(&b).ok()))
     }
 
     /// Every incumbent the ratchet has stood on, oldest first.
@@ -260,9 +308,19 @@ impl LineageStore {
         self.trials.len()
     }
 
-    pub fn record_event(&self, kind: &str, subject: &str, detail: &str) -> Result<(), LineageError> {
+    pub fn record_event(
+        &self,
+        kind: &str,
+        subject: &str,
+        detail: &str,
+    ) -> Result<(), LineageError> {
         let seq = self.db.generate_id()?;
-        let ev = Event { at_ms: now_ms(), kind: kind.into(), subject: subject.into(), detail: detail.into() };
+        let ev = Event {
+            at_ms: now_ms(),
+            kind: kind.into(),
+            subject: subject.into(),
+            detail: detail.into(),
+        };
         self.events.insert(seq.to_be_bytes(), encode(&ev))?;
         Ok(())
     }
@@ -340,8 +398,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LineageStore::open(dir.path()).unwrap();
         let a = store.propose(new_trial(1)).unwrap();
-        store.update(a.id, |t| t.status = TrialStatus::Discarded).unwrap();
-        let e = store.update(a.id, |t| t.status = TrialStatus::Running).unwrap_err();
+        store
+            .update(a.id, |t| t.status = TrialStatus::Discarded)
+            .unwrap();
+        let e = store
+            .update(a.id, |t| t.status = TrialStatus::Running)
+            .unwrap_err();
         assert!(matches!(e, LineageError::BadTransition { .. }), "{e}");
     }
 

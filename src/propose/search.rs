@@ -23,7 +23,12 @@ pub struct Candidate {
 
 /// Draws up to `n` distinct candidates that each change at least one parameter of
 /// `space`, starting from the configuration `base`.
-pub fn candidates(space: &BTreeMap<String, ParamSpec>, base: &Params, rng: &mut Rng, n: usize) -> Vec<Candidate> {
+pub fn candidates(
+    space: &BTreeMap<String, ParamSpec>,
+    base: &Params,
+    rng: &mut Rng,
+    n: usize,
+) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = Vec::with_capacity(n);
     let keys: Vec<&String> = space.keys().collect();
     if keys.is_empty() {
@@ -43,7 +48,11 @@ pub fn candidates(space: &BTreeMap<String, ParamSpec>, base: &Params, rng: &mut 
                 }
             }
         } else {
-            let count = if keys.len() > 1 && rng.unit() < 0.3 { 2 } else { 1 };
+            let count = if keys.len() > 1 && rng.unit() < 0.3 {
+                2
+            } else {
+                1
+            };
             for _ in 0..count {
                 let k = keys[rng.below(keys.len())];
                 let spec = &space[k];
@@ -65,7 +74,11 @@ pub fn candidates(space: &BTreeMap<String, ParamSpec>, base: &Params, rng: &mut 
             continue;
         }
         let hypothesis = describe(global, &changes, base);
-        out.push(Candidate { changes, config, hypothesis });
+        out.push(Candidate {
+            changes,
+            config,
+            hypothesis,
+        });
     }
     out
 }
@@ -78,15 +91,23 @@ fn describe(global: bool, changes: &Params, base: &Params) -> String {
             None => format!("{k} = {v}"),
         })
         .collect();
-    let how = if global { "global sample" } else { "local step" };
+    let how = if global {
+        "global sample"
+    } else {
+        "local step"
+    };
     format!("{how}: {}", parts.join(", "))
 }
 
 /// A uniform sample of the parameter's space.
 pub fn sample(spec: &ParamSpec, rng: &mut Rng) -> ParamValue {
     match spec {
-        ParamSpec::Int { min, max } => ParamValue::Int(min + rng.below((max - min + 1) as usize) as i64),
-        ParamSpec::Float { min, max } => ParamValue::Float(round(min + rng.unit() * (max - min), *min, *max)),
+        ParamSpec::Int { min, max } => {
+            ParamValue::Int(min + rng.below((max - min + 1) as usize) as i64)
+        }
+        ParamSpec::Float { min, max } => {
+            ParamValue::Float(round(min + rng.unit() * (max - min), *min, *max))
+        }
         ParamSpec::LogFloat { min, max } => {
             let (a, b) = (min.ln(), max.ln());
             ParamValue::Float(round((a + rng.unit() * (b - a)).exp(), *min, *max))
@@ -106,9 +127,11 @@ pub fn step(spec: &ParamSpec, current: &ParamValue, rng: &mut Rng) -> ParamValue
             }
             ParamValue::Int((x + d).clamp(*min, *max))
         }
-        (ParamSpec::Float { min, max }, ParamValue::Float(x)) => {
-            ParamValue::Float(round((x + rng.normal() * STEP * (max - min)).clamp(*min, *max), *min, *max))
-        }
+        (ParamSpec::Float { min, max }, ParamValue::Float(x)) => ParamValue::Float(round(
+            (x + rng.normal() * STEP * (max - min)).clamp(*min, *max),
+            *min,
+            *max,
+        )),
         (ParamSpec::LogFloat { min, max }, ParamValue::Float(x)) if *x > 0.0 => {
             let width = max.ln() - min.ln();
             let v = (x.ln() + rng.normal() * STEP * width).exp();
@@ -147,10 +170,27 @@ mod tests {
 
     fn space() -> BTreeMap<String, ParamSpec> {
         let mut s = BTreeMap::new();
-        s.insert("o.lr".to_string(), ParamSpec::LogFloat { min: 1e-4, max: 1.0 });
+        s.insert(
+            "o.lr".to_string(),
+            ParamSpec::LogFloat {
+                min: 1e-4,
+                max: 1.0,
+            },
+        );
         s.insert("o.steps".to_string(), ParamSpec::Int { min: 1, max: 100 });
-        s.insert("o.mom".to_string(), ParamSpec::Float { min: 0.0, max: 0.99 });
-        s.insert("o.kind".to_string(), ParamSpec::Choice { values: vec![ParamValue::Str("a".into()), ParamValue::Str("b".into())] });
+        s.insert(
+            "o.mom".to_string(),
+            ParamSpec::Float {
+                min: 0.0,
+                max: 0.99,
+            },
+        );
+        s.insert(
+            "o.kind".to_string(),
+            ParamSpec::Choice {
+                values: vec![ParamValue::Str("a".into()), ParamValue::Str("b".into())],
+            },
+        );
         s
     }
 
@@ -194,7 +234,12 @@ mod tests {
     #[test]
     fn a_tiny_space_runs_out_instead_of_repeating() {
         let mut s = BTreeMap::new();
-        s.insert("k".to_string(), ParamSpec::Choice { values: vec![ParamValue::Int(1), ParamValue::Int(2), ParamValue::Int(3)] });
+        s.insert(
+            "k".to_string(),
+            ParamSpec::Choice {
+                values: vec![ParamValue::Int(1), ParamValue::Int(2), ParamValue::Int(3)],
+            },
+        );
         let mut b = Params::new();
         b.insert("k".into(), ParamValue::Int(1));
         let c = candidates(&s, &b, &mut Rng::new(1), 10);

@@ -1,0 +1,91 @@
+//! `ratchet check`: every configuration error at once, with file and key path.
+
+mod common;
+
+use common::{stderr, Dir};
+
+#[test]
+fn unknown_key_and_wrong_type_are_both_named() {
+    let dir = Dir::with_fixture("faulty");
+    dir.write(
+        "specialists.toml",
+        "[daemon]\nexperiment = \"experiment\"\nslots = \"two\"\n\n[[specialist]]\nname = \"x\"\nsurface = \"search\"\nkind = \"search\"\ntemprature = 0.7\n",
+    );
+    let out = dir.ratchet(&["check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("specialists.toml: daemon.slots: invalid type"),
+        "{err}"
+    );
+    assert!(
+        err.contains("specialists.toml: specialist[0].temprature: unknown field"),
+        "{err}"
+    );
+}
+
+#[test]
+fn experiment_errors_are_reported_with_the_experiment_file() {
+    let dir = Dir::with_fixture("faulty");
+    dir.specialists(1, &[("x", "nosuchsurface")]);
+    let exp = std::fs::read_to_string(dir.path().join("experiment/experiment.toml")).unwrap();
+    dir.write(
+        "experiment/experiment.toml",
+        &exp.replace("budget_secs = 1", "budget_secs = 1\nbugdet = 3")
+            .replace("timeout_secs = 2", "timeout_secs = \"2\""),
+    );
+    let out = dir.ratchet(&["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("experiment.toml: bugdet: unknown field"),
+        "{err}"
+    );
+    assert!(
+        err.contains("experiment.toml: timeout_secs: invalid type"),
+        "{err}"
+    );
+
+    // Once the experiment is fixed, the specialist's unknown surface is reported.
+    dir.write("experiment/experiment.toml", &exp);
+    let err = stderr(&dir.ratchet(&["check"]));
+    assert!(
+        err.contains("specialist[0].surface: no surface `nosuchsurface`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_recipe_value_outside_its_space_is_an_error() {
+    let dir = Dir::with_fixture("faulty");
+    dir.specialists(1, &[("x", "search")]);
+    dir.write(
+        "experiment/recipe.toml",
+        "[search]\nx = 9.0\n\n[fault]\nmode = \"none\"\n",
+    );
+    let out = dir.ratchet(&["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("recipe.toml: search.x: value 9.0 is outside"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_valid_config_passes_and_run_refuses_an_invalid_one() {
+    let dir = Dir::with_fixture("faulty");
+    dir.specialists(2, &[("x", "search")]);
+    let out = dir.ratchet(&["check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    dir.write(
+        "specialists.toml",
+        "[daemon]\nexperiment = \"experiment\"\nslot = 2\n",
+    );
+    let out = dir.ratchet(&["run", "--trials", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        !dir.path().join("lineage").exists(),
+        "an invalid config must not start anything"
+    );
+}

@@ -1,0 +1,123 @@
+//! Helpers for tests that drive the real `ratchet` binary in a temp directory.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub struct Dir {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Dir {
+    /// A temp dir holding a copy of `tests/fixtures/<fixture>` as `experiment/`.
+    pub fn with_fixture(fixture: &str) -> Dir {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(fixture);
+        copy_dir(&src, &tmp.path().join("experiment"));
+        Dir { tmp }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Writes specialists.toml with one search specialist per (name, surface).
+    pub fn specialists(&self, slots: usize, specialists: &[(&str, &str)]) -> PathBuf {
+        let mut text = format!("[daemon]\nexperiment = \"experiment\"\nlineage_dir = \"lineage\"\nslots = {slots}\nseed = 1\n");
+        for (name, surface) in specialists {
+            text.push_str(&format!(
+                "\n[[specialist]]\nname = \"{name}\"\nsurface = \"{surface}\"\nkind = \"search\"\n"
+            ));
+        }
+        self.write("specialists.toml", &text)
+    }
+
+    /// Runs the ratchet binary in this directory.
+    pub fn ratchet(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_ratchet"))
+            .args(args)
+            .current_dir(self.path())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs and asserts success, returning stdout.
+    pub fn ratchet_ok(&self, args: &[&str]) -> String {
+        let out = self.ratchet(args);
+        assert!(
+            out.status.success(),
+            "ratchet {args:?} failed: {}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            stdout(&out),
+            stderr(&out)
+        );
+        stdout(&out)
+    }
+
+    /// `ratchet lineage list --json`, parsed.
+    pub fn trials(&self) -> Vec<Value> {
+        self.ratchet_ok(&["lineage", "list", "--json"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// Whether any live (non-zombie) process belongs to process group `pgid`.
+pub fn group_alive(pgid: i64) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f.len() > 2 && f[0] != "Z" && f[2] == pgid.to_string()
+    })
+}
+
+pub fn pid_alive(pid: i64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.split_whitespace().next() != Some("Z")),
+        Err(_) => false,
+    }
+}
+
+pub fn str_of<'a>(t: &'a Value, key: &str) -> &'a str {
+    t[key].as_str().unwrap_or("")
+}
