@@ -143,9 +143,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let dir = match lineage {
                 Some(d) => d,
-                None => match load_config(&config.config) {
-                    Ok(c) => c.lineage_dir,
-                    Err(code) => return Ok(code),
+                None => match crate::config::lineage_dir_of(&config.config) {
+                    Ok(d) => d,
+                    Err(errors) => anyhow::bail!("{errors}"),
                 },
             };
             if !dir.join("db").exists() {

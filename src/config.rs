@@ -395,6 +395,31 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
     })
 }
 
+/// The lineage directory a specialists file names, read leniently so that the
+/// lineage stays readable while the rest of the file is being fixed.
+pub fn lineage_dir_of(file: &Path) -> Result<PathBuf, ConfigErrors> {
+    let file = absolute(file);
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let text = std::fs::read_to_string(&file).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            key: ".".into(),
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    let dir = text
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|t| {
+            t.get("daemon")?
+                .get("lineage_dir")?
+                .as_str()
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(default_lineage_dir);
+    Ok(base.join(dir))
+}
+
 /// `daemon.experiment` read leniently, for validating the experiment when the
 /// rest of specialists.toml does not parse.
 fn experiment_path_fallback(text: &str) -> Option<PathBuf> {
@@ -606,7 +631,11 @@ fn parse_collecting<T: DeserializeOwned>(
             Err(e) => e,
         };
         failed = true;
-        let message = one_line(&e.inner().to_string());
+        let mut message = one_line(&e.inner().to_string());
+        // toml appends ` in `key.path``; the path is reported separately.
+        if let Some(i) = message.rfind(" in `").filter(|_| message.ends_with('`')) {
+            message.truncate(i);
+        }
         let mut path: Vec<String> = Vec::new();
         for seg in e.path().iter() {
             match seg {
