@@ -550,7 +550,16 @@ fn read_defaults(
     let before = errors.len();
     for s in &exp.surfaces {
         for (k, spec) in &s.params {
-            match lookup(&table, k).and_then(param_value) {
+            // `momentum = 0` in a float space is the float 0.0: one value, one config key.
+            let value = lookup(&table, k)
+                .and_then(param_value)
+                .map(|v| match (spec, v) {
+                    (ParamSpec::Float { .. } | ParamSpec::LogFloat { .. }, ParamValue::Int(i)) => {
+                        ParamValue::Float(i as f64)
+                    }
+                    (_, v) => v,
+                });
+            match value {
                 None => err(errors, recipe, k.clone(), format!("surface `{}` declares this parameter but the recipe has no such key (or not a number, string or bool)", s.name)),
                 Some(v) if !spec.contains(&v) => err(errors, recipe, k.clone(), format!("value {v} is outside the declared space {spec:?}")),
                 Some(v) => {

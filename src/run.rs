@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ractor::Actor;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::actors::supervisor::{Supervisor, SupervisorArgs};
@@ -59,9 +60,8 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
     let mut drained = false;
     let mut baseline: Option<f64> = None;
     let mut incumbent: Option<(TrialId, f64)> = None;
-    let mut interrupts = 0;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     let mut supervisor_gone = false;
 
     loop {
@@ -103,12 +103,8 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
                 }
                 break;
             }
-            _ = &mut ctrl_c => {
-                interrupts += 1;
-                if interrupts > 1 {
-                    std::process::exit(130);
-                }
-                eprintln!("\nratchet: interrupted; killing running trials and recording them (Ctrl-C again to quit at once)");
+            _ = async { tokio::select! { _ = sigint.recv() => {}, _ = sigterm.recv() => {} } } => {
+                eprintln!("\nratchet: interrupted; killing running trials and recording them (signal again to quit at once)");
                 summary.interrupted = true;
                 break;
             }
@@ -116,7 +112,13 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
     }
     if !supervisor_gone {
         supervisor.stop(None);
-        let _ = handle.await;
+        tokio::select! {
+            _ = &mut handle => {}
+            _ = async { tokio::select! { _ = sigint.recv() => {}, _ = sigterm.recv() => {} } } => {
+                eprintln!("ratchet: second signal, quitting now; the next start recovers in-flight trials");
+                std::process::exit(130);
+            }
+        }
     }
     println!(
         "done: {} trial(s) in {:.1}s: {} kept, {} discarded, {} failed{}",

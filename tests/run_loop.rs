@@ -176,11 +176,10 @@ fn lineage_survives_a_restart_and_ids_continue() {
     assert_eq!(table.lines().count(), 6, "{table}");
 }
 
-#[test]
-fn a_killed_ratchet_leaves_nothing_running_after_the_next_start() {
-    let dir = Dir::with_fixture("faulty");
+/// Starts `ratchet run --trials 1` on a fixture whose baseline hangs, and
+/// returns once that trial's processes are running.
+fn start_hanging_run(dir: &Dir) -> std::process::Child {
     dir.specialists(1, &[("x", "search")]);
-    // The baseline itself hangs, so a trial is running when ratchet dies.
     dir.write(
         "experiment/recipe.toml",
         "[search]\nx = 5.5\n\n[fault]\nmode = \"hang\"\n",
@@ -190,10 +189,11 @@ fn a_killed_ratchet_leaves_nothing_running_after_the_next_start() {
         "experiment/experiment.toml",
         &exp.replace("timeout_secs = 2", "timeout_secs = 60"),
     );
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ratchet"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ratchet"))
         .args(["run", "--trials", "1"])
         .current_dir(dir.path())
         .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let marker = dir.path().join("lineage/trials/000001/grandchild.pid");
@@ -205,6 +205,39 @@ fn a_killed_ratchet_leaves_nothing_running_after_the_next_start() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    child
+}
+
+#[test]
+fn sigterm_stops_the_run_kills_the_trial_and_records_it() {
+    let dir = Dir::with_fixture("faulty");
+    let mut child = start_hanging_run(&dir);
+    let marker = dir.path().join("lineage/trials/000001/grandchild.pid");
+    let grandchild: i64 = std::fs::read_to_string(marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let trials = dir.trials();
+    let t = &trials[0];
+    assert_eq!(
+        (str_of(t, "status"), str_of(t, "label")),
+        ("interrupted", "interrupted")
+    );
+    assert!(
+        !pid_alive(grandchild),
+        "the trial's grandchild survived SIGTERM of ratchet"
+    );
+}
+
+#[test]
+fn a_killed_ratchet_leaves_nothing_running_after_the_next_start() {
+    let dir = Dir::with_fixture("faulty");
+    let mut child = start_hanging_run(&dir);
     child.kill().unwrap(); // SIGKILL: no cleanup runs
     child.wait().unwrap();
 

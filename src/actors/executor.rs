@@ -177,16 +177,25 @@ impl Actor for Executor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ExecutorMsg::SetSpecialists(list) => {
+                // A specialist that is still the same actor keeps its pending ask.
+                let old = std::mem::take(&mut state.specialists);
                 state.specialists = list
                     .into_iter()
-                    .map(|(name, actor)| SpecialistSlot {
-                        name,
-                        actor,
-                        asked: false,
-                        exhausted: false,
+                    .map(|(name, actor)| {
+                        let same = old
+                            .iter()
+                            .find(|s| s.name == name && s.actor.get_id() == actor.get_id());
+                        let (asked, exhausted) =
+                            same.map_or((false, false), |s| (s.asked, s.exhausted));
+                        SpecialistSlot {
+                            name,
+                            actor,
+                            asked,
+                            exhausted,
+                        }
                     })
                     .collect();
-                state.next = 0;
+                state.next %= state.specialists.len().max(1);
                 state.ready = true;
             }
             ExecutorMsg::SetEvaluator(e) => state.evaluator = e,
