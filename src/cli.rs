@@ -81,11 +81,23 @@ pub fn main() -> ExitCode {
     init_tracing();
     match dispatch(cli) {
         Ok(code) => code,
+        // `ratchet lineage list | head`: the reader went away, which is fine.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let io = c.downcast_ref::<std::io::Error>().map(|io| io.kind());
+        let json = c
+            .downcast_ref::<serde_json::Error>()
+            .and_then(|j| j.io_error_kind());
+        io.or(json) == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn init_tracing() {
