@@ -44,6 +44,16 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// The built-in tinylm experiment's programs (run by trials, or by hand).
+    Tinylm {
+        #[command(subcommand)]
+        command: TinylmCommand,
+    },
+    /// Benchmarks that print figures.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Read the lineage: every trial, its edit, outcome and label.
     Lineage {
         #[command(flatten)]
@@ -53,6 +63,45 @@ enum Command {
         lineage: Option<PathBuf>,
         #[command(subcommand)]
         command: LineageCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TinylmCommand {
+    /// Train a recipe for the budget (RATCHET_BUDGET_SECS, or --budget-secs; default 30).
+    Train {
+        #[arg(long)]
+        recipe: PathBuf,
+        /// Output directory: model.safetensors, model.json, ckpt/ (resumed when present).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        budget_secs: Option<f64>,
+    },
+    /// Score a trained model: prints val_bpb=... and diagnostics.
+    Eval {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long, value_parser = ["proxy", "full"], default_value = "proxy")]
+        split: String,
+        /// The evaluation mix, e.g. markov=0.35,arithmetic=0.25,brackets=0.15,copy=0.25.
+        #[arg(long, default_value = crate::tinylm::DEFAULT_EVAL_MIX)]
+        mix: String,
+    },
+    /// The entropy floor of an evaluation mix: the lowest val_bpb possible.
+    Floor {
+        #[arg(long, default_value = crate::tinylm::DEFAULT_EVAL_MIX)]
+        mix: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Training tokens/s and GFLOP/s of the default tinylm recipe, and the machine's matmul GFLOP/s.
+    Tinylm {
+        /// Seconds of training to measure.
+        #[arg(long, default_value_t = 20.0)]
+        secs: f64,
     },
 }
 
@@ -147,6 +196,39 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Tinylm { command } => {
+            use crate::tinylm::{self, data};
+            match command {
+                TinylmCommand::Train {
+                    recipe,
+                    out,
+                    budget_secs,
+                } => tinylm::train_command(&recipe, &out, budget_secs)?,
+                TinylmCommand::Eval {
+                    checkpoint,
+                    split,
+                    mix,
+                } => {
+                    let split = if split == "full" {
+                        data::Split::Full
+                    } else {
+                        data::Split::Proxy
+                    };
+                    let mix = data::parse_mix(&mix).map_err(|e| anyhow::anyhow!("--mix: {e}"))?;
+                    tinylm::eval_command(&checkpoint, split, &mix)?
+                }
+                TinylmCommand::Floor { mix } => tinylm::floor_command(
+                    &data::parse_mix(&mix).map_err(|e| anyhow::anyhow!("--mix: {e}"))?,
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCommand::Tinylm { secs },
+        } => {
+            crate::tinylm::bench_command(secs)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Lineage {
             config,

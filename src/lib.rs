@@ -9,4 +9,5 @@ pub mod lineage;
 pub mod process;
 pub mod propose;
 pub mod run;
+pub mod tinylm;
 pub mod workspace;

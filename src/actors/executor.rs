@@ -385,9 +385,10 @@ async fn run_train(
     }
 }
 
-/// The environment every trial command gets.
+/// The environment every trial command gets. CPU thread pools (rayon, OpenMP)
+/// get an equal share of the cores per slot, unless the user set them.
 pub fn trial_env(config: &Config, dirs: &TrialDirs, id: TrialId) -> Vec<(String, String)> {
-    vec![
+    let mut env = vec![
         (
             "RATCHET_BUDGET_SECS".into(),
             config.experiment.file.budget_secs.to_string(),
@@ -395,7 +396,17 @@ pub fn trial_env(config: &Config, dirs: &TrialDirs, id: TrialId) -> Vec<(String,
         ("RATCHET_TRIAL_ID".into(), id.to_string()),
         ("RATCHET_TRIAL_DIR".into(), dirs.root.display().to_string()),
         ("RATCHET_SEED".into(), config.seed.to_string()),
-    ]
+    ];
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let share = (cores / config.slots.max(1)).max(1).to_string();
+    for var in ["RAYON_NUM_THREADS", "OMP_NUM_THREADS"] {
+        if std::env::var_os(var).is_none() {
+            env.push((var.into(), share.clone()));
+        }
+    }
+    env
 }
 
 /// Expands `{ratchet}`, `{trial_dir}`, `{work}` and `{experiment_dir}` in an argv.

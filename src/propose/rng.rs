@@ -20,6 +20,16 @@ impl Rng {
         Rng::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ h ^ salt.rotate_left(32))
     }
 
+    /// The generator's whole state, to save with a checkpoint.
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+
+    /// Resumes a generator from `state()`.
+    pub fn from_state(state: u64) -> Rng {
+        Rng(state)
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
