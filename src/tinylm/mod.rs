@@ -7,6 +7,7 @@
 //! daemon process never trains or initializes a device itself.
 
 pub mod data;
+pub mod kernels;
 pub mod model;
 pub mod recipe;
 pub mod train;

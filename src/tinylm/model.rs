@@ -4,6 +4,8 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
+
+use super::kernels;
 use serde::{Deserialize, Serialize};
 
 pub const VOCAB: usize = 256;
@@ -106,8 +108,8 @@ impl NormLayer {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match (self.kind, &self.bias) {
-            (Norm::Layernorm, Some(b)) => candle_nn::ops::layer_norm_slow(x, &self.weight, b, 1e-5),
-            _ => candle_nn::ops::rms_norm_slow(x, &self.weight, 1e-5),
+            (Norm::Layernorm, Some(b)) => kernels::layer_norm(x, &self.weight, b, 1e-5),
+            _ => kernels::rms_norm(x, &self.weight, 1e-5),
         }
     }
 }
@@ -222,18 +224,11 @@ impl Gpt {
             let pos = Tensor::arange(0u32, t as u32, x.device())?;
             h = h.broadcast_add(&wpe.forward(&pos)?)?;
         }
-        let mask = candle_transformers::utils::build_additive_causal_mask(
-            t,
-            0,
-            None,
-            x.device(),
-            h.dtype(),
-        )?;
         for block in &self.blocks {
-            h = (&h + self.attention(block, &block.norm1.forward(&h)?, &mask, b, t)?)?;
+            h = (&h + self.attention(block, &block.norm1.forward(&h)?, b, t)?)?;
             let m = block.fc1.forward(&block.norm2.forward(&h)?)?;
             let m = match self.config.activation {
-                Activation::Gelu => m.gelu()?,
+                Activation::Gelu => kernels::gelu(&m)?,
                 Activation::Relu => m.relu()?,
                 Activation::Silu => m.silu()?,
             };
@@ -251,34 +246,16 @@ impl Gpt {
         }
     }
 
-    fn attention(
-        &self,
-        block: &Block,
-        x: &Tensor,
-        mask: &Tensor,
-        b: usize,
-        t: usize,
-    ) -> Result<Tensor> {
-        let (w, nh) = (self.config.width, self.config.heads);
-        let hd = w / nh;
-        let qkv = block.qkv.forward(x)?.reshape((b, t, 3, nh, hd))?;
-        let split = |i: usize| {
-            qkv.narrow(2, i, 1)?
-                .squeeze(2)?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let (mut q, mut k, v) = (split(0)?, split(1)?, split(2)?);
+    fn attention(&self, block: &Block, x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
+        let w = self.config.width;
+        let qkv = block.qkv.forward(x)?;
+        let (mut q, mut k, v) = (qkv.narrow(2, 0, w)?, qkv.narrow(2, w, w)?, qkv.narrow(2, 2 * w, w)?);
         if let Some((cos, sin)) = &self.rope {
             let (cos, sin) = (cos.narrow(0, 0, t)?, sin.narrow(0, 0, t)?);
-            q = candle_nn::rotary_emb::rope_slow(&q, &cos, &sin)?;
-            k = candle_nn::rotary_emb::rope_slow(&k, &cos, &sin)?;
+            q = rope(&q, &cos, &sin, b, t, self.config.heads)?;
+            k = rope(&k, &cos, &sin, b, t, self.config.heads)?;
         }
-        let att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let att = att.broadcast_add(mask)?;
-        let att = candle_nn::ops::softmax(&att, D::Minus1)?;
-        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, w))?;
-        block.proj.forward(&y)
+        block.proj.forward(&kernels::attention(&q, &k, &v, self.config.heads)?)
     }
 }
 
@@ -307,6 +284,19 @@ pub fn init(varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
     Ok(())
 }
 
+/// Rotary position embedding of `(B, T, H·D)` queries or keys, rotating the two
+/// halves of each head (the non-interleaved convention of `rope_slow`).
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, b: usize, t: usize, heads: usize) -> Result<Tensor> {
+    let w = x.dim(2)?;
+    let hd = w / heads;
+    let x = x.reshape((b, t, heads, hd))?;
+    let (x1, x2) = (x.narrow(3, 0, hd / 2)?, x.narrow(3, hd / 2, hd / 2)?);
+    let (cos, sin) = (cos.reshape((1, t, 1, hd / 2))?, sin.reshape((1, t, 1, hd / 2))?);
+    let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+    let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+    Tensor::cat(&[r1, r2], 3)?.reshape((b, t, w))
+}
+
 fn rope_tables(seq_len: usize, head_dim: usize, device: &Device) -> Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
     let inv: Vec<f32> = (0..half)
@@ -323,7 +313,7 @@ fn rope_tables(seq_len: usize, head_dim: usize, device: &Device) -> Result<(Tens
 /// Mean cross-entropy (nats) of logits `(B, T, V)` against targets `(B, T)`.
 pub fn loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let (b, t, v) = logits.dims3()?;
-    candle_nn::loss::cross_entropy(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)
+    kernels::cross_entropy(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)
 }
 
 /// Per-token negative log-likelihood (nats), `(B, T)`, without a graph.
