@@ -6,7 +6,9 @@
 //! `ratchet bench tinylm`). Each has a composed candle fallback for other
 //! devices, and tests check both agree, forward and backward.
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D,
+};
 use rayon::prelude::*;
 
 /// Rows per rayon task: small rows are batched to amortize scheduling.
@@ -33,6 +35,17 @@ const GELU_C: f32 = 0.044_715;
 struct Gelu;
 struct GeluGrad;
 
+/// tanh through one `exp`: libm's `tanhf` (via `expm1f`) was a tenth of a
+/// training step. Absolute error below 1e-6, far under f32 training noise.
+#[inline]
+fn tanh(x: f32) -> f32 {
+    if x.abs() > 9.0 {
+        return x.signum();
+    }
+    let e = (2.0 * x).exp();
+    (e - 1.0) / (e + 1.0)
+}
+
 impl CustomOp1 for Gelu {
     fn name(&self) -> &'static str {
         "fused-gelu"
@@ -41,11 +54,13 @@ impl CustomOp1 for Gelu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous(s, l)?;
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(MIN_CHUNK).zip(x.par_chunks(MIN_CHUNK)).for_each(|(y, x)| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = 0.5 * x * (1.0 + (GELU_K * (x + GELU_C * x * x * x)).tanh());
-            }
-        });
+        y.par_chunks_mut(MIN_CHUNK)
+            .zip(x.par_chunks(MIN_CHUNK))
+            .for_each(|(y, x)| {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = 0.5 * x * (1.0 + tanh(GELU_K * (x + GELU_C * x * x * x)));
+                }
+            });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -59,16 +74,25 @@ impl CustomOp2 for GeluGrad {
         "fused-gelu-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (x, g) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
         let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(MIN_CHUNK).zip(x.par_chunks(MIN_CHUNK).zip(g.par_chunks(MIN_CHUNK))).for_each(|(dx, (x, g))| {
-            for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                let t = (GELU_K * (x + GELU_C * x * x * x)).tanh();
-                let d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * GELU_C * x * x);
-                *dx = g * d;
-            }
-        });
+        dx.par_chunks_mut(MIN_CHUNK)
+            .zip(x.par_chunks(MIN_CHUNK).zip(g.par_chunks(MIN_CHUNK)))
+            .for_each(|(dx, (x, g))| {
+                for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                    let t = tanh(GELU_K * (x + GELU_C * x * x * x));
+                    let d = 0.5 * (1.0 + t)
+                        + 0.5 * x * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * GELU_C * x * x);
+                    *dx = g * d;
+                }
+            });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -95,7 +119,11 @@ impl Norm {
     /// (mean, 1/std) of one row.
     fn stats(&self, x: &[f32]) -> (f32, f32) {
         let n = x.len() as f32;
-        let mean = if self.center { x.iter().sum::<f32>() / n } else { 0.0 };
+        let mean = if self.center {
+            x.iter().sum::<f32>() / n
+        } else {
+            0.0
+        };
         let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
         (mean, 1.0 / (var + self.eps).sqrt())
     }
@@ -106,23 +134,44 @@ impl CustomOp3 for Norm {
         "fused-norm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?);
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (
+            contiguous(s1, l1)?,
+            contiguous(s2, l2)?,
+            contiguous(s3, l3)?,
+        );
         let width = w.len();
         let mut y = vec![0f32; x.len()];
         let chunk = rows_per_chunk(width) * width;
-        y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
-            for (y, x) in y.chunks_mut(width).zip(x.chunks(width)) {
-                let (mean, rstd) = self.stats(x);
-                for i in 0..width {
-                    y[i] = (x[i] - mean) * rstd * w[i] + b[i];
+        y.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .for_each(|(y, x)| {
+                for (y, x) in y.chunks_mut(width).zip(x.chunks(width)) {
+                    let (mean, rstd) = self.stats(x);
+                    for i in 0..width {
+                        y[i] = (x[i] - mean) * rstd * w[i] + b[i];
+                    }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let dx = x.apply_op3_no_bwd(w, &grad, &NormGradInput(*self))?;
         let dwb = x.apply_op2_no_bwd(&grad, &NormGradParams(*self))?;
@@ -138,29 +187,47 @@ impl CustomOp3 for NormGradInput {
         "fused-norm-grad-input"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, w, g) = (contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?);
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, g) = (
+            contiguous(s1, l1)?,
+            contiguous(s2, l2)?,
+            contiguous(s3, l3)?,
+        );
         let width = w.len();
         let n = width as f32;
         let mut dx = vec![0f32; x.len()];
         let chunk = rows_per_chunk(width) * width;
-        dx.par_chunks_mut(chunk).zip(x.par_chunks(chunk).zip(g.par_chunks(chunk))).for_each(|(dx, (x, g))| {
-            for ((dx, x), g) in dx.chunks_mut(width).zip(x.chunks(width)).zip(g.chunks(width)) {
-                let (mean, rstd) = self.0.stats(x);
-                let (mut sum_gw, mut sum_gwx) = (0f32, 0f32);
-                for i in 0..width {
-                    let gw = g[i] * w[i];
-                    sum_gw += gw;
-                    sum_gwx += gw * (x[i] - mean) * rstd;
+        dx.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
+            .for_each(|(dx, (x, g))| {
+                for ((dx, x), g) in dx
+                    .chunks_mut(width)
+                    .zip(x.chunks(width))
+                    .zip(g.chunks(width))
+                {
+                    let (mean, rstd) = self.0.stats(x);
+                    let (mut sum_gw, mut sum_gwx) = (0f32, 0f32);
+                    for i in 0..width {
+                        let gw = g[i] * w[i];
+                        sum_gw += gw;
+                        sum_gwx += gw * (x[i] - mean) * rstd;
+                    }
+                    let mean_gw = if self.0.center { sum_gw / n } else { 0.0 };
+                    let mean_gwx = sum_gwx / n;
+                    for i in 0..width {
+                        let xhat = (x[i] - mean) * rstd;
+                        dx[i] = rstd * (g[i] * w[i] - mean_gw - xhat * mean_gwx);
+                    }
                 }
-                let mean_gw = if self.0.center { sum_gw / n } else { 0.0 };
-                let mean_gwx = sum_gwx / n;
-                for i in 0..width {
-                    let xhat = (x[i] - mean) * rstd;
-                    dx[i] = rstd * (g[i] * w[i] - mean_gw - xhat * mean_gwx);
-                }
-            }
-        });
+            });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -173,7 +240,13 @@ impl CustomOp2 for NormGradParams {
         "fused-norm-grad-params"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (x, g) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
         let width = l1.dims()[l1.dims().len() - 1];
         let chunk = rows_per_chunk(width) * width;
@@ -193,7 +266,10 @@ impl CustomOp2 for NormGradParams {
                     acc
                 },
             )
-            .reduce(|| vec![0f32; 2 * width], |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect());
+            .reduce(
+                || vec![0f32; 2 * width],
+                |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect(),
+            );
         Ok((CpuStorage::F32(sums), Shape::from((2, width))))
     }
 }
@@ -210,7 +286,8 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     if x.device().is_cpu() {
         // The bias input is unused (its gradient is not returned): zeros.
         let zero = w.zeros_like()?;
-        x.contiguous()?.apply_op3(w, &zero, Norm { eps, center: false })
+        x.contiguous()?
+            .apply_op3(w, &zero, Norm { eps, center: false })
     } else {
         candle_nn::ops::rms_norm_slow(x, w, eps)
     }
@@ -237,26 +314,31 @@ impl CustomOp1 for CausalSoftmax {
         let x = contiguous(s, l)?;
         let t = l.dims()[l.dims().len() - 1];
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(t * t).zip(x.par_chunks(t * t)).for_each(|(y, x)| {
-            for (i, (y, x)) in y.chunks_mut(t).zip(x.chunks(t)).enumerate() {
-                let max = x[..=i].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * self.scale;
-                let mut sum = 0f32;
-                for j in 0..=i {
-                    let e = (x[j] * self.scale - max).exp();
-                    y[j] = e;
-                    sum += e;
+        y.par_chunks_mut(t * t)
+            .zip(x.par_chunks(t * t))
+            .for_each(|(y, x)| {
+                for (i, (y, x)) in y.chunks_mut(t).zip(x.chunks(t)).enumerate() {
+                    let max = x[..=i].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * self.scale;
+                    let mut sum = 0f32;
+                    for j in 0..=i {
+                        let e = (x[j] * self.scale - max).exp();
+                        y[j] = e;
+                        sum += e;
+                    }
+                    let inv = 1.0 / sum;
+                    for v in &mut y[..=i] {
+                        *v *= inv;
+                    }
                 }
-                let inv = 1.0 / sum;
-                for v in &mut y[..=i] {
-                    *v *= inv;
-                }
-            }
-        });
+            });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &CausalSoftmaxGrad { scale: self.scale })?))
+        Ok(Some(res.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &CausalSoftmaxGrad { scale: self.scale },
+        )?))
     }
 }
 
@@ -265,18 +347,31 @@ impl CustomOp2 for CausalSoftmaxGrad {
         "fused-causal-softmax-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (y, g) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
         let t = l1.dims()[l1.dims().len() - 1];
         let mut dx = vec![0f32; y.len()];
-        dx.par_chunks_mut(t * t).zip(y.par_chunks(t * t).zip(g.par_chunks(t * t))).for_each(|(dx, (y, g))| {
-            for (i, ((dx, y), g)) in dx.chunks_mut(t).zip(y.chunks(t)).zip(g.chunks(t)).enumerate() {
-                let dot: f32 = (0..=i).map(|j| y[j] * g[j]).sum();
-                for j in 0..=i {
-                    dx[j] = self.scale * y[j] * (g[j] - dot);
+        dx.par_chunks_mut(t * t)
+            .zip(y.par_chunks(t * t).zip(g.par_chunks(t * t)))
+            .for_each(|(dx, (y, g))| {
+                for (i, ((dx, y), g)) in dx
+                    .chunks_mut(t)
+                    .zip(y.chunks(t))
+                    .zip(g.chunks(t))
+                    .enumerate()
+                {
+                    let dot: f32 = (0..=i).map(|j| y[j] * g[j]).sum();
+                    for j in 0..=i {
+                        dx[j] = self.scale * y[j] * (g[j] - dot);
+                    }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -284,10 +379,18 @@ impl CustomOp2 for CausalSoftmaxGrad {
 /// Causal softmax of `scale · scores`, scores `(.., T, T)`.
 pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
     if scores.device().is_cpu() {
-        scores.contiguous()?.apply_op1(CausalSoftmax { scale: scale as f32 })
+        scores.contiguous()?.apply_op1(CausalSoftmax {
+            scale: scale as f32,
+        })
     } else {
         let t = scores.dim(D::Minus1)?;
-        let mask = candle_transformers::utils::build_additive_causal_mask(t, 0, None, scores.device(), scores.dtype())?;
+        let mask = candle_transformers::utils::build_additive_causal_mask(
+            t,
+            0,
+            None,
+            scores.device(),
+            scores.dtype(),
+        )?;
         candle_nn::ops::softmax(&(scores * scale)?.broadcast_add(&mask)?, D::Minus1)
     }
 }
@@ -324,12 +427,27 @@ fn btw(l: &Layout) -> Result<(usize, usize, usize)> {
     }
 }
 
+/// Where one head's slice sits in a `(T, W)` plane, and its score scale.
+#[derive(Clone, Copy)]
+struct Head {
+    w: usize,
+    off: usize,
+    hd: usize,
+    scale: f32,
+}
+
+impl Head {
+    fn at(&self, i: usize) -> std::ops::Range<usize> {
+        i * self.w + self.off..i * self.w + self.off + self.hd
+    }
+}
+
 /// Causal softmax probabilities of query `i` of one head into `p[..=i]`.
-fn probs(p: &mut [f32], q: &[f32], k: &[f32], i: usize, w: usize, off: usize, hd: usize, scale: f32) {
-    let qi = &q[i * w + off..i * w + off + hd];
+fn probs(p: &mut [f32], q: &[f32], k: &[f32], i: usize, head: Head) {
+    let qi = &q[head.at(i)];
     let mut max = f32::NEG_INFINITY;
     for j in 0..=i {
-        let s = scale * dot(qi, &k[j * w + off..j * w + off + hd]);
+        let s = head.scale * dot(qi, &k[head.at(j)]);
         p[j] = s;
         max = max.max(s);
     }
@@ -349,20 +467,36 @@ impl CustomOp3 for Attention {
         "fused-causal-attention"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?);
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            contiguous(s1, l1)?,
+            contiguous(s2, l2)?,
+            contiguous(s3, l3)?,
+        );
         let (_, t, w) = btw(l1)?;
         let hd = w / self.heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut y = vec![0f32; q.len()];
         y.par_chunks_mut(t * w).enumerate().for_each(|(b, y)| {
             let base = b * t * w;
-            let (q, k, v) = (&q[base..base + t * w], &k[base..base + t * w], &v[base..base + t * w]);
+            let (q, k, v) = (
+                &q[base..base + t * w],
+                &k[base..base + t * w],
+                &v[base..base + t * w],
+            );
             let mut p = vec![0f32; t];
             for h in 0..self.heads {
                 let off = h * hd;
                 for i in 0..t {
-                    probs(&mut p, q, k, i, w, off, hd, scale);
+                    probs(&mut p, q, k, i, Head { w, off, hd, scale });
                     let yi = &mut y[i * w + off..i * w + off + hd];
                     for j in 0..=i {
                         axpy(yi, p[j], &v[j * w + off..j * w + off + hd]);
@@ -373,12 +507,23 @@ impl CustomOp3 for Attention {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // One kernel computes all three gradients, stacked on a new last-but-one axis.
         let kv = Tensor::stack(&[k, v], 2)?;
         let g = Tensor::stack(&[q, &grad.contiguous()?], 2)?;
         let d = kv.apply_op2_no_bwd(&g, &AttentionGrad { heads: self.heads })?;
-        Ok((Some(d.get_on_dim(2, 0)?), Some(d.get_on_dim(2, 1)?), Some(d.get_on_dim(2, 2)?)))
+        Ok((
+            Some(d.get_on_dim(2, 0)?),
+            Some(d.get_on_dim(2, 1)?),
+            Some(d.get_on_dim(2, 2)?),
+        ))
     }
 }
 
@@ -389,7 +534,13 @@ impl CustomOp2 for AttentionGrad {
 
     /// Inputs: (k, v) stacked as (B, T, 2, W) and (q, dy) as (B, T, 2, W);
     /// output: (dq, dk, dv) as (B, T, 3, W).
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (kv, qg) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
         let (bsz, t, w) = match l1.dims() {
             &[b, t, 2, w] => (b, t, w),
@@ -399,39 +550,55 @@ impl CustomOp2 for AttentionGrad {
         let scale = 1.0 / (hd as f32).sqrt();
         // Unstack into (T, W) planes per batch for simple indexing.
         let plane = |src: &[f32], b: usize, which: usize| -> Vec<f32> {
-            (0..t).flat_map(|i| src[((b * t + i) * 2 + which) * w..((b * t + i) * 2 + which + 1) * w].iter().copied()).collect()
+            (0..t)
+                .flat_map(|i| {
+                    src[((b * t + i) * 2 + which) * w..((b * t + i) * 2 + which + 1) * w]
+                        .iter()
+                        .copied()
+                })
+                .collect()
         };
         let mut out = vec![0f32; bsz * t * 3 * w];
-        out.par_chunks_mut(t * 3 * w).enumerate().for_each(|(b, out)| {
-            let (k, v, q, dy) = (plane(kv, b, 0), plane(kv, b, 1), plane(qg, b, 0), plane(qg, b, 1));
-            let (mut dq, mut dk, mut dv) = (vec![0f32; t * w], vec![0f32; t * w], vec![0f32; t * w]);
-            let mut p = vec![0f32; t];
-            let mut dp = vec![0f32; t];
-            for h in 0..self.heads {
-                let off = h * hd;
-                let r = |i: usize| i * w + off..i * w + off + hd;
+        out.par_chunks_mut(t * 3 * w)
+            .enumerate()
+            .for_each(|(b, out)| {
+                let (k, v, q, dy) = (
+                    plane(kv, b, 0),
+                    plane(kv, b, 1),
+                    plane(qg, b, 0),
+                    plane(qg, b, 1),
+                );
+                let (mut dq, mut dk, mut dv) =
+                    (vec![0f32; t * w], vec![0f32; t * w], vec![0f32; t * w]);
+                let mut p = vec![0f32; t];
+                let mut dp = vec![0f32; t];
+                for h in 0..self.heads {
+                    let off = h * hd;
+                    let head = Head { w, off, hd, scale };
+                    let r = |i: usize| head.at(i);
+                    for i in 0..t {
+                        probs(&mut p, &q, &k, i, head);
+                        let dyi = &dy[r(i)];
+                        let mut row = 0.0;
+                        for j in 0..=i {
+                            dp[j] = dot(dyi, &v[r(j)]);
+                            row += p[j] * dp[j];
+                        }
+                        for j in 0..=i {
+                            let ds = p[j] * (dp[j] - row) * scale;
+                            axpy(&mut dq[r(i)], ds, &k[r(j)]);
+                            axpy(&mut dk[r(j)], ds, &q[r(i)]);
+                            axpy(&mut dv[r(j)], p[j], dyi);
+                        }
+                    }
+                }
                 for i in 0..t {
-                    probs(&mut p, &q, &k, i, w, off, hd, scale);
-                    let dyi = &dy[r(i)];
-                    let mut row = 0.0;
-                    for j in 0..=i {
-                        dp[j] = dot(dyi, &v[r(j)]);
-                        row += p[j] * dp[j];
-                    }
-                    for j in 0..=i {
-                        let ds = p[j] * (dp[j] - row) * scale;
-                        axpy(&mut dq[r(i)], ds, &k[r(j)]);
-                        axpy(&mut dk[r(j)], ds, &q[r(i)]);
-                        axpy(&mut dv[r(j)], p[j], dyi);
+                    for (which, src) in [&dq, &dk, &dv].into_iter().enumerate() {
+                        out[(i * 3 + which) * w..(i * 3 + which + 1) * w]
+                            .copy_from_slice(&src[i * w..(i + 1) * w]);
                     }
                 }
-            }
-            for i in 0..t {
-                for (which, src) in [&dq, &dk, &dv].into_iter().enumerate() {
-                    out[(i * 3 + which) * w..(i * 3 + which + 1) * w].copy_from_slice(&src[i * w..(i + 1) * w]);
-                }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), Shape::from((bsz, t, 3, w))))
     }
 }
@@ -439,10 +606,15 @@ impl CustomOp2 for AttentionGrad {
 /// Causal attention of `(B, T, W)` q, k, v with `heads` heads: `(B, T, W)`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
     if q.device().is_cpu() {
-        q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, Attention { heads })
+        q.contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, Attention { heads })
     } else {
         let (b, t, w) = q.dims3()?;
-        let split = |x: &Tensor| x.reshape((b, t, heads, w / heads))?.transpose(1, 2)?.contiguous();
+        let split = |x: &Tensor| {
+            x.reshape((b, t, heads, w / heads))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
         let (q4, k4, v4) = (split(q)?, split(k)?, split(v)?);
         let att = causal_softmax(&q4.matmul(&k4.t()?)?, 1.0 / ((w / heads) as f64).sqrt())?;
         att.matmul(&v4)?.transpose(1, 2)?.reshape((b, t, w))
@@ -476,17 +648,39 @@ impl CustomOp2 for CrossEntropy {
         "fused-cross-entropy"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (x, tg) = (contiguous(s1, l1)?, targets(s2, l2)?);
         let v = l1.dims()[1];
-        let total: f64 = x.par_chunks(v).zip(tg.par_iter()).map(|(row, &t)| (log_sum_exp(row) - row[t as usize]) as f64).sum();
-        Ok((CpuStorage::F32(vec![(total / tg.len().max(1) as f64) as f32]), Shape::from(())))
+        let total: f64 = x
+            .par_chunks(v)
+            .zip(tg.par_iter())
+            .map(|(row, &t)| (log_sum_exp(row) - row[t as usize]) as f64)
+            .sum();
+        Ok((
+            CpuStorage::F32(vec![(total / tg.len().max(1) as f64) as f32]),
+            Shape::from(()),
+        ))
     }
 
-    fn bwd(&self, logits: &Tensor, targets: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let n = logits.dim(0)? as f32;
         let scale = grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? / n;
-        Ok((Some(logits.apply_op2_no_bwd(targets, &CrossEntropyGrad { scale })?), None))
+        Ok((
+            Some(logits.apply_op2_no_bwd(targets, &CrossEntropyGrad { scale })?),
+            None,
+        ))
     }
 }
 
@@ -495,17 +689,25 @@ impl CustomOp2 for CrossEntropyGrad {
         "fused-cross-entropy-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (x, tg) = (contiguous(s1, l1)?, targets(s2, l2)?);
         let v = l1.dims()[1];
         let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(v).zip(x.par_chunks(v).zip(tg.par_iter())).for_each(|(dx, (row, &t))| {
-            let lse = log_sum_exp(row);
-            for (d, &r) in dx.iter_mut().zip(row) {
-                *d = (r - lse).exp() * self.scale;
-            }
-            dx[t as usize] -= self.scale;
-        });
+        dx.par_chunks_mut(v)
+            .zip(x.par_chunks(v).zip(tg.par_iter()))
+            .for_each(|(dx, (row, &t))| {
+                let lse = log_sum_exp(row);
+                for (d, &r) in dx.iter_mut().zip(row) {
+                    *d = (r - lse).exp() * self.scale;
+                }
+                dx[t as usize] -= self.scale;
+            });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -513,7 +715,9 @@ impl CustomOp2 for CrossEntropyGrad {
 /// Mean cross-entropy (nats) of `(N, V)` logits against `(N,)` u32 targets.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if logits.device().is_cpu() {
-        logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropy)
+        logits
+            .contiguous()?
+            .apply_op2(&targets.contiguous()?, CrossEntropy)
     } else {
         candle_nn::loss::cross_entropy(logits, targets)
     }
@@ -525,7 +729,14 @@ mod tests {
     use candle_core::{DType, Device, Var};
 
     fn close(a: &Tensor, b: &Tensor, tol: f32) {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < tol, "max difference {d}");
     }
 
@@ -534,15 +745,41 @@ mod tests {
     }
 
     /// The fused op and the composed candle op agree, value and gradients.
-    fn agree(vars: &[&Var], fused: impl Fn() -> Result<Tensor>, composed: impl Fn() -> Result<Tensor>) {
+    fn agree(
+        vars: &[&Var],
+        fused: impl Fn() -> Result<Tensor>,
+        composed: impl Fn() -> Result<Tensor>,
+    ) {
         let (a, b) = (fused().unwrap(), composed().unwrap());
         close(&a, &b, 1e-4);
         // A loss that weighs each output differently, so gradients are not trivial.
         let weights = Tensor::randn(0f32, 1.0, a.shape(), &Device::Cpu).unwrap();
-        let ga = (&a * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        let gb = (&b * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let ga = (&a * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gb = (&b * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         for v in vars {
-            close(ga.get(v.as_tensor()).expect("fused grad"), gb.get(v.as_tensor()).expect("composed grad"), 1e-3);
+            close(
+                ga.get(v.as_tensor()).expect("fused grad"),
+                gb.get(v.as_tensor()).expect("composed grad"),
+                1e-3,
+            );
+        }
+    }
+
+    #[test]
+    fn fast_tanh_is_accurate() {
+        for i in -2000..=2000 {
+            let x = i as f32 / 100.0;
+            assert!((tanh(x) - x.tanh()).abs() < 1e-6, "tanh({x})");
         }
     }
 
@@ -557,15 +794,34 @@ mod tests {
         let x = randn(&[3, 5, 16]);
         let w = randn(&[16]);
         let b = randn(&[16]);
-        agree(&[&x, &w, &b], || layer_norm(x.as_tensor(), &w, &b, 1e-5), || candle_nn::ops::layer_norm_slow(x.as_tensor(), &w, &b, 1e-5));
-        agree(&[&x, &w], || rms_norm(x.as_tensor(), &w, 1e-5), || candle_nn::ops::rms_norm_slow(x.as_tensor(), &w, 1e-5));
+        agree(
+            &[&x, &w, &b],
+            || layer_norm(x.as_tensor(), &w, &b, 1e-5),
+            || candle_nn::ops::layer_norm_slow(x.as_tensor(), &w, &b, 1e-5),
+        );
+        agree(
+            &[&x, &w],
+            || rms_norm(x.as_tensor(), &w, 1e-5),
+            || candle_nn::ops::rms_norm_slow(x.as_tensor(), &w, 1e-5),
+        );
     }
 
     #[test]
     fn causal_softmax_matches_masked_softmax() {
         let x = randn(&[2, 3, 7, 7]);
-        let mask = candle_transformers::utils::build_additive_causal_mask(7, 0, None, &Device::Cpu, DType::F32).unwrap();
-        agree(&[&x], || causal_softmax(x.as_tensor(), 0.5), || candle_nn::ops::softmax(&(x.as_tensor() * 0.5)?.broadcast_add(&mask)?, D::Minus1));
+        let mask = candle_transformers::utils::build_additive_causal_mask(
+            7,
+            0,
+            None,
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap();
+        agree(
+            &[&x],
+            || causal_softmax(x.as_tensor(), 0.5),
+            || candle_nn::ops::softmax(&(x.as_tensor() * 0.5)?.broadcast_add(&mask)?, D::Minus1),
+        );
     }
 
     #[test]
@@ -574,18 +830,45 @@ mod tests {
         let (q, k, v) = (randn(&[b, t, w]), randn(&[b, t, w]), randn(&[b, t, w]));
         let composed = || {
             let split = |x: &Tensor| x.reshape((b, t, h, w / h))?.transpose(1, 2)?.contiguous();
-            let (q4, k4, v4) = (split(q.as_tensor())?, split(k.as_tensor())?, split(v.as_tensor())?);
-            let mask = candle_transformers::utils::build_additive_causal_mask(t, 0, None, &Device::Cpu, DType::F32)?;
-            let s = (q4.matmul(&k4.t()?)? * (1.0 / ((w / h) as f64).sqrt()))?.broadcast_add(&mask)?;
-            candle_nn::ops::softmax(&s, D::Minus1)?.matmul(&v4)?.transpose(1, 2)?.reshape((b, t, w))
+            let (q4, k4, v4) = (
+                split(q.as_tensor())?,
+                split(k.as_tensor())?,
+                split(v.as_tensor())?,
+            );
+            let mask = candle_transformers::utils::build_additive_causal_mask(
+                t,
+                0,
+                None,
+                &Device::Cpu,
+                DType::F32,
+            )?;
+            let s =
+                (q4.matmul(&k4.t()?)? * (1.0 / ((w / h) as f64).sqrt()))?.broadcast_add(&mask)?;
+            candle_nn::ops::softmax(&s, D::Minus1)?
+                .matmul(&v4)?
+                .transpose(1, 2)?
+                .reshape((b, t, w))
         };
-        agree(&[&q, &k, &v], || attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), h), composed);
+        agree(
+            &[&q, &k, &v],
+            || attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), h),
+            composed,
+        );
     }
 
     #[test]
     fn cross_entropy_matches_candle() {
         let x = randn(&[12, 256]);
-        let t = Tensor::from_vec((0..12u32).map(|i| i * 17 % 256).collect::<Vec<_>>(), 12, &Device::Cpu).unwrap();
-        agree(&[&x], || cross_entropy(x.as_tensor(), &t), || candle_nn::loss::cross_entropy(x.as_tensor(), &t));
+        let t = Tensor::from_vec(
+            (0..12u32).map(|i| i * 17 % 256).collect::<Vec<_>>(),
+            12,
+            &Device::Cpu,
+        )
+        .unwrap();
+        agree(
+            &[&x],
+            || cross_entropy(x.as_tensor(), &t),
+            || candle_nn::loss::cross_entropy(x.as_tensor(), &t),
+        );
     }
 }

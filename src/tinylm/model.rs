@@ -249,13 +249,19 @@ impl Gpt {
     fn attention(&self, block: &Block, x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
         let w = self.config.width;
         let qkv = block.qkv.forward(x)?;
-        let (mut q, mut k, v) = (qkv.narrow(2, 0, w)?, qkv.narrow(2, w, w)?, qkv.narrow(2, 2 * w, w)?);
+        let (mut q, mut k, v) = (
+            qkv.narrow(2, 0, w)?,
+            qkv.narrow(2, w, w)?,
+            qkv.narrow(2, 2 * w, w)?,
+        );
         if let Some((cos, sin)) = &self.rope {
             let (cos, sin) = (cos.narrow(0, 0, t)?, sin.narrow(0, 0, t)?);
             q = rope(&q, &cos, &sin, b, t, self.config.heads)?;
             k = rope(&k, &cos, &sin, b, t, self.config.heads)?;
         }
-        block.proj.forward(&kernels::attention(&q, &k, &v, self.config.heads)?)
+        block
+            .proj
+            .forward(&kernels::attention(&q, &k, &v, self.config.heads)?)
     }
 }
 
@@ -286,12 +292,22 @@ pub fn init(varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
 
 /// Rotary position embedding of `(B, T, H·D)` queries or keys, rotating the two
 /// halves of each head (the non-interleaved convention of `rope_slow`).
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, b: usize, t: usize, heads: usize) -> Result<Tensor> {
+fn rope(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    b: usize,
+    t: usize,
+    heads: usize,
+) -> Result<Tensor> {
     let w = x.dim(2)?;
     let hd = w / heads;
     let x = x.reshape((b, t, heads, hd))?;
     let (x1, x2) = (x.narrow(3, 0, hd / 2)?, x.narrow(3, hd / 2, hd / 2)?);
-    let (cos, sin) = (cos.reshape((1, t, 1, hd / 2))?, sin.reshape((1, t, 1, hd / 2))?);
+    let (cos, sin) = (
+        cos.reshape((1, t, 1, hd / 2))?,
+        sin.reshape((1, t, 1, hd / 2))?,
+    );
     let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
     let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
     Tensor::cat(&[r1, r2], 3)?.reshape((b, t, w))
