@@ -50,37 +50,24 @@ impl GroupGuard {
     }
 }
 
+/// A spawned task that runs a trial's child process group. Dropping it
+/// aborts the task and kills the group, so a crashed or stopped actor leaves
+/// no process behind.
+pub struct GroupTask {
+    pub guard: GroupGuard,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GroupTask {
+    fn drop(&mut self) {
+        self.guard.kill();
+        self.task.abort();
+    }
+}
+
 /// SIGKILL to a whole process group; a group that is already gone is fine.
 pub fn kill_group(pgid: i32) {
     let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-}
-
-/// Whether any process of the group is still alive (zombies aside).
-pub fn group_alive(pgid: i32) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    dir.flatten().any(|e| {
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            return false;
-        };
-        // pid (comm) state ppid pgrp ...; comm may contain spaces, so split after ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            return false;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
-    })
-}
-
-/// Whether a process is alive (a zombie waiting to be reaped counts as dead).
-pub fn pid_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, r)| r.split_whitespace().next() != Some("Z")),
-        Err(_) => false,
-    }
 }
 
 /// A started child: its process group and the tasks capturing its output.
@@ -314,6 +301,34 @@ pub fn parse_metric(line: &str) -> Option<(&str, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether any process of the group is still alive (zombies aside).
+    fn group_alive(pgid: i32) -> bool {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return false;
+        };
+        dir.flatten().any(|e| {
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                return false;
+            };
+            // pid (comm) state ppid pgrp ...; comm may contain spaces, so split after ')'.
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
+        })
+    }
+
+    /// Whether a process is alive (a zombie waiting to be reaped counts as dead).
+    fn pid_alive(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.split_whitespace().next() != Some("Z")),
+            Err(_) => false,
+        }
+    }
 
     fn spec(dir: &std::path::Path, script: &str, timeout_ms: u64) -> Spec {
         Spec {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::config::Config;
 use crate::domain::{ParamValue, Params, TrialId};
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +133,48 @@ fn to_edit(v: &ParamValue) -> toml_edit::Value {
         ParamValue::Float(f) => (*f).into(),
         ParamValue::Str(s) => s.as_str().into(),
     }
+}
+
+/// The environment every trial command gets. CPU thread pools (rayon, OpenMP)
+/// get an equal share of the cores per slot, unless the user set them.
+pub fn trial_env(config: &Config, dirs: &TrialDirs, id: TrialId) -> Vec<(String, String)> {
+    let mut env = vec![
+        (
+            "RATCHET_BUDGET_SECS".into(),
+            config.experiment.file.budget_secs.to_string(),
+        ),
+        ("RATCHET_TRIAL_ID".into(), id.to_string()),
+        ("RATCHET_TRIAL_DIR".into(), dirs.root.display().to_string()),
+        ("RATCHET_SEED".into(), config.seed.to_string()),
+    ];
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let share = (cores / config.slots.max(1)).max(1).to_string();
+    for var in ["RAYON_NUM_THREADS", "OMP_NUM_THREADS"] {
+        if std::env::var_os(var).is_none() {
+            env.push((var.into(), share.clone()));
+        }
+    }
+    env
+}
+
+/// A trial command's argv, with `{ratchet}`, `{trial_dir}`, `{work}` and `{experiment_dir}` expanded.
+pub fn trial_argv(argv: &[String], config: &Config, dirs: &TrialDirs) -> Vec<String> {
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "ratchet".into());
+    argv.iter()
+        .map(|a| {
+            a.replace("{ratchet}", &exe)
+                .replace("{trial_dir}", &dirs.root.display().to_string())
+                .replace("{work}", &dirs.work.display().to_string())
+                .replace(
+                    "{experiment_dir}",
+                    &config.experiment.dir.display().to_string(),
+                )
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -9,18 +9,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::task::JoinHandle;
 use tracing::info;
 
-use super::executor::{expand, interrupt, trial_env, ExecutorMsg};
-use super::{update_trial, CALL_TIMEOUT_MS};
+use super::executor::ExecutorMsg;
+use super::{interrupt_all, update_trial, CALL_TIMEOUT_MS};
 use crate::config::Config;
 use crate::domain::{
     Decision, FailureLabel, Incumbent, ProcessReport, Trial, TrialId, TrialStatus,
 };
 use crate::lineage::actor::LineageMsg;
-use crate::process::{self, GroupGuard};
-use crate::workspace::TrialDirs;
+use crate::process::{self, GroupGuard, GroupTask};
+use crate::workspace::{trial_argv, trial_env, TrialDirs};
 
 pub enum EvaluatorMsg {
     /// A trial's train command ended; judge it.
@@ -38,24 +37,13 @@ pub struct EvaluatorArgs {
     pub lineage: ActorRef<LineageMsg>,
 }
 
-struct RunningEval {
-    guard: GroupGuard,
-    task: JoinHandle<()>,
-}
-
-impl Drop for RunningEval {
-    fn drop(&mut self) {
-        self.guard.kill();
-        self.task.abort();
-    }
-}
-
 pub struct EvaluatorState {
     config: Arc<Config>,
     lineage: ActorRef<LineageMsg>,
     executor: Option<ActorRef<ExecutorMsg>>,
     incumbent: Option<Incumbent>,
-    running: HashMap<TrialId, RunningEval>,
+    /// Evaluations in flight; dropping one kills its process group.
+    running: HashMap<TrialId, GroupTask>,
 }
 
 /// What the evaluator concluded about a trial.
@@ -120,14 +108,7 @@ impl Actor for Evaluator {
     ) -> Result<(), ActorProcessingErr> {
         let ids: Vec<TrialId> = state.running.keys().copied().collect();
         state.running.clear();
-        for id in ids {
-            let _ = update_trial(
-                &state.lineage,
-                id,
-                interrupt("ratchet stopped during the evaluation"),
-            )
-            .await;
-        }
+        interrupt_all(&state.lineage, ids, "ratchet stopped during the evaluation").await;
         Ok(())
     }
 
@@ -182,7 +163,7 @@ impl Actor for Evaluator {
 fn start_eval(myself: &ActorRef<EvaluatorMsg>, state: &mut EvaluatorState, trial: &Trial) {
     let dirs = TrialDirs::new(&state.config.lineage_dir, trial.id);
     let spec = process::Spec {
-        argv: expand(
+        argv: trial_argv(
             &state.config.experiment.file.eval.proxy,
             &state.config,
             &dirs,
@@ -207,7 +188,7 @@ fn start_eval(myself: &ActorRef<EvaluatorMsg>, state: &mut EvaluatorState, trial
         };
         let _ = me.cast(EvaluatorMsg::EvalFinished { id, eval });
     });
-    state.running.insert(id, RunningEval { guard, task });
+    state.running.insert(id, GroupTask { guard, task });
 }
 
 /// The evaluator's rules, in order: the eval must succeed, print the metric,

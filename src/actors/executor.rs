@@ -9,18 +9,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::evaluator::EvaluatorMsg;
 use super::specialist::SpecialistMsg;
-use super::{update_trial, CALL_TIMEOUT_MS};
+use super::{interrupt, interrupt_all, update_trial, CALL_TIMEOUT_MS};
 use crate::config::Config;
-use crate::domain::{FailureLabel, ProcessReport, Trial, TrialId, TrialStatus};
+use crate::domain::{ProcessReport, Trial, TrialId, TrialStatus};
 use crate::lineage::actor::{LineageMsg, Observer, RunEvent};
 use crate::lineage::NewTrial;
-use crate::process::{self, GroupGuard};
-use crate::workspace::{self, TrialDirs};
+use crate::process::{self, GroupGuard, GroupTask};
+use crate::workspace::{self, trial_argv, trial_env, TrialDirs};
 
 pub enum ExecutorMsg {
     /// The specialists to ask for proposals (sent again after a restart).
@@ -60,20 +59,6 @@ struct SpecialistSlot {
     exhausted: bool,
 }
 
-/// A trial occupying a slot. Dropping it kills the trial's process group, so
-/// no trial process outlives the executor state (a crash of the executor included).
-struct RunningTrial {
-    guard: GroupGuard,
-    task: JoinHandle<()>,
-}
-
-impl Drop for RunningTrial {
-    fn drop(&mut self) {
-        self.guard.kill();
-        self.task.abort();
-    }
-}
-
 pub struct ExecutorState {
     config: Arc<Config>,
     lineage: ActorRef<LineageMsg>,
@@ -82,7 +67,8 @@ pub struct ExecutorState {
     specialists: Vec<SpecialistSlot>,
     next: usize,
     queue: VecDeque<Trial>,
-    running: HashMap<TrialId, RunningTrial>,
+    /// Trials in slots; dropping one kills its process group.
+    running: HashMap<TrialId, GroupTask>,
     issued: u64,
     max_trials: Option<u64>,
     baseline_needed: bool,
@@ -158,14 +144,7 @@ impl Actor for Executor {
             .collect();
         state.running.clear();
         state.queue.clear();
-        for id in ids {
-            let _ = update_trial(
-                &state.lineage,
-                id,
-                interrupt("ratchet stopped while the trial ran"),
-            )
-            .await;
-        }
+        interrupt_all(&state.lineage, ids, "ratchet stopped while the trial ran").await;
         Ok(())
     }
 
@@ -315,7 +294,7 @@ fn start(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState, trial: Trial
         let report = run_train(&config, &lineage, &task_guard, trial).await;
         let _ = executor.cast(ExecutorMsg::TrainFinished { id, report });
     });
-    state.running.insert(id, RunningTrial { guard, task });
+    state.running.insert(id, GroupTask { guard, task });
 }
 
 async fn run_train(
@@ -327,7 +306,7 @@ async fn run_train(
     let exp = &config.experiment;
     let dirs = TrialDirs::new(&config.lineage_dir, trial.id);
     let spec = process::Spec {
-        argv: expand(&exp.file.train, config, &dirs),
+        argv: trial_argv(&exp.file.train, config, &dirs),
         cwd: dirs.work.clone(),
         env: trial_env(config, &dirs, trial.id),
         timeout: Duration::from_secs(exp.file.timeout_secs),
@@ -383,57 +362,6 @@ async fn run_train(
         Ok(r) => r,
         Err(e) => failed(format!("cannot capture trial output: {e}")),
     }
-}
-
-/// The environment every trial command gets. CPU thread pools (rayon, OpenMP)
-/// get an equal share of the cores per slot, unless the user set them.
-pub fn trial_env(config: &Config, dirs: &TrialDirs, id: TrialId) -> Vec<(String, String)> {
-    let mut env = vec![
-        (
-            "RATCHET_BUDGET_SECS".into(),
-            config.experiment.file.budget_secs.to_string(),
-        ),
-        ("RATCHET_TRIAL_ID".into(), id.to_string()),
-        ("RATCHET_TRIAL_DIR".into(), dirs.root.display().to_string()),
-        ("RATCHET_SEED".into(), config.seed.to_string()),
-    ];
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let share = (cores / config.slots.max(1)).max(1).to_string();
-    for var in ["RAYON_NUM_THREADS", "OMP_NUM_THREADS"] {
-        if std::env::var_os(var).is_none() {
-            env.push((var.into(), share.clone()));
-        }
-    }
-    env
-}
-
-/// Expands `{ratchet}`, `{trial_dir}`, `{work}` and `{experiment_dir}` in an argv.
-pub fn expand(argv: &[String], config: &Config, dirs: &TrialDirs) -> Vec<String> {
-    let exe = std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "ratchet".into());
-    argv.iter()
-        .map(|a| {
-            a.replace("{ratchet}", &exe)
-                .replace("{trial_dir}", &dirs.root.display().to_string())
-                .replace("{work}", &dirs.work.display().to_string())
-                .replace(
-                    "{experiment_dir}",
-                    &config.experiment.dir.display().to_string(),
-                )
-        })
-        .collect()
-}
-
-/// The change that marks a trial `interrupted`.
-pub fn interrupt(why: &'static str) -> crate::lineage::actor::Change {
-    Box::new(move |t: &mut Trial| {
-        t.status = TrialStatus::Interrupted;
-        t.label = Some(FailureLabel::Interrupted);
-        t.detail = Some(why.to_string());
-    })
 }
 
 /// Start-up recovery: trials that were proposed, queued or running when the

@@ -8,7 +8,7 @@ pub mod supervisor;
 
 use ractor::{ActorRef, RpcReplyPort};
 
-use crate::domain::{Trial, TrialId};
+use crate::domain::{FailureLabel, Trial, TrialId, TrialStatus};
 use crate::lineage::actor::{Change, LineageMsg};
 
 /// Time limit of a call to another actor, in milliseconds.
@@ -26,4 +26,20 @@ pub async fn update_trial(
         CALL_TIMEOUT_MS
     );
     r.map_err(|e| format!("lineage unavailable: {e}"))?
+}
+
+/// The change that marks a trial `interrupted`.
+pub fn interrupt(why: &'static str) -> Change {
+    Box::new(move |t: &mut Trial| {
+        t.status = TrialStatus::Interrupted;
+        t.label = Some(FailureLabel::Interrupted);
+        t.detail = Some(why.to_string());
+    })
+}
+
+/// Records each trial `interrupted`, on a clean stop of the actor that ran them.
+pub async fn interrupt_all(lineage: &ActorRef<LineageMsg>, ids: Vec<TrialId>, why: &'static str) {
+    for id in ids {
+        let _ = update_trial(lineage, id, interrupt(why)).await;
+    }
 }
