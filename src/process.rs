@@ -50,6 +50,37 @@ impl GroupGuard {
     }
 }
 
+/// Whether any process of the group is still alive (zombies aside).
+pub fn group_alive(pgid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        // pid (comm) state ppid pgrp ...; comm may contain spaces, so split after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            return false;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
+    })
+}
+
+/// Kills the group until none of its processes is alive (a SIGKILL is
+/// delivered asynchronously), for at most `limit`.
+async fn kill_until_gone(pgid: i32, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        kill_group(pgid);
+        if !group_alive(pgid) || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A spawned task that runs a trial's child process group. Dropping it
 /// aborts the task and kills the group, so a crashed or stopped actor leaves
 /// no process behind.
@@ -168,6 +199,8 @@ pub async fn finish(
             s.child.wait().await?
         }
     };
+    // When `finish` returns, nothing of the group is alive any more.
+    kill_until_gone(s.pgid, Duration::from_secs(5)).await;
     guard.disarm();
     report.started_ms = s.started_ms;
     report.duration_ms = s.started.elapsed().as_millis() as u64;
@@ -301,24 +334,6 @@ pub fn parse_metric(line: &str) -> Option<(&str, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Whether any process of the group is still alive (zombies aside).
-    fn group_alive(pgid: i32) -> bool {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return false;
-        };
-        dir.flatten().any(|e| {
-            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-                return false;
-            };
-            // pid (comm) state ppid pgrp ...; comm may contain spaces, so split after ')'.
-            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-                return false;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
-        })
-    }
 
     /// Whether a process is alive (a zombie waiting to be reaped counts as dead).
     fn pid_alive(pid: i32) -> bool {
