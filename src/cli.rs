@@ -114,7 +114,14 @@ enum LineageCommand {
         json: bool,
     },
     /// Everything recorded about one trial.
-    Show { id: TrialId },
+    Show {
+        id: TrialId,
+        /// Print the trial's edit as a unified diff against its parent commit.
+        #[arg(long)]
+        diff: bool,
+    },
+    /// Write a trial's exact files (its commit) into DIR, to reproduce it.
+    Checkout { id: TrialId, dir: PathBuf },
     /// The incumbent: the best kept trial.
     Best {
         #[arg(long)]
@@ -249,6 +256,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             let store = LineageStore::open(&dir)?;
+            if let LineageCommand::Checkout { id, dir: out } = &command {
+                return checkout(&store, &config.config, *id, out);
+            }
             lineage_command(&store, command)
         }
     }
@@ -276,12 +286,21 @@ fn lineage_command(store: &LineageStore, command: LineageCommand) -> anyhow::Res
                 }
             }
         }
-        LineageCommand::Show { id } => {
+        LineageCommand::Show { id, diff } => {
             let Some(t) = store.get(id)? else {
                 anyhow::bail!("no trial {id} in lineage")
             };
             show(&mut out, &t)?;
+            if diff {
+                writeln!(out, "diff:")?;
+                match &t.diff {
+                    Some(d) if !d.is_empty() => write!(out, "{d}")?,
+                    Some(_) => writeln!(out, "  (no change: the parent's files)")?,
+                    None => writeln!(out, "  (no commit: the trial never reached its workspace)")?,
+                }
+            }
         }
+        LineageCommand::Checkout { .. } => unreachable!("handled before"),
         LineageCommand::Best { json } => {
             let Some(inc) = store.incumbent()? else {
                 anyhow::bail!("no incumbent yet: no trial has been kept")
@@ -307,6 +326,35 @@ fn lineage_command(store: &LineageStore, command: LineageCommand) -> anyhow::Res
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `lineage checkout`: the trial's commit exported into a new directory.
+fn checkout(
+    store: &LineageStore,
+    config: &Path,
+    id: TrialId,
+    out: &Path,
+) -> anyhow::Result<ExitCode> {
+    let Some(t) = store.get(id)? else {
+        anyhow::bail!("no trial {id} in lineage")
+    };
+    let Some(commit) = t.commit.as_deref() else {
+        anyhow::bail!(
+            "trial {id} has no commit: it was {} before its workspace was made",
+            t.status
+        )
+    };
+    if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+        anyhow::bail!(
+            "{} is not empty; give a new or empty directory",
+            out.display()
+        );
+    }
+    let experiment = crate::config::experiment_dir_of(config)?;
+    let p = crate::provenance::Provenance::open(&experiment)?;
+    p.export(git2::Oid::from_str(commit)?, out)?;
+    println!("trial {id} (commit {commit}) written to {}", out.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -349,6 +397,9 @@ fn show(out: &mut impl Write, t: &Trial) -> anyhow::Result<()> {
     writeln!(out, "hypothesis: {}", t.hypothesis)?;
     writeln!(out, "edit: {}", t.edit_summary())?;
     writeln!(out, "status: {}", t.status)?;
+    if let Some(c) = &t.commit {
+        writeln!(out, "commit: {c} (branch ratchet/trials/{})", t.id)?;
+    }
     if let Some(l) = t.label {
         writeln!(out, "label: {l}")?;
     }

@@ -420,6 +420,28 @@ pub fn lineage_dir_of(file: &Path) -> Result<PathBuf, ConfigErrors> {
     Ok(base.join(dir))
 }
 
+/// The experiment directory a specialists file names, read leniently.
+pub fn experiment_dir_of(file: &Path) -> Result<PathBuf, ConfigErrors> {
+    let file = absolute(file);
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let text = std::fs::read_to_string(&file).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            key: ".".into(),
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    experiment_path_fallback(&text)
+        .map(|p| base.join(p))
+        .ok_or_else(|| {
+            ConfigErrors(vec![ConfigError {
+                file,
+                key: "daemon.experiment".into(),
+                message: "missing".into(),
+            }])
+        })
+}
+
 /// `daemon.experiment` read leniently, for validating the experiment when the
 /// rest of specialists.toml does not parse.
 fn experiment_path_fallback(text: &str) -> Option<PathBuf> {

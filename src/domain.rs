@@ -300,6 +300,16 @@ pub struct Trial {
     pub pgid: Option<i32>,
     pub train: Option<ProcessReport>,
     pub eval: Option<ProcessReport>,
+    /// The git commit of the trial's files (on `ratchet/trials/<id>`).
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// The trial's edit as a unified diff against its parent commit.
+    #[serde(default)]
+    pub diff: Option<String>,
+    /// When kept: the commit `ratchet/incumbent` moved to (the trial's own, or
+    /// a merge onto an incumbent that moved after it was proposed).
+    #[serde(default)]
+    pub keep_commit: Option<String>,
 }
 
 impl Trial {
@@ -332,6 +342,9 @@ pub struct Incumbent {
     pub score: f64,
     pub config: Params,
     pub since_ms: u64,
+    /// The incumbent's commit (`ratchet/incumbent` points at it).
+    #[serde(default)]
+    pub commit: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch.

@@ -8,6 +8,7 @@ pub mod domain;
 pub mod lineage;
 pub mod process;
 pub mod propose;
+pub mod provenance;
 pub mod run;
 pub mod tinylm;
 pub mod workspace;

@@ -1,24 +1,11 @@
-//! Trial workspaces: a private copy of the experiment directory per trial, with
-//! the trial's configuration written into the recipe. Nothing here touches the
-//! experiment directory itself.
+//! Trial workspaces: a trial's directories, recipe edits, and what the trial's
+//! commands see (argv placeholders, environment). The files of a trial's `work`
+//! directory are an export of its commit (see provenance.rs).
 
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::domain::{ParamValue, Params, TrialId};
-
-#[derive(Debug, thiserror::Error)]
-pub enum WorkspaceError {
-    #[error("cannot prepare trial workspace {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("recipe {path} is not valid TOML: {message}")]
-    Recipe { path: PathBuf, message: String },
-    #[error("recipe {path} has no key `{key}` to set")]
-    MissingKey { path: PathBuf, key: String },
-}
 
 /// The directories of one trial.
 #[derive(Clone, Debug)]
@@ -37,60 +24,6 @@ impl TrialDirs {
             root,
         }
     }
-}
-
-/// Creates the trial's directories, copies the experiment into `work` (skipping
-/// hidden entries, symlinks and `skip`), and writes `config` into the recipe.
-/// Blocking: call from `spawn_blocking`.
-pub fn prepare(
-    experiment_dir: &Path,
-    recipe: &Path,
-    config: &Params,
-    dirs: &TrialDirs,
-    skip: &Path,
-) -> Result<(), WorkspaceError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| WorkspaceError::Io { path, source }
-    };
-    if dirs.work.exists() {
-        std::fs::remove_dir_all(&dirs.work).map_err(io(&dirs.work))?;
-    }
-    std::fs::create_dir_all(&dirs.work).map_err(io(&dirs.work))?;
-    copy_tree(experiment_dir, &dirs.work, skip).map_err(io(experiment_dir))?;
-    let recipe_path = dirs.work.join(recipe);
-    let text = std::fs::read_to_string(&recipe_path).map_err(io(&recipe_path))?;
-    let updated = apply(&text, config).map_err(|e| match e {
-        ApplyError::Parse(message) => WorkspaceError::Recipe {
-            path: recipe_path.clone(),
-            message,
-        },
-        ApplyError::Missing(key) => WorkspaceError::MissingKey {
-            path: recipe_path.clone(),
-            key,
-        },
-    })?;
-    std::fs::write(&recipe_path, updated).map_err(io(&recipe_path))?;
-    Ok(())
-}
-
-fn copy_tree(from: &Path, to: &Path, skip: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let path = entry.path();
-        if entry.file_name().to_string_lossy().starts_with('.') || path == skip {
-            continue;
-        }
-        let kind = entry.file_type()?;
-        let target = to.join(entry.file_name());
-        if kind.is_dir() {
-            std::fs::create_dir_all(&target)?;
-            copy_tree(&path, &target, skip)?;
-        } else if kind.is_file() {
-            std::fs::copy(&path, &target)?;
-        }
-    }
-    Ok(())
 }
 
 #[derive(Debug, PartialEq)]
@@ -201,40 +134,6 @@ mod tests {
         assert_eq!(
             apply("[optimizer]\nlr = 0.1\n", &p),
             Err(ApplyError::Missing("optimizer.momentum".into()))
-        );
-    }
-
-    #[test]
-    fn prepare_copies_without_touching_the_source() {
-        let src = tempfile::tempdir().unwrap();
-        std::fs::write(src.path().join("recipe.toml"), "[a]\nx = 1\n").unwrap();
-        std::fs::create_dir(src.path().join("data")).unwrap();
-        std::fs::write(src.path().join("data/d.txt"), "d").unwrap();
-        std::fs::write(src.path().join(".hidden"), "h").unwrap();
-        let out = tempfile::tempdir().unwrap();
-        let dirs = TrialDirs::new(out.path(), TrialId(3));
-        let mut p = Params::new();
-        p.insert("a.x".into(), ParamValue::Int(5));
-        prepare(
-            src.path(),
-            Path::new("recipe.toml"),
-            &p,
-            &dirs,
-            Path::new("/nonexistent"),
-        )
-        .unwrap();
-        assert_eq!(
-            std::fs::read_to_string(dirs.work.join("recipe.toml")).unwrap(),
-            "[a]\nx = 5\n"
-        );
-        assert_eq!(
-            std::fs::read_to_string(dirs.work.join("data/d.txt")).unwrap(),
-            "d"
-        );
-        assert!(!dirs.work.join(".hidden").exists());
-        assert_eq!(
-            std::fs::read_to_string(src.path().join("recipe.toml")).unwrap(),
-            "[a]\nx = 1\n"
         );
     }
 }

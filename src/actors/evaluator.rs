@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::executor::ExecutorMsg;
 use super::{interrupt_all, update_trial, CALL_TIMEOUT_MS};
@@ -19,6 +19,7 @@ use crate::domain::{
 };
 use crate::lineage::actor::LineageMsg;
 use crate::process::{self, GroupGuard, GroupTask};
+use crate::provenance::Provenance;
 use crate::workspace::{trial_argv, trial_env, TrialDirs};
 
 pub enum EvaluatorMsg {
@@ -35,10 +36,12 @@ pub struct Evaluator;
 pub struct EvaluatorArgs {
     pub config: Arc<Config>,
     pub lineage: ActorRef<LineageMsg>,
+    pub provenance: Arc<Provenance>,
 }
 
 pub struct EvaluatorState {
     config: Arc<Config>,
+    provenance: Arc<Provenance>,
     lineage: ActorRef<LineageMsg>,
     executor: Option<ActorRef<ExecutorMsg>>,
     incumbent: Option<Incumbent>,
@@ -74,6 +77,7 @@ impl Actor for Evaluator {
         let incumbent = ractor::call_t!(args.lineage, LineageMsg::Incumbent, CALL_TIMEOUT_MS)?;
         Ok(EvaluatorState {
             config: args.config,
+            provenance: args.provenance,
             lineage: args.lineage,
             executor: None,
             incumbent,
@@ -261,6 +265,35 @@ async fn record(
     eval: Option<ProcessReport>,
 ) -> Result<(), ActorProcessingErr> {
     let parent_score = state.incumbent.as_ref().map(|i| i.score);
+    // A keep needs the commit the incumbent ref will point at, made (as an
+    // unreferenced object) before lineage records the keep.
+    let keep_commit = match (
+        &verdict,
+        trial
+            .commit
+            .as_deref()
+            .and_then(|c| git2::Oid::from_str(c).ok()),
+    ) {
+        (
+            Verdict::Scored {
+                decision: Decision::Improved,
+                ..
+            },
+            Some(commit),
+        ) => {
+            let current = state
+                .incumbent
+                .as_ref()
+                .and_then(|i| i.commit.as_deref())
+                .and_then(|c| git2::Oid::from_str(c).ok());
+            let (provenance, id) = (state.provenance.clone(), trial.id);
+            let made =
+                tokio::task::spawn_blocking(move || provenance.keep_commit(id, commit, current))
+                    .await?;
+            Some(made?.to_string())
+        }
+        _ => None,
+    };
     let v = verdict.clone();
     let updated = update_trial(
         &state.lineage,
@@ -287,6 +320,7 @@ async fn record(
                     };
                     t.score = Some(*score);
                     t.decision = Some(*decision);
+                    t.keep_commit = keep_commit.clone();
                 }
             }
         }),
@@ -298,12 +332,32 @@ async fn record(
             decision: Decision::Improved,
         } => {
             info!(trial = %trial.id, score, "new incumbent");
+            let keep = updated
+                .keep_commit
+                .clone()
+                .or_else(|| updated.commit.clone());
             state.incumbent = Some(Incumbent {
                 trial: trial.id,
                 score,
                 config: updated.config.clone(),
                 since_ms: crate::domain::now_ms(),
+                commit: keep.clone(),
             });
+            // Lineage holds the keep; the ref follows (and is re-pointed from
+            // lineage at the next start if this write is lost).
+            if let Some(commit) = keep.and_then(|c| git2::Oid::from_str(&c).ok()) {
+                let provenance = state.provenance.clone();
+                let moved =
+                    tokio::task::spawn_blocking(move || provenance.set_incumbent(commit)).await;
+                let error = match moved {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(e) = error {
+                    warn!(trial = %trial.id, error = %e, "could not move ratchet/incumbent");
+                }
+            }
             if let Some(e) = &state.executor {
                 e.cast(ExecutorMsg::IncumbentChanged)?;
             }

@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use git2::Oid;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{info, warn};
 
@@ -19,7 +20,8 @@ use crate::domain::{ProcessReport, Trial, TrialId, TrialStatus};
 use crate::lineage::actor::{LineageMsg, Observer, RunEvent};
 use crate::lineage::NewTrial;
 use crate::process::{self, GroupGuard, GroupTask};
-use crate::workspace::{self, trial_argv, trial_env, TrialDirs};
+use crate::provenance::{Provenance, ProvenanceError};
+use crate::workspace::{trial_argv, trial_env, TrialDirs};
 
 pub enum ExecutorMsg {
     /// The specialists to ask for proposals (sent again after a restart).
@@ -48,6 +50,9 @@ pub struct ExecutorArgs {
     pub observer: Option<Observer>,
     /// Stop issuing trials after this many (counted in this process).
     pub max_trials: Option<u64>,
+    pub provenance: Arc<Provenance>,
+    /// The commit trials without a parent start from (`ratchet/base`).
+    pub base: Oid,
 }
 
 struct SpecialistSlot {
@@ -61,6 +66,8 @@ struct SpecialistSlot {
 
 pub struct ExecutorState {
     config: Arc<Config>,
+    provenance: Arc<Provenance>,
+    base: Oid,
     lineage: ActorRef<LineageMsg>,
     evaluator: ActorRef<EvaluatorMsg>,
     observer: Option<Observer>,
@@ -108,6 +115,8 @@ impl Actor for Executor {
         Ok(ExecutorState {
             baseline_needed: incumbent.is_none() && unknown.first() == Some(&true),
             config: args.config,
+            provenance: args.provenance,
+            base: args.base,
             lineage: args.lineage,
             evaluator: args.evaluator,
             observer: args.observer,
@@ -290,8 +299,9 @@ fn start(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState, trial: Trial
     let lineage = state.lineage.clone();
     let executor = myself.clone();
     let task_guard = guard.clone();
+    let (provenance, base) = (state.provenance.clone(), state.base);
     let task = tokio::spawn(async move {
-        let report = run_train(&config, &lineage, &task_guard, trial).await;
+        let report = run_train(&config, &lineage, &task_guard, trial, provenance, base).await;
         let _ = executor.cast(ExecutorMsg::TrainFinished { id, report });
     });
     state.running.insert(id, GroupTask { guard, task });
@@ -302,6 +312,8 @@ async fn run_train(
     lineage: &ActorRef<LineageMsg>,
     guard: &GroupGuard,
     trial: Trial,
+    provenance: Arc<Provenance>,
+    base: Oid,
 ) -> ProcessReport {
     let exp = &config.experiment;
     let dirs = TrialDirs::new(&config.lineage_dir, trial.id);
@@ -320,22 +332,43 @@ async fn run_train(
         ..Default::default()
     };
 
-    let (exp_dir, recipe, cfg, d, skip) = (
-        exp.dir.clone(),
-        exp.file.recipe.clone(),
-        trial.config.clone(),
-        dirs.clone(),
-        config.lineage_dir.clone(),
+    // The trial's commit, on top of the incumbent commit it was proposed
+    // against (the parent's keep commit); the full configuration is written,
+    // so the base works as well for a parent recorded before provenance existed.
+    let parent = match trial.parent {
+        Some(p) => match ractor::call_t!(lineage, LineageMsg::Get, CALL_TIMEOUT_MS, p) {
+            Ok(Some(t)) => t
+                .keep_commit
+                .or(t.commit)
+                .and_then(|c| Oid::from_str(&c).ok())
+                .unwrap_or(base),
+            _ => base,
+        },
+        None => base,
+    };
+    let message = format!(
+        "ratchet trial {}\n\nspecialist: {}\nhypothesis: {}\n",
+        trial.id, trial.specialist, trial.hypothesis
     );
-    match tokio::task::spawn_blocking(move || {
-        workspace::prepare(&exp_dir, &recipe, &cfg, &d, &skip)
+    let recipe = exp.file.recipe.to_string_lossy().into_owned();
+    let (cfg, work, id) = (trial.config.clone(), dirs.work.clone(), trial.id);
+    let made = tokio::task::spawn_blocking(move || -> Result<(Oid, String), ProvenanceError> {
+        let (oid, diff) = provenance.commit_trial(id, parent, &recipe, &cfg, &message)?;
+        if work.exists() {
+            std::fs::remove_dir_all(&work).map_err(|source| ProvenanceError::Io {
+                path: work.clone(),
+                source,
+            })?;
+        }
+        provenance.export(oid, &work)?;
+        Ok((oid, diff))
     })
-    .await
-    {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return failed(e.to_string()),
-        Err(e) => return failed(format!("workspace task failed: {e}")),
-    }
+    .await;
+    let (commit, diff) = match made {
+        Ok(Ok(made)) => made,
+        Ok(Err(e)) => return failed(format!("provenance: {e}")),
+        Err(e) => return failed(format!("provenance task failed: {e}")),
+    };
     let root = dirs.root.clone();
     if let Err(e) = update_trial(
         lineage,
@@ -343,6 +376,8 @@ async fn run_train(
         Box::new(move |t| {
             t.status = TrialStatus::Running;
             t.trial_dir = Some(root.clone());
+            t.commit = Some(commit.to_string());
+            t.diff = Some(diff.clone());
         }),
     )
     .await

@@ -15,14 +15,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use git2::Oid;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::{error, warn};
 
 use super::evaluator::{Evaluator, EvaluatorArgs, EvaluatorMsg};
 use super::executor::{Executor, ExecutorArgs, ExecutorMsg};
 use super::specialist::{Specialist, SpecialistArgs, SpecialistMsg};
+use super::CALL_TIMEOUT_MS;
 use crate::config::Config;
 use crate::lineage::actor::{Lineage, LineageArgs, LineageMsg, Observer};
+use crate::provenance::{Provenance, ProvenanceError};
 
 pub enum SupervisorMsg {
     RestartSpecialist(String),
@@ -36,10 +39,17 @@ pub struct SupervisorArgs {
     pub max_trials: Option<u64>,
 }
 
-pub struct SupervisorState {
+/// What every child is started with; fixed for the life of the supervisor.
+struct Context {
     config: Arc<Config>,
     observer: Option<Observer>,
     max_trials: Option<u64>,
+    provenance: Arc<Provenance>,
+    base: Oid,
+}
+
+pub struct SupervisorState {
+    ctx: Context,
     lineage: ActorRef<LineageMsg>,
     evaluator: ActorRef<EvaluatorMsg>,
     executor: ActorRef<ExecutorMsg>,
@@ -73,21 +83,12 @@ impl Actor for Supervisor {
             cell.clone(),
         )
         .await?;
-        let evaluator = spawn_evaluator(&args.config, &lineage, cell.clone()).await?;
-        let executor = spawn_executor(
-            &args.config,
-            &lineage,
-            &evaluator,
-            &args.observer,
-            args.max_trials,
-            cell.clone(),
-        )
-        .await?;
+        let ctx = prepare(args, &lineage).await?;
+        let evaluator = spawn_evaluator(&ctx, &lineage, cell.clone()).await?;
+        let executor = spawn_executor(&ctx, &lineage, &evaluator, cell.clone()).await?;
         evaluator.cast(EvaluatorMsg::SetExecutor(executor.clone()))?;
         let mut state = SupervisorState {
-            config: args.config,
-            observer: args.observer,
-            max_trials: args.max_trials,
+            ctx,
             lineage,
             evaluator,
             executor,
@@ -96,7 +97,7 @@ impl Actor for Supervisor {
             incarnations: 0,
             stopping: false,
         };
-        for s in state.config.specialists.clone() {
+        for s in state.ctx.config.specialists.clone() {
             spawn_specialist(&mut state, &s.name, cell.clone()).await?;
         }
         announce_specialists(&state)?;
@@ -159,15 +160,8 @@ impl Actor for Supervisor {
         if id == state.executor.get_id() {
             warn!(reason = %reason, "executor stopped; restarting it");
             let cell = myself.get_cell();
-            state.executor = spawn_executor(
-                &state.config,
-                &state.lineage,
-                &state.evaluator,
-                &state.observer,
-                state.max_trials,
-                cell,
-            )
-            .await?;
+            state.executor =
+                spawn_executor(&state.ctx, &state.lineage, &state.evaluator, cell).await?;
             state
                 .evaluator
                 .cast(EvaluatorMsg::SetExecutor(state.executor.clone()))?;
@@ -176,7 +170,7 @@ impl Actor for Supervisor {
         if id == state.evaluator.get_id() {
             warn!(reason = %reason, "evaluator stopped; restarting it");
             state.evaluator =
-                spawn_evaluator(&state.config, &state.lineage, myself.get_cell()).await?;
+                spawn_evaluator(&state.ctx, &state.lineage, myself.get_cell()).await?;
             state
                 .evaluator
                 .cast(EvaluatorMsg::SetExecutor(state.executor.clone()))?;
@@ -213,32 +207,67 @@ impl Actor for Supervisor {
     }
 }
 
+/// Opens (or creates) the experiment's repository and its base commit, and
+/// points `ratchet/incumbent` at lineage's incumbent: lineage is the source of
+/// truth, the ref follows it (also after a crash between the two writes).
+async fn prepare(
+    args: SupervisorArgs,
+    lineage: &ActorRef<LineageMsg>,
+) -> Result<Context, ActorProcessingErr> {
+    let incumbent = ractor::call_t!(lineage, LineageMsg::Incumbent, CALL_TIMEOUT_MS)?;
+    let (dir, skip) = (
+        args.config.experiment.dir.clone(),
+        args.config.lineage_dir.clone(),
+    );
+    let (provenance, base) =
+        tokio::task::spawn_blocking(move || -> Result<(Provenance, Oid), ProvenanceError> {
+            let p = Provenance::open_or_init(&dir)?;
+            let base = p.base(&skip)?;
+            if let Some(commit) = incumbent
+                .and_then(|i| i.commit)
+                .and_then(|c| Oid::from_str(&c).ok())
+            {
+                p.set_incumbent(commit)?;
+            }
+            Ok((p, base))
+        })
+        .await??;
+    Ok(Context {
+        config: args.config,
+        observer: args.observer,
+        max_trials: args.max_trials,
+        provenance: Arc::new(provenance),
+        base,
+    })
+}
+
 async fn spawn_evaluator(
-    config: &Arc<Config>,
+    ctx: &Context,
     lineage: &ActorRef<LineageMsg>,
     cell: ActorCell,
 ) -> Result<ActorRef<EvaluatorMsg>, ActorProcessingErr> {
     let args = EvaluatorArgs {
-        config: config.clone(),
+        config: ctx.config.clone(),
         lineage: lineage.clone(),
+        provenance: ctx.provenance.clone(),
     };
     Ok(Actor::spawn_linked(None, Evaluator, args, cell).await?.0)
 }
 
 async fn spawn_executor(
-    config: &Arc<Config>,
+    ctx: &Context,
     lineage: &ActorRef<LineageMsg>,
     evaluator: &ActorRef<EvaluatorMsg>,
-    observer: &Option<Observer>,
-    max_trials: Option<u64>,
     cell: ActorCell,
 ) -> Result<ActorRef<ExecutorMsg>, ActorProcessingErr> {
     let args = ExecutorArgs {
-        config: config.clone(),
+        config: ctx.config.clone(),
         lineage: lineage.clone(),
         evaluator: evaluator.clone(),
-        observer: observer.clone(),
-        max_trials,
+        observer: ctx.observer.clone(),
+        max_trials: ctx.max_trials,
+        provenance: ctx.provenance.clone(),
+        base: ctx.base,
     };
     Ok(Actor::spawn_linked(None, Executor, args, cell).await?.0)
 }
@@ -249,6 +278,7 @@ async fn spawn_specialist(
     cell: ActorCell,
 ) -> Result<(), ActorProcessingErr> {
     let Some(config) = state
+        .ctx
         .config
         .specialists
         .iter()
@@ -260,9 +290,9 @@ async fn spawn_specialist(
     state.incarnations += 1;
     let args = SpecialistArgs {
         config,
-        experiment: Arc::new(state.config.experiment.clone()),
+        experiment: Arc::new(state.ctx.config.experiment.clone()),
         lineage: state.lineage.clone(),
-        seed: state.config.seed,
+        seed: state.ctx.config.seed,
         incarnation: state.incarnations,
     };
     let (actor, _) = Actor::spawn_linked(None, Specialist, args, cell).await?;
@@ -273,6 +303,7 @@ async fn spawn_specialist(
 /// Tells the executor which specialists to ask, in configuration order.
 fn announce_specialists(state: &SupervisorState) -> Result<(), ActorProcessingErr> {
     let list = state
+        .ctx
         .config
         .specialists
         .iter()

@@ -186,6 +186,9 @@ impl LineageStore {
                     pgid: None,
                     train: None,
                     eval: None,
+                    commit: None,
+                    diff: None,
+                    keep_commit: None,
                 };
                 if let Some(existing) = configs.get(ck.as_bytes())? {
                     trial.status = TrialStatus::Failed;
@@ -243,6 +246,7 @@ impl LineageStore {
                         score: trial.score.unwrap_or(f64::NAN),
                         config: trial.config.clone(),
                         since_ms: now_ms(),
+                        commit: trial.keep_commit.clone().or_else(|| trial.commit.clone()),
                     };
                     meta.insert(INCUMBENT, encode(&inc))?;
                     incumbents.insert(&key(id), encode(&inc))?;

@@ -1,0 +1,398 @@
+//! Provenance with git2: every trial is a commit on `ratchet/trials/<id>` whose
+//! parent is the commit it was proposed against, `ratchet/incumbent` moves only
+//! on a keep, and each trial runs in an export of its own commit.
+//!
+//! The experiment directory's repository is used as it is found (or created
+//! when there is none): ratchet writes objects and `refs/heads/ratchet/*` only.
+//! It never checks out, never touches the index, HEAD or the working copy.
+//! Trial commits hold the experiment directory's files at their tree root.
+//! All of it is blocking: call from `spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+
+use git2::{
+    build::TreeUpdateBuilder, FileMode, ObjectType, Oid, Repository, Signature, TreeWalkMode,
+    TreeWalkResult,
+};
+
+use crate::domain::{Params, TrialId};
+
+pub const BASE_REF: &str = "refs/heads/ratchet/base";
+pub const INCUMBENT_REF: &str = "refs/heads/ratchet/incumbent";
+
+/// The largest diff kept in lineage; longer ones are cut with a note.
+const MAX_DIFF: usize = 64 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvenanceError {
+    #[error("git: {0}")]
+    Git(#[from] git2::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("recipe {path} in commit {commit}: {message}")]
+    Recipe {
+        path: String,
+        commit: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ProvenanceError + '_ {
+    move |source| ProvenanceError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where an experiment's provenance lives.
+#[derive(Clone, Debug)]
+pub struct Provenance {
+    /// The experiment directory (its files are the commits' trees).
+    pub experiment_dir: PathBuf,
+    /// The repository's `.git` directory.
+    pub git_dir: PathBuf,
+}
+
+impl Provenance {
+    /// Finds the repository holding the experiment directory, or creates one
+    /// in it. Creating a repository writes `.git` inside the experiment
+    /// directory and nothing else.
+    pub fn open_or_init(experiment_dir: &Path) -> Result<Provenance, ProvenanceError> {
+        let repo = match Repository::discover(experiment_dir) {
+            Ok(r) => r,
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Repository::init(experiment_dir)?,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Provenance {
+            experiment_dir: experiment_dir.to_path_buf(),
+            git_dir: repo.path().to_path_buf(),
+        })
+    }
+
+    /// Opens an existing repository (for reading: `lineage checkout`).
+    pub fn open(experiment_dir: &Path) -> Result<Provenance, ProvenanceError> {
+        let repo = Repository::discover(experiment_dir)?;
+        Ok(Provenance {
+            experiment_dir: experiment_dir.to_path_buf(),
+            git_dir: repo.path().to_path_buf(),
+        })
+    }
+
+    fn repo(&self) -> Result<Repository, ProvenanceError> {
+        Ok(Repository::open(&self.git_dir)?)
+    }
+
+    /// The commit the first trials start from: `ratchet/base`, a snapshot of the
+    /// experiment directory made on first use and reused afterwards (restarts
+    /// continue the same history). `skip` is left out (the lineage directory).
+    pub fn base(&self, skip: &Path) -> Result<Oid, ProvenanceError> {
+        let repo = self.repo()?;
+        if let Ok(r) = repo.find_reference(BASE_REF) {
+            if let Some(oid) = r.target() {
+                return Ok(oid);
+            }
+        }
+        let tree = snapshot(&repo, &self.experiment_dir, skip)?;
+        let tree = repo.find_tree(tree)?;
+        let sig = signature(&repo);
+        let message = format!(
+            "ratchet: base snapshot of {}\n",
+            self.experiment_dir.display()
+        );
+        let oid = repo.commit(None, &sig, &sig, &message, &tree, &[])?;
+        repo.reference(BASE_REF, oid, false, "ratchet: base snapshot")?;
+        Ok(oid)
+    }
+
+    /// Commits a trial on `ratchet/trials/<id>`: the parent's tree with
+    /// `config` written into `recipe`. Returns the commit and its diff.
+    pub fn commit_trial(
+        &self,
+        id: TrialId,
+        parent: Oid,
+        recipe: &str,
+        config: &Params,
+        message: &str,
+    ) -> Result<(Oid, String), ProvenanceError> {
+        let repo = self.repo()?;
+        let parent = repo.find_commit(parent)?;
+        let base_tree = parent.tree()?;
+        let entry = base_tree
+            .get_path(Path::new(recipe))
+            .map_err(|_| ProvenanceError::Recipe {
+                path: recipe.into(),
+                commit: parent.id().to_string(),
+                message: "not in the commit".into(),
+            })?;
+        let blob = repo.find_blob(entry.id())?;
+        let text = std::str::from_utf8(blob.content()).map_err(|e| ProvenanceError::Recipe {
+            path: recipe.into(),
+            commit: parent.id().to_string(),
+            message: e.to_string(),
+        })?;
+        let updated =
+            crate::workspace::apply(text, config).map_err(|e| ProvenanceError::Recipe {
+                path: recipe.into(),
+                commit: parent.id().to_string(),
+                message: format!("{e:?}"),
+            })?;
+        let new_blob = repo.blob(updated.as_bytes())?;
+        let mut update = TreeUpdateBuilder::new();
+        update.upsert(recipe, new_blob, FileMode::Blob);
+        let tree = repo.find_tree(update.create_updated(&repo, &base_tree)?)?;
+        let sig = signature(&repo);
+        let oid = repo.commit(None, &sig, &sig, message, &tree, &[&parent])?;
+        repo.reference(&trial_ref(id), oid, true, "ratchet: trial")?;
+        let diff = diff_text(&repo, &base_tree, &tree)?;
+        Ok((oid, diff))
+    }
+
+    /// The commit that makes a kept trial the incumbent. When the trial was
+    /// proposed against the current incumbent (or there is none) that is the
+    /// trial's own commit; when the incumbent moved meanwhile (parallel trials),
+    /// a merge commit with the trial's files, parents (incumbent, trial), so
+    /// every kept trial stays an ancestor of `ratchet/incumbent`. The files are
+    /// exactly the measured ones: trials write their full configuration.
+    pub fn keep_commit(
+        &self,
+        id: TrialId,
+        trial: Oid,
+        incumbent: Option<Oid>,
+    ) -> Result<Oid, ProvenanceError> {
+        let repo = self.repo()?;
+        let commit = repo.find_commit(trial)?;
+        let Some(incumbent) = incumbent else {
+            return Ok(trial);
+        };
+        if incumbent == trial || commit.parent_id(0).ok() == Some(incumbent) {
+            return Ok(trial);
+        }
+        let current = repo.find_commit(incumbent)?;
+        let sig = signature(&repo);
+        let message = format!("ratchet keep trial {}\n\nproposed against an older incumbent; its measured files replace {}\n", id, incumbent);
+        let merged = repo.commit(
+            None,
+            &sig,
+            &sig,
+            &message,
+            &commit.tree()?,
+            &[&current, &commit],
+        )?;
+        Ok(merged)
+    }
+
+    /// Moves `ratchet/incumbent` to a kept trial's commit.
+    pub fn set_incumbent(&self, commit: Oid) -> Result<(), ProvenanceError> {
+        self.repo()?
+            .reference(INCUMBENT_REF, commit, true, "ratchet: keep")?;
+        Ok(())
+    }
+
+    /// Where `ratchet/incumbent` points, if anywhere.
+    pub fn incumbent(&self) -> Result<Option<Oid>, ProvenanceError> {
+        Ok(self
+            .repo()?
+            .find_reference(INCUMBENT_REF)
+            .ok()
+            .and_then(|r| r.target()))
+    }
+
+    /// Writes a commit's files into `dir` (created; must not hold other files).
+    pub fn export(&self, commit: Oid, dir: &Path) -> Result<(), ProvenanceError> {
+        let repo = self.repo()?;
+        let tree = repo.find_commit(commit)?.tree()?;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut failure: Option<ProvenanceError> = None;
+        tree.walk(TreeWalkMode::PreOrder, |root, entry| {
+            let path = dir.join(root).join(entry.name().unwrap_or("_"));
+            let result = match entry.kind() {
+                Some(ObjectType::Tree) => {
+                    std::fs::create_dir_all(&path).map_err(|e| ProvenanceError::Io {
+                        path: path.clone(),
+                        source: e,
+                    })
+                }
+                Some(ObjectType::Blob) => write_blob(&repo, entry.id(), entry.filemode(), &path),
+                _ => Ok(()),
+            };
+            match result {
+                Ok(()) => TreeWalkResult::Ok,
+                Err(e) => {
+                    failure = Some(e);
+                    TreeWalkResult::Abort
+                }
+            }
+        })?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+pub fn trial_ref(id: TrialId) -> String {
+    format!("refs/heads/ratchet/trials/{}", id.0)
+}
+
+fn signature(repo: &Repository) -> Signature<'static> {
+    repo.signature().unwrap_or_else(|_| {
+        Signature::now("ratchet", "ratchet@localhost").expect("a valid signature")
+    })
+}
+
+fn write_blob(repo: &Repository, id: Oid, mode: i32, path: &Path) -> Result<(), ProvenanceError> {
+    let blob = repo.find_blob(id)?;
+    std::fs::write(path, blob.content()).map_err(io(path))?;
+    if mode == i32::from(FileMode::BlobExecutable) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(io(path))?;
+    }
+    Ok(())
+}
+
+/// A tree of the regular files under `dir` (hidden entries, symlinks and
+/// `skip` left out), written as git objects.
+fn snapshot(repo: &Repository, dir: &Path, skip: &Path) -> Result<Oid, ProvenanceError> {
+    let mut builder = repo.treebuilder(None)?;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .collect::<Result<_, _>>()
+        .map_err(io(dir))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') || path == skip {
+            continue;
+        }
+        let kind = entry.file_type().map_err(io(&path))?;
+        if kind.is_dir() {
+            let sub = snapshot(repo, &path, skip)?;
+            if !repo.find_tree(sub)?.is_empty() {
+                builder.insert(&name, sub, i32::from(FileMode::Tree))?;
+            }
+        } else if kind.is_file() {
+            let content = std::fs::read(&path).map_err(io(&path))?;
+            let mode = {
+                use std::os::unix::fs::PermissionsExt;
+                let exec = entry.metadata().map_err(io(&path))?.permissions().mode() & 0o111 != 0;
+                if exec {
+                    FileMode::BlobExecutable
+                } else {
+                    FileMode::Blob
+                }
+            };
+            builder.insert(&name, repo.blob(&content)?, i32::from(mode))?;
+        }
+    }
+    Ok(builder.write()?)
+}
+
+fn diff_text(
+    repo: &Repository,
+    old: &git2::Tree<'_>,
+    new: &git2::Tree<'_>,
+) -> Result<String, ProvenanceError> {
+    let diff = repo.diff_tree_to_tree(Some(old), Some(new), None)?;
+    let mut out = String::new();
+    diff.print(git2::DiffFormat::Patch, |_, _, line| {
+        let prefix = match line.origin() {
+            '+' | '-' | ' ' => line.origin().to_string(),
+            _ => String::new(),
+        };
+        out.push_str(&prefix);
+        out.push_str(&String::from_utf8_lossy(line.content()));
+        out.len() < MAX_DIFF
+    })
+    .or_else(|e| {
+        if out.len() >= MAX_DIFF {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })?;
+    if out.len() >= MAX_DIFF {
+        out.truncate(MAX_DIFF);
+        out.push_str("\n[diff cut at 64 KiB]\n");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ParamValue;
+
+    fn experiment() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("recipe.toml"), "# r\n[a]\nx = 1 # the x\n").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/train.sh"), "echo hi\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.path().join("sub/train.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn trials_commit_on_their_branch_and_export_exactly() {
+        let exp = experiment();
+        let p = Provenance::open_or_init(exp.path()).unwrap();
+        let base = p.base(Path::new("/nonexistent")).unwrap();
+        assert_eq!(
+            p.base(Path::new("/nonexistent")).unwrap(),
+            base,
+            "the base is reused"
+        );
+        let mut config = Params::new();
+        config.insert("a.x".into(), ParamValue::Int(5));
+        let (commit, diff) = p
+            .commit_trial(TrialId(1), base, "recipe.toml", &config, "trial 1")
+            .unwrap();
+        assert!(
+            diff.contains("-x = 1 # the x") && diff.contains("+x = 5 # the x"),
+            "{diff}"
+        );
+        let repo = Repository::open(&p.git_dir).unwrap();
+        assert_eq!(
+            repo.find_reference(&trial_ref(TrialId(1)))
+                .unwrap()
+                .target(),
+            Some(commit)
+        );
+        assert_eq!(
+            repo.find_commit(commit).unwrap().parent_id(0).unwrap(),
+            base
+        );
+
+        let out = tempfile::tempdir().unwrap();
+        p.export(commit, &out.path().join("w")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.path().join("w/recipe.toml")).unwrap(),
+            "# r\n[a]\nx = 5 # the x\n"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.path().join("w/sub/train.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert!(mode & 0o100 != 0, "executable bit lost");
+        // The experiment directory itself is untouched.
+        assert_eq!(
+            std::fs::read_to_string(exp.path().join("recipe.toml")).unwrap(),
+            "# r\n[a]\nx = 1 # the x\n"
+        );
+
+        assert_eq!(p.incumbent().unwrap(), None);
+        p.set_incumbent(commit).unwrap();
+        assert_eq!(p.incumbent().unwrap(), Some(commit));
+    }
+}
