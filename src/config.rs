@@ -281,7 +281,7 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
     let experiment_dir = parsed
         .as_ref()
         .map(|p| p.daemon.experiment.clone())
-        .or_else(|| experiment_path_fallback(&text))
+        .or_else(|| daemon_value(&text, "experiment"))
         .map(|p| base.join(p));
     let experiment = experiment_dir.and_then(|dir| load_experiment(&dir, errors));
 
@@ -398,59 +398,42 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
 /// The lineage directory a specialists file names, read leniently so that the
 /// lineage stays readable while the rest of the file is being fixed.
 pub fn lineage_dir_of(file: &Path) -> Result<PathBuf, ConfigErrors> {
-    let file = absolute(file);
-    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let text = std::fs::read_to_string(&file).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: file.clone(),
-            key: ".".into(),
-            message: format!("cannot read: {e}"),
-        }])
-    })?;
-    let dir = text
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|t| {
-            t.get("daemon")?
-                .get("lineage_dir")?
-                .as_str()
-                .map(PathBuf::from)
-        })
-        .unwrap_or_else(default_lineage_dir);
-    Ok(base.join(dir))
+    daemon_path_of(file, "lineage_dir", Some(default_lineage_dir()))
 }
 
 /// The experiment directory a specialists file names, read leniently.
 pub fn experiment_dir_of(file: &Path) -> Result<PathBuf, ConfigErrors> {
-    let file = absolute(file);
-    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let text = std::fs::read_to_string(&file).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: file.clone(),
-            key: ".".into(),
-            message: format!("cannot read: {e}"),
-        }])
-    })?;
-    experiment_path_fallback(&text)
-        .map(|p| base.join(p))
-        .ok_or_else(|| {
-            ConfigErrors(vec![ConfigError {
-                file,
-                key: "daemon.experiment".into(),
-                message: "missing".into(),
-            }])
-        })
+    daemon_path_of(file, "experiment", None)
 }
 
-/// `daemon.experiment` read leniently, for validating the experiment when the
-/// rest of specialists.toml does not parse.
-fn experiment_path_fallback(text: &str) -> Option<PathBuf> {
+/// `daemon.<key>` of a specialists file as a path relative to the file,
+/// without validating the rest of it.
+fn daemon_path_of(
+    file: &Path,
+    key: &str,
+    default: Option<PathBuf>,
+) -> Result<PathBuf, ConfigErrors> {
+    let file = absolute(file);
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let one = |key: &str, message: String| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            key: key.into(),
+            message,
+        }])
+    };
+    let text = std::fs::read_to_string(&file).map_err(|e| one(".", format!("cannot read: {e}")))?;
+    match daemon_value(&text, key).or(default) {
+        Some(p) => Ok(base.join(p)),
+        None => Err(one(&format!("daemon.{key}"), "missing".into())),
+    }
+}
+
+/// `daemon.<key>` read leniently from TOML text, for validating the
+/// experiment even when the rest of specialists.toml does not parse.
+fn daemon_value(text: &str, key: &str) -> Option<PathBuf> {
     let table: toml::Table = text.parse().ok()?;
-    table
-        .get("daemon")?
-        .get("experiment")?
-        .as_str()
-        .map(PathBuf::from)
+    table.get("daemon")?.get(key)?.as_str().map(PathBuf::from)
 }
 
 /// Loads and validates `<dir>/experiment.toml` and reads the recipe defaults.
