@@ -71,8 +71,8 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
         tokio::select! {
             ev = rx.recv() => match ev {
                 Some(RunEvent::Trial(t)) => {
-                    let first = seen.insert(t.id, t.status) != Some(t.status);
-                    if !first {
+                    let changed = seen.insert(t.id, t.status) != Some(t.status);
+                    if !changed {
                         continue;
                     }
                     if t.status.is_terminal() {

@@ -233,14 +233,8 @@ impl Recipe {
             ),
         );
         let d = &self.data_mix;
-        for (name, w) in [
-            ("markov", d.markov),
-            ("arithmetic", d.arithmetic),
-            ("brackets", d.brackets),
-            ("copy", d.copy),
-            ("noise", d.noise),
-            ("text", d.text),
-        ] {
+        let generated = self.source_weights().map(|(s, w)| (s.name(), w));
+        for (name, w) in generated.into_iter().chain([("text", d.text)]) {
             check(
                 w.is_finite() && w >= 0.0,
                 format!("data_mix.{name} must be >= 0, got {w}"),
@@ -272,7 +266,8 @@ impl Recipe {
     }
 
     /// Weights of the generated sources.
-    pub fn weights(&self) -> Mix {
+    /// The `[data_mix]` weight of every generated source, zero or not.
+    fn source_weights(&self) -> [(Source, f64); 5] {
         let d = &self.data_mix;
         [
             (Source::Markov, d.markov),
@@ -281,9 +276,14 @@ impl Recipe {
             (Source::Copy, d.copy),
             (Source::Noise, d.noise),
         ]
-        .into_iter()
-        .filter(|(_, w)| *w > 0.0)
-        .collect()
+    }
+
+    /// Weights of the generated sources that are trained on (positive).
+    pub fn weights(&self) -> Mix {
+        self.source_weights()
+            .into_iter()
+            .filter(|(_, w)| *w > 0.0)
+            .collect()
     }
 
     pub fn model_config(&self) -> GptConfig {
