@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::domain::{format_float, Trial, TrialId};
+use crate::domain::{format_float, FailureLabel, Trial, TrialId};
 use crate::lineage::LineageStore;
 
 #[derive(Parser, Debug)]
@@ -296,6 +296,16 @@ fn lineage_command(store: &LineageStore, command: LineageCommand) -> anyhow::Res
                 match &t.diff {
                     Some(d) if !d.is_empty() => write!(out, "{d}")?,
                     Some(_) => writeln!(out, "  (no change: the parent's files)")?,
+                    None if matches!(
+                        t.label,
+                        Some(FailureLabel::IllegalEdit | FailureLabel::PatchFailed)
+                    ) =>
+                    {
+                        writeln!(
+                            out,
+                            "  (no commit: its edits were refused before anything ran)"
+                        )?
+                    }
                     None => writeln!(out, "  (no commit: the trial never reached its workspace)")?,
                 }
             }
@@ -418,6 +428,12 @@ fn show(out: &mut impl Write, t: &Trial) -> anyhow::Result<()> {
     }
     if let Some(d) = &t.detail {
         writeln!(out, "detail: {d}")?;
+    }
+    if let (Some(FailureLabel::ProposerError), Some(reply)) = (t.label, &t.reply) {
+        writeln!(out, "reply (as received, first 20 lines):")?;
+        for line in reply.lines().take(20) {
+            writeln!(out, "  | {line}")?;
+        }
     }
     writeln!(out, "history:")?;
     let start = t.history.first().map(|c| c.at_ms).unwrap_or(0);

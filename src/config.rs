@@ -93,6 +93,8 @@ pub struct SpecialistSection {
 pub enum SpecialistKind {
     /// Built-in offline search over the surface's declared parameter space.
     Search,
+    /// Proposals written by hand as JSON files into `<lineage_dir>/inbox/<name>/`.
+    Manual,
 }
 
 // ---------------------------------------------------------------------------
@@ -118,6 +120,11 @@ pub struct ExperimentFile {
     pub gates: Gates,
     #[serde(default, rename = "surface")]
     pub surfaces: Vec<SurfaceSection>,
+    /// Files no edit may touch (eval data, scoring code), relative to the
+    /// experiment directory; a directory protects everything under it.
+    /// `experiment.toml` is always protected.
+    #[serde(default)]
+    pub protected: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -145,6 +152,44 @@ pub struct SurfaceSection {
     /// The parameter space: recipe key path → its range.
     #[serde(default)]
     pub params: BTreeMap<String, ParamSpec>,
+    /// More recipe keys an edit of this surface may set, with any value: a key
+    /// (`optimizer.lr`) or a table (`optimizer`, everything under it).
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Files an edit of this surface may replace or patch, relative to the
+    /// experiment directory: a file, or a directory and everything under it.
+    #[serde(default)]
+    pub files: Vec<String>,
+}
+
+impl SurfaceSection {
+    /// Whether an edit of this surface may change recipe key `key`.
+    pub fn owns_key(&self, key: &str) -> bool {
+        self.params.contains_key(key) || self.keys.iter().any(|k| under(key, k, '.'))
+    }
+
+    /// Whether an edit of this surface may write file `path`.
+    pub fn owns_file(&self, path: &str) -> bool {
+        self.files.iter().any(|f| under(path, f, '/'))
+    }
+
+    /// Whether an edit can change anything on this surface.
+    pub fn is_editable(&self) -> bool {
+        !(self.params.is_empty() && self.keys.is_empty() && self.files.is_empty())
+    }
+}
+
+/// `path` is `root` or lies under it (`root` + `sep` + ...).
+pub fn under(path: &str, root: &str, sep: char) -> bool {
+    let root = root.trim_end_matches(sep);
+    path == root || (path.starts_with(root) && path[root.len()..].starts_with(sep))
+}
+
+impl ExperimentFile {
+    /// Whether `path` is protected: `experiment.toml`, or under a `protected` entry.
+    pub fn is_protected(&self, path: &str) -> bool {
+        path == "experiment.toml" || self.protected.iter().any(|p| under(path, p, '/'))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -342,6 +387,17 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
                         ),
                     );
                 }
+                Some(surface) if s.kind == SpecialistKind::Manual && !surface.is_editable() => {
+                    err(
+                        errors,
+                        &file,
+                        key("surface"),
+                        format!(
+                            "surface `{}` declares no params, keys or files to edit",
+                            s.surface
+                        ),
+                    );
+                }
                 Some(surface) if s.kind == SpecialistKind::Search && surface.params.is_empty() => {
                     err(
                         errors,
@@ -488,6 +544,20 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
             "must be a relative path inside the experiment directory",
         );
     }
+    for (i, p) in exp.protected.iter().enumerate() {
+        if let Err(m) = crate::edit::check_relative(p) {
+            err(errors, &file, format!("protected[{i}]"), m);
+        }
+    }
+    let recipe_str = exp.recipe.to_string_lossy();
+    if exp.is_protected(&recipe_str) {
+        err(
+            errors,
+            &file,
+            "protected",
+            format!("protects the recipe `{recipe_str}`, which every surface edits"),
+        );
+    }
     let mut surface_names = BTreeSet::new();
     let mut param_owner: BTreeMap<&str, &str> = BTreeMap::new();
     for (i, s) in exp.surfaces.iter().enumerate() {
@@ -498,6 +568,33 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
                 format!("surface[{i}].name"),
                 format!("duplicate surface `{}`", s.name),
             );
+        }
+        for (j, f) in s.files.iter().enumerate() {
+            let key = format!("surface[{i}].files[{j}]");
+            if let Err(m) = crate::edit::check_relative(f) {
+                err(errors, &file, key, m);
+            } else if exp.is_protected(f) {
+                err(errors, &file, key, format!("`{f}` is protected"));
+            } else if under(&recipe_str, f, '/') {
+                err(
+                    errors,
+                    &file,
+                    key,
+                    format!(
+                        "the recipe `{recipe_str}` is edited through params and keys, not files"
+                    ),
+                );
+            }
+        }
+        for (j, k) in s.keys.iter().enumerate() {
+            if k.is_empty() || k.split('.').any(str::is_empty) {
+                err(
+                    errors,
+                    &file,
+                    format!("surface[{i}].keys[{j}]"),
+                    format!("`{k}` is not a dotted recipe key"),
+                );
+            }
         }
         for (k, spec) in &s.params {
             let key = format!("surface[{i}].params.{}", quote_key(k));
@@ -555,16 +652,7 @@ fn read_defaults(
     let before = errors.len();
     for s in &exp.surfaces {
         for (k, spec) in &s.params {
-            // `momentum = 0` in a float space is the float 0.0: one value, one config key.
-            let value = lookup(&table, k)
-                .and_then(param_value)
-                .map(|v| match (spec, v) {
-                    (ParamSpec::Float { .. } | ParamSpec::LogFloat { .. }, ParamValue::Int(i)) => {
-                        ParamValue::Float(i as f64)
-                    }
-                    (_, v) => v,
-                });
-            match value {
+            match param_of(&table, k, spec) {
                 None => err(errors, recipe, k.clone(), format!("surface `{}` declares this parameter but the recipe has no such key (or not a number, string or bool)", s.name)),
                 Some(v) if !spec.contains(&v) => err(errors, recipe, k.clone(), format!("value {v} is outside the declared space {spec:?}")),
                 Some(v) => {
@@ -574,6 +662,19 @@ fn read_defaults(
         }
     }
     (errors.len() == before).then_some(defaults)
+}
+
+/// A declared parameter's value in a parsed recipe. `momentum = 0` in a float
+/// space is the float 0.0: one value, one config key.
+pub fn param_of(table: &toml::Table, key: &str, spec: &ParamSpec) -> Option<ParamValue> {
+    lookup(table, key)
+        .and_then(param_value)
+        .map(|v| match (spec, v) {
+            (ParamSpec::Float { .. } | ParamSpec::LogFloat { .. }, ParamValue::Int(i)) => {
+                ParamValue::Float(i as f64)
+            }
+            (_, v) => v,
+        })
 }
 
 /// Looks up a dotted key path in a TOML table.

@@ -212,6 +212,55 @@ pub fn config_key(config: &Params) -> String {
     serde_json::to_string(config).expect("params serialize")
 }
 
+/// One step of a proposed edit to the experiment's files. Paths are relative
+/// to the experiment directory, `/`-separated. This is also the JSON format of
+/// proposals (`{"hypothesis": ..., "edits": [...]}`) from inbox files and LLMs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Edit {
+    /// Assigns recipe keys: `{"kind": "set", "values": {"optimizer.lr": 0.001}}`.
+    Set { values: Params },
+    /// Replaces a whole file (or creates it).
+    Replace { path: String, content: String },
+    /// Replaces the one occurrence of `search` in a file with `replace`.
+    SearchReplace {
+        path: String,
+        search: String,
+        replace: String,
+    },
+}
+
+impl Edit {
+    /// The file an edit writes; `None` for recipe key assignments.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            Self::Set { .. } => None,
+            Self::Replace { path, .. } | Self::SearchReplace { path, .. } => Some(path),
+        }
+    }
+
+    /// A short description: `optimizer.lr=0.001`, `replace model.py`.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Set { values } => values
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            Self::Replace { path, .. } => format!("replace {path}"),
+            Self::SearchReplace { path, .. } => format!("search/replace {path}"),
+        }
+    }
+}
+
+/// A proposal as a specialist writes it: why, and what to change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proposal {
+    pub hypothesis: String,
+    pub edits: Vec<Edit>,
+}
+
 /// One state change of a trial, with its wall-clock time.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusChange {
@@ -310,6 +359,13 @@ pub struct Trial {
     /// a merge onto an incumbent that moved after it was proposed).
     #[serde(default)]
     pub keep_commit: Option<String>,
+    /// The edits of a proposal that came as edits (inbox, LLM); empty for
+    /// search trials, which write their full `config` into the recipe.
+    #[serde(default)]
+    pub edits: Vec<Edit>,
+    /// The proposer's raw reply (capped), kept when it came from outside.
+    #[serde(default)]
+    pub reply: Option<String>,
 }
 
 impl Trial {
@@ -323,6 +379,10 @@ impl Trial {
 
     /// A one-line summary of the edit, `key=value` pairs.
     pub fn edit_summary(&self) -> String {
+        if !self.edits.is_empty() {
+            let parts: Vec<String> = self.edits.iter().map(Edit::summary).collect();
+            return parts.join("; ");
+        }
         if self.changes.is_empty() {
             return "(no change)".to_string();
         }

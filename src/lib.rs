@@ -5,6 +5,7 @@ pub mod actors;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod edit;
 pub mod lineage;
 pub mod process;
 pub mod propose;

@@ -15,7 +15,8 @@ use git2::{
     TreeWalkResult,
 };
 
-use crate::domain::{Params, TrialId};
+use crate::domain::{Edit, Params, TrialId};
+use crate::edit::{Entry, Rejection, Rules};
 
 pub const BASE_REF: &str = "refs/heads/ratchet/base";
 pub const INCUMBENT_REF: &str = "refs/heads/ratchet/incumbent";
@@ -150,6 +151,66 @@ impl Provenance {
         repo.reference(&trial_ref(id), oid, true, "ratchet: trial")?;
         let diff = diff_text(&repo, &base_tree, &tree)?;
         Ok((oid, diff))
+    }
+
+    /// Commits a trial whose proposal came as edits: they are checked against
+    /// `rules` and applied to the parent commit's files in memory. A refused
+    /// edit writes nothing (not even an object) and is returned as the inner
+    /// `Err`. On success: the commit, its diff, and the edited recipe's text.
+    pub fn commit_edits(
+        &self,
+        id: TrialId,
+        parent: Oid,
+        rules: &Rules<'_>,
+        edits: &[Edit],
+        message: &str,
+    ) -> Result<Result<(Oid, String, String), Rejection>, ProvenanceError> {
+        let repo = self.repo()?;
+        let parent = repo.find_commit(parent)?;
+        let base_tree = parent.tree()?;
+        let reader = |path: &str| -> Entry {
+            let Ok(entry) = base_tree.get_path(Path::new(path)) else {
+                return Entry::Missing;
+            };
+            match (entry.kind(), entry.filemode()) {
+                (_, m) if m == i32::from(FileMode::Link) => Entry::Link,
+                (Some(ObjectType::Tree), _) => Entry::Dir,
+                (Some(ObjectType::Blob), _) => repo
+                    .find_blob(entry.id())
+                    .map(|b| Entry::File(b.content().to_vec()))
+                    .unwrap_or(Entry::Missing),
+                _ => Entry::Link,
+            }
+        };
+        let files = match rules.apply(edits, &reader) {
+            Ok(f) => f,
+            Err(rejection) => return Ok(Err(rejection)),
+        };
+        let mut update = TreeUpdateBuilder::new();
+        for (path, content) in &files {
+            // A replaced file keeps its mode (an executable stays executable).
+            let mode = match base_tree.get_path(Path::new(path)) {
+                Ok(e) if e.filemode() == i32::from(FileMode::BlobExecutable) => {
+                    FileMode::BlobExecutable
+                }
+                _ => FileMode::Blob,
+            };
+            update.upsert(path, repo.blob(content)?, mode);
+        }
+        let tree = repo.find_tree(update.create_updated(&repo, &base_tree)?)?;
+        let sig = signature(&repo);
+        let oid = repo.commit(None, &sig, &sig, message, &tree, &[&parent])?;
+        repo.reference(&trial_ref(id), oid, true, "ratchet: trial")?;
+        let diff = diff_text(&repo, &base_tree, &tree)?;
+        let recipe = rules.experiment.recipe.to_string_lossy();
+        let recipe_text = match files.get(recipe.as_ref()) {
+            Some(c) => String::from_utf8_lossy(c).into_owned(),
+            None => match base_tree.get_path(Path::new(recipe.as_ref())) {
+                Ok(e) => String::from_utf8_lossy(repo.find_blob(e.id())?.content()).into_owned(),
+                Err(_) => String::new(),
+            },
+        };
+        Ok(Ok((oid, diff, recipe_text)))
     }
 
     /// The commit that makes a kept trial the incumbent. When the trial was

@@ -89,3 +89,33 @@ fn a_valid_config_passes_and_run_refuses_an_invalid_one() {
         "an invalid config must not start anything"
     );
 }
+
+#[test]
+fn surface_files_that_escape_or_are_protected_are_errors() {
+    let dir = Dir::with_fixture("faulty");
+    dir.specialists(1, &[("x", "search")]);
+    let exp = std::fs::read_to_string(dir.path().join("experiment/experiment.toml")).unwrap();
+    dir.write(
+        "experiment/experiment.toml",
+        &exp.replace(
+            "files = [\"train.py\", \"offset.txt\"]",
+            "files = [\"../up.py\", \"eval.py\", \"recipe.toml\"]\nkeys = [\"fault..mode\"]",
+        )
+        .replace(
+            "protected = [\"eval.py\"]",
+            "protected = [\"eval.py\", \"/abs\"]",
+        ),
+    );
+    let out = dir.ratchet(&["check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    for expected in [
+        "protected[1]: an absolute path",
+        "surface[0].files[0]: `..` leaves the experiment directory",
+        "surface[0].files[1]: `eval.py` is protected",
+        "surface[0].files[2]: the recipe `recipe.toml` is edited through params and keys",
+        "surface[0].keys[0]: `fault..mode` is not a dotted recipe key",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+}

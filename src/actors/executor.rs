@@ -15,8 +15,9 @@ use tracing::{info, warn};
 use super::evaluator::EvaluatorMsg;
 use super::specialist::SpecialistMsg;
 use super::{interrupt, interrupt_all, update_trial, CALL_TIMEOUT_MS};
-use crate::config::Config;
-use crate::domain::{ProcessReport, Trial, TrialId, TrialStatus};
+use crate::config::{param_of, Config, Experiment};
+use crate::domain::{Params, ProcessReport, Trial, TrialId, TrialStatus};
+use crate::edit::{Rejection, Rules};
 use crate::lineage::actor::{LineageMsg, Observer, RunEvent};
 use crate::lineage::NewTrial;
 use crate::process::{self, GroupGuard, GroupTask};
@@ -35,7 +36,8 @@ pub enum ExecutorMsg {
     /// A trial's train command ended (from the trial's task).
     TrainFinished {
         id: TrialId,
-        report: ProcessReport,
+        /// `None`: the trial's edits were refused and it is already terminal.
+        report: Option<ProcessReport>,
     },
     /// The incumbent moved: specialists that ran out of ideas may have new ones.
     IncumbentChanged,
@@ -210,9 +212,11 @@ impl Actor for Executor {
                 if let Some(done) = state.running.remove(&id) {
                     done.guard.disarm();
                 }
-                state
-                    .evaluator
-                    .cast(EvaluatorMsg::Evaluate { id, train: report })?;
+                if let Some(report) = report {
+                    state
+                        .evaluator
+                        .cast(EvaluatorMsg::Evaluate { id, train: report })?;
+                }
             }
             ExecutorMsg::IncumbentChanged => {
                 for s in &mut state.specialists {
@@ -240,6 +244,7 @@ async fn fill(
             hypothesis: "the experiment's recipe as it is".into(),
             changes: Default::default(),
             config: defaults,
+            ..Default::default()
         };
         let trial = ractor::call_t!(state.lineage, LineageMsg::Propose, CALL_TIMEOUT_MS, new)??;
         myself.cast(ExecutorMsg::Proposed {
@@ -307,14 +312,16 @@ fn start(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState, trial: Trial
     state.running.insert(id, GroupTask { guard, task });
 }
 
+/// Commits and exports the trial and runs its train command. `None` when the
+/// trial never ran because its edits were refused (it is already `Failed`).
 async fn run_train(
-    config: &Config,
+    config: &Arc<Config>,
     lineage: &ActorRef<LineageMsg>,
     guard: &GroupGuard,
     trial: Trial,
     provenance: Arc<Provenance>,
     base: Oid,
-) -> ProcessReport {
+) -> Option<ProcessReport> {
     let exp = &config.experiment;
     let dirs = TrialDirs::new(&config.lineage_dir, trial.id);
     let spec = process::Spec {
@@ -350,10 +357,35 @@ async fn run_train(
         "ratchet trial {}\n\nspecialist: {}\nhypothesis: {}\n",
         trial.id, trial.specialist, trial.hypothesis
     );
-    let recipe = exp.file.recipe.to_string_lossy().into_owned();
-    let (cfg, work, id) = (trial.config.clone(), dirs.work.clone(), trial.id);
-    let made = tokio::task::spawn_blocking(move || -> Result<(Oid, String), ProvenanceError> {
-        let (oid, diff) = provenance.commit_trial(id, parent, &recipe, &cfg, &message)?;
+    let (work, owned, edited) = (dirs.work.clone(), config.clone(), trial.clone());
+    let made = tokio::task::spawn_blocking(move || -> Result<Made, ProvenanceError> {
+        let (oid, diff, config) = if edited.edits.is_empty() {
+            let recipe = owned.experiment.file.recipe.to_string_lossy();
+            let (oid, diff) =
+                provenance.commit_trial(edited.id, parent, &recipe, &edited.config, &message)?;
+            (oid, diff, None)
+        } else {
+            let exp = &owned.experiment;
+            let surface = edited
+                .surface
+                .as_deref()
+                .and_then(|s| exp.surface(s))
+                .ok_or_else(|| {
+                    ProvenanceError::Other(format!(
+                        "trial {} edits surface {:?}, which the experiment does not declare",
+                        edited.id, edited.surface
+                    ))
+                })?;
+            let rules = Rules {
+                experiment: &exp.file,
+                surface,
+                experiment_dir: &exp.dir,
+            };
+            match provenance.commit_edits(edited.id, parent, &rules, &edited.edits, &message)? {
+                Ok((oid, diff, recipe)) => (oid, diff, Some(measured_config(exp, &recipe))),
+                Err(rejection) => return Ok(Made::Refused(rejection)),
+            }
+        };
         if work.exists() {
             std::fs::remove_dir_all(&work).map_err(|source| ProvenanceError::Io {
                 path: work.clone(),
@@ -361,13 +393,31 @@ async fn run_train(
             })?;
         }
         provenance.export(oid, &work)?;
-        Ok((oid, diff))
+        Ok(Made::Commit(oid, diff, config))
     })
     .await;
-    let (commit, diff) = match made {
-        Ok(Ok(made)) => made,
-        Ok(Err(e)) => return failed(format!("provenance: {e}")),
-        Err(e) => return failed(format!("provenance task failed: {e}")),
+    let (commit, diff, measured) = match made {
+        Ok(Ok(Made::Commit(oid, diff, config))) => (oid, diff, config),
+        Ok(Ok(Made::Refused(rejection))) => {
+            warn!(trial = %trial.id, "{}", rejection.detail());
+            let (label, detail) = (rejection.label(), rejection.detail());
+            let refused = update_trial(
+                lineage,
+                trial.id,
+                Box::new(move |t| {
+                    t.status = TrialStatus::Failed;
+                    t.label = Some(label);
+                    t.detail = Some(detail.clone());
+                }),
+            )
+            .await;
+            return match refused {
+                Ok(_) => None,
+                Err(e) => Some(failed(e)),
+            };
+        }
+        Ok(Err(e)) => return Some(failed(format!("provenance: {e}"))),
+        Err(e) => return Some(failed(format!("provenance task failed: {e}"))),
     };
     let root = dirs.root.clone();
     if let Err(e) = update_trial(
@@ -378,25 +428,55 @@ async fn run_train(
             t.trial_dir = Some(root.clone());
             t.commit = Some(commit.to_string());
             t.diff = Some(diff.clone());
+            // An edited trial measures what its files say, whatever it claimed.
+            if let Some(config) = &measured {
+                for (k, v) in config {
+                    if t.config.get(k) != Some(v) {
+                        t.changes.insert(k.clone(), v.clone());
+                    }
+                }
+                t.config = config.clone();
+            }
         }),
     )
     .await
     {
-        return failed(e);
+        return Some(failed(e));
     }
     let started = match process::start(&spec, guard).await {
         Ok(Ok(s)) => s,
-        Ok(Err(report)) => return report,
-        Err(e) => return failed(format!("cannot write trial logs: {e}")),
+        Ok(Err(report)) => return Some(report),
+        Err(e) => return Some(failed(format!("cannot write trial logs: {e}"))),
     };
     let pgid = started.pgid;
     if let Err(e) = update_trial(lineage, trial.id, Box::new(move |t| t.pgid = Some(pgid))).await {
         warn!(trial = %trial.id, error = %e, "could not record the process group");
     }
-    match process::finish(started, &spec, guard).await {
+    Some(match process::finish(started, &spec, guard).await {
         Ok(r) => r,
         Err(e) => failed(format!("cannot capture trial output: {e}")),
-    }
+    })
+}
+
+/// What committing a trial gave: its commit (with diff, and the measured
+/// configuration for edited trials), or a refusal of its edits.
+enum Made {
+    Commit(Oid, String, Option<Params>),
+    Refused(Rejection),
+}
+
+/// The declared parameters' values in an edited recipe. Legality checks keep
+/// them in their spaces; a value that cannot be read is left out.
+fn measured_config(exp: &Experiment, recipe: &str) -> Params {
+    let Ok(table) = recipe.parse::<toml::Table>() else {
+        return exp.defaults.clone();
+    };
+    exp.file
+        .surfaces
+        .iter()
+        .flat_map(|s| &s.params)
+        .filter_map(|(k, spec)| param_of(&table, k, spec).map(|v| (k.clone(), v)))
+        .collect()
 }
 
 /// Start-up recovery: trials that were proposed, queued or running when the

@@ -294,6 +294,7 @@ async fn spawn_specialist(
         lineage: state.lineage.clone(),
         seed: state.ctx.config.seed,
         incarnation: state.incarnations,
+        lineage_dir: state.ctx.config.lineage_dir.clone(),
     };
     let (actor, _) = Actor::spawn_linked(None, Specialist, args, cell).await?;
     state.specialists.insert(name.to_string(), actor);

@@ -15,7 +15,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use crate::domain::{
-    config_key, now_ms, FailureLabel, Incumbent, Params, StatusChange, Trial, TrialId, TrialStatus,
+    config_key, now_ms, Edit, FailureLabel, Incumbent, Params, StatusChange, Trial, TrialId,
+    TrialStatus,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +43,7 @@ pub enum LineageError {
 }
 
 /// A proposal before lineage gives it an id.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct NewTrial {
     pub specialist: String,
     pub surface: Option<String>,
@@ -50,6 +51,31 @@ pub struct NewTrial {
     pub hypothesis: String,
     pub changes: Params,
     pub config: Params,
+    /// File edits and recipe assignments (inbox and LLM proposals).
+    pub edits: Vec<Edit>,
+    /// The proposer's raw reply, capped.
+    pub reply: Option<String>,
+    /// Refused before it could be queued (a garbled reply): recorded `Failed`
+    /// with this label and detail.
+    pub rejected: Option<(FailureLabel, String)>,
+}
+
+impl NewTrial {
+    /// What makes two proposals the same measurement: the configuration, and
+    /// for proposals that edit files, the file edits too.
+    fn dedup_key(&self) -> String {
+        let mut k = config_key(&self.config);
+        let files: Vec<&Edit> = self.edits.iter().filter(|e| e.path().is_some()).collect();
+        if !files.is_empty() {
+            let json = serde_json::to_vec(&files).expect("edits serialize");
+            let hash = git2::Oid::hash_object(git2::ObjectType::Blob, &json)
+                .map(|o| o.to_string())
+                .unwrap_or_default();
+            k.push_str("\nfiles ");
+            k.push_str(&hash);
+        }
+        k
+    }
 }
 
 /// A daemon-level event that is not a trial state change (a specialist crash, a recovery).
@@ -153,7 +179,7 @@ impl LineageStore {
     /// Records a new trial as `Proposed`. A configuration that was already
     /// recorded is stored as `Failed(duplicate)` instead: that is a proposer bug.
     pub fn propose(&self, new: NewTrial) -> Result<Trial, LineageError> {
-        let ck = config_key(&new.config);
+        let ck = new.dedup_key();
         (&self.trials, &self.active, &self.configs, &self.meta)
             .transaction(|(trials, active, configs, meta)| {
                 let next = match meta.get(NEXT_ID)? {
@@ -189,8 +215,18 @@ impl LineageStore {
                     commit: None,
                     diff: None,
                     keep_commit: None,
+                    edits: new.edits.clone(),
+                    reply: new.reply.clone(),
                 };
-                if let Some(existing) = configs.get(ck.as_bytes())? {
+                if let Some((label, detail)) = &new.rejected {
+                    trial.status = TrialStatus::Failed;
+                    trial.label = Some(*label);
+                    trial.detail = Some(detail.clone());
+                    trial.history.push(StatusChange {
+                        status: TrialStatus::Failed,
+                        at_ms: now,
+                    });
+                } else if let Some(existing) = configs.get(ck.as_bytes())? {
                     trial.status = TrialStatus::Failed;
                     trial.label = Some(FailureLabel::Duplicate);
                     trial.detail = Some(format!(
@@ -356,6 +392,7 @@ mod tests {
             hypothesis: format!("x={x}"),
             changes: config.clone(),
             config,
+            ..Default::default()
         }
     }
 

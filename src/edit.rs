@@ -1,0 +1,539 @@
+//! Edits proposed as files and recipe assignments: the surface legality check,
+//! then application to the parent commit's files.
+//!
+//! Everything here is pure: files are read through a [`Reader`] (a git tree in
+//! production, a map in tests) and the result is the new content of each
+//! edited file. Nothing is written anywhere; provenance turns the result into
+//! a commit, and only an export of that commit reaches the disk, inside the
+//! trial's own checkout.
+//!
+//! Order of checks: every edit's legality first (paths, protected files,
+//! surface ownership, declared spaces), then application in order (a search
+//! text that is not there is `patch_failed`), then the edited recipe is
+//! compared key by key with the parent's, so a whole-file replacement of the
+//! recipe cannot change keys outside the surface either.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use crate::config::{param_of, ExperimentFile, SurfaceSection};
+use crate::domain::{Edit, FailureLabel};
+
+/// Why an edit was refused before anything ran.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Rejection {
+    /// Outside what the surface may touch: `illegal_edit`.
+    Illegal { path: String, reason: String },
+    /// Legal, but it does not apply to the parent's files: `patch_failed`.
+    Patch { path: String, reason: String },
+}
+
+impl Rejection {
+    pub fn label(&self) -> FailureLabel {
+        match self {
+            Self::Illegal { .. } => FailureLabel::IllegalEdit,
+            Self::Patch { .. } => FailureLabel::PatchFailed,
+        }
+    }
+
+    /// The offending path (`recipe.toml:optimizer.lr` for a recipe key).
+    pub fn path(&self) -> &str {
+        match self {
+            Self::Illegal { path, .. } | Self::Patch { path, .. } => path,
+        }
+    }
+
+    /// One line for lineage: the offending path first.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Illegal { path, reason } => format!("illegal edit of `{path}`: {reason}"),
+            Self::Patch { path, reason } => format!("edit of `{path}` does not apply: {reason}"),
+        }
+    }
+}
+
+/// What a path names in the parent's files.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Entry {
+    Missing,
+    File(Vec<u8>),
+    Dir,
+    /// A symlink (or a submodule): never followed, never written through.
+    Link,
+}
+
+/// Reads a `/`-separated path of the parent's files.
+pub trait Reader {
+    fn read(&self, path: &str) -> Entry;
+}
+
+impl<F: Fn(&str) -> Entry> Reader for F {
+    fn read(&self, path: &str) -> Entry {
+        self(path)
+    }
+}
+
+/// Checks that `path` is a plain relative path inside the experiment
+/// directory: not absolute, no `..`, `.` or empty components, not in `.git`.
+pub fn check_relative(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("the path is empty".into());
+    }
+    if path.starts_with('/') {
+        return Err(
+            "an absolute path; edits name files relative to the experiment directory".into(),
+        );
+    }
+    if path.contains('\0') || path.contains('\\') {
+        return Err("the path holds a NUL or a backslash".into());
+    }
+    for part in path.split('/') {
+        match part {
+            ".." => return Err("`..` leaves the experiment directory".into()),
+            "" | "." => {
+                return Err("empty or `.` path components (`//`, `./`, trailing `/`)".into())
+            }
+            ".git" => return Err("inside `.git`".into()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The rules one trial's edits are checked against.
+pub struct Rules<'a> {
+    pub experiment: &'a ExperimentFile,
+    pub surface: &'a SurfaceSection,
+    /// The experiment directory on disk: a path that is a symlink there is
+    /// refused even though snapshots leave symlinks out.
+    pub experiment_dir: &'a Path,
+}
+
+impl Rules<'_> {
+    fn recipe(&self) -> String {
+        self.experiment.recipe.to_string_lossy().into_owned()
+    }
+
+    fn illegal(path: impl Into<String>, reason: impl Into<String>) -> Rejection {
+        Rejection::Illegal {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn patch(path: impl Into<String>, reason: impl Into<String>) -> Rejection {
+        Rejection::Patch {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The legality of one edit, before anything is applied.
+    fn check(&self, edit: &Edit, reader: &impl Reader) -> Result<(), Rejection> {
+        let recipe = self.recipe();
+        let surface = &self.surface.name;
+        match edit {
+            Edit::Set { values } => {
+                if values.is_empty() {
+                    return Err(Self::patch(&recipe, "a `set` edit with no values"));
+                }
+                for (key, value) in values {
+                    let at = format!("{recipe}:{key}");
+                    if !self.surface.owns_key(key) {
+                        return Err(Self::illegal(
+                            at,
+                            format!("recipe key outside surface `{surface}`"),
+                        ));
+                    }
+                    if let Some(spec) = self.surface.params.get(key) {
+                        if !spec.contains(value) {
+                            return Err(Self::illegal(
+                                at,
+                                format!("value {value} is outside the declared space {spec:?}"),
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Edit::Replace { path, .. } | Edit::SearchReplace { path, .. } => {
+                check_relative(path).map_err(|m| Self::illegal(path, m))?;
+                if self.experiment.is_protected(path) {
+                    return Err(Self::illegal(path, "a protected file"));
+                }
+                if *path != recipe && !self.surface.owns_file(path) {
+                    let files = if self.surface.files.is_empty() {
+                        "it declares none".to_string()
+                    } else {
+                        self.surface.files.join(", ")
+                    };
+                    return Err(Self::illegal(
+                        path,
+                        format!("file outside surface `{surface}` (its files: {files})"),
+                    ));
+                }
+                let parts: Vec<&str> = path.split('/').collect();
+                for n in 1..=parts.len() {
+                    let prefix = parts[..n].join("/");
+                    let on_disk = self
+                        .experiment_dir
+                        .join(&prefix)
+                        .symlink_metadata()
+                        .is_ok_and(|m| m.file_type().is_symlink());
+                    let entry = reader.read(&prefix);
+                    if on_disk || entry == Entry::Link {
+                        return Err(Self::illegal(
+                            path,
+                            format!("`{prefix}` is a symlink; edits never go through one"),
+                        ));
+                    }
+                    if n < parts.len() && matches!(entry, Entry::File(_)) {
+                        return Err(Self::patch(path, format!("`{prefix}` is a file")));
+                    }
+                    if n == parts.len() && entry == Entry::Dir {
+                        return Err(Self::patch(path, "is a directory"));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks and applies `edits` to the parent's files. Returns the new
+    /// content of every file the edits touched.
+    pub fn apply(
+        &self,
+        edits: &[Edit],
+        reader: &impl Reader,
+    ) -> Result<BTreeMap<String, Vec<u8>>, Rejection> {
+        if edits.is_empty() {
+            return Err(Self::patch("", "the proposal has no edits"));
+        }
+        for edit in edits {
+            self.check(edit, reader)?;
+        }
+        let recipe = self.recipe();
+        let mut out: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let current = |out: &BTreeMap<String, Vec<u8>>, path: &str| -> Option<Vec<u8>> {
+            match out.get(path) {
+                Some(c) => Some(c.clone()),
+                None => match reader.read(path) {
+                    Entry::File(c) => Some(c),
+                    _ => None,
+                },
+            }
+        };
+        let text = |path: &str, bytes: Vec<u8>| {
+            String::from_utf8(bytes).map_err(|_| Self::patch(path, "not UTF-8 text"))
+        };
+        for edit in edits {
+            match edit {
+                Edit::Set { values } => {
+                    let before = current(&out, &recipe)
+                        .ok_or_else(|| Self::patch(&recipe, "the recipe is missing"))?;
+                    let after =
+                        crate::workspace::apply(&text(&recipe, before)?, values).map_err(|e| {
+                            match e {
+                                crate::workspace::ApplyError::Missing(k) => Self::patch(
+                                    format!("{recipe}:{k}"),
+                                    "no such key in the recipe",
+                                ),
+                                crate::workspace::ApplyError::Parse(m) => Self::patch(&recipe, m),
+                            }
+                        })?;
+                    out.insert(recipe.clone(), after.into_bytes());
+                }
+                Edit::Replace { path, content } => {
+                    out.insert(path.clone(), content.clone().into_bytes());
+                }
+                Edit::SearchReplace {
+                    path,
+                    search,
+                    replace,
+                } => {
+                    let before = current(&out, path)
+                        .ok_or_else(|| Self::patch(path, "no such file to search in"))?;
+                    let before = text(path, before)?;
+                    if search.is_empty() {
+                        return Err(Self::patch(path, "the search text is empty"));
+                    }
+                    match before.matches(search.as_str()).count() {
+                        0 => return Err(Self::patch(path, "the search text is not in the file")),
+                        1 => {}
+                        n => {
+                            return Err(Self::patch(
+                                path,
+                                format!("the search text occurs {n} times; it must occur once"),
+                            ))
+                        }
+                    }
+                    out.insert(
+                        path.clone(),
+                        before.replacen(search, replace, 1).into_bytes(),
+                    );
+                }
+            }
+        }
+        if let Some(after) = out.get(&recipe) {
+            let before = match reader.read(&recipe) {
+                Entry::File(c) => text(&recipe, c)?,
+                _ => return Err(Self::patch(&recipe, "the recipe is missing")),
+            };
+            self.check_recipe(&before, &text(&recipe, after.clone())?)?;
+        }
+        Ok(out)
+    }
+
+    /// The edited recipe may differ from the parent's only in keys the
+    /// surface owns, and its declared parameters stay in their spaces.
+    fn check_recipe(&self, before: &str, after: &str) -> Result<(), Rejection> {
+        let recipe = self.recipe();
+        let old: toml::Table = before.parse().map_err(|e: toml::de::Error| {
+            Self::patch(&recipe, format!("the parent's recipe is not TOML: {e}"))
+        })?;
+        let new: toml::Table = after.parse().map_err(|e: toml::de::Error| {
+            Self::patch(
+                &recipe,
+                format!(
+                    "the edited recipe is not valid TOML: {}",
+                    e.message().trim()
+                ),
+            )
+        })?;
+        let (old_keys, new_keys) = (flatten(&old), flatten(&new));
+        let keys: BTreeSet<&String> = old_keys.keys().chain(new_keys.keys()).collect();
+        for key in keys {
+            if old_keys.get(key) != new_keys.get(key) && !self.surface.owns_key(key) {
+                return Err(Self::illegal(
+                    format!("{recipe}:{key}"),
+                    format!(
+                        "changes a recipe key outside surface `{}`",
+                        self.surface.name
+                    ),
+                ));
+            }
+        }
+        for (key, spec) in &self.surface.params {
+            let at = format!("{recipe}:{key}");
+            match param_of(&new, key, spec) {
+                None => return Err(Self::illegal(at, "removes a declared parameter")),
+                Some(v) if !spec.contains(&v) => {
+                    return Err(Self::illegal(
+                        at,
+                        format!("value {v} is outside the declared space {spec:?}"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every non-table value of a TOML document by its dotted key path.
+fn flatten(table: &toml::Table) -> BTreeMap<String, toml::Value> {
+    fn walk(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, toml::Value>) {
+        for (k, v) in table {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(t) => walk(&key, t, out),
+                v => {
+                    out.insert(key, v.clone());
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk("", table, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ParamSpec;
+    use crate::domain::{ParamValue, Params};
+
+    const RECIPE: &str = "[opt]\nlr = 0.1 # step\nsteps = 10\n[data]\nseed = 1\n";
+
+    fn experiment() -> ExperimentFile {
+        toml::from_str(
+            r#"
+            name = "t"
+            recipe = "recipe.toml"
+            metric = "loss"
+            direction = "minimize"
+            budget_secs = 1
+            timeout_secs = 2
+            train = ["true"]
+            protected = ["eval", "score.py"]
+            [eval]
+            proxy = ["true"]
+            [[surface]]
+            name = "opt"
+            keys = ["opt.steps"]
+            files = ["model.py", "lib"]
+            [surface.params]
+            "opt.lr" = { type = "float", min = 0.0, max = 1.0 }
+            "#,
+        )
+        .unwrap()
+    }
+
+    fn files() -> BTreeMap<String, Entry> {
+        let mut m = BTreeMap::new();
+        m.insert("recipe.toml".into(), Entry::File(RECIPE.into()));
+        m.insert(
+            "model.py".into(),
+            Entry::File(b"x = 1\ny = 2\ny = 2\n".to_vec()),
+        );
+        m.insert("lib".into(), Entry::Dir);
+        m.insert("lib/link".into(), Entry::Link);
+        m
+    }
+
+    fn run(edits: &[Edit]) -> Result<BTreeMap<String, Vec<u8>>, Rejection> {
+        let exp = experiment();
+        let files = files();
+        let rules = Rules {
+            experiment: &exp,
+            surface: &exp.surfaces[0],
+            experiment_dir: Path::new("/nonexistent-ratchet-test"),
+        };
+        rules.apply(edits, &|p: &str| {
+            files.get(p).cloned().unwrap_or(Entry::Missing)
+        })
+    }
+
+    fn set(key: &str, v: ParamValue) -> Edit {
+        let mut values = Params::new();
+        values.insert(key.into(), v);
+        Edit::Set { values }
+    }
+
+    fn replace(path: &str, content: &str) -> Edit {
+        Edit::Replace {
+            path: path.into(),
+            content: content.into(),
+        }
+    }
+
+    fn sr(path: &str, search: &str, replace: &str) -> Edit {
+        Edit::SearchReplace {
+            path: path.into(),
+            search: search.into(),
+            replace: replace.into(),
+        }
+    }
+
+    fn label(r: Result<BTreeMap<String, Vec<u8>>, Rejection>) -> (FailureLabel, String) {
+        let e = r.expect_err("the edit should be refused");
+        (e.label(), e.path().to_string())
+    }
+
+    #[test]
+    fn legal_edits_apply_in_order() {
+        let out = run(&[
+            set("opt.lr", ParamValue::Float(0.5)),
+            set("opt.steps", ParamValue::Int(20)),
+            sr("model.py", "x = 1", "x = 3"),
+            replace("lib/new.py", "pass\n"),
+        ])
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out["recipe.toml"].clone()).unwrap(),
+            "[opt]\nlr = 0.5 # step\nsteps = 20\n[data]\nseed = 1\n"
+        );
+        assert_eq!(out["model.py"], b"x = 3\ny = 2\ny = 2\n");
+        assert_eq!(out["lib/new.py"], b"pass\n");
+    }
+
+    #[test]
+    fn paths_outside_the_checkout_are_illegal() {
+        use FailureLabel::IllegalEdit as I;
+        for path in [
+            "/etc/passwd",
+            "../x.py",
+            "lib/../../x",
+            "lib//a",
+            ".git/config",
+            "./model.py",
+        ] {
+            assert_eq!(label(run(&[replace(path, "")])), (I, path.into()), "{path}");
+        }
+        assert_eq!(
+            label(run(&[replace("lib/link/a", "")])),
+            (I, "lib/link/a".into())
+        );
+        assert_eq!(
+            label(run(&[replace("experiment.toml", "")])),
+            (I, "experiment.toml".into())
+        );
+        assert_eq!(
+            label(run(&[replace("eval/data.txt", "")])),
+            (I, "eval/data.txt".into())
+        );
+        assert_eq!(
+            label(run(&[replace("other.py", "")])),
+            (I, "other.py".into())
+        );
+    }
+
+    #[test]
+    fn recipe_keys_outside_the_surface_or_space_are_illegal() {
+        use FailureLabel::IllegalEdit as I;
+        assert_eq!(
+            label(run(&[set("data.seed", ParamValue::Int(2))])),
+            (I, "recipe.toml:data.seed".into())
+        );
+        assert_eq!(
+            label(run(&[set("opt.lr", ParamValue::Float(7.0))])),
+            (I, "recipe.toml:opt.lr".into())
+        );
+        // A whole-file replacement is compared key by key.
+        let sneaky = RECIPE.replace("seed = 1", "seed = 9").replace("0.1", "0.2");
+        assert_eq!(
+            label(run(&[replace("recipe.toml", &sneaky)])),
+            (I, "recipe.toml:data.seed".into())
+        );
+        let dropped = RECIPE.replace("lr = 0.1 # step\n", "");
+        assert_eq!(
+            label(run(&[replace("recipe.toml", &dropped)])),
+            (I, "recipe.toml:opt.lr".into())
+        );
+        // Comments and layout are free; owned keys may change.
+        let fine = format!("# tuned\n{}", RECIPE.replace("0.1", "0.25"));
+        assert!(run(&[replace("recipe.toml", &fine)]).is_ok());
+    }
+
+    #[test]
+    fn edits_that_do_not_apply_fail_as_patches() {
+        use FailureLabel::PatchFailed as P;
+        assert_eq!(label(run(&[sr("model.py", "z = 1", "")])).0, P);
+        assert_eq!(label(run(&[sr("model.py", "y = 2", "")])).0, P, "ambiguous");
+        assert_eq!(label(run(&[sr("lib/none.py", "a", "b")])).0, P);
+        assert_eq!(label(run(&[replace("recipe.toml", "[opt\n")])).0, P);
+        assert_eq!(label(run(&[])).0, P);
+        let mut spec_less = Params::new();
+        spec_less.insert("opt.steps.deep".into(), ParamValue::Int(1));
+        assert_eq!(label(run(&[Edit::Set { values: spec_less }])).0, P);
+    }
+
+    #[test]
+    fn surface_ownership_follows_tables_and_directories() {
+        let exp = experiment();
+        let s = &exp.surfaces[0];
+        assert!(s.owns_key("opt.lr") && s.owns_key("opt.steps") && !s.owns_key("opt.stepsx"));
+        assert!(s.owns_file("lib/a/b.py") && !s.owns_file("libx.py") && s.owns_file("model.py"));
+        assert!(exp.is_protected("eval/x") && exp.is_protected("experiment.toml"));
+        assert!(!exp.is_protected("evaluate.py"));
+        assert!(matches!(
+            exp.surfaces[0].params["opt.lr"],
+            ParamSpec::Float { .. }
+        ));
+    }
+}
