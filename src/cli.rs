@@ -127,6 +127,13 @@ enum LineageCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Daemon events that are not trials: specialist crashes and failed
+    /// model requests (`proposer_error`), recoveries.
+    Events {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Exit status for an invalid configuration.
@@ -311,6 +318,20 @@ fn lineage_command(store: &LineageStore, command: LineageCommand) -> anyhow::Res
             }
         }
         LineageCommand::Checkout { .. } => unreachable!("handled before"),
+        LineageCommand::Events { json } => {
+            for e in store.events()? {
+                if json {
+                    serde_json::to_writer(&mut out, &e)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{}  {:<16} {:<16} {}",
+                        e.at_ms, e.kind, e.subject, e.detail
+                    )?;
+                }
+            }
+        }
         LineageCommand::Best { json } => {
             let Some(inc) = store.incumbent()? else {
                 anyhow::bail!("no incumbent yet: no trial has been kept")

@@ -86,6 +86,88 @@ pub struct SpecialistSection {
     pub kind: SpecialistKind,
     /// The agent file (`agents/<name>.md`), relative to specialists.toml.
     pub instructions: Option<PathBuf>,
+    /// The model endpoint of a `kind = "llm"` specialist.
+    pub llm: Option<LlmSection>,
+}
+
+/// An OpenAI-compatible chat completions endpoint and the limits of its use.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmSection {
+    /// The API root, such as `https://api.openai.com/v1` or `http://127.0.0.1:8080/v1`.
+    pub base_url: String,
+    pub model: String,
+    /// The name of the environment variable holding the API key (the key
+    /// itself never appears in configuration). Local servers need none.
+    pub api_key_env: Option<String>,
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    /// Limit of one request, retries not included.
+    #[serde(default = "default_llm_timeout")]
+    pub timeout_secs: u64,
+    /// Requests in any sliding hour; over it the specialist waits.
+    #[serde(default = "default_requests_per_hour")]
+    pub max_requests_per_hour: u32,
+    /// Prompt plus reply tokens in any sliding hour (as the server reports them).
+    #[serde(default = "default_tokens_per_hour")]
+    pub max_tokens_per_hour: u64,
+    /// The longest reply asked for.
+    #[serde(default = "default_reply_tokens")]
+    pub max_reply_tokens: u32,
+    /// The prompt is cut to about this many tokens (oldest feedback first).
+    #[serde(default = "default_prompt_tokens")]
+    pub prompt_tokens: usize,
+    /// Ask for a JSON reply (`response_format`): `auto` falls back when the
+    /// server refuses it.
+    #[serde(default)]
+    pub json_mode: JsonMode,
+    /// Retries of one request on 429, 5xx, timeouts and connection errors.
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+    /// First retry delay when the server gives no Retry-After; doubles, with jitter.
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_ms: u64,
+    /// After a request fails for good, the specialist rests this long (doubling
+    /// per consecutive failure, up to an hour) while the others go on.
+    #[serde(default = "default_failure_backoff_secs")]
+    pub failure_backoff_secs: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JsonMode {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+fn default_temperature() -> f32 {
+    0.7
+}
+fn default_llm_timeout() -> u64 {
+    120
+}
+fn default_requests_per_hour() -> u32 {
+    120
+}
+fn default_tokens_per_hour() -> u64 {
+    2_000_000
+}
+fn default_reply_tokens() -> u32 {
+    2048
+}
+fn default_prompt_tokens() -> usize {
+    12_000
+}
+fn default_retries() -> u32 {
+    4
+}
+fn default_retry_base_ms() -> u64 {
+    1000
+}
+fn default_failure_backoff_secs() -> u64 {
+    30
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -95,6 +177,8 @@ pub enum SpecialistKind {
     Search,
     /// Proposals written by hand as JSON files into `<lineage_dir>/inbox/<name>/`.
     Manual,
+    /// A language model behind an OpenAI-compatible endpoint (`[specialist.llm]`).
+    Llm,
 }
 
 // ---------------------------------------------------------------------------
@@ -261,6 +345,7 @@ pub struct Specialist {
     pub surface: String,
     pub kind: SpecialistKind,
     pub instructions: Option<PathBuf>,
+    pub llm: Option<LlmSection>,
 }
 
 #[derive(Clone, Debug)]
@@ -387,7 +472,10 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
                         ),
                     );
                 }
-                Some(surface) if s.kind == SpecialistKind::Manual && !surface.is_editable() => {
+                Some(surface)
+                    if matches!(s.kind, SpecialistKind::Manual | SpecialistKind::Llm)
+                        && !surface.is_editable() =>
+                {
                     err(
                         errors,
                         &file,
@@ -412,6 +500,7 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
                 Some(_) => {}
             }
         }
+        check_llm(s, &mut |k, m| err(errors, &file, key(k), m));
         if let Some(path) = &s.instructions {
             if !base.join(path).is_file() {
                 err(
@@ -444,11 +533,81 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
                 surface: s.surface.clone(),
                 kind: s.kind,
                 instructions: s.instructions.as_ref().map(|p| base.join(p)),
+                llm: s.llm.clone(),
             })
             .collect(),
         experiment,
         file,
     })
+}
+
+/// The `llm` table is there exactly for `kind = "llm"`, with sane values.
+fn check_llm(s: &SpecialistSection, report: &mut dyn FnMut(&str, String)) {
+    let Some(llm) = &s.llm else {
+        if s.kind == SpecialistKind::Llm {
+            report(
+                "llm",
+                "an llm specialist needs an [specialist.llm] table with base_url and model".into(),
+            );
+        }
+        return;
+    };
+    if s.kind != SpecialistKind::Llm {
+        report(
+            "llm",
+            format!(
+                "only a kind = \"llm\" specialist takes an llm table (this one is {:?})",
+                s.kind
+            )
+            .to_lowercase(),
+        );
+        return;
+    }
+    if s.instructions.is_none() {
+        report(
+            "instructions",
+            "an llm specialist needs its agent file (agents/<name>.md)".into(),
+        );
+    }
+    if !(llm.base_url.starts_with("http://") || llm.base_url.starts_with("https://")) {
+        report(
+            "llm.base_url",
+            format!("`{}` is not an http:// or https:// URL", llm.base_url),
+        );
+    }
+    if llm.model.trim().is_empty() {
+        report("llm.model", "must not be empty".into());
+    }
+    if let Some(var) = &llm.api_key_env {
+        let valid = !var.is_empty()
+            && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !var.starts_with(|c: char| c.is_ascii_digit());
+        if !valid {
+            report("llm.api_key_env", format!("`{var}` is not an environment variable name (the key itself never goes in this file)"));
+        } else if std::env::var_os(var).is_none() {
+            report(
+                "llm.api_key_env",
+                format!("environment variable {var} is not set"),
+            );
+        }
+    }
+    if !(0.0..=2.0).contains(&llm.temperature) {
+        report(
+            "llm.temperature",
+            format!("{} is outside 0..=2", llm.temperature),
+        );
+    }
+    for (k, zero) in [
+        ("llm.timeout_secs", llm.timeout_secs == 0),
+        ("llm.max_requests_per_hour", llm.max_requests_per_hour == 0),
+        ("llm.max_tokens_per_hour", llm.max_tokens_per_hour == 0),
+        ("llm.max_reply_tokens", llm.max_reply_tokens == 0),
+        ("llm.prompt_tokens", llm.prompt_tokens < 500),
+    ] {
+        if zero {
+            report(k, "is too small".into());
+        }
+    }
 }
 
 /// The lineage directory a specialists file names, read leniently so that the

@@ -7,6 +7,7 @@ pub mod config;
 pub mod domain;
 pub mod edit;
 pub mod lineage;
+pub mod llm;
 pub mod process;
 pub mod propose;
 pub mod provenance;

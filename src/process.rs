@@ -25,6 +25,8 @@ pub struct Spec {
     pub argv: Vec<String>,
     pub cwd: PathBuf,
     pub env: Vec<(String, String)>,
+    /// Variables the child must not inherit (API keys of LLM specialists).
+    pub env_remove: Vec<String>,
     pub timeout: Duration,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
@@ -136,6 +138,9 @@ pub async fn start(
         .stderr(std::process::Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    for k in &spec.env_remove {
+        cmd.env_remove(k);
+    }
     let started = Instant::now();
     let started_ms = crate::domain::now_ms();
     let mut child = match cmd.spawn() {
@@ -350,6 +355,7 @@ mod tests {
             argv: vec!["bash".into(), "-c".into(), script.into()],
             cwd: dir.to_path_buf(),
             env: vec![("RATCHET_TEST".into(), "yes".into())],
+            env_remove: vec!["RATCHET_TEST_HIDDEN".into()],
             timeout: Duration::from_millis(timeout_ms),
             stdout: dir.join("out.log"),
             stderr: dir.join("err.log"),

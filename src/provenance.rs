@@ -213,6 +213,66 @@ impl Provenance {
         Ok(Ok((oid, diff, recipe_text)))
     }
 
+    /// The text files of a commit at `paths` (a directory stands for every
+    /// file under it), in order, each cut to `max_bytes`; missing paths,
+    /// symlinks and binary files are left out.
+    pub fn read_files(
+        &self,
+        commit: Oid,
+        paths: &[String],
+        max_bytes: usize,
+    ) -> Result<Vec<(String, String)>, ProvenanceError> {
+        let repo = self.repo()?;
+        let tree = repo.find_commit(commit)?.tree()?;
+        let mut out: Vec<(String, String)> = Vec::new();
+        let push = |path: String, id: Oid, out: &mut Vec<(String, String)>| {
+            if out.iter().any(|(p, _)| *p == path) {
+                return;
+            }
+            if let Ok(blob) = repo.find_blob(id) {
+                if let Ok(text) = std::str::from_utf8(blob.content()) {
+                    let mut end = text.len().min(max_bytes);
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    let mut body = text[..end].to_string();
+                    if end < text.len() {
+                        body.push_str(&format!("\n[... {} more bytes]", text.len() - end));
+                    }
+                    out.push((path, body));
+                }
+            }
+        };
+        for path in paths {
+            let Ok(entry) = tree.get_path(Path::new(path)) else {
+                continue;
+            };
+            match entry.kind() {
+                Some(ObjectType::Blob) if entry.filemode() != i32::from(FileMode::Link) => {
+                    push(path.clone(), entry.id(), &mut out)
+                }
+                Some(ObjectType::Tree) => {
+                    let sub = repo.find_tree(entry.id())?;
+                    let mut found = Vec::new();
+                    sub.walk(TreeWalkMode::PreOrder, |root, e| {
+                        if e.kind() == Some(ObjectType::Blob)
+                            && e.filemode() != i32::from(FileMode::Link)
+                        {
+                            let name = e.name().unwrap_or("_");
+                            found.push((format!("{path}/{root}{name}"), e.id()));
+                        }
+                        TreeWalkResult::Ok
+                    })?;
+                    for (p, id) in found {
+                        push(p, id, &mut out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
     /// The commit that makes a kept trial the incumbent. When the trial was
     /// proposed against the current incumbent (or there is none) that is the
     /// trial's own commit; when the incumbent moved meanwhile (parallel trials),

@@ -92,6 +92,16 @@ pub fn trial_env(config: &Config, dirs: &TrialDirs, id: TrialId) -> Vec<(String,
     env
 }
 
+/// Environment variables trial commands must not see: the API keys of LLM
+/// specialists (ratchet's own secrets, not the experiment's).
+pub fn secret_env(config: &Config) -> Vec<String> {
+    config
+        .specialists
+        .iter()
+        .filter_map(|s| s.llm.as_ref()?.api_key_env.clone())
+        .collect()
+}
+
 /// A trial command's argv, with `{ratchet}`, `{trial_dir}`, `{work}` and `{experiment_dir}` expanded.
 pub fn trial_argv(argv: &[String], config: &Config, dirs: &TrialDirs) -> Vec<String> {
     let exe = std::env::current_exe()

@@ -20,7 +20,7 @@ use crate::domain::{
 use crate::lineage::actor::LineageMsg;
 use crate::process::{self, GroupGuard, GroupTask};
 use crate::provenance::Provenance;
-use crate::workspace::{trial_argv, trial_env, TrialDirs};
+use crate::workspace::{secret_env, trial_argv, trial_env, TrialDirs};
 
 pub enum EvaluatorMsg {
     /// A trial's train command ended; judge it.
@@ -174,6 +174,7 @@ fn start_eval(myself: &ActorRef<EvaluatorMsg>, state: &mut EvaluatorState, trial
         ),
         cwd: dirs.work.clone(),
         env: trial_env(&state.config, &dirs, trial.id),
+        env_remove: secret_env(&state.config),
         timeout: Duration::from_secs(state.config.experiment.eval_timeout_secs()),
         stdout: dirs.root.join("eval.stdout"),
         stderr: dirs.root.join("eval.stderr"),

@@ -22,7 +22,7 @@ use crate::lineage::actor::{LineageMsg, Observer, RunEvent};
 use crate::lineage::NewTrial;
 use crate::process::{self, GroupGuard, GroupTask};
 use crate::provenance::{Provenance, ProvenanceError};
-use crate::workspace::{trial_argv, trial_env, TrialDirs};
+use crate::workspace::{secret_env, trial_argv, trial_env, TrialDirs};
 
 pub enum ExecutorMsg {
     /// The specialists to ask for proposals (sent again after a restart).
@@ -41,6 +41,8 @@ pub enum ExecutorMsg {
     },
     /// The incumbent moved: specialists that ran out of ideas may have new ones.
     IncumbentChanged,
+    /// A specialist that had nothing to propose (resting) can propose again.
+    Wake(String),
 }
 
 pub struct Executor;
@@ -223,6 +225,11 @@ impl Actor for Executor {
                     s.exhausted = false;
                 }
             }
+            ExecutorMsg::Wake(name) => {
+                if let Some(s) = state.specialists.iter_mut().find(|s| s.name == name) {
+                    s.exhausted = false;
+                }
+            }
         }
         fill(&myself, state).await
     }
@@ -328,6 +335,7 @@ async fn run_train(
         argv: trial_argv(&exp.file.train, config, &dirs),
         cwd: dirs.work.clone(),
         env: trial_env(config, &dirs, trial.id),
+        env_remove: secret_env(config),
         timeout: Duration::from_secs(exp.file.timeout_secs),
         stdout: dirs.root.join("train.stdout"),
         stderr: dirs.root.join("train.stderr"),

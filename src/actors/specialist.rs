@@ -5,28 +5,62 @@
 //! `kind = "manual"`: proposals written by hand as JSON files into
 //! `<lineage_dir>/inbox/<name>/`, taken in file name order; a taken file moves
 //! to `inbox/<name>/done/` named after its trial.
+//! `kind = "llm"`: a model behind an OpenAI-compatible endpoint. The prompt
+//! (agent file, surface files of the incumbent, lineage feedback) is built
+//! here; the request runs in a task that reports back with `Replied`, so the
+//! actor stays responsive. A request that fails for good is a
+//! `proposer_error` event, and the specialist rests (doubling per failure)
+//! while the others go on; at the end of a rest it sends the executor `Wake`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use git2::Oid;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::executor::ExecutorMsg;
 use super::CALL_TIMEOUT_MS;
 use crate::config::{Experiment, Specialist as SpecialistConfig, SpecialistKind};
-use crate::domain::{FailureLabel, Trial};
+use crate::domain::{FailureLabel, Params, Trial, TrialId};
 use crate::lineage::actor::LineageMsg;
-use crate::lineage::NewTrial;
+use crate::lineage::{FeedbackQuery, NewTrial};
+use crate::llm::{Completion, Failure, LlmClient};
 use crate::propose::rng::Rng;
-use crate::propose::{reply, search};
+use crate::propose::{prompt, reply, search};
+use crate::provenance::Provenance;
 
 /// Candidates drawn per proposal; the first one lineage has never seen wins.
 const CANDIDATES: usize = 32;
+/// Trials shown in full in an LLM prompt, and trials its outcome counts cover.
+const FEEDBACK: FeedbackQuery = FeedbackQuery {
+    recent: 40,
+    scan: 5000,
+};
+/// The most of one file shown in a prompt.
+const MAX_FILE: usize = 32 << 10;
+/// The longest rest after repeated request failures.
+const MAX_REST: Duration = Duration::from_secs(3600);
 
 pub enum SpecialistMsg {
     /// Propose one trial and send it (or `None`) to `reply_to`.
     Propose { reply_to: ActorRef<ExecutorMsg> },
+    /// An LLM request ended (from its task).
+    Replied(Box<Replied>),
+    /// A rest is over: tell the executor this specialist can propose again.
+    Wake,
+}
+
+/// What an LLM request task reports.
+pub struct Replied {
+    reply_to: ActorRef<ExecutorMsg>,
+    client: LlmClient,
+    result: Result<Completion, Failure>,
+    /// The incumbent the prompt showed: the trial's parent.
+    parent: Option<TrialId>,
+    config: Params,
 }
 
 pub struct Specialist;
@@ -39,6 +73,9 @@ pub struct SpecialistArgs {
     /// Distinguishes restarts so a restarted specialist does not replay its stream.
     pub incarnation: u64,
     pub lineage_dir: PathBuf,
+    pub provenance: Arc<Provenance>,
+    /// The commit trials without a parent start from.
+    pub base: Oid,
 }
 
 pub struct SpecialistState {
@@ -48,6 +85,16 @@ pub struct SpecialistState {
     rng: Rng,
     /// `manual`: where proposals are dropped.
     inbox: PathBuf,
+    provenance: Arc<Provenance>,
+    base: Oid,
+    /// `llm`: the client, absent while a request task holds it.
+    llm: Option<LlmClient>,
+    request: Option<JoinHandle<()>>,
+    resting_until: Option<Instant>,
+    /// Consecutive failed requests.
+    failures: u32,
+    wake_scheduled: bool,
+    executor: Option<ActorRef<ExecutorMsg>>,
 }
 
 /// Where a manual specialist's proposals are dropped.
@@ -72,18 +119,41 @@ impl Actor for Specialist {
                 .map_err(|e| format!("cannot create inbox {}: {e}", inbox.display()))?;
             info!(specialist = %args.config.name, inbox = %inbox.display(), "manual specialist reads proposals from its inbox");
         }
+        let llm = match (&args.config.kind, &args.config.llm) {
+            (SpecialistKind::Llm, Some(section)) => Some(LlmClient::new(section)?),
+            _ => None,
+        };
         Ok(SpecialistState {
             config: args.config,
             experiment: args.experiment,
             lineage: args.lineage,
             rng,
             inbox,
+            provenance: args.provenance,
+            base: args.base,
+            llm,
+            request: None,
+            resting_until: None,
+            failures: 0,
+            wake_scheduled: false,
+            executor: None,
         })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut SpecialistState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(task) = state.request.take() {
+            task.abort();
+        }
+        Ok(())
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: SpecialistMsg,
         state: &mut SpecialistState,
     ) -> Result<(), ActorProcessingErr> {
@@ -92,11 +162,62 @@ impl Actor for Specialist {
                 let trial = match state.config.kind {
                     SpecialistKind::Search => propose(state).await?,
                     SpecialistKind::Manual => propose_from_inbox(state).await?,
+                    SpecialistKind::Llm => {
+                        // Answered when the request task reports back.
+                        if ask_model(&myself, state, &reply_to).await? {
+                            return Ok(());
+                        }
+                        None
+                    }
                 };
                 reply_to.cast(ExecutorMsg::Proposed {
                     specialist: state.config.name.clone(),
                     trial: trial.map(Box::new),
                 })?;
+            }
+            SpecialistMsg::Replied(replied) => {
+                let Replied {
+                    reply_to,
+                    client,
+                    result,
+                    parent,
+                    config,
+                } = *replied;
+                state.llm = Some(client);
+                state.request = None;
+                let trial = match result {
+                    Ok(completion) => {
+                        state.failures = 0;
+                        debug!(specialist = %state.config.name, tokens = completion.tokens, attempts = completion.attempts, "model replied");
+                        let new = proposal_trial(
+                            state,
+                            Ok(completion.text),
+                            "the model's reply",
+                            parent,
+                            config,
+                        );
+                        Some(ractor::call_t!(
+                            state.lineage,
+                            LineageMsg::Propose,
+                            CALL_TIMEOUT_MS,
+                            new
+                        )??)
+                    }
+                    Err(failure) => {
+                        rest_after_failure(&myself, state, failure);
+                        None
+                    }
+                };
+                reply_to.cast(ExecutorMsg::Proposed {
+                    specialist: state.config.name.clone(),
+                    trial: trial.map(Box::new),
+                })?;
+            }
+            SpecialistMsg::Wake => {
+                state.wake_scheduled = false;
+                if let Some(executor) = &state.executor {
+                    executor.cast(ExecutorMsg::Wake(state.config.name.clone()))?;
+                }
             }
         }
         Ok(())
@@ -161,15 +282,174 @@ async fn propose_from_inbox(
     let text = std::fs::read(&file)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .map_err(|e| format!("cannot read the file: {e}"));
+    let incumbent = ractor::call_t!(state.lineage, LineageMsg::Incumbent, CALL_TIMEOUT_MS)?;
+    let (config, parent) = match incumbent {
+        Some(inc) => (inc.config, Some(inc.trial)),
+        None => (state.experiment.defaults.clone(), None),
+    };
+    let new = proposal_trial(state, text, &name, parent, config);
+    let trial = ractor::call_t!(state.lineage, LineageMsg::Propose, CALL_TIMEOUT_MS, new)??;
+    let done = state
+        .inbox
+        .join("done")
+        .join(format!("{:06}-{name}", trial.id.0));
+    if let Err(e) = std::fs::rename(&file, &done) {
+        warn!(file = %file.display(), error = %e, "cannot move a taken proposal to done/; removing it");
+        let _ = std::fs::remove_file(&file);
+    }
+    Ok(Some(trial))
+}
+
+/// Starts a model request for a proposal. Returns false when the specialist
+/// is resting (or over its hourly budget) and has nothing to propose now; it
+/// then wakes the executor when the rest is over.
+async fn ask_model(
+    myself: &ActorRef<SpecialistMsg>,
+    state: &mut SpecialistState,
+    reply_to: &ActorRef<ExecutorMsg>,
+) -> Result<bool, ActorProcessingErr> {
+    state.executor = Some(reply_to.clone());
+    let now = Instant::now();
+    let Some(client) = state.llm.as_mut() else {
+        // A request is already in flight.
+        return Ok(false);
+    };
+    let rest = state
+        .resting_until
+        .map(|t| t.saturating_duration_since(now))
+        .unwrap_or_default()
+        .max(client.budget_wait(now));
+    if !rest.is_zero() {
+        debug!(specialist = %state.config.name, rest_s = rest.as_secs(), "resting");
+        schedule_wake(myself, state, rest);
+        return Ok(false);
+    }
+    let incumbent = ractor::call_t!(state.lineage, LineageMsg::Incumbent, CALL_TIMEOUT_MS)?;
+    let feedback = ractor::call_t!(
+        state.lineage,
+        LineageMsg::Feedback,
+        CALL_TIMEOUT_MS,
+        FEEDBACK
+    )?;
+    let exp = state.experiment.clone();
+    let surface = exp
+        .surface(&state.config.surface)
+        .ok_or("surface vanished from the experiment")?;
+    let (config, parent, commit) = match &incumbent {
+        Some(inc) => (
+            inc.config.clone(),
+            Some(inc.trial),
+            inc.commit
+                .as_deref()
+                .and_then(|c| Oid::from_str(c).ok())
+                .unwrap_or(state.base),
+        ),
+        None => (exp.defaults.clone(), None, state.base),
+    };
+    // The agent file is read at every request: editing it steers the next one.
+    let instructions = match &state.config.instructions {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        None => String::new(),
+    };
+    let mut paths = vec![exp.file.recipe.to_string_lossy().into_owned()];
+    paths.extend(surface.files.iter().cloned());
+    let provenance = state.provenance.clone();
+    let files =
+        tokio::task::spawn_blocking(move || provenance.read_files(commit, &paths, MAX_FILE))
+            .await
+            .map_err(|e| format!("reading the incumbent's files: {e}"))?
+            .map_err(|e| format!("reading the incumbent's files: {e}"))?;
+    let values: Params = config
+        .iter()
+        .filter(|(k, _)| surface.params.contains_key(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let budget = state
+        .config
+        .llm
+        .as_ref()
+        .map_or(12_000, |l| l.prompt_tokens);
+    let (system, user) = prompt::build(&prompt::PromptInput {
+        instructions: &instructions,
+        specialist: &state.config.name,
+        experiment: &exp.file,
+        surface,
+        incumbent: incumbent.as_ref(),
+        values: &values,
+        files: &files,
+        feedback: &feedback,
+        budget_tokens: budget,
+    });
+    let mut client = state.llm.take().expect("checked above");
+    let mut jitter = Rng::new(state.rng.next_u64());
+    let (me, reply_to) = (myself.clone(), reply_to.clone());
+    state.request = Some(tokio::spawn(async move {
+        let result = client.complete(&system, &user, &mut jitter).await;
+        let _ = me.cast(SpecialistMsg::Replied(Box::new(Replied {
+            reply_to,
+            client,
+            result,
+            parent,
+            config,
+        })));
+    }));
+    Ok(true)
+}
+
+/// Records a request that failed for good and rests: the configured backoff,
+/// doubling per consecutive failure, at least what the server asked for.
+fn rest_after_failure(
+    myself: &ActorRef<SpecialistMsg>,
+    state: &mut SpecialistState,
+    failure: Failure,
+) {
+    state.failures += 1;
+    let base = state
+        .config
+        .llm
+        .as_ref()
+        .map_or(30, |l| l.failure_backoff_secs);
+    let rest = Duration::from_secs(base)
+        .saturating_mul(1 << (state.failures - 1).min(16))
+        .min(MAX_REST)
+        .max(failure.error.retry_after().unwrap_or_default());
+    state.resting_until = Some(Instant::now() + rest);
+    let detail = format!(
+        "request failed after {} attempt(s): {}; resting {} s",
+        failure.attempts,
+        failure.error,
+        rest.as_secs()
+    );
+    warn!(specialist = %state.config.name, "{detail}");
+    let _ = state.lineage.cast(LineageMsg::Event {
+        kind: "proposer_error".into(),
+        subject: state.config.name.clone(),
+        detail,
+    });
+    schedule_wake(myself, state, rest);
+}
+
+fn schedule_wake(myself: &ActorRef<SpecialistMsg>, state: &mut SpecialistState, after: Duration) {
+    if !state.wake_scheduled {
+        state.wake_scheduled = true;
+        myself.send_after(after, || SpecialistMsg::Wake);
+    }
+}
+
+/// A lineage record of a proposal that came as text: its edits, or, when the
+/// text is not a proposal, a `proposer_error` trial that keeps the text.
+fn proposal_trial(
+    state: &SpecialistState,
+    text: Result<String, String>,
+    origin: &str,
+    parent: Option<TrialId>,
+    mut config: Params,
+) -> NewTrial {
     let parsed = text
         .as_ref()
         .map_err(Clone::clone)
         .and_then(|t| reply::parse(t));
-    let incumbent = ractor::call_t!(state.lineage, LineageMsg::Incumbent, CALL_TIMEOUT_MS)?;
-    let (mut config, parent) = match incumbent {
-        Some(inc) => (inc.config, Some(inc.trial)),
-        None => (state.experiment.defaults.clone(), None),
-    };
     let mut new = NewTrial {
         specialist: state.config.name.clone(),
         surface: Some(state.config.surface.clone()),
@@ -181,24 +461,14 @@ async fn propose_from_inbox(
         Ok(p) => {
             new.changes = reply::assignments(&p.edits);
             config.extend(new.changes.clone());
-            new.config = config;
             new.hypothesis = p.hypothesis;
             new.edits = p.edits;
         }
         Err(e) => {
-            new.config = config;
-            new.hypothesis = format!("(unreadable proposal {name})");
-            new.rejected = Some((FailureLabel::ProposerError, format!("{name}: {e}")));
+            new.hypothesis = format!("(unreadable proposal: {origin})");
+            new.rejected = Some((FailureLabel::ProposerError, format!("{origin}: {e}")));
         }
     }
-    let trial = ractor::call_t!(state.lineage, LineageMsg::Propose, CALL_TIMEOUT_MS, new)??;
-    let done = state
-        .inbox
-        .join("done")
-        .join(format!("{:06}-{name}", trial.id.0));
-    if let Err(e) = std::fs::rename(&file, &done) {
-        warn!(file = %file.display(), error = %e, "cannot move a taken proposal to done/; removing it");
-        let _ = std::fs::remove_file(&file);
-    }
-    Ok(Some(trial))
+    new.config = config;
+    new
 }

@@ -295,6 +295,8 @@ async fn spawn_specialist(
         seed: state.ctx.config.seed,
         incarnation: state.incarnations,
         lineage_dir: state.ctx.config.lineage_dir.clone(),
+        provenance: state.ctx.provenance.clone(),
+        base: state.ctx.base,
     };
     let (actor, _) = Actor::spawn_linked(None, Specialist, args, cell).await?;
     state.specialists.insert(name.to_string(), actor);

@@ -8,7 +8,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, info};
 
-use super::{LineageError, LineageStore, NewTrial};
+use super::{Feedback, FeedbackQuery, LineageError, LineageStore, NewTrial};
 use crate::domain::{Incumbent, Params, Trial, TrialId};
 
 /// What observers of a running ratchet hear about.
@@ -36,6 +36,8 @@ pub enum LineageMsg {
     Unknown(Vec<Params>, RpcReplyPort<Vec<bool>>),
     /// Trials that are not terminal (for recovery).
     Active(RpcReplyPort<Vec<Trial>>),
+    /// What proposers read: the latest trials, label counts, incumbent history.
+    Feedback(FeedbackQuery, RpcReplyPort<Feedback>),
     /// A daemon event such as a specialist crash.
     Event {
         kind: String,
@@ -130,6 +132,9 @@ impl Actor for Lineage {
             }
             LineageMsg::Active(reply) => {
                 let _ = reply.send(state.store.active()?);
+            }
+            LineageMsg::Feedback(query, reply) => {
+                let _ = reply.send(state.store.feedback(query)?);
             }
             LineageMsg::Event {
                 kind,

@@ -78,6 +78,31 @@ impl NewTrial {
     }
 }
 
+/// What a feedback read returns.
+#[derive(Clone, Copy, Debug)]
+pub struct FeedbackQuery {
+    /// The newest trials returned in full.
+    pub recent: usize,
+    /// The newest trials the label counts cover (bounded, so a long lineage
+    /// costs the same as a short one).
+    pub scan: usize,
+}
+
+/// The shared lineage as every proposer sees it.
+#[derive(Clone, Debug, Default)]
+pub struct Feedback {
+    /// Newest first.
+    pub recent: Vec<Trial>,
+    /// Outcome → count over the `scanned` newest trials: a failure label, or
+    /// `kept`/`within_noise`/`regressed` for scored trials, or the status of
+    /// unfinished ones.
+    pub outcomes: std::collections::BTreeMap<String, u64>,
+    pub scanned: usize,
+    pub total: usize,
+    /// Every incumbent, oldest first.
+    pub incumbents: Vec<Incumbent>,
+}
+
 /// A daemon-level event that is not a trial state change (a specialist crash, a recovery).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -322,6 +347,30 @@ impl LineageStore {
     /// Whether this exact configuration was already recorded by any trial.
     pub fn knows(&self, config: &Params) -> Result<bool, LineageError> {
         Ok(self.configs.contains_key(config_key(config).as_bytes())?)
+    }
+
+    /// The newest trials, outcome counts and the incumbent history.
+    pub fn feedback(&self, q: FeedbackQuery) -> Result<Feedback, LineageError> {
+        let mut f = Feedback {
+            total: self.trials.len(),
+            incumbents: self.incumbent_history()?,
+            ..Default::default()
+        };
+        for t in self.iter().rev().take(q.scan.max(q.recent)) {
+            let t = t?;
+            let outcome = match (t.label, t.decision) {
+                (Some(l), _) => l.as_str(),
+                (None, Some(_)) if t.status == TrialStatus::Kept => "kept",
+                (None, Some(d)) => d.as_str(),
+                (None, None) => t.status.as_str(),
+            };
+            *f.outcomes.entry(outcome.to_string()).or_default() += 1;
+            f.scanned += 1;
+            if f.recent.len() < q.recent {
+                f.recent.push(t);
+            }
+        }
+        Ok(f)
     }
 
     /// Trials that are not yet in a terminal state.

@@ -1,0 +1,429 @@
+//! The prompt of an LLM specialist: its agent file, its surface and the
+//! incumbent's files of that surface, and the shared lineage feedback (recent
+//! trials of every specialist with outcome and metric delta, outcome counts,
+//! the incumbent history, and what failures taught), cut to a token budget by
+//! dropping the oldest feedback first.
+
+use std::fmt::Write;
+
+use crate::config::{ExperimentFile, ParamSpec, SurfaceSection};
+use crate::domain::{format_float, Direction, Incumbent, Trial, TrialStatus};
+use crate::lineage::Feedback;
+
+/// Characters per token, for budgeting without a tokenizer.
+const CHARS_PER_TOKEN: usize = 4;
+/// The most of one trial's detail quoted in feedback.
+const MAX_DETAIL: usize = 200;
+
+/// How a reply must look; appended to every agent file.
+pub const REPLY_FORMAT: &str = r#"# Reply format
+
+Reply with one JSON object and nothing else:
+
+{"hypothesis": "<one sentence: what you change and why it should improve the metric>",
+ "edits": [<one or more edits>]}
+
+Edit kinds:
+- {"kind": "set", "values": {"<recipe key>": <value>, ...}}: assign recipe keys
+  of your surface; declared parameters must stay inside their spaces.
+- {"kind": "search_replace", "path": "<file>", "search": "<exact text>", "replace": "<new text>"}:
+  the search text must occur exactly once in the incumbent's file.
+- {"kind": "replace", "path": "<file>", "content": "<whole new file>"}
+
+Paths are relative to the experiment directory. Only your surface's recipe keys
+and files may change; anything else is refused as illegal_edit and wastes a
+trial. Propose something not already measured in the feedback below."#;
+
+pub struct PromptInput<'a> {
+    /// The agent file's text.
+    pub instructions: &'a str,
+    pub specialist: &'a str,
+    pub experiment: &'a ExperimentFile,
+    pub surface: &'a SurfaceSection,
+    pub incumbent: Option<&'a Incumbent>,
+    /// The incumbent's recipe values of the surface's parameters.
+    pub values: &'a crate::domain::Params,
+    /// The incumbent's files the surface may edit (the recipe first), with content.
+    pub files: &'a [(String, String)],
+    pub feedback: &'a Feedback,
+    /// The whole prompt's budget in tokens (estimated at 4 characters each).
+    pub budget_tokens: usize,
+}
+
+/// The system and user messages.
+pub fn build(input: &PromptInput<'_>) -> (String, String) {
+    let system = format!("{}\n\n{REPLY_FORMAT}\n", input.instructions.trim_end());
+    let budget = input.budget_tokens * CHARS_PER_TOKEN;
+    let head = header(input);
+    let history = incumbents(input);
+    let (rows, constraints) = (rows(input), constraints(input));
+    let fixed = system.len() + head.len() + history.len() + 400;
+
+    // Files get what the fixed parts leave, each cut to its share if needed.
+    let room_for_files = budget.saturating_sub(fixed) * 2 / 3;
+    let files = files(input.files, room_for_files);
+
+    let mut room = budget.saturating_sub(fixed + files.len());
+    let mut kept_constraints = Vec::new();
+    for c in &constraints {
+        if c.len() > room {
+            break;
+        }
+        room -= c.len();
+        kept_constraints.push(c.as_str());
+    }
+    let mut kept_rows = Vec::new();
+    for r in &rows {
+        if r.len() > room {
+            break;
+        }
+        room -= r.len();
+        kept_rows.push(r.as_str());
+    }
+
+    let mut user = String::new();
+    user.push_str(&head);
+    user.push_str(&files);
+    user.push_str("\n# Lineage feedback (every specialist's trials)\n\n");
+    let f = input.feedback;
+    if f.total == 0 {
+        user.push_str("No trial has run yet.\n");
+    } else {
+        let counts: Vec<String> = f.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(
+            user,
+            "Outcomes of the latest {} of {} trials: {}.",
+            f.scanned,
+            f.total,
+            counts.join(", ")
+        );
+    }
+    user.push_str(&history);
+    if !kept_rows.is_empty() {
+        let _ = writeln!(
+            user,
+            "\nRecent trials, newest first ({} of {} shown):",
+            kept_rows.len(),
+            f.total
+        );
+        for r in &kept_rows {
+            user.push_str(r);
+        }
+    }
+    if !kept_constraints.is_empty() {
+        user.push_str("\nConstraints learned from failures (do not repeat these):\n");
+        for c in &kept_constraints {
+            user.push_str(c);
+        }
+    }
+    user.push_str("\nPropose one trial now, as the JSON object described.\n");
+    (system, user)
+}
+
+fn header(input: &PromptInput<'_>) -> String {
+    let e = input.experiment;
+    let s = input.surface;
+    let better = match e.direction {
+        Direction::Minimize => "lower is better",
+        Direction::Maximize => "higher is better",
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Task\n\nYou are specialist `{}`, responsible for surface `{}` of experiment `{}`.\n\
+         The metric is {} ({better}). Every trial trains for the same wall-clock budget of {} s,\n\
+         so a change wins only if it learns more within that time.",
+        input.specialist, s.name, e.name, e.metric, e.budget_secs
+    );
+    let _ = writeln!(out, "\n# Your surface `{}`\n", s.name);
+    let _ = writeln!(out, "Recipe file: {}", e.recipe.display());
+    if !s.params.is_empty() {
+        out.push_str("Declared parameters (current value, space):\n");
+        for (k, spec) in &s.params {
+            let current = input
+                .values
+                .get(k)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(out, "- {k} = {current}  ({})", space(spec));
+        }
+    }
+    if !s.keys.is_empty() {
+        let _ = writeln!(
+            out,
+            "More recipe keys you may set (any value): {}",
+            s.keys.join(", ")
+        );
+    }
+    if !s.files.is_empty() {
+        let _ = writeln!(out, "Files you may edit: {}", s.files.join(", "));
+    }
+    match input.incumbent {
+        Some(inc) => {
+            let _ = writeln!(
+                out,
+                "\nThe incumbent is trial #{} with {} = {}; your edit applies to its files.",
+                inc.trial,
+                e.metric,
+                format_float(inc.score)
+            );
+        }
+        None => {
+            out.push_str("\nNo incumbent yet: your edit applies to the experiment's own files.\n")
+        }
+    }
+    out
+}
+
+fn space(spec: &ParamSpec) -> String {
+    match spec {
+        ParamSpec::Int { min, max } => format!("integer {min}..={max}"),
+        ParamSpec::Float { min, max } => format!("float {min}..={max}"),
+        ParamSpec::LogFloat { min, max } => format!("float {min}..={max}, log scale"),
+        ParamSpec::Choice { values } => {
+            let v: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+            format!("one of {}", v.join(", "))
+        }
+    }
+}
+
+fn files(files: &[(String, String)], room: usize) -> String {
+    if files.is_empty() {
+        return String::new();
+    }
+    let share = room / files.len();
+    let mut out = String::from("\n# Current files\n");
+    for (path, content) in files {
+        let body = if content.len() > share {
+            let mut end = share;
+            while !content.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!(
+                "{}\n[... cut: {} more bytes]",
+                &content[..end],
+                content.len() - end
+            )
+        } else {
+            content.clone()
+        };
+        let _ = writeln!(out, "\n## {path}\n```\n{}\n```", body.trim_end());
+    }
+    out
+}
+
+fn incumbents(input: &PromptInput<'_>) -> String {
+    let list = &input.feedback.incumbents;
+    if list.is_empty() {
+        return String::new();
+    }
+    // The first and the latest ten: how the ratchet moved.
+    let skip = list.len().saturating_sub(10);
+    let mut steps: Vec<String> = Vec::new();
+    if skip > 0 {
+        steps.push(format!(
+            "#{} {}",
+            list[0].trial,
+            format_float(list[0].score)
+        ));
+        steps.push("…".into());
+    }
+    for inc in &list[skip..] {
+        steps.push(format!("#{} {}", inc.trial, format_float(inc.score)));
+    }
+    format!("Incumbent history: {}.\n", steps.join(" → "))
+}
+
+/// One line per recent trial, newest first.
+fn rows(input: &PromptInput<'_>) -> Vec<String> {
+    let metric = &input.experiment.metric;
+    input
+        .feedback
+        .recent
+        .iter()
+        .map(|t| {
+            let mut line = format!("- #{} [{}] {}", t.id, t.specialist, outcome(t));
+            if let Some(s) = t.score {
+                let _ = write!(line, " {metric}={}", format_float(s));
+                if let Some(p) = t.parent_score {
+                    let _ = write!(line, " (Δ {:+.4} vs {})", s - p, format_float(p));
+                }
+            }
+            let _ = write!(
+                line,
+                " — \"{}\" — edit: {}",
+                one_line(&t.hypothesis, 300),
+                one_line(&t.edit_summary(), 300)
+            );
+            if t.label.is_some() {
+                if let Some(d) = &t.detail {
+                    let _ = write!(line, " — {}", one_line(d, MAX_DETAIL));
+                }
+            }
+            line.push('\n');
+            line
+        })
+        .collect()
+}
+
+/// The failures among the recent trials, as things not to do again.
+fn constraints(input: &PromptInput<'_>) -> Vec<String> {
+    input
+        .feedback
+        .recent
+        .iter()
+        .filter(|t| t.status == TrialStatus::Failed)
+        .filter_map(|t| {
+            let label = t.label?;
+            Some(format!(
+                "- {label} (#{}): {}{}\n",
+                t.id,
+                one_line(&t.edit_summary(), 300),
+                t.detail
+                    .as_deref()
+                    .map(|d| format!(" → {}", one_line(d, MAX_DETAIL)))
+                    .unwrap_or_default()
+            ))
+        })
+        .take(20)
+        .collect()
+}
+
+fn outcome(t: &Trial) -> String {
+    match (t.label, t.decision) {
+        (Some(l), _) => format!("failed: {l}"),
+        (None, Some(d)) if t.status == TrialStatus::Kept => format!("kept ({})", d.as_str()),
+        (None, Some(d)) => format!("discarded ({})", d.as_str()),
+        (None, None) => t.status.to_string(),
+    }
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let s: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{FailureLabel, Params, TrialId};
+
+    fn experiment() -> ExperimentFile {
+        toml::from_str(
+            r#"
+            name = "t"
+            recipe = "recipe.toml"
+            metric = "loss"
+            direction = "minimize"
+            budget_secs = 20
+            timeout_secs = 60
+            train = ["true"]
+            [eval]
+            proxy = ["true"]
+            [[surface]]
+            name = "opt"
+            files = ["model.py"]
+            [surface.params]
+            "opt.lr" = { type = "log_float", min = 0.0001, max = 0.1 }
+            "#,
+        )
+        .unwrap()
+    }
+
+    fn trial(id: u64, hypothesis: &str, label: Option<FailureLabel>) -> Trial {
+        let mut t: Trial = serde_json::from_value(serde_json::json!({
+            "id": id, "attempt": 1, "specialist": "opt", "surface": "opt", "parent": null,
+            "hypothesis": hypothesis, "changes": {}, "config": {}, "status": "failed",
+            "label": null, "decision": null, "score": null, "parent_score": null,
+            "detail": null, "history": [], "trial_dir": null, "pgid": null,
+            "train": null, "eval": null
+        }))
+        .unwrap();
+        t.label = label;
+        if label.is_none() {
+            t.status = TrialStatus::Discarded;
+            t.decision = Some(crate::domain::Decision::Regressed);
+            t.score = Some(2.0);
+            t.parent_score = Some(1.5);
+        } else {
+            t.detail = Some("exit status 3".into());
+        }
+        t.id = TrialId(id);
+        t
+    }
+
+    fn prompt(feedback: &Feedback, budget: usize) -> (String, String) {
+        let exp = experiment();
+        let files = vec![("model.py".to_string(), "x = 1\n".repeat(10))];
+        build(&PromptInput {
+            instructions: "You tune optimizers.",
+            specialist: "opt",
+            experiment: &exp,
+            surface: &exp.surfaces[0],
+            incumbent: None,
+            values: &Params::new(),
+            files: &files,
+            feedback,
+            budget_tokens: budget,
+        })
+    }
+
+    #[test]
+    fn feedback_names_trials_labels_and_deltas() {
+        let f = Feedback {
+            recent: vec![
+                trial(7, "crash on purpose", Some(FailureLabel::Crash)),
+                trial(6, "slower lr", None),
+            ],
+            total: 7,
+            scanned: 7,
+            ..Default::default()
+        };
+        let (system, user) = prompt(&f, 8000);
+        assert!(system.starts_with("You tune optimizers.") && system.contains("search_replace"));
+        assert!(user.contains("#7 [opt] failed: crash"), "{user}");
+        assert!(user.contains("\"crash on purpose\""), "{user}");
+        assert!(user.contains("loss=2.0 (Δ +0.5000 vs 1.5)"), "{user}");
+        assert!(user.contains("- crash (#7)"), "{user}");
+        assert!(
+            user.contains("opt.lr = -  (float 0.0001..=0.1, log scale)"),
+            "{user}"
+        );
+        assert!(user.contains("## model.py"), "{user}");
+    }
+
+    #[test]
+    fn the_oldest_feedback_goes_first_when_over_budget() {
+        let recent: Vec<Trial> = (1..=200)
+            .rev()
+            .map(|i| {
+                trial(
+                    i,
+                    &format!("hypothesis number {i} {}", "pad ".repeat(20)),
+                    None,
+                )
+            })
+            .collect();
+        let f = Feedback {
+            recent,
+            total: 200,
+            scanned: 200,
+            ..Default::default()
+        };
+        let (system, user) = prompt(&f, 2000);
+        assert!(
+            (system.len() + user.len()) / CHARS_PER_TOKEN <= 2000,
+            "{}",
+            user.len()
+        );
+        assert!(user.contains("#200 "), "the newest trial must stay");
+        assert!(!user.contains("#1 [opt]"), "the oldest trial must go");
+    }
+}
