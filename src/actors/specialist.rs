@@ -365,6 +365,7 @@ async fn ask_model(
         .filter(|(k, _)| surface.params.contains_key(*k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let stderr_tails = stderr_tails(&feedback.recent);
     let budget = state
         .config
         .llm
@@ -379,6 +380,7 @@ async fn ask_model(
         values: &values,
         files: &files,
         feedback: &feedback,
+        stderr_tails: &stderr_tails,
         budget_tokens: budget,
     });
     let mut client = state.llm.take().expect("checked above");
@@ -471,4 +473,29 @@ fn proposal_trial(
     }
     new.config = config;
     new
+}
+
+/// The last lines of the failing command's stderr for each failed trial:
+/// the most useful thing a model can read about a crash.
+fn stderr_tails(trials: &[Trial]) -> std::collections::BTreeMap<TrialId, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for t in trials.iter().filter(|t| t.label.is_some()) {
+        // The eval's stderr when eval ran and failed, else train's.
+        let report = match (&t.eval, &t.train) {
+            (Some(e), _) if !e.succeeded() => e,
+            (_, Some(tr)) => tr,
+            _ => continue,
+        };
+        let Ok(text) = std::fs::read(&report.stderr) else {
+            continue;
+        };
+        let start = text.len().saturating_sub(4096);
+        let text = String::from_utf8_lossy(&text[start..]);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+        if !tail.is_empty() {
+            out.insert(t.id, tail);
+        }
+    }
+    out
 }

@@ -7,7 +7,7 @@
 use std::fmt::Write;
 
 use crate::config::{ExperimentFile, ParamSpec, SurfaceSection};
-use crate::domain::{format_float, Direction, Incumbent, Trial, TrialStatus};
+use crate::domain::{format_float, Direction, Incumbent, Trial, TrialId, TrialStatus};
 use crate::lineage::Feedback;
 
 /// Characters per token, for budgeting without a tokenizer.
@@ -46,6 +46,8 @@ pub struct PromptInput<'a> {
     /// The incumbent's files the surface may edit (the recipe first), with content.
     pub files: &'a [(String, String)],
     pub feedback: &'a Feedback,
+    /// The last lines of stderr of failed recent trials, by id.
+    pub stderr_tails: &'a std::collections::BTreeMap<TrialId, String>,
     /// The whole prompt's budget in tokens (estimated at 4 characters each).
     pub budget_tokens: usize,
 }
@@ -259,6 +261,9 @@ fn rows(input: &PromptInput<'_>) -> Vec<String> {
                 if let Some(d) = &t.detail {
                     let _ = write!(line, " — {}", one_line(d, MAX_DETAIL));
                 }
+                if let Some(tail) = input.stderr_tails.get(&t.id) {
+                    let _ = write!(line, " — stderr: {}", one_line(tail, MAX_DETAIL));
+                }
             }
             line.push('\n');
             line
@@ -313,7 +318,7 @@ fn one_line(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{FailureLabel, Params, TrialId};
+    use crate::domain::{FailureLabel, Params};
 
     fn experiment() -> ExperimentFile {
         toml::from_str(
@@ -371,6 +376,7 @@ mod tests {
             values: &Params::new(),
             files: &files,
             feedback,
+            stderr_tails: &Default::default(),
             budget_tokens: budget,
         })
     }

@@ -121,3 +121,4 @@ pub fn pid_alive(pid: i64) -> bool {
 pub fn str_of<'a>(t: &'a Value, key: &str) -> &'a str {
     t[key].as_str().unwrap_or("")
 }
+pub mod llm;

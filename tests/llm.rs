@@ -1,0 +1,348 @@
+//! LLM specialists against a real HTTP server on 127.0.0.1 that speaks the
+//! chat completions API, scripted per test, on the faulty fixture.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::llm::{llm_specialist, proposal, LlmServer, Reply};
+use common::{stderr, stdout, str_of, Dir};
+use serde_json::{json, Value};
+
+const HEAD: &str =
+    "[daemon]\nexperiment = \"experiment\"\nlineage_dir = \"lineage\"\nslots = 1\nseed = 3\n";
+const SEARCH: &str =
+    "\n[[specialist]]\nname = \"search\"\nsurface = \"search\"\nkind = \"search\"\n";
+
+fn setup(dir: &Dir, specialists: &str, agents: &[&str]) {
+    dir.write("specialists.toml", &format!("{HEAD}{specialists}"));
+    for name in agents {
+        dir.write(
+            &format!("agents/{name}.md"),
+            &format!("AGENT-FILE-{name}: you tune x of the faulty fixture.\n"),
+        );
+    }
+}
+
+fn ratchet_env(dir: &Dir, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_ratchet"))
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ratchet {args:?}: {}\n{}\n{}",
+        out.status,
+        stdout(&out),
+        stderr(&out)
+    );
+    out
+}
+
+fn set_x(x: f64) -> Value {
+    json!([{"kind": "set", "values": {"search.x": x}}])
+}
+
+fn events(dir: &Dir) -> Vec<Value> {
+    dir.ratchet_ok(&["lineage", "events", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_valid_edit_runs_and_a_crash_reaches_the_next_prompt() {
+    let server = LlmServer::start(|_, n, _| {
+        Reply::Text(match n {
+            0 => proposal(
+                "HYP-CRASH-17: stop early",
+                json!([{"kind": "search_replace", "path": "train.py",
+                        "search": "time.sleep(0.2)",
+                        "replace": "print('STDERR-MARK-9', file=sys.stderr); sys.exit(3)"}]),
+            ),
+            n => format!(
+                "Sure! Here is my proposal:\n```json\n{}\n```",
+                proposal(&format!("step {n}"), set_x(3.0 + n as f64 / 10.0))
+            ),
+        })
+    });
+    let dir = Dir::with_fixture("faulty");
+    setup(
+        &dir,
+        &llm_specialist("llm", "m", &server.base_url(), ""),
+        &["llm"],
+    );
+    dir.ratchet_ok(&["run", "--trials", "5"]);
+
+    let trials = dir.trials();
+    assert_eq!(trials.len(), 5);
+    let crash = trials
+        .iter()
+        .find(|t| str_of(t, "hypothesis").starts_with("HYP-CRASH-17"))
+        .expect("the crash proposal is in lineage");
+    assert_eq!(str_of(crash, "label"), "crash", "{crash:#}");
+    let scored: Vec<&Value> = trials
+        .iter()
+        .filter(|t| str_of(t, "specialist") == "llm" && t["score"].is_f64())
+        .collect();
+    assert_eq!(scored.len(), 3, "{trials:#?}");
+    for t in &scored {
+        let x = t["config"]["search.x"].as_f64().unwrap();
+        let score = t["score"].as_f64().unwrap();
+        assert!((score - ((x - 3.0).powi(2) + 0.5)).abs() < 1e-9, "{t:#}");
+    }
+
+    let requests = server.requests_of("m");
+    assert_eq!(requests.len(), 4, "one request per proposal");
+    let first = requests[0].prompt();
+    assert!(
+        first.contains("AGENT-FILE-llm"),
+        "the agent file leads the prompt"
+    );
+    assert!(
+        first.contains("search.x = 5.5"),
+        "the surface's current values: {first}"
+    );
+    assert!(first.contains("## train.py"), "the surface's files");
+    assert!(!first.contains("HYP-CRASH-17"));
+    assert_eq!(requests[0].body["response_format"]["type"], "json_object");
+    let last = requests.last().unwrap().prompt();
+    let crash_id = format!("#{} ", crash["id"]);
+    for needle in [
+        crash_id.as_str(),
+        "failed: crash",
+        "HYP-CRASH-17",
+        "STDERR-MARK-9",
+    ] {
+        assert!(
+            last.contains(needle),
+            "`{needle}` missing from the last prompt:\n{last}"
+        );
+    }
+}
+
+#[test]
+fn garbled_replies_and_illegal_paths_are_recorded_never_applied() {
+    let server = LlmServer::start(|_, n, _| {
+        Reply::Text(match n {
+            0 => "I think we should {raise the learning rate".into(),
+            1 => proposal(
+                "write outside",
+                json!([{"kind": "replace", "path": "../escaped.txt", "content": "x"}]),
+            ),
+            n => proposal(&format!("fine {n}"), set_x(4.0 - n as f64 / 10.0)),
+        })
+    });
+    let dir = Dir::with_fixture("faulty");
+    setup(
+        &dir,
+        &llm_specialist("llm", "m", &server.base_url(), ""),
+        &["llm"],
+    );
+    dir.ratchet_ok(&["run", "--trials", "4"]);
+    let trials = dir.trials();
+    let garbled = &trials[1];
+    assert_eq!(str_of(garbled, "label"), "proposer_error", "{garbled:#}");
+    assert!(
+        str_of(garbled, "reply").contains("raise the learning rate"),
+        "the reply is kept: {garbled:#}"
+    );
+    let illegal = &trials[2];
+    assert_eq!(str_of(illegal, "label"), "illegal_edit", "{illegal:#}");
+    assert!(str_of(illegal, "detail").contains("`../escaped.txt`"));
+    assert!(!dir.path().join("escaped.txt").exists());
+    assert!(matches!(str_of(&trials[3], "status"), "kept" | "discarded"));
+}
+
+#[test]
+fn a_429_is_retried_after_the_servers_retry_after() {
+    let server = LlmServer::start(|_, n, _| match n {
+        0 => Reply::Status(429, vec![("Retry-After".into(), "1".into())]),
+        _ => Reply::Text(proposal("after the rate limit", set_x(3.5))),
+    });
+    let dir = Dir::with_fixture("faulty");
+    setup(
+        &dir,
+        &llm_specialist("llm", "m", &server.base_url(), ""),
+        &["llm"],
+    );
+    dir.ratchet_ok(&["run", "--trials", "2"]);
+    let requests = server.requests_of("m");
+    assert_eq!(requests.len(), 2, "one 429, one success");
+    let gap = requests[1].at - requests[0].at;
+    assert!(
+        gap >= Duration::from_secs(1),
+        "Retry-After: 1 not honoured: {gap:?}"
+    );
+    let trials = dir.trials();
+    assert_eq!(str_of(&trials[1], "hypothesis"), "after the rate limit");
+    assert!(trials[1]["score"].is_f64(), "{:#}", trials[1]);
+    assert!(
+        events(&dir).is_empty(),
+        "a retried request is not a failure"
+    );
+}
+
+#[test]
+fn a_failing_endpoint_backs_off_while_the_other_specialists_go_on() {
+    let server = LlmServer::start(|_, _, _| Reply::Status(500, vec![]));
+    let dir = Dir::with_fixture("faulty");
+    setup(
+        &dir,
+        &format!(
+            "{}{SEARCH}",
+            llm_specialist("bad", "m", &server.base_url(), "")
+        ),
+        &["bad"],
+    );
+    dir.ratchet_ok(&["run", "--trials", "10"]);
+    let trials = dir.trials();
+    assert_eq!(trials.len(), 10);
+    assert!(trials.iter().all(|t| str_of(t, "specialist") != "bad"));
+    assert!(trials.iter().all(|t| t["status"] != "running"));
+
+    let requests = server.requests_of("m");
+    // Rounds: attempts closer than half a second belong together.
+    let mut rounds: Vec<Vec<std::time::Instant>> = Vec::new();
+    for r in &requests {
+        match rounds.last_mut() {
+            Some(round) if r.at - *round.last().unwrap() < Duration::from_millis(500) => {
+                round.push(r.at)
+            }
+            _ => rounds.push(vec![r.at]),
+        }
+    }
+    assert_eq!(
+        rounds[0].len(),
+        3,
+        "max_retries = 2: three attempts, then rest"
+    );
+    if let Some(second) = rounds.get(1) {
+        let rest = second[0] - *rounds[0].last().unwrap();
+        assert!(rest >= Duration::from_secs(1), "rested only {rest:?}");
+    }
+    let errors: Vec<&Value> = events(&dir)
+        .iter()
+        .filter(|e| e["kind"] == "proposer_error" && e["subject"] == "bad")
+        .cloned()
+        .collect::<Vec<_>>()
+        .leak()
+        .iter()
+        .collect();
+    assert!(!errors.is_empty());
+    assert!(
+        str_of(errors[0], "detail").contains("HTTP 500"),
+        "{:#}",
+        errors[0]
+    );
+    assert!(
+        str_of(errors[0], "detail").contains("3 attempt"),
+        "{:#}",
+        errors[0]
+    );
+}
+
+#[test]
+fn a_reply_slower_than_the_timeout_is_abandoned() {
+    let server = LlmServer::start(|_, _, _| {
+        Reply::Slow(
+            Duration::from_secs(4),
+            Box::new(Reply::Text(proposal("too late", set_x(3.0)))),
+        )
+    });
+    let dir = Dir::with_fixture("faulty");
+    let slow = llm_specialist("slow", "m", &server.base_url(), "")
+        .replace("timeout_secs = 5", "timeout_secs = 1")
+        .replace("max_retries = 2", "max_retries = 0");
+    setup(&dir, &format!("{slow}{SEARCH}"), &["slow"]);
+    dir.ratchet_ok(&["run", "--trials", "5"]);
+    let trials = dir.trials();
+    assert!(trials.iter().all(|t| str_of(t, "hypothesis") != "too late"));
+    let all = events(&dir);
+    let timeout = all
+        .iter()
+        .find(|e| e["subject"] == "slow")
+        .unwrap_or_else(|| panic!("no event for the slow specialist: {all:#?}"));
+    assert!(
+        str_of(timeout, "detail").contains("no reply within 1 s"),
+        "{timeout:#}"
+    );
+}
+
+#[test]
+fn the_api_key_reaches_the_server_and_nothing_else() {
+    const KEY: &str = "sk-ratchet-sentinel-5f3a9c";
+    let server = LlmServer::start(|_, n, _| {
+        Reply::Text(match n {
+            0 => proposal(
+                "print what the trial sees",
+                json!([{"kind": "search_replace", "path": "train.py",
+                        "search": "time.sleep(0.2)",
+                        "replace": "print('key_seen=' + os.environ.get('RATCHET_TEST_KEY', 'absent'))"}]),
+            ),
+            n => proposal(&format!("x {n}"), set_x(2.0 + n as f64 / 10.0)),
+        })
+    });
+    let dir = Dir::with_fixture("faulty");
+    let spec = llm_specialist(
+        "llm",
+        "m",
+        &server.base_url(),
+        "api_key_env = \"RATCHET_TEST_KEY\"\n",
+    );
+    setup(&dir, &spec, &["llm"]);
+    let out = ratchet_env(
+        &dir,
+        &["run", "--trials", "3"],
+        &[("RATCHET_TEST_KEY", KEY), ("RATCHET_LOG", "debug")],
+    );
+    let requests = server.requests_of("m");
+    assert!(!requests.is_empty());
+    assert!(requests
+        .iter()
+        .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {KEY}"))));
+
+    let trial = &dir.trials()[1];
+    let train_out = std::fs::read_to_string(dir.path().join(format!(
+        "lineage/trials/{:06}/train.stdout",
+        trial["id"].as_u64().unwrap()
+    )))
+    .unwrap();
+    assert!(train_out.contains("key_seen=absent"), "{train_out}");
+
+    let mut places = vec![
+        ("stdout".to_string(), out.stdout.clone()),
+        ("stderr".to_string(), out.stderr.clone()),
+        (
+            "lineage list --json".to_string(),
+            dir.ratchet_ok(&["lineage", "list", "--json"]).into_bytes(),
+        ),
+        (
+            "lineage events".to_string(),
+            dir.ratchet_ok(&["lineage", "events", "--json"])
+                .into_bytes(),
+        ),
+    ];
+    let mut stack = vec![dir.path().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.is_file() {
+                places.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    assert!(
+        places.len() > 10,
+        "the search covered the lineage db and trial dirs"
+    );
+    for (place, bytes) in &places {
+        let found = bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes());
+        assert!(!found, "the API key leaked into {place}");
+    }
+}
