@@ -138,12 +138,21 @@ fn llm_specialists_are_checked_before_any_request() {
     let out = dir.ratchet(&["check"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("specialist[3].llm.api_key: unknown field"), "{err}");
-    assert!(!err.contains("sk-123"), "a key written in the file is never echoed:\n{err}");
+    assert!(
+        err.contains("specialist[3].llm.api_key: unknown field"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("sk-123"),
+        "a key written in the file is never echoed:\n{err}"
+    );
 
     // With the structure fixed, the values are checked.
     let text = std::fs::read_to_string(dir.path().join("specialists.toml")).unwrap();
-    dir.write("specialists.toml", &text.replace("api_key = \"sk-123\"\n", ""));
+    dir.write(
+        "specialists.toml",
+        &text.replace("api_key = \"sk-123\"\n", ""),
+    );
     let err = stderr(&dir.ratchet(&["check"]));
     for expected in [
         "specialist[0].llm.base_url: `127.0.0.1:8080` is not an http:// or https:// URL",

@@ -195,21 +195,24 @@ fn a_failing_endpoint_backs_off_while_the_other_specialists_go_on() {
         &format!(
             "{}{SEARCH}",
             llm_specialist("bad", "m", &server.base_url(), "")
+                .replace("failure_backoff_secs = 1", "failure_backoff_secs = 2")
         ),
         &["bad"],
     );
-    dir.ratchet_ok(&["run", "--trials", "10"]);
+    dir.ratchet_ok(&["run", "--trials", "16"]);
     let trials = dir.trials();
-    assert_eq!(trials.len(), 10);
+    assert_eq!(trials.len(), 16);
     assert!(trials.iter().all(|t| str_of(t, "specialist") != "bad"));
     assert!(trials.iter().all(|t| t["status"] != "running"));
 
     let requests = server.requests_of("m");
-    // Rounds: attempts closer than half a second belong together.
+    // Rounds: attempts closer than 1 s belong together (retries wait
+    // 25–100 ms; the rest after a failed round is 2 s). 16 trials of at least
+    // 0.25 s each outlast the first rest.
     let mut rounds: Vec<Vec<std::time::Instant>> = Vec::new();
     for r in &requests {
         match rounds.last_mut() {
-            Some(round) if r.at - *round.last().unwrap() < Duration::from_millis(500) => {
+            Some(round) if r.at - *round.last().unwrap() < Duration::from_millis(1000) => {
                 round.push(r.at)
             }
             _ => rounds.push(vec![r.at]),
@@ -220,10 +223,9 @@ fn a_failing_endpoint_backs_off_while_the_other_specialists_go_on() {
         3,
         "max_retries = 2: three attempts, then rest"
     );
-    if let Some(second) = rounds.get(1) {
-        let rest = second[0] - *rounds[0].last().unwrap();
-        assert!(rest >= Duration::from_secs(1), "rested only {rest:?}");
-    }
+    assert!(rounds.len() >= 2, "no second round: {rounds:?}");
+    let rest = rounds[1][0] - *rounds[0].last().unwrap();
+    assert!(rest >= Duration::from_secs(2), "rested only {rest:?}");
     let errors: Vec<&Value> = events(&dir)
         .iter()
         .filter(|e| e["kind"] == "proposer_error" && e["subject"] == "bad")
@@ -345,4 +347,69 @@ fn the_api_key_reaches_the_server_and_nothing_else() {
         let found = bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes());
         assert!(!found, "the API key leaked into {place}");
     }
+}
+
+#[test]
+fn a_server_without_json_mode_is_asked_again_in_plain_text_and_remembered() {
+    let server = LlmServer::start(|_, n, body| {
+        if body.get("response_format").is_some_and(|f| !f.is_null()) {
+            Reply::Status(400, vec![])
+        } else {
+            Reply::Text(proposal(
+                &format!("plain {n}"),
+                set_x(2.5 + n as f64 / 10.0),
+            ))
+        }
+    });
+    let dir = Dir::with_fixture("faulty");
+    setup(
+        &dir,
+        &llm_specialist("llm", "m", &server.base_url(), ""),
+        &["llm"],
+    );
+    dir.ratchet_ok(&["run", "--trials", "4"]);
+    let requests = server.requests_of("m");
+    let with_format = requests
+        .iter()
+        .filter(|r| r.body.get("response_format").is_some_and(|f| !f.is_null()))
+        .count();
+    assert_eq!(
+        with_format, 1,
+        "asked once with response_format, then never"
+    );
+    assert_eq!(
+        requests.len(),
+        4,
+        "the refusal plus one request per proposal"
+    );
+    assert_eq!(
+        dir.trials().iter().filter(|t| t["score"].is_f64()).count(),
+        4
+    );
+}
+
+#[test]
+fn the_hourly_request_budget_holds_while_the_others_go_on() {
+    let server = LlmServer::start(|_, n, _| {
+        Reply::Text(proposal(
+            &format!("budgeted {n}"),
+            set_x(1.0 + n as f64 / 10.0),
+        ))
+    });
+    let dir = Dir::with_fixture("faulty");
+    let spec = llm_specialist(
+        "llm",
+        "m",
+        &server.base_url(),
+        "max_requests_per_hour = 2\n",
+    );
+    setup(&dir, &format!("{spec}{SEARCH}"), &["llm"]);
+    dir.ratchet_ok(&["run", "--trials", "9"]);
+    assert_eq!(server.requests_of("m").len(), 2);
+    let trials = dir.trials();
+    assert_eq!(trials.len(), 9);
+    assert_eq!(
+        trials.iter().filter(|t| t["specialist"] == "llm").count(),
+        2
+    );
 }
