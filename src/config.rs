@@ -301,6 +301,28 @@ impl ParamSpec {
         }
     }
 
+    /// `v` in this parameter's own type where a number of the other type
+    /// means the same value (`2` for a float space or for the choice `2.0`):
+    /// what an edit writes into the recipe.
+    pub fn normalize(&self, v: &ParamValue) -> ParamValue {
+        match (self, v) {
+            (Self::Float { .. } | Self::LogFloat { .. }, ParamValue::Int(i)) => {
+                ParamValue::Float(*i as f64)
+            }
+            (Self::Choice { values }, ParamValue::Int(i)) if !values.contains(v) => values
+                .iter()
+                .find(|c| matches!(c, ParamValue::Float(f) if *f == *i as f64))
+                .cloned()
+                .unwrap_or_else(|| v.clone()),
+            (Self::Choice { values }, ParamValue::Float(f)) if !values.contains(v) => values
+                .iter()
+                .find(|c| matches!(c, ParamValue::Int(i) if *i as f64 == *f))
+                .cloned()
+                .unwrap_or_else(|| v.clone()),
+            _ => v.clone(),
+        }
+    }
+
     fn check(&self) -> Result<(), String> {
         match self {
             Self::Int { min, max } if min >= max => {

@@ -209,6 +209,27 @@ impl Rules<'_> {
         if edits.is_empty() {
             return Err(Self::patch("", "the proposal has no edits"));
         }
+        // Declared parameters are written in their own type (`2` → `2.0`
+        // for a float): a number's spelling is not a reason to refuse it.
+        let edits: Vec<Edit> = edits
+            .iter()
+            .map(|e| match e {
+                Edit::Set { values } => Edit::Set {
+                    values: values
+                        .iter()
+                        .map(|(k, v)| {
+                            let v = match self.surface.params.get(k) {
+                                Some(spec) => spec.normalize(v),
+                                None => v.clone(),
+                            };
+                            (k.clone(), v)
+                        })
+                        .collect(),
+                },
+                other => other.clone(),
+            })
+            .collect();
+        let edits = edits.as_slice();
         for edit in edits {
             self.check(edit, reader)?;
         }
@@ -508,6 +529,28 @@ mod tests {
         // Comments and layout are free; owned keys may change.
         let fine = format!("# tuned\n{}", RECIPE.replace("0.1", "0.25"));
         assert!(run(&[replace("recipe.toml", &fine)]).is_ok());
+    }
+
+    #[test]
+    fn numbers_are_written_in_the_declared_type() {
+        let out = run(&[set("opt.lr", ParamValue::Int(1))]).unwrap();
+        assert!(
+            String::from_utf8_lossy(&out["recipe.toml"]).contains("lr = 1.0 # step"),
+            "{}",
+            String::from_utf8_lossy(&out["recipe.toml"])
+        );
+        let choice = ParamSpec::Choice {
+            values: vec![ParamValue::Float(2.0), ParamValue::Int(4)],
+        };
+        assert_eq!(
+            choice.normalize(&ParamValue::Int(2)),
+            ParamValue::Float(2.0)
+        );
+        assert_eq!(
+            choice.normalize(&ParamValue::Float(4.0)),
+            ParamValue::Int(4)
+        );
+        assert_eq!(choice.normalize(&ParamValue::Int(3)), ParamValue::Int(3));
     }
 
     #[test]

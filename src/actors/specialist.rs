@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use git2::Oid;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{debug, info, warn};
 
 use super::executor::ExecutorMsg;
@@ -27,7 +27,7 @@ use crate::config::{Experiment, Specialist as SpecialistConfig, SpecialistKind};
 use crate::domain::{FailureLabel, Params, Trial, TrialId};
 use crate::lineage::actor::LineageMsg;
 use crate::lineage::{FeedbackQuery, NewTrial};
-use crate::llm::{Completion, Failure, LlmClient};
+use crate::llm::{Completion, Failure, LlmClient, LlmError};
 use crate::propose::rng::Rng;
 use crate::propose::{prompt, reply, search};
 use crate::provenance::Provenance;
@@ -56,7 +56,8 @@ pub enum SpecialistMsg {
 /// What an LLM request task reports.
 pub struct Replied {
     reply_to: ActorRef<ExecutorMsg>,
-    client: LlmClient,
+    /// `None` when the request task died with it.
+    client: Option<LlmClient>,
     result: Result<Completion, Failure>,
     /// The incumbent the prompt showed: the trial's parent.
     parent: Option<TrialId>,
@@ -89,7 +90,8 @@ pub struct SpecialistState {
     base: Oid,
     /// `llm`: the client, absent while a request task holds it.
     llm: Option<LlmClient>,
-    request: Option<JoinHandle<()>>,
+    /// The watcher of the request task, and the request task.
+    request: Option<(JoinHandle<()>, AbortHandle)>,
     resting_until: Option<Instant>,
     /// Consecutive failed requests.
     failures: u32,
@@ -145,8 +147,9 @@ impl Actor for Specialist {
         _myself: ActorRef<Self::Msg>,
         state: &mut SpecialistState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(task) = state.request.take() {
-            task.abort();
+        if let Some((watcher, request)) = state.request.take() {
+            request.abort();
+            watcher.abort();
         }
         Ok(())
     }
@@ -183,7 +186,10 @@ impl Actor for Specialist {
                     parent,
                     config,
                 } = *replied;
-                state.llm = Some(client);
+                state.llm = match client {
+                    Some(c) => Some(c),
+                    None => state.config.llm.as_ref().map(LlmClient::new).transpose()?,
+                };
                 state.request = None;
                 let trial = match result {
                     Ok(completion) => {
@@ -386,8 +392,24 @@ async fn ask_model(
     let mut client = state.llm.take().expect("checked above");
     let mut jitter = Rng::new(state.rng.next_u64());
     let (me, reply_to) = (myself.clone(), reply_to.clone());
-    state.request = Some(tokio::spawn(async move {
+    // The request runs in its own task, watched by another: even if it
+    // panicked, the executor's ask is answered and the client rebuilt.
+    let request = tokio::spawn(async move {
         let result = client.complete(&system, &user, &mut jitter).await;
+        (client, result)
+    });
+    let abort = request.abort_handle();
+    let watcher = tokio::spawn(async move {
+        let (client, result) = match request.await {
+            Ok((client, result)) => (Some(client), result),
+            Err(e) => (
+                None,
+                Err(Failure {
+                    error: LlmError::Other(format!("the request task failed: {e}")),
+                    attempts: 0,
+                }),
+            ),
+        };
         let _ = me.cast(SpecialistMsg::Replied(Box::new(Replied {
             reply_to,
             client,
@@ -395,7 +417,8 @@ async fn ask_model(
             parent,
             config,
         })));
-    }));
+    });
+    state.request = Some((watcher, abort));
     Ok(true)
 }
 
