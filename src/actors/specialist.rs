@@ -12,6 +12,7 @@
 //! `proposer_error` event, and the specialist rests (doubling per failure)
 //! while the others go on; at the end of a rest it sends the executor `Wake`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,17 +24,23 @@ use tracing::{debug, info, warn};
 
 use super::executor::ExecutorMsg;
 use super::CALL_TIMEOUT_MS;
-use crate::config::{Experiment, Specialist as SpecialistConfig, SpecialistKind};
+use crate::config::{Experiment, ParamSpec, Specialist as SpecialistConfig, SpecialistKind};
 use crate::domain::{FailureLabel, Params, Trial, TrialId};
 use crate::lineage::actor::LineageMsg;
 use crate::lineage::{FeedbackQuery, NewTrial};
 use crate::llm::{Completion, Failure, LlmClient, LlmError};
+use crate::propose::constraints::FailureModel;
 use crate::propose::rng::Rng;
 use crate::propose::{prompt, reply, search};
 use crate::provenance::Provenance;
 
 /// Candidates drawn per proposal; the first one lineage has never seen wins.
 const CANDIDATES: usize = 32;
+/// The trials a search specialist's failure model remembers.
+const SEARCH_MEMORY: FeedbackQuery = FeedbackQuery {
+    recent: 2000,
+    scan: 0,
+};
 /// Trials shown in full in an LLM prompt, and trials its outcome counts cover.
 const FEEDBACK: FeedbackQuery = FeedbackQuery {
     recent: 40,
@@ -245,15 +252,43 @@ async fn propose(
     let candidates = search::candidates(&surface.params, &base, &mut state.rng, CANDIDATES);
     let configs = candidates.iter().map(|c| c.config.clone()).collect();
     let unknown = ractor::call_t!(state.lineage, LineageMsg::Unknown, CALL_TIMEOUT_MS, configs)?;
-    let Some(pick) = candidates
+    let fresh: Vec<search::Candidate> = candidates
         .into_iter()
         .zip(unknown)
-        .find(|(_, u)| *u)
+        .filter(|(_, u)| *u)
         .map(|(c, _)| c)
-    else {
+        .collect();
+    // Learn from every specialist's failures: skip candidates whose nearest
+    // measured neighbours mostly failed, unless nothing else is left.
+    let feedback = ractor::call_t!(
+        state.lineage,
+        LineageMsg::Feedback,
+        CALL_TIMEOUT_MS,
+        SEARCH_MEMORY
+    )?;
+    let space: BTreeMap<String, ParamSpec> = state
+        .experiment
+        .file
+        .surfaces
+        .iter()
+        .flat_map(|s| s.params.iter().map(|(k, v)| (k.clone(), v.clone())))
+        .collect();
+    let model = FailureModel::new(&space, &feedback.recent);
+    let risks: Vec<f64> = fresh.iter().map(|c| model.risk(&c.config)).collect();
+    let safe = risks.iter().position(|r| *r < 0.5);
+    let index = safe.or_else(|| (0..fresh.len()).min_by(|a, b| risks[*a].total_cmp(&risks[*b])));
+    let Some(index) = index else {
         debug!(specialist = %state.config.name, "no unmeasured configuration near the incumbent");
         return Ok(None);
     };
+    let skipped = safe.unwrap_or(fresh.len());
+    let mut pick = fresh.into_iter().nth(index).expect("index in range");
+    if skipped > 0 {
+        pick.hypothesis.push_str(&format!(
+            " (skipped {skipped} candidate(s) near failed trials; {} failures known)",
+            model.failures()
+        ));
+    }
     let new = NewTrial {
         specialist: state.config.name.clone(),
         surface: Some(state.config.surface.clone()),
