@@ -227,6 +227,9 @@ pub struct Gates {
     pub max_artifact_bytes: Option<u64>,
     /// A score worse than this (by the metric's direction) fails with `gate_miss`.
     pub min_quality: Option<f64>,
+    /// Resident memory of a train or eval command's whole process group; over
+    /// it the group is killed and the trial fails with `out_of_memory`.
+    pub max_memory_mb: Option<u64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -381,6 +384,11 @@ pub struct Experiment {
 impl Experiment {
     pub fn surface(&self, name: &str) -> Option<&SurfaceSection> {
         self.file.surfaces.iter().find(|s| s.name == name)
+    }
+
+    /// `gates.max_memory_mb` in bytes.
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.file.gates.max_memory_mb.map(|mb| mb << 20)
     }
 
     pub fn eval_timeout_secs(&self) -> u64 {
@@ -708,6 +716,9 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
     }
     if exp.eval.proxy.is_empty() {
         err(errors, &file, "eval.proxy", "needs a program");
+    }
+    if exp.gates.max_memory_mb == Some(0) {
+        err(errors, &file, "gates.max_memory_mb", "must be at least 1");
     }
     if exp.eval.timeout_secs == Some(0) {
         err(errors, &file, "eval.timeout_secs", "must be at least 1");

@@ -94,6 +94,8 @@ pub enum FailureLabel {
     ProposerError,
     /// The daemon stopped or died while the trial was in flight.
     Interrupted,
+    /// Killed for going over the experiment's memory limit (`gates.max_memory_mb`).
+    OutOfMemory,
 }
 
 impl FailureLabel {
@@ -110,6 +112,7 @@ impl FailureLabel {
             Self::Duplicate => "duplicate",
             Self::ProposerError => "proposer_error",
             Self::Interrupted => "interrupted",
+            Self::OutOfMemory => "out_of_memory",
         }
     }
 }
@@ -292,17 +295,43 @@ pub struct ProcessReport {
     pub metrics: BTreeMap<String, f64>,
     /// `NAME=value` lines whose value was NaN or infinite.
     pub non_finite: Vec<String>,
+    /// The largest resident memory of the whole process group, sampled every 100 ms.
+    #[serde(default)]
+    pub peak_rss_bytes: u64,
+    /// Killed by ratchet for going over the memory limit.
+    #[serde(default)]
+    pub memory_exceeded: bool,
 }
 
 impl ProcessReport {
+    /// The label of a process that did not succeed.
+    pub fn failure_label(&self) -> FailureLabel {
+        if self.memory_exceeded {
+            FailureLabel::OutOfMemory
+        } else if self.timed_out {
+            FailureLabel::BudgetOverrun
+        } else {
+            FailureLabel::Crash
+        }
+    }
+
     pub fn succeeded(&self) -> bool {
-        self.exit_code == Some(0) && !self.timed_out && self.spawn_error.is_none()
+        self.exit_code == Some(0)
+            && !self.timed_out
+            && !self.memory_exceeded
+            && self.spawn_error.is_none()
     }
 
     /// A short human description of how the process ended.
     pub fn describe(&self) -> String {
         if let Some(e) = &self.spawn_error {
             return format!("failed to start: {e}");
+        }
+        if self.memory_exceeded {
+            return format!(
+                "killed over the memory limit (resident {} MiB)",
+                self.peak_rss_bytes >> 20
+            );
         }
         if self.timed_out {
             return format!(

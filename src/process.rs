@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,8 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     /// Variables the child must not inherit (API keys of LLM specialists).
     pub env_remove: Vec<String>,
+    /// Resident memory of the whole group, in bytes; over it the group is killed.
+    pub memory_limit: Option<u64>,
     pub timeout: Duration,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
@@ -192,18 +194,22 @@ pub async fn finish(
         ..Default::default()
     };
     let deadline = tokio::time::Instant::from_std(s.started + spec.timeout);
+    let peak = Arc::new(AtomicU64::new(0));
     let status = tokio::select! {
-        st = s.child.wait() => Some(st?),
-        _ = tokio::time::sleep_until(deadline) => None,
+        st = s.child.wait() => Ok(st?),
+        _ = tokio::time::sleep_until(deadline) => Err(false),
+        _ = watch_memory(s.pgid, spec.memory_limit, peak.clone()) => Err(true),
     };
     kill_group(s.pgid);
     let status = match status {
-        Some(st) => st,
-        None => {
-            report.timed_out = true;
+        Ok(st) => st,
+        Err(over_memory) => {
+            report.timed_out = !over_memory;
+            report.memory_exceeded = over_memory;
             s.child.wait().await?
         }
     };
+    report.peak_rss_bytes = peak.load(Ordering::Relaxed);
     // When `finish` returns, nothing of the group is alive any more.
     kill_until_gone(s.pgid, Duration::from_secs(5)).await;
     guard.disarm();
@@ -227,6 +233,61 @@ pub async fn finish(
         }
     }
     Ok(report)
+}
+
+/// Samples the group's resident memory every 100 ms into `peak`; returns
+/// when it goes over `limit` (never without one).
+async fn watch_memory(pgid: i32, limit: Option<u64>, peak: Arc<AtomicU64>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let rss = tokio::task::spawn_blocking(move || group_rss(pgid))
+            .await
+            .unwrap_or(0);
+        peak.fetch_max(rss, Ordering::Relaxed);
+        if limit.is_some_and(|l| rss > l) {
+            return;
+        }
+    }
+}
+
+/// The summed resident memory (bytes) of every process in group `pgid`.
+pub fn group_rss(pgid: i32) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command name: state ppid pgrp ...
+        let pgrp = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+            .and_then(|p| p.parse::<i32>().ok());
+        if pgrp != Some(pgid) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        total += kb << 10;
+    }
+    total
 }
 
 /// Starts and finishes `spec`.
@@ -356,6 +417,7 @@ mod tests {
             cwd: dir.to_path_buf(),
             env: vec![("RATCHET_TEST".into(), "yes".into())],
             env_remove: vec!["RATCHET_TEST_HIDDEN".into()],
+            memory_limit: None,
             timeout: Duration::from_millis(timeout_ms),
             stdout: dir.join("out.log"),
             stderr: dir.join("err.log"),
@@ -387,6 +449,38 @@ mod tests {
         assert_eq!(r.non_finite, vec!["acc".to_string()]);
         assert_eq!(std::fs::read_to_string(&s.stderr).unwrap(), "yes\n");
         assert!(!r.timed_out && !r.truncated);
+    }
+
+    #[tokio::test]
+    async fn a_group_over_its_memory_limit_is_killed_and_its_peak_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        // A child in the group holds 300 MiB (zero-filled, so resident).
+        let mut s = spec(
+            dir.path(),
+            "python3 -c 'import time; b = bytearray(300 << 20); time.sleep(30)' & wait",
+            30_000,
+        );
+        s.memory_limit = Some(100 << 20);
+        let guard = GroupGuard::default();
+        let started = start(&s, &guard).await.unwrap().unwrap();
+        let pgid = started.pgid;
+        let r = finish(started, &s, &guard).await.unwrap();
+        assert!(r.memory_exceeded && !r.timed_out, "{r:?}");
+        assert!(r.peak_rss_bytes > 100 << 20, "{}", r.peak_rss_bytes);
+        assert!(r.duration_ms < 30_000);
+        assert_eq!(r.failure_label(), crate::domain::FailureLabel::OutOfMemory);
+        assert!(!group_alive(pgid));
+
+        // Without a limit the peak is still measured.
+        let mut s = spec(
+            dir.path(),
+            "python3 -c 'import time; b = bytearray(64 << 20); time.sleep(0.5)'",
+            30_000,
+        );
+        s.memory_limit = None;
+        let r = run(&s, &GroupGuard::default()).await.unwrap();
+        assert!(r.succeeded(), "{r:?}");
+        assert!(r.peak_rss_bytes > 60 << 20, "{}", r.peak_rss_bytes);
     }
 
     #[tokio::test]

@@ -268,3 +268,39 @@ fn edits_are_checked_against_the_surface_and_illegal_ones_touch_nothing() {
     let shown = dir.ratchet_ok(&["lineage", "show", &garbled["id"].to_string()]);
     assert!(shown.contains("reply (as received"), "{shown}");
 }
+
+#[test]
+fn a_trial_over_the_memory_gate_is_killed_and_labelled_out_of_memory() {
+    let dir = Dir::with_fixture("faulty");
+    manual_specialist(&dir);
+    let exp = std::fs::read_to_string(dir.path().join("experiment/experiment.toml")).unwrap();
+    dir.write(
+        "experiment/experiment.toml",
+        &format!(
+            "{}\n[gates]\nmax_memory_mb = 100\n",
+            exp.replace("timeout_secs = 2\n", "timeout_secs = 20\n")
+        ),
+    );
+    let inbox = dir.path().join("lineage/inbox/hand");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let hog = json!({"hypothesis": "hold 300 MiB", "edits": [search_replace(
+        "train.py", "time.sleep(0.2)", "hog = bytearray(300 << 20); time.sleep(15)")]});
+    std::fs::write(inbox.join("1.json"), hog.to_string()).unwrap();
+    dir.ratchet_ok(&["run", "--trials", "2"]);
+    let trials = dir.trials();
+    let t = &trials[1];
+    assert_eq!(str_of(t, "label"), "out_of_memory", "{t:#}");
+    assert!(str_of(t, "detail").contains("memory limit"), "{t:#}");
+    assert!(
+        t["train"]["peak_rss_bytes"].as_u64().unwrap() > 100 << 20,
+        "{t:#}"
+    );
+    // Killed at the limit, not at the 20 s timeout.
+    assert!(
+        t["train"]["duration_ms"].as_u64().unwrap() < 15_000,
+        "{t:#}"
+    );
+    // The baseline's peak is recorded too, well under the limit.
+    let peak = trials[0]["train"]["peak_rss_bytes"].as_u64().unwrap();
+    assert!(peak > 0 && peak < 100 << 20, "{peak}");
+}

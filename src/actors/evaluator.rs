@@ -136,13 +136,8 @@ impl Actor for Evaluator {
                 )
                 .await?;
                 if !train.succeeded() {
-                    let label = if train.timed_out {
-                        FailureLabel::BudgetOverrun
-                    } else {
-                        FailureLabel::Crash
-                    };
                     let verdict = Verdict::Failed {
-                        label,
+                        label: train.failure_label(),
                         detail: format!("train: {}", train.describe()),
                         score: None,
                     };
@@ -175,6 +170,7 @@ fn start_eval(myself: &ActorRef<EvaluatorMsg>, state: &mut EvaluatorState, trial
         cwd: dirs.work.clone(),
         env: trial_env(&state.config, &dirs, trial.id),
         env_remove: secret_env(&state.config),
+        memory_limit: state.config.experiment.memory_limit(),
         timeout: Duration::from_secs(state.config.experiment.eval_timeout_secs()),
         stdout: dirs.root.join("eval.stdout"),
         stderr: dirs.root.join("eval.stderr"),
@@ -206,12 +202,7 @@ pub fn judge(config: &Config, incumbent: Option<&Incumbent>, eval: &ProcessRepor
         score: None,
     };
     if !eval.succeeded() {
-        let label = if eval.timed_out {
-            FailureLabel::BudgetOverrun
-        } else {
-            FailureLabel::Crash
-        };
-        return fail(label, format!("eval: {}", eval.describe()));
+        return fail(eval.failure_label(), format!("eval: {}", eval.describe()));
     }
     if eval.non_finite.contains(&exp.metric) {
         return fail(

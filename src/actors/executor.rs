@@ -336,6 +336,7 @@ async fn run_train(
         cwd: dirs.work.clone(),
         env: trial_env(config, &dirs, trial.id),
         env_remove: secret_env(config),
+        memory_limit: exp.memory_limit(),
         timeout: Duration::from_secs(exp.file.timeout_secs),
         stdout: dirs.root.join("train.stdout"),
         stderr: dirs.root.join("train.stderr"),

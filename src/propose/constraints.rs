@@ -29,7 +29,8 @@ fn failed(t: &Trial) -> Option<bool> {
                 | FailureLabel::SizeFailure
                 | FailureLabel::GateMiss
                 | FailureLabel::Diverged
-                | FailureLabel::MetricMissing,
+                | FailureLabel::MetricMissing
+                | FailureLabel::OutOfMemory,
             ),
         ) => Some(true),
         // Interrupted, refused edits, proposer errors, duplicates: no evidence.
