@@ -260,3 +260,29 @@ fn a_killed_ratchet_leaves_nothing_running_after_the_next_start() {
         "recovery left the orphaned process group {pgid} alive"
     );
 }
+
+#[test]
+fn the_size_and_quality_gates_label_trials_and_keep_their_scores() {
+    // The fixture's eval prints artifact_bytes=10 and the baseline scores 6.75.
+    for (gate, label) in [
+        ("max_artifact_bytes = 5", "size_failure"),
+        ("min_quality = 1.0", "gate_miss"),
+    ] {
+        let dir = Dir::with_fixture("faulty");
+        dir.specialists(1, &[("x", "search")]);
+        let exp = std::fs::read_to_string(dir.path().join("experiment/experiment.toml")).unwrap();
+        dir.write(
+            "experiment/experiment.toml",
+            &format!("{exp}\n[gates]\n{gate}\n"),
+        );
+        dir.ratchet_ok(&["run", "--trials", "1"]);
+        let t = &dir.trials()[0];
+        assert_eq!(str_of(t, "label"), label, "{t:#}");
+        assert_eq!(t["score"].as_f64(), Some(6.75), "{t:#}");
+        let best = dir.ratchet(&["lineage", "best"]);
+        assert!(
+            !best.status.success(),
+            "a failed trial is never the incumbent"
+        );
+    }
+}

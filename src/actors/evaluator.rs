@@ -359,3 +359,113 @@ async fn record(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Params, TrialId};
+
+    /// A config around a minimal experiment with both gates.
+    fn config(dir: &std::path::Path) -> Config {
+        std::fs::write(dir.join("recipe.toml"), "[a]\nx = 1.0\n").unwrap();
+        std::fs::write(
+            dir.join("experiment.toml"),
+            "name = \"t\"\nrecipe = \"recipe.toml\"\nmetric = \"loss\"\ndirection = \"minimize\"\n\
+             budget_secs = 1\ntimeout_secs = 2\ntrain = [\"true\"]\n[eval]\nproxy = [\"true\"]\n\
+             [gates]\nmax_artifact_bytes = 100\nmin_quality = 5.0\n\
+             [[surface]]\nname = \"a\"\n[surface.params]\n\"a.x\" = { type = \"float\", min = 0.0, max = 2.0 }\n",
+        )
+        .unwrap();
+        let mut errors = Vec::new();
+        let experiment =
+            crate::config::load_experiment(dir, &mut errors).expect("valid experiment");
+        Config {
+            file: dir.join("specialists.toml"),
+            lineage_dir: dir.join("lineage"),
+            slots: 1,
+            seed: 0,
+            specialists: Vec::new(),
+            experiment,
+        }
+    }
+
+    fn eval(lines: &[(&str, f64)]) -> ProcessReport {
+        ProcessReport {
+            exit_code: Some(0),
+            metrics: lines.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn label(v: Verdict) -> Option<FailureLabel> {
+        match v {
+            Verdict::Failed { label, .. } => Some(label),
+            Verdict::Scored { .. } => None,
+        }
+    }
+
+    #[test]
+    fn every_gate_has_its_label_and_scores_are_compared_strictly() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        let judge = |e: &ProcessReport, inc: Option<f64>| {
+            let inc = inc.map(|score| Incumbent {
+                trial: TrialId(1),
+                score,
+                config: Params::new(),
+                since_ms: 0,
+                commit: None,
+            });
+            judge(&c, inc.as_ref(), e)
+        };
+        use FailureLabel::*;
+        let crashed = ProcessReport {
+            exit_code: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(label(judge(&crashed, None)), Some(Crash));
+        let timed_out = ProcessReport {
+            timed_out: true,
+            ..Default::default()
+        };
+        assert_eq!(label(judge(&timed_out, None)), Some(BudgetOverrun));
+        let hog = ProcessReport {
+            memory_exceeded: true,
+            ..Default::default()
+        };
+        assert_eq!(label(judge(&hog, None)), Some(OutOfMemory));
+        let mut nan = eval(&[]);
+        nan.non_finite.push("loss".into());
+        assert_eq!(label(judge(&nan, None)), Some(Diverged));
+        assert_eq!(
+            label(judge(&eval(&[("acc", 1.0)]), None)),
+            Some(MetricMissing)
+        );
+        match judge(&eval(&[("loss", 1.0), ("artifact_bytes", 101.0)]), None) {
+            Verdict::Failed { label, score, .. } => {
+                assert_eq!(
+                    (label, score),
+                    (SizeFailure, Some(1.0)),
+                    "the score is kept"
+                )
+            }
+            v => panic!("{v:?}"),
+        }
+        assert_eq!(
+            label(judge(
+                &eval(&[("loss", 1.0), ("artifact_bytes", 100.0)]),
+                None
+            )),
+            None
+        );
+        assert_eq!(label(judge(&eval(&[("loss", 5.5)]), None)), Some(GateMiss));
+        let decision = |score, inc| match judge(&eval(&[("loss", score)]), inc) {
+            Verdict::Scored { decision, .. } => decision,
+            v => panic!("{v:?}"),
+        };
+        assert_eq!(decision(1.0, None), Decision::Improved);
+        assert_eq!(decision(1.0, Some(1.5)), Decision::Improved);
+        assert_eq!(decision(1.5, Some(1.5)), Decision::WithinNoise);
+        assert_eq!(decision(2.0, Some(1.5)), Decision::Regressed);
+    }
+}
