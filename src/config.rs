@@ -86,13 +86,69 @@ pub struct SpecialistSection {
     pub kind: SpecialistKind,
     /// The agent file (`agents/<name>.md`), relative to specialists.toml.
     pub instructions: Option<PathBuf>,
-    /// The model endpoint of a `kind = "llm"` specialist.
-    pub llm: Option<LlmSection>,
+    // kind = "llm": the endpoint and the limits of its use, on the specialist
+    // itself (see `LlmSection` for what each means and its default).
+    pub base_url: Option<String>,
+    pub model: Option<String>,
+    pub api_key_env: Option<String>,
+    pub temperature: Option<f32>,
+    pub timeout_secs: Option<u64>,
+    pub max_requests_per_hour: Option<u32>,
+    pub max_tokens_per_hour: Option<u64>,
+    pub max_reply_tokens: Option<u32>,
+    pub prompt_tokens: Option<usize>,
+    pub json_mode: Option<JsonMode>,
+    pub max_retries: Option<u32>,
+    pub retry_base_ms: Option<u64>,
+    pub failure_backoff_secs: Option<u64>,
+}
+
+impl SpecialistSection {
+    /// The llm keys that are set, by name (for errors on other kinds).
+    fn llm_keys_set(&self) -> Vec<&'static str> {
+        let set = [
+            ("base_url", self.base_url.is_some()),
+            ("model", self.model.is_some()),
+            ("api_key_env", self.api_key_env.is_some()),
+            ("temperature", self.temperature.is_some()),
+            ("timeout_secs", self.timeout_secs.is_some()),
+            (
+                "max_requests_per_hour",
+                self.max_requests_per_hour.is_some(),
+            ),
+            ("max_tokens_per_hour", self.max_tokens_per_hour.is_some()),
+            ("max_reply_tokens", self.max_reply_tokens.is_some()),
+            ("prompt_tokens", self.prompt_tokens.is_some()),
+            ("json_mode", self.json_mode.is_some()),
+            ("max_retries", self.max_retries.is_some()),
+            ("retry_base_ms", self.retry_base_ms.is_some()),
+            ("failure_backoff_secs", self.failure_backoff_secs.is_some()),
+        ];
+        set.iter().filter(|(_, s)| *s).map(|(k, _)| *k).collect()
+    }
+
+    /// The endpoint settings with defaults, when `base_url` and `model` are given.
+    pub fn llm_section(&self) -> Option<LlmSection> {
+        let mut l = LlmSection::new(self.base_url.as_ref()?, self.model.as_ref()?);
+        l.api_key_env = self.api_key_env.clone();
+        l.temperature = self.temperature.unwrap_or(l.temperature);
+        l.timeout_secs = self.timeout_secs.unwrap_or(l.timeout_secs);
+        l.max_requests_per_hour = self
+            .max_requests_per_hour
+            .unwrap_or(l.max_requests_per_hour);
+        l.max_tokens_per_hour = self.max_tokens_per_hour.unwrap_or(l.max_tokens_per_hour);
+        l.max_reply_tokens = self.max_reply_tokens.unwrap_or(l.max_reply_tokens);
+        l.prompt_tokens = self.prompt_tokens.unwrap_or(l.prompt_tokens);
+        l.json_mode = self.json_mode.unwrap_or(l.json_mode);
+        l.max_retries = self.max_retries.unwrap_or(l.max_retries);
+        l.retry_base_ms = self.retry_base_ms.unwrap_or(l.retry_base_ms);
+        l.failure_backoff_secs = self.failure_backoff_secs.unwrap_or(l.failure_backoff_secs);
+        Some(l)
+    }
 }
 
 /// An OpenAI-compatible chat completions endpoint and the limits of its use.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LlmSection {
     /// The API root, such as `https://api.openai.com/v1` or `http://127.0.0.1:8080/v1`.
     pub base_url: String,
@@ -100,37 +156,51 @@ pub struct LlmSection {
     /// The name of the environment variable holding the API key (the key
     /// itself never appears in configuration). Local servers need none.
     pub api_key_env: Option<String>,
-    #[serde(default = "default_temperature")]
+    /// Default 0.7.
     pub temperature: f32,
-    /// Limit of one request, retries not included.
-    #[serde(default = "default_llm_timeout")]
+    /// Limit of one request, retries not included. Default 120.
     pub timeout_secs: u64,
-    /// Requests in any sliding hour; over it the specialist waits.
-    #[serde(default = "default_requests_per_hour")]
+    /// Requests in any sliding hour; over it the specialist waits. Default 120.
     pub max_requests_per_hour: u32,
-    /// Prompt plus reply tokens in any sliding hour (as the server reports them).
-    #[serde(default = "default_tokens_per_hour")]
+    /// Prompt plus reply tokens in any sliding hour (as the server reports
+    /// them). Default 2,000,000.
     pub max_tokens_per_hour: u64,
-    /// The longest reply asked for.
-    #[serde(default = "default_reply_tokens")]
+    /// The longest reply asked for. Default 2048.
     pub max_reply_tokens: u32,
-    /// The prompt is cut to about this many tokens (oldest feedback first).
-    #[serde(default = "default_prompt_tokens")]
+    /// The prompt is cut to about this many tokens (oldest feedback first). Default 12,000.
     pub prompt_tokens: usize,
-    /// Ask for a JSON reply (`response_format`): `auto` falls back when the
-    /// server refuses it.
-    #[serde(default)]
+    /// Ask for a JSON reply (`response_format`): `auto` (default) falls back
+    /// when the server refuses it.
     pub json_mode: JsonMode,
-    /// Retries of one request on 429, 5xx, timeouts and connection errors.
-    #[serde(default = "default_retries")]
+    /// Retries of one request on 429, 5xx, timeouts and connection errors. Default 4.
     pub max_retries: u32,
-    /// First retry delay when the server gives no Retry-After; doubles, with jitter.
-    #[serde(default = "default_retry_base_ms")]
+    /// First retry delay when the server gives no Retry-After; doubles, with
+    /// jitter. Default 1000.
     pub retry_base_ms: u64,
     /// After a request fails for good, the specialist rests this long (doubling
-    /// per consecutive failure, up to an hour) while the others go on.
-    #[serde(default = "default_failure_backoff_secs")]
+    /// per consecutive failure, up to an hour) while the others go on. Default 30.
     pub failure_backoff_secs: u64,
+}
+
+impl LlmSection {
+    /// An endpoint with every limit at its default.
+    pub fn new(base_url: &str, model: &str) -> LlmSection {
+        LlmSection {
+            base_url: base_url.to_string(),
+            model: model.to_string(),
+            api_key_env: None,
+            temperature: 0.7,
+            timeout_secs: 120,
+            max_requests_per_hour: 120,
+            max_tokens_per_hour: 2_000_000,
+            max_reply_tokens: 2048,
+            prompt_tokens: 12_000,
+            json_mode: JsonMode::Auto,
+            max_retries: 4,
+            retry_base_ms: 1000,
+            failure_backoff_secs: 30,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -142,34 +212,6 @@ pub enum JsonMode {
     Off,
 }
 
-fn default_temperature() -> f32 {
-    0.7
-}
-fn default_llm_timeout() -> u64 {
-    120
-}
-fn default_requests_per_hour() -> u32 {
-    120
-}
-fn default_tokens_per_hour() -> u64 {
-    2_000_000
-}
-fn default_reply_tokens() -> u32 {
-    2048
-}
-fn default_prompt_tokens() -> usize {
-    12_000
-}
-fn default_retries() -> u32 {
-    4
-}
-fn default_retry_base_ms() -> u64 {
-    1000
-}
-fn default_failure_backoff_secs() -> u64 {
-    30
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SpecialistKind {
@@ -177,7 +219,7 @@ pub enum SpecialistKind {
     Search,
     /// Proposals written by hand as JSON files into `<lineage_dir>/inbox/<name>/`.
     Manual,
-    /// A language model behind an OpenAI-compatible endpoint (`[specialist.llm]`).
+    /// A language model behind an OpenAI-compatible endpoint (`base_url`, `model`, ...).
     Llm,
 }
 
@@ -563,7 +605,9 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
                 surface: s.surface.clone(),
                 kind: s.kind,
                 instructions: s.instructions.as_ref().map(|p| base.join(p)),
-                llm: s.llm.clone(),
+                llm: (s.kind == SpecialistKind::Llm)
+                    .then(|| s.llm_section())
+                    .flatten(),
             })
             .collect(),
         experiment,
@@ -571,27 +615,21 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
     })
 }
 
-/// The `llm` table is there exactly for `kind = "llm"`, with sane values.
+/// The llm keys are there exactly for `kind = "llm"`, with sane values.
 fn check_llm(s: &SpecialistSection, report: &mut dyn FnMut(&str, String)) {
-    let Some(llm) = &s.llm else {
-        if s.kind == SpecialistKind::Llm {
-            report(
-                "llm",
-                "an llm specialist needs an [specialist.llm] table with base_url and model".into(),
-            );
+    if s.kind != SpecialistKind::Llm {
+        for k in s.llm_keys_set() {
+            report(k, "only a kind = \"llm\" specialist takes this key".into());
         }
         return;
-    };
-    if s.kind != SpecialistKind::Llm {
-        report(
-            "llm",
-            format!(
-                "only a kind = \"llm\" specialist takes an llm table (this one is {:?})",
-                s.kind
-            )
-            .to_lowercase(),
-        );
-        return;
+    }
+    for (k, missing) in [
+        ("base_url", s.base_url.is_none()),
+        ("model", s.model.is_none()),
+    ] {
+        if missing {
+            report(k, "required for kind = \"llm\"".into());
+        }
     }
     if s.instructions.is_none() {
         report(
@@ -599,42 +637,45 @@ fn check_llm(s: &SpecialistSection, report: &mut dyn FnMut(&str, String)) {
             "an llm specialist needs its agent file (agents/<name>.md)".into(),
         );
     }
+    let Some(llm) = s.llm_section() else {
+        return;
+    };
     if !(llm.base_url.starts_with("http://") || llm.base_url.starts_with("https://")) {
         report(
-            "llm.base_url",
+            "base_url",
             format!("`{}` is not an http:// or https:// URL", llm.base_url),
         );
     }
     if llm.model.trim().is_empty() {
-        report("llm.model", "must not be empty".into());
+        report("model", "must not be empty".into());
     }
     if let Some(var) = &llm.api_key_env {
         let valid = !var.is_empty()
             && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !var.starts_with(|c: char| c.is_ascii_digit());
         if !valid {
-            report("llm.api_key_env", format!("`{var}` is not an environment variable name (the key itself never goes in this file)"));
+            report("api_key_env", format!("`{var}` is not an environment variable name (the key itself never goes in this file)"));
         } else if std::env::var_os(var).is_none() {
             report(
-                "llm.api_key_env",
+                "api_key_env",
                 format!("environment variable {var} is not set"),
             );
         }
     }
     if !(0.0..=2.0).contains(&llm.temperature) {
         report(
-            "llm.temperature",
+            "temperature",
             format!("{} is outside 0..=2", llm.temperature),
         );
     }
-    for (k, zero) in [
-        ("llm.timeout_secs", llm.timeout_secs == 0),
-        ("llm.max_requests_per_hour", llm.max_requests_per_hour == 0),
-        ("llm.max_tokens_per_hour", llm.max_tokens_per_hour == 0),
-        ("llm.max_reply_tokens", llm.max_reply_tokens == 0),
-        ("llm.prompt_tokens", llm.prompt_tokens < 500),
+    for (k, small) in [
+        ("timeout_secs", llm.timeout_secs == 0),
+        ("max_requests_per_hour", llm.max_requests_per_hour == 0),
+        ("max_tokens_per_hour", llm.max_tokens_per_hour == 0),
+        ("max_reply_tokens", llm.max_reply_tokens == 0),
+        ("prompt_tokens", llm.prompt_tokens < 500),
     ] {
-        if zero {
+        if small {
             report(k, "is too small".into());
         }
     }

@@ -390,10 +390,8 @@ mod tests {
 
     #[test]
     fn the_hourly_budget_counts_requests_in_the_window() {
-        let config: LlmSection = toml::from_str(
-            "base_url = \"http://127.0.0.1:1/v1\"\nmodel = \"m\"\nmax_requests_per_hour = 2\n",
-        )
-        .unwrap();
+        let mut config = LlmSection::new("http://127.0.0.1:1/v1", "m");
+        config.max_requests_per_hour = 2;
         let mut c = LlmClient::new(&config).unwrap();
         let t0 = Instant::now();
         assert_eq!(c.budget_wait(t0), Duration::ZERO);

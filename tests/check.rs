@@ -128,18 +128,17 @@ fn llm_specialists_are_checked_before_any_request() {
         "specialists.toml",
         "[daemon]\nexperiment = \"experiment\"\n\n\
          [[specialist]]\nname = \"a\"\nsurface = \"search\"\nkind = \"llm\"\ninstructions = \"agents/a.md\"\n\
-         [specialist.llm]\nbase_url = \"127.0.0.1:8080\"\nmodel = \"m\"\napi_key_env = \"RATCHET_SURELY_UNSET_VAR\"\n\n\
+         base_url = \"127.0.0.1:8080\"\nmodel = \"m\"\napi_key_env = \"RATCHET_SURELY_UNSET_VAR\"\n\n\
          [[specialist]]\nname = \"b\"\nsurface = \"search\"\nkind = \"llm\"\n\n\
-         [[specialist]]\nname = \"c\"\nsurface = \"search\"\nkind = \"search\"\n\
-         [specialist.llm]\nbase_url = \"http://x/v1\"\nmodel = \"m\"\n\n\
+         [[specialist]]\nname = \"c\"\nsurface = \"search\"\nkind = \"search\"\nmodel = \"m\"\n\n\
          [[specialist]]\nname = \"d\"\nsurface = \"search\"\nkind = \"llm\"\ninstructions = \"agents/a.md\"\n\
-         [specialist.llm]\nbase_url = \"http://x/v1\"\nmodel = \"m\"\napi_key = \"sk-123\"\n",
+         base_url = \"http://x/v1\"\nmodel = \"m\"\napi_key = \"sk-123\"\n",
     );
     let out = dir.ratchet(&["check"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("specialist[3].llm.api_key: unknown field"),
+        err.contains("specialist[3].api_key: unknown field"),
         "{err}"
     );
     assert!(
@@ -155,10 +154,12 @@ fn llm_specialists_are_checked_before_any_request() {
     );
     let err = stderr(&dir.ratchet(&["check"]));
     for expected in [
-        "specialist[0].llm.base_url: `127.0.0.1:8080` is not an http:// or https:// URL",
-        "specialist[0].llm.api_key_env: environment variable RATCHET_SURELY_UNSET_VAR is not set",
-        "specialist[1].llm: an llm specialist needs an [specialist.llm] table",
-        "specialist[2].llm: only a kind = \"llm\" specialist takes an llm table",
+        "specialist[0].base_url: `127.0.0.1:8080` is not an http:// or https:// URL",
+        "specialist[0].api_key_env: environment variable RATCHET_SURELY_UNSET_VAR is not set",
+        "specialist[1].base_url: required for kind = \"llm\"",
+        "specialist[1].model: required for kind = \"llm\"",
+        "specialist[1].instructions: an llm specialist needs its agent file",
+        "specialist[2].model: only a kind = \"llm\" specialist takes this key",
     ] {
         assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
     }

@@ -196,7 +196,7 @@ pub fn proposal(hypothesis: &str, edits: Value) -> String {
 pub fn llm_specialist(name: &str, model: &str, base_url: &str, extra: &str) -> String {
     format!(
         "\n[[specialist]]\nname = \"{name}\"\nsurface = \"search\"\nkind = \"llm\"\ninstructions = \"agents/{name}.md\"\n\
-         [specialist.llm]\nbase_url = \"{base_url}\"\nmodel = \"{model}\"\ntimeout_secs = 5\nmax_retries = 2\n\
+         base_url = \"{base_url}\"\nmodel = \"{model}\"\ntimeout_secs = 5\nmax_retries = 2\n\
          retry_base_ms = 50\nfailure_backoff_secs = 1\n{extra}"
     )
 }
