@@ -436,6 +436,19 @@ pub struct Incumbent {
     pub commit: Option<String>,
 }
 
+/// The longest prefix of `s` of at most `max` bytes that ends on a character
+/// boundary (for capping text that is shown or stored).
+pub fn prefix_at_most(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

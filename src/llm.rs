@@ -148,11 +148,7 @@ fn cut(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    format!("{}…", crate::domain::prefix_at_most(s, max))
 }
 
 fn classify(e: OpenAIError, timeout_secs: u64) -> LlmError {

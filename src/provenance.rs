@@ -231,10 +231,7 @@ impl Provenance {
             }
             if let Ok(blob) = repo.find_blob(id) {
                 if let Ok(text) = std::str::from_utf8(blob.content()) {
-                    let mut end = text.len().min(max_bytes);
-                    while !text.is_char_boundary(end) {
-                        end -= 1;
-                    }
+                    let end = crate::domain::prefix_at_most(text, max_bytes).len();
                     let mut body = text[..end].to_string();
                     if end < text.len() {
                         body.push_str(&format!("\n[... {} more bytes]", text.len() - end));

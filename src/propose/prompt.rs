@@ -7,7 +7,9 @@
 use std::fmt::Write;
 
 use crate::config::{ExperimentFile, ParamSpec, SurfaceSection};
-use crate::domain::{format_float, Direction, Incumbent, Trial, TrialId, TrialStatus};
+use crate::domain::{
+    format_float, prefix_at_most, Direction, Incumbent, Trial, TrialId, TrialStatus,
+};
 use crate::lineage::Feedback;
 
 /// Characters per token, for budgeting without a tokenizer.
@@ -197,10 +199,7 @@ fn files(files: &[(String, String)], room: usize) -> String {
     let mut out = String::from("\n# Current files\n");
     for (path, content) in files {
         let body = if content.len() > share {
-            let mut end = share;
-            while !content.is_char_boundary(end) {
-                end -= 1;
-            }
+            let end = prefix_at_most(content, share).len();
             format!(
                 "{}\n[... cut: {} more bytes]",
                 &content[..end],
@@ -308,11 +307,7 @@ fn one_line(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s;
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    format!("{}…", prefix_at_most(&s, max))
 }
 
 #[cfg(test)]

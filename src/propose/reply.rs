@@ -54,11 +54,11 @@ pub fn cap(text: &str) -> String {
     if text.len() <= MAX_REPLY {
         return text.to_string();
     }
-    let mut end = MAX_REPLY;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}\n[reply cut at {} KiB]", &text[..end], MAX_REPLY >> 10)
+    format!(
+        "{}\n[reply cut at {} KiB]",
+        crate::domain::prefix_at_most(text, MAX_REPLY),
+        MAX_REPLY >> 10
+    )
 }
 
 /// The recipe assignments of a proposal, merged in order.
