@@ -413,3 +413,29 @@ fn the_hourly_request_budget_holds_while_the_others_go_on() {
         2
     );
 }
+
+#[test]
+fn a_lone_llm_specialist_that_rests_is_waited_for_not_given_up_on() {
+    let server = LlmServer::start(|_, n, _| match n {
+        0 => Reply::Status(503, vec![]),
+        n => Reply::Text(proposal(
+            &format!("after the rest {n}"),
+            set_x(3.0 + n as f64 / 10.0),
+        )),
+    });
+    let dir = Dir::with_fixture("faulty");
+    let spec = llm_specialist("llm", "m", &server.base_url(), "")
+        .replace("max_retries = 2", "max_retries = 0");
+    setup(&dir, &spec, &["llm"]);
+    dir.ratchet_ok(&["run", "--trials", "3"]);
+    let trials = dir.trials();
+    assert_eq!(
+        trials.len(),
+        3,
+        "the run ended while the specialist rested: {trials:#?}"
+    );
+    assert_eq!(str_of(&trials[2], "specialist"), "llm");
+    let requests = server.requests_of("m");
+    assert!(requests[1].at - requests[0].at >= Duration::from_secs(1));
+    assert_eq!(events(&dir).len(), 1);
+}

@@ -41,7 +41,9 @@ pub enum ExecutorMsg {
     },
     /// The incumbent moved: specialists that ran out of ideas may have new ones.
     IncumbentChanged,
-    /// A specialist that had nothing to propose (resting) can propose again.
+    /// A specialist has nothing now but rests and will send `Wake`.
+    Resting(String),
+    /// A resting specialist can propose again.
     Wake(String),
 }
 
@@ -66,6 +68,9 @@ struct SpecialistSlot {
     asked: bool,
     /// It had nothing to propose at the current incumbent.
     exhausted: bool,
+    /// It is resting (an LLM after failed requests or over its hourly
+    /// budget) and will send `Wake`: work is still coming from it.
+    resting: bool,
 }
 
 pub struct ExecutorState {
@@ -177,13 +182,14 @@ impl Actor for Executor {
                         let same = old
                             .iter()
                             .find(|s| s.name == name && s.actor.get_id() == actor.get_id());
-                        let (asked, exhausted) =
-                            same.map_or((false, false), |s| (s.asked, s.exhausted));
+                        let (asked, exhausted, resting) = same
+                            .map_or((false, false, false), |s| (s.asked, s.exhausted, s.resting));
                         SpecialistSlot {
                             name,
                             actor,
                             asked,
                             exhausted,
+                            resting,
                         }
                     })
                     .collect();
@@ -225,9 +231,16 @@ impl Actor for Executor {
                     s.exhausted = false;
                 }
             }
+            ExecutorMsg::Resting(name) => {
+                if let Some(s) = state.specialists.iter_mut().find(|s| s.name == name) {
+                    s.asked = false;
+                    s.resting = true;
+                }
+            }
             ExecutorMsg::Wake(name) => {
                 if let Some(s) = state.specialists.iter_mut().find(|s| s.name == name) {
                     s.exhausted = false;
+                    s.resting = false;
                 }
             }
         }
@@ -270,10 +283,10 @@ async fn fill(
     while (state.queue.len() as u64 + state.asked()) < state.config.slots as u64
         && state.budget_left() > 0
     {
-        let Some(i) = (0..n)
-            .map(|k| (state.next + k) % n)
-            .find(|&i| !state.specialists[i].asked && !state.specialists[i].exhausted)
-        else {
+        let Some(i) = (0..n).map(|k| (state.next + k) % n).find(|&i| {
+            let s = &state.specialists[i];
+            !s.asked && !s.exhausted && !s.resting
+        }) else {
             break;
         };
         state.next = (i + 1) % n;
@@ -283,8 +296,13 @@ async fn fill(
             reply_to: myself.clone(),
         })?;
     }
-    let idle =
-        state.ready && state.running.is_empty() && state.queue.is_empty() && state.asked() == 0;
+    // A resting specialist still has work to give, unless the trial budget is spent.
+    let resting = state.budget_left() > 0 && state.specialists.iter().any(|s| s.resting);
+    let idle = state.ready
+        && state.running.is_empty()
+        && state.queue.is_empty()
+        && state.asked() == 0
+        && !resting;
     if idle && !state.drained_sent {
         state.drained_sent = true;
         info!(

@@ -173,11 +173,14 @@ impl Actor for Specialist {
                     SpecialistKind::Search => propose(state).await?,
                     SpecialistKind::Manual => propose_from_inbox(state).await?,
                     SpecialistKind::Llm => {
-                        // Answered when the request task reports back.
-                        if ask_model(&myself, state, &reply_to).await? {
-                            return Ok(());
+                        match ask_model(&myself, state, &reply_to).await? {
+                            // Answered when the request task reports back.
+                            Asked::Pending => return Ok(()),
+                            Asked::Resting => {
+                                reply_to.cast(ExecutorMsg::Resting(state.config.name.clone()))?;
+                                return Ok(());
+                            }
                         }
-                        None
                     }
                 };
                 reply_to.cast(ExecutorMsg::Proposed {
@@ -187,7 +190,7 @@ impl Actor for Specialist {
             }
             SpecialistMsg::Replied(replied) => {
                 let Replied {
-                    reply_to,
+                    mut reply_to,
                     client,
                     result,
                     parent,
@@ -198,6 +201,10 @@ impl Actor for Specialist {
                     None => state.config.llm.as_ref().map(LlmClient::new).transpose()?,
                 };
                 state.request = None;
+                // The executor may have been restarted during the request.
+                if let Some(latest) = &state.executor {
+                    reply_to = latest.clone();
+                }
                 let trial = match result {
                     Ok(completion) => {
                         state.failures = 0;
@@ -218,7 +225,8 @@ impl Actor for Specialist {
                     }
                     Err(failure) => {
                         rest_after_failure(&myself, state, failure);
-                        None
+                        reply_to.cast(ExecutorMsg::Resting(state.config.name.clone()))?;
+                        return Ok(());
                     }
                 };
                 reply_to.cast(ExecutorMsg::Proposed {
@@ -341,19 +349,27 @@ async fn propose_from_inbox(
     Ok(Some(trial))
 }
 
-/// Starts a model request for a proposal. Returns false when the specialist
-/// is resting (or over its hourly budget) and has nothing to propose now; it
-/// then wakes the executor when the rest is over.
+/// What became of an ask to an LLM specialist.
+enum Asked {
+    /// A request is under way; its `Replied` answers the executor.
+    Pending,
+    /// Resting (after failed requests, or over the hourly budget): the
+    /// executor hears `Resting` now and `Wake` when the rest is over.
+    Resting,
+}
+
+/// Starts a model request for a proposal, unless the specialist rests.
 async fn ask_model(
     myself: &ActorRef<SpecialistMsg>,
     state: &mut SpecialistState,
     reply_to: &ActorRef<ExecutorMsg>,
-) -> Result<bool, ActorProcessingErr> {
+) -> Result<Asked, ActorProcessingErr> {
     state.executor = Some(reply_to.clone());
     let now = Instant::now();
     let Some(client) = state.llm.as_mut() else {
-        // A request is already in flight.
-        return Ok(false);
+        // A request is already in flight (asked again by a restarted
+        // executor): its reply goes to the newest executor.
+        return Ok(Asked::Pending);
     };
     let rest = state
         .resting_until
@@ -363,7 +379,7 @@ async fn ask_model(
     if !rest.is_zero() {
         debug!(specialist = %state.config.name, rest_s = rest.as_secs(), "resting");
         schedule_wake(myself, state, rest);
-        return Ok(false);
+        return Ok(Asked::Resting);
     }
     let incumbent = ractor::call_t!(state.lineage, LineageMsg::Incumbent, CALL_TIMEOUT_MS)?;
     let feedback = ractor::call_t!(
@@ -454,7 +470,7 @@ async fn ask_model(
         })));
     });
     state.request = Some((watcher, abort));
-    Ok(true)
+    Ok(Asked::Pending)
 }
 
 /// Records a request that failed for good and rests: the configured backoff,
