@@ -764,21 +764,17 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
     if exp.eval.timeout_secs == Some(0) {
         err(errors, &file, "eval.timeout_secs", "must be at least 1");
     }
-    if exp.recipe.is_absolute()
-        || exp
-            .recipe
-            .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-    {
+    // One spelling of the recipe's path: edits and surfaces compare by text.
+    if let Err(m) = crate::edit::check_relative(&exp.recipe.to_string_lossy()) {
         err(
             errors,
             &file,
             "recipe",
-            "must be a relative path inside the experiment directory",
+            format!("must be a plain relative path inside the experiment directory: {m}"),
         );
     }
     for (i, p) in exp.protected.iter().enumerate() {
-        if let Err(m) = crate::edit::check_relative(p) {
+        if let Err(m) = crate::edit::check_relative(p.trim_end_matches('/')) {
             err(errors, &file, format!("protected[{i}]"), m);
         }
     }
@@ -804,7 +800,7 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
         }
         for (j, f) in s.files.iter().enumerate() {
             let key = format!("surface[{i}].files[{j}]");
-            if let Err(m) = crate::edit::check_relative(f) {
+            if let Err(m) = crate::edit::check_relative(f.trim_end_matches('/')) {
                 err(errors, &file, key, m);
             } else if exp.is_protected(f) {
                 err(errors, &file, key, format!("`{f}` is protected"));
@@ -820,6 +816,18 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
             }
         }
         for (j, k) in s.keys.iter().enumerate() {
+            let others = exp.surfaces.iter().filter(|o| o.name != s.name);
+            let taken = others
+                .flat_map(|o| o.params.keys().chain(&o.keys).map(move |p| (o, p)))
+                .find(|(_, p)| under(p, k, '.') || under(k, p, '.'));
+            if let Some((o, p)) = taken {
+                err(
+                    errors,
+                    &file,
+                    format!("surface[{i}].keys[{j}]"),
+                    format!("`{k}` overlaps `{p}` of surface `{}`", o.name),
+                );
+            }
             if k.is_empty() || k.split('.').any(str::is_empty) {
                 err(
                     errors,

@@ -295,6 +295,15 @@ impl Rules<'_> {
                 }
             }
         }
+        // A file and a directory of the same name cannot both be written.
+        for path in out.keys() {
+            if let Some(dir) = out.keys().find(|d| path.starts_with(&format!("{d}/"))) {
+                return Err(Self::patch(
+                    path,
+                    format!("another edit writes `{dir}` as a file"),
+                ));
+            }
+        }
         if let Some(after) = out.get(&recipe) {
             let before = match reader.read(&recipe) {
                 Entry::File(c) => text(&recipe, c)?,
@@ -322,9 +331,20 @@ impl Rules<'_> {
             )
         })?;
         let (old_keys, new_keys) = (flatten(&old), flatten(&new));
-        let keys: BTreeSet<&String> = old_keys.keys().chain(new_keys.keys()).collect();
-        for key in keys {
-            if old_keys.get(key) != new_keys.get(key) && !self.surface.owns_key(key) {
+        let keys: BTreeSet<&Vec<String>> = old_keys.keys().chain(new_keys.keys()).collect();
+        for path in keys {
+            if old_keys.get(path) == new_keys.get(path) {
+                continue;
+            }
+            let key = path.join(".");
+            // `"a.b" = 1` and `[a] b = 1` would both read as `a.b`.
+            if path.iter().any(|segment| segment.contains('.')) {
+                return Err(Self::illegal(
+                    format!("{recipe}:{key}"),
+                    "a quoted key with `.` in it reads like another key; write tables instead",
+                ));
+            }
+            if !self.surface.owns_key(&key) {
                 return Err(Self::illegal(
                     format!("{recipe}:{key}"),
                     format!(
@@ -334,7 +354,9 @@ impl Rules<'_> {
                 ));
             }
         }
-        for (key, spec) in &self.surface.params {
+        // Every surface's declared parameters stay present and in their spaces.
+        let declared = self.experiment.surfaces.iter().flat_map(|s| &s.params);
+        for (key, spec) in declared {
             let at = format!("{recipe}:{key}");
             match param_of(&new, key, spec) {
                 None => return Err(Self::illegal(at, "removes a declared parameter")),
@@ -351,25 +373,26 @@ impl Rules<'_> {
     }
 }
 
-/// Every non-table value of a TOML document by its dotted key path.
-fn flatten(table: &toml::Table) -> BTreeMap<String, toml::Value> {
-    fn walk(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, toml::Value>) {
+/// Every non-table value of a TOML document by its key path (segments).
+fn flatten(table: &toml::Table) -> BTreeMap<Vec<String>, toml::Value> {
+    fn walk(
+        prefix: &mut Vec<String>,
+        table: &toml::Table,
+        out: &mut BTreeMap<Vec<String>, toml::Value>,
+    ) {
         for (k, v) in table {
-            let key = if prefix.is_empty() {
-                k.clone()
-            } else {
-                format!("{prefix}.{k}")
-            };
+            prefix.push(k.clone());
             match v {
-                toml::Value::Table(t) => walk(&key, t, out),
+                toml::Value::Table(t) => walk(prefix, t, out),
                 v => {
-                    out.insert(key, v.clone());
+                    out.insert(prefix.clone(), v.clone());
                 }
             }
+            prefix.pop();
         }
     }
     let mut out = BTreeMap::new();
-    walk("", table, &mut out);
+    walk(&mut Vec::new(), table, &mut out);
     out
 }
 
@@ -521,6 +544,15 @@ mod tests {
             label(run(&[replace("recipe.toml", &sneaky)])),
             (I, "recipe.toml:data.seed".into())
         );
+        let quoted = format!(
+            "\"data.seed\" = 1\n{}",
+            RECIPE.replace("seed = 1", "seed = 9")
+        );
+        assert_eq!(
+            label(run(&[replace("recipe.toml", &quoted)])).0,
+            I,
+            "a quoted dotted key must not mask a change"
+        );
         let dropped = RECIPE.replace("lr = 0.1 # step\n", "");
         assert_eq!(
             label(run(&[replace("recipe.toml", &dropped)])),
@@ -561,6 +593,10 @@ mod tests {
         assert_eq!(label(run(&[sr("lib/none.py", "a", "b")])).0, P);
         assert_eq!(label(run(&[replace("recipe.toml", "[opt\n")])).0, P);
         assert_eq!(label(run(&[])).0, P);
+        assert_eq!(
+            label(run(&[replace("lib/a", "x"), replace("lib/a/b", "y")])),
+            (P, "lib/a/b".into())
+        );
         let mut spec_less = Params::new();
         spec_less.insert("opt.steps.deep".into(), ParamValue::Int(1));
         assert_eq!(label(run(&[Edit::Set { values: spec_less }])).0, P);

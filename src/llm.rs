@@ -200,6 +200,8 @@ pub struct LlmClient {
     json: bool,
     /// (time, tokens) of each request in the last hour.
     window: VecDeque<(Instant, u64)>,
+    /// The API key, to redact from error bodies a server echoes it in.
+    secret: Option<String>,
 }
 
 impl LlmClient {
@@ -207,12 +209,18 @@ impl LlmClient {
     pub fn new(config: &LlmSection) -> Result<LlmClient, String> {
         // reqwest's rustls needs a process-wide crypto provider; ring is it.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut secret = None;
         let mut openai = OpenAIConfig::new().with_api_base(config.base_url.trim_end_matches('/'));
         match &config.api_key_env {
             Some(var) => {
-                let key = std::env::var(var).map_err(|_| {
-                    format!("environment variable {var} (llm.api_key_env) is not set")
-                })?;
+                let key = std::env::var(var)
+                    .map_err(|_| format!("environment variable {var} (api_key_env) is not set"))?;
+                // Trial code runs as the same user: without this it could read
+                // the key from /proc/<ratchet>/environ.
+                if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+                    tracing::warn!(error = %e, "cannot make ratchet non-dumpable; trial processes could read its environment");
+                }
+                secret = Some(key.clone());
                 openai = openai.with_api_key(key);
             }
             // async-openai would otherwise read OPENAI_API_KEY; a keyless
@@ -226,6 +234,7 @@ impl LlmClient {
         let client = Client::with_config(openai).with_http_service(Transport { http });
         Ok(LlmClient {
             client,
+            secret,
             json: config.json_mode != JsonMode::Off,
             config: config.clone(),
             window: VecDeque::new(),
@@ -274,6 +283,28 @@ impl LlmClient {
         }
     }
 
+    /// `error` with any occurrence of the API key replaced.
+    fn redact(&self, error: LlmError) -> LlmError {
+        let Some(key) = self.secret.as_deref().filter(|k| !k.is_empty()) else {
+            return error;
+        };
+        let clean = |s: String| s.replace(key, "[redacted]");
+        match error {
+            LlmError::Status {
+                status,
+                retry_after,
+                body,
+            } => LlmError::Status {
+                status,
+                retry_after,
+                body: clean(body),
+            },
+            LlmError::Transport(m) => LlmError::Transport(clean(m)),
+            LlmError::Other(m) => LlmError::Other(clean(m)),
+            other => other,
+        }
+    }
+
     /// Sends one chat completion, retrying as the policy says. `rng` draws the jitter.
     pub async fn complete(
         &mut self,
@@ -319,7 +350,7 @@ impl LlmClient {
                         }),
                     };
                 }
-                Ok(Err(e)) => classify(e, self.config.timeout_secs),
+                Ok(Err(e)) => self.redact(classify(e, self.config.timeout_secs)),
                 Err(_) => LlmError::Timeout(self.config.timeout_secs),
             };
             self.window.push_back((sent, estimate));

@@ -324,32 +324,66 @@ impl Provenance {
     pub fn export(&self, commit: Oid, dir: &Path) -> Result<(), ProvenanceError> {
         let repo = self.repo()?;
         let tree = repo.find_commit(commit)?.tree()?;
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let mut failure: Option<ProvenanceError> = None;
-        tree.walk(TreeWalkMode::PreOrder, |root, entry| {
-            let path = dir.join(root).join(entry.name().unwrap_or("_"));
-            let result = match entry.kind() {
-                Some(ObjectType::Tree) => {
-                    std::fs::create_dir_all(&path).map_err(|e| ProvenanceError::Io {
-                        path: path.clone(),
-                        source: e,
-                    })
-                }
-                Some(ObjectType::Blob) => write_blob(&repo, entry.id(), entry.filemode(), &path),
-                _ => Ok(()),
-            };
-            match result {
-                Ok(()) => TreeWalkResult::Ok,
-                Err(e) => {
-                    failure = Some(e);
-                    TreeWalkResult::Abort
-                }
+        write_tree(&repo, &tree, dir)
+    }
+
+    /// Puts `paths` (files or directories) in `dir` back exactly as they are
+    /// in `commit`: whatever a trial's train command did to them is undone,
+    /// and a path the commit lacks is removed.
+    pub fn restore(
+        &self,
+        commit: Oid,
+        dir: &Path,
+        paths: &[String],
+    ) -> Result<(), ProvenanceError> {
+        let repo = self.repo()?;
+        let tree = repo.find_commit(commit)?.tree()?;
+        for path in paths {
+            let path = path.trim_end_matches('/');
+            let target = dir.join(path);
+            match std::fs::symlink_metadata(&target) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&target).map_err(io(&target))?,
+                Ok(_) => std::fs::remove_file(&target).map_err(io(&target))?,
+                Err(_) => {}
             }
-        })?;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(()),
+            let Ok(entry) = tree.get_path(Path::new(path)) else {
+                continue;
+            };
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+            match entry.kind() {
+                Some(ObjectType::Blob) => write_blob(&repo, entry.id(), entry.filemode(), &target)?,
+                Some(ObjectType::Tree) => write_tree(&repo, &repo.find_tree(entry.id())?, &target)?,
+                _ => {}
+            }
         }
+        Ok(())
+    }
+}
+
+/// Writes a tree's files under `dir` (created).
+fn write_tree(repo: &Repository, tree: &git2::Tree<'_>, dir: &Path) -> Result<(), ProvenanceError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut failure: Option<ProvenanceError> = None;
+    tree.walk(TreeWalkMode::PreOrder, |root, entry| {
+        let path = dir.join(root).join(entry.name().unwrap_or("_"));
+        let result = match entry.kind() {
+            Some(ObjectType::Tree) => std::fs::create_dir_all(&path).map_err(io(&path)),
+            Some(ObjectType::Blob) => write_blob(repo, entry.id(), entry.filemode(), &path),
+            _ => Ok(()),
+        };
+        match result {
+            Ok(()) => TreeWalkResult::Ok,
+            Err(e) => {
+                failure = Some(e);
+                TreeWalkResult::Abort
+            }
+        }
+    })?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 

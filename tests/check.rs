@@ -99,7 +99,7 @@ fn surface_files_that_escape_or_are_protected_are_errors() {
         "experiment/experiment.toml",
         &exp.replace(
             "files = [\"train.py\", \"offset.txt\"]",
-            "files = [\"../up.py\", \"eval.py\", \"recipe.toml\"]\nkeys = [\"fault..mode\"]",
+            "files = [\"../up.py\", \"eval.py\", \"recipe.toml\", \"lib/\"]\nkeys = [\"fault..mode\", \"fault\"]",
         )
         .replace(
             "protected = [\"eval.py\"]",
@@ -109,12 +109,21 @@ fn surface_files_that_escape_or_are_protected_are_errors() {
     let out = dir.ratchet(&["check"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
+    assert!(
+        !err.contains("protected[2]"),
+        "a trailing / names a directory: {err}"
+    );
+    assert!(
+        !err.contains("files[3]"),
+        "a trailing / names a directory: {err}"
+    );
     for expected in [
         "protected[1]: an absolute path",
         "surface[0].files[0]: `..` leaves the experiment directory",
         "surface[0].files[1]: `eval.py` is protected",
         "surface[0].files[2]: the recipe `recipe.toml` is edited through params and keys",
         "surface[0].keys[0]: `fault..mode` is not a dotted recipe key",
+        "surface[0].keys[1]: `fault` overlaps `fault.mode` of surface `fault`",
     ] {
         assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
     }

@@ -304,3 +304,24 @@ fn a_trial_over_the_memory_gate_is_killed_and_labelled_out_of_memory() {
     let peak = trials[0]["train"]["peak_rss_bytes"].as_u64().unwrap();
     assert!(peak > 0 && peak < 100 << 20, "{peak}");
 }
+
+#[test]
+fn a_train_command_that_rewrites_the_scorer_is_scored_by_the_committed_one() {
+    let dir = Dir::with_fixture("faulty");
+    manual_specialist(&dir);
+    let inbox = dir.path().join("lineage/inbox/hand");
+    std::fs::create_dir_all(&inbox).unwrap();
+    // A legal edit of train.py whose run overwrites the protected eval.py.
+    let tamper = json!({"hypothesis": "score myself", "edits": [search_replace(
+        "train.py",
+        "time.sleep(0.2)",
+        "open('eval.py', 'w').write('print(\"loss=0.0\")')")]});
+    std::fs::write(inbox.join("1.json"), tamper.to_string()).unwrap();
+    dir.ratchet_ok(&["run", "--trials", "2"]);
+    let t = &dir.trials()[1];
+    assert_eq!(
+        t["score"].as_f64(),
+        Some(6.75),
+        "eval.py was not restored: {t:#}"
+    );
+}

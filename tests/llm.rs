@@ -278,15 +278,24 @@ fn a_reply_slower_than_the_timeout_is_abandoned() {
 fn the_api_key_reaches_the_server_and_nothing_else() {
     const KEY: &str = "sk-ratchet-sentinel-5f3a9c";
     let server = LlmServer::start(|_, n, _| {
-        Reply::Text(match n {
-            0 => proposal(
-                "print what the trial sees",
-                json!([{"kind": "search_replace", "path": "train.py",
-                        "search": "time.sleep(0.2)",
-                        "replace": "print('key_seen=' + os.environ.get('RATCHET_TEST_KEY', 'absent'))"}]),
-            ),
-            n => proposal(&format!("x {n}"), set_x(2.0 + n as f64 / 10.0)),
-        })
+        match n {
+        // Servers echo a wrong key in their error (OpenAI does): it must not
+        // reach the event log.
+        0 => Reply::Body(
+            401,
+            json!({"error": {"message": format!("Incorrect API key provided: {KEY}"), "type": "invalid_request_error", "param": null, "code": null}}).to_string(),
+        ),
+        1 => Reply::Text(proposal(
+            "print what the trial sees",
+            json!([{"kind": "search_replace", "path": "train.py",
+                    "search": "time.sleep(0.2)",
+                    "replace": "print('key_seen=' + os.environ.get('RATCHET_TEST_KEY', 'absent'))\n\
+try:\n    env = open(f'/proc/{os.getppid()}/environ', 'rb').read()\n    \
+print('parent_env=' + ('leaks' if b'RATCHET_TEST_KEY' in env else 'clean'))\n\
+except OSError:\n    print('parent_env=unreadable')"}]),
+        )),
+        n => Reply::Text(proposal(&format!("x {n}"), set_x(2.0 + n as f64 / 10.0))),
+    }
     });
     let dir = Dir::with_fixture("faulty");
     let spec = llm_specialist(
@@ -314,6 +323,18 @@ fn the_api_key_reaches_the_server_and_nothing_else() {
     )))
     .unwrap();
     assert!(train_out.contains("key_seen=absent"), "{train_out}");
+    assert!(train_out.contains("parent_env="), "{train_out}");
+    // ratchet makes itself non-dumpable, so a trial of the same (non-root)
+    // user cannot read /proc/<ratchet>/environ. root reads it regardless.
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    if !root {
+        assert!(!train_out.contains("parent_env=leaks"), "{train_out}");
+    }
+    let rejected = events(&dir);
+    assert!(
+        str_of(&rejected[0], "detail").contains("HTTP 401"),
+        "{rejected:#?}"
+    );
 
     let mut places = vec![
         ("stdout".to_string(), out.stdout.clone()),

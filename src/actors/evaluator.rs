@@ -179,7 +179,39 @@ fn start_eval(myself: &ActorRef<EvaluatorMsg>, state: &mut EvaluatorState, trial
     let task_guard = guard.clone();
     let me = myself.clone();
     let id = trial.id;
+    // Train ran in the same directory: put the protected files (the scoring
+    // code, eval data) back exactly as committed before eval sees them.
+    let mut protected = state.config.experiment.file.protected.clone();
+    protected.push("experiment.toml".into());
+    let restore = trial
+        .commit
+        .as_deref()
+        .and_then(|c| git2::Oid::from_str(c).ok())
+        .map(|commit| {
+            (
+                state.provenance.clone(),
+                commit,
+                dirs.work.clone(),
+                protected,
+            )
+        });
     let task = tokio::spawn(async move {
+        if let Some((provenance, commit, work, paths)) = restore {
+            let task = move || provenance.restore(commit, &work, &paths);
+            let failed = match tokio::task::spawn_blocking(task).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = failed {
+                let eval = ProcessReport {
+                    spawn_error: Some(format!("cannot restore protected files: {e}")),
+                    ..Default::default()
+                };
+                let _ = me.cast(EvaluatorMsg::EvalFinished { id, eval });
+                return;
+            }
+        }
         let eval = match process::run(&spec, &task_guard).await {
             Ok(r) => r,
             Err(e) => ProcessReport {

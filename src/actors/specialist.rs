@@ -535,7 +535,20 @@ fn proposal_trial(
     };
     match parsed {
         Ok(p) => {
-            new.changes = reply::assignments(&p.edits);
+            // `2` for a float parameter is the value `2.0`: one config, one key.
+            new.changes = reply::assignments(&p.edits)
+                .into_iter()
+                .map(|(k, v)| {
+                    let spec = state
+                        .experiment
+                        .file
+                        .surfaces
+                        .iter()
+                        .find_map(|s| s.params.get(&k));
+                    let v = spec.map_or(v.clone(), |spec| spec.normalize(&v));
+                    (k, v)
+                })
+                .collect();
             config.extend(new.changes.clone());
             new.hypothesis = p.hypothesis;
             new.edits = p.edits;

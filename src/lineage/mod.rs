@@ -274,8 +274,14 @@ impl LineageStore {
 
     /// Applies `change` to a non-terminal trial and records its new status.
     pub fn update(&self, id: TrialId, change: impl Fn(&mut Trial)) -> Result<Trial, LineageError> {
-        (&self.trials, &self.active, &self.meta, &self.incumbents)
-            .transaction(|(trials, active, meta, incumbents)| {
+        (
+            &self.trials,
+            &self.active,
+            &self.meta,
+            &self.incumbents,
+            &self.configs,
+        )
+            .transaction(|(trials, active, meta, incumbents, configs)| {
                 let Some(bytes) = trials.get(key(id))? else {
                     return abort(LineageError::NoSuchTrial(id));
                 };
@@ -284,7 +290,15 @@ impl LineageStore {
                     Err(e) => return abort(e),
                 };
                 let before = trial.status;
+                let config_before = config_key(&trial.config);
                 change(&mut trial);
+                // An edited trial measures what its committed files say:
+                // that configuration is known from now on.
+                let config_after = config_key(&trial.config);
+                if config_after != config_before && configs.get(config_after.as_bytes())?.is_none()
+                {
+                    configs.insert(config_after.as_bytes(), &key(id))?;
+                }
                 if before.is_terminal() {
                     return abort(LineageError::BadTransition {
                         id,

@@ -46,8 +46,11 @@ pub struct FailureModel<'a> {
 impl<'a> FailureModel<'a> {
     /// `space`: every declared parameter; `trials`: any lineage trials.
     pub fn new(space: &'a BTreeMap<String, ParamSpec>, trials: &'a [Trial]) -> FailureModel<'a> {
+        // A trial that edited files failed (or not) for its code, not for
+        // its parameter values: no evidence about the space.
         let points = trials
             .iter()
+            .filter(|t| t.edits.iter().all(|e| e.path().is_none()))
             .filter_map(|t| failed(t).map(|f| (&t.config, f)))
             .collect();
         FailureModel { space, points }

@@ -17,6 +17,8 @@ pub enum Reply {
     Text(String),
     /// Any status with a JSON error body and extra headers.
     Status(u16, Vec<(String, String)>),
+    /// Any status with this body.
+    Body(u16, String),
     /// Wait, then answer with the inner reply.
     Slow(Duration, Box<Reply>),
 }
@@ -151,6 +153,7 @@ fn respond(stream: &mut TcpStream, reply: Reply, model: &str) -> std::io::Result
             return respond(stream, *inner, model);
         }
         Reply::Text(text) => (200, vec![], completion(model, &text).to_string()),
+        Reply::Body(s, body) => (s, vec![], body),
         Reply::Status(s, headers) => (
             s,
             headers,
