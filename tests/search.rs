@@ -6,33 +6,46 @@
 mod common;
 
 use common::Dir;
+use serde_json::Value;
 
-fn in_region(t: &serde_json::Value) -> bool {
+fn in_region(t: &Value) -> bool {
     let x = t["config"]["search.x"].as_f64().unwrap();
     (4.0..=6.0).contains(&x)
 }
 
-#[test]
-fn proposals_leave_a_crash_region_once_lineage_holds_crashes_there() {
+/// The proposals (baseline left out) of a 41-trial run with `seed`.
+fn proposals(seed: u64) -> Vec<Value> {
     let dir = Dir::with_fixture("region");
     dir.write(
         "specialists.toml",
-        "[daemon]\nexperiment = \"experiment\"\nslots = 1\nseed = 3\n\n\
-         [[specialist]]\nname = \"s\"\nsurface = \"search\"\nkind = \"search\"\n",
+        &format!(
+            "[daemon]\nexperiment = \"experiment\"\nslots = 1\nseed = {seed}\n\n\
+             [[specialist]]\nname = \"s\"\nsurface = \"search\"\nkind = \"search\"\n"
+        ),
     );
     dir.ratchet_ok(&["run", "--trials", "41"]);
     let trials = dir.trials();
     assert_eq!(trials.len(), 41);
     // Every trial in the region crashed, every other one was scored.
     for t in &trials {
-        let crashed = t["label"] == "crash";
-        assert_eq!(crashed, in_region(t), "{t:#}");
+        assert_eq!(t["label"] == "crash", in_region(t), "{t:#}");
     }
-    let proposals = &trials[1..];
-    let share = |ts: &[serde_json::Value]| {
-        ts.iter().filter(|t| in_region(t)).count() as f64 / ts.len() as f64
+    trials[1..].to_vec()
+}
+
+#[test]
+fn proposals_leave_a_crash_region_once_lineage_holds_crashes_there() {
+    // Two fixed seeds, pooled: the first 10 proposals of each against the next 30.
+    let runs = [proposals(3), proposals(4)];
+    let share = |part: &dyn Fn(&[Value]) -> &[Value]| {
+        let (hits, all) = runs.iter().fold((0, 0), |(h, n), r| {
+            let p = part(r);
+            (h + p.iter().filter(|t| in_region(t)).count(), n + p.len())
+        });
+        hits as f64 / all as f64
     };
-    let (before, after) = (share(&proposals[..10]), share(&proposals[10..]));
+    let before = share(&|r| &r[..10]);
+    let after = share(&|r| &r[10..]);
     eprintln!("crash-region share: first 10 proposals {before:.3}, next 30 {after:.3}");
     assert!(
         before > 0.0,
@@ -43,7 +56,7 @@ fn proposals_leave_a_crash_region_once_lineage_holds_crashes_there() {
         "the share of proposals in the crash region went from {before:.3} to {after:.3}"
     );
     // The skips are visible in the hypotheses.
-    assert!(proposals.iter().any(|t| t["hypothesis"]
+    assert!(runs.iter().flatten().any(|t| t["hypothesis"]
         .as_str()
         .unwrap()
         .contains("near failed trials")));
