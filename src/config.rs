@@ -315,6 +315,11 @@ pub fn under(path: &str, root: &str, sep: char) -> bool {
 }
 
 impl ExperimentFile {
+    /// Every declared parameter of every surface (names are unique across surfaces).
+    pub fn params(&self) -> impl Iterator<Item = (&String, &ParamSpec)> {
+        self.surfaces.iter().flat_map(|s| &s.params)
+    }
+
     /// Whether `path` is protected: `experiment.toml`, or under a `protected` entry.
     pub fn is_protected(&self, path: &str) -> bool {
         path == "experiment.toml" || self.protected.iter().any(|p| under(path, p, '/'))

@@ -355,8 +355,7 @@ impl Rules<'_> {
             }
         }
         // Every surface's declared parameters stay present and in their spaces.
-        let declared = self.experiment.surfaces.iter().flat_map(|s| &s.params);
-        for (key, spec) in declared {
+        for (key, spec) in self.experiment.params() {
             let at = format!("{recipe}:{key}");
             match param_of(&new, key, spec) {
                 None => return Err(Self::illegal(at, "removes a declared parameter")),

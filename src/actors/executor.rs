@@ -499,9 +499,7 @@ fn measured_config(exp: &Experiment, recipe: &str) -> Params {
         return exp.defaults.clone();
     };
     exp.file
-        .surfaces
-        .iter()
-        .flat_map(|s| &s.params)
+        .params()
         .filter_map(|(k, spec)| param_of(&table, k, spec).map(|v| (k.clone(), v)))
         .collect()
 }

@@ -62,7 +62,6 @@ pub enum SpecialistMsg {
 
 /// What an LLM request task reports.
 pub struct Replied {
-    reply_to: ActorRef<ExecutorMsg>,
     /// `None` when the request task died with it.
     client: Option<LlmClient>,
     result: Result<Completion, Failure>,
@@ -190,7 +189,6 @@ impl Actor for Specialist {
             }
             SpecialistMsg::Replied(replied) => {
                 let Replied {
-                    mut reply_to,
                     client,
                     result,
                     parent,
@@ -201,10 +199,12 @@ impl Actor for Specialist {
                     None => state.config.llm.as_ref().map(LlmClient::new).transpose()?,
                 };
                 state.request = None;
-                // The executor may have been restarted during the request.
-                if let Some(latest) = &state.executor {
-                    reply_to = latest.clone();
-                }
+                // The newest executor that asked (it may have been restarted
+                // during the request); set before any request starts.
+                let reply_to = state
+                    .executor
+                    .clone()
+                    .ok_or("a model reply without an executor that asked")?;
                 let trial = match result {
                     Ok(completion) => {
                         state.failures = 0;
@@ -277,9 +277,8 @@ async fn propose(
     let space: BTreeMap<String, ParamSpec> = state
         .experiment
         .file
-        .surfaces
-        .iter()
-        .flat_map(|s| s.params.iter().map(|(k, v)| (k.clone(), v.clone())))
+        .params()
+        .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let model = FailureModel::new(&space, &feedback.recent);
     let risks: Vec<f64> = fresh.iter().map(|c| model.risk(&c.config)).collect();
@@ -442,7 +441,7 @@ async fn ask_model(
     });
     let mut client = state.llm.take().expect("checked above");
     let mut jitter = Rng::new(state.rng.next_u64());
-    let (me, reply_to) = (myself.clone(), reply_to.clone());
+    let me = myself.clone();
     // The request runs in its own task, watched by another: even if it
     // panicked, the executor's ask is answered and the client rebuilt.
     let request = tokio::spawn(async move {
@@ -462,7 +461,6 @@ async fn ask_model(
             ),
         };
         let _ = me.cast(SpecialistMsg::Replied(Box::new(Replied {
-            reply_to,
             client,
             result,
             parent,
@@ -539,13 +537,8 @@ fn proposal_trial(
             new.changes = reply::assignments(&p.edits)
                 .into_iter()
                 .map(|(k, v)| {
-                    let spec = state
-                        .experiment
-                        .file
-                        .surfaces
-                        .iter()
-                        .find_map(|s| s.params.get(&k));
-                    let v = spec.map_or(v.clone(), |spec| spec.normalize(&v));
+                    let spec = state.experiment.file.params().find(|(p, _)| **p == k);
+                    let v = spec.map_or(v.clone(), |(_, spec)| spec.normalize(&v));
                     (k, v)
                 })
                 .collect();
