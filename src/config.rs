@@ -251,13 +251,47 @@ pub struct ExperimentFile {
     /// `experiment.toml` is always protected.
     #[serde(default)]
     pub protected: Vec<String>,
+    #[serde(default)]
+    pub noise: NoiseSection,
+}
+
+/// How the noise band is measured and used (see the evaluator).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoiseSection {
+    /// Re-runs with `RATCHET_SEED` = 1..=seeds of a candidate that passed the
+    /// screens (and of the baseline): their spread is the noise band of the
+    /// incumbent they make, and a keep needs the mean over all of them.
+    #[serde(default)]
+    pub seeds: u32,
+    /// A keep needs a gain larger than `band` × the incumbent's spread (the
+    /// sample standard deviation of its seed runs).
+    #[serde(default = "default_band")]
+    pub band: f64,
+}
+
+fn default_band() -> f64 {
+    2.0
+}
+
+impl Default for NoiseSection {
+    fn default() -> Self {
+        NoiseSection {
+            seeds: 0,
+            band: default_band(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalSection {
-    /// argv of the eval command every trial gets.
+    /// argv of the cheap eval command every trial gets (the screen).
     pub proxy: Vec<String>,
+    /// argv of the full eval, run only for trials that beat the incumbent on
+    /// proxy; its score is the one that decides. Without it, proxy decides.
+    #[serde(default)]
+    pub full: Option<Vec<String>>,
     /// Hard limit for one eval run (default: the experiment's timeout_secs).
     pub timeout_secs: Option<u64>,
 }
@@ -436,6 +470,19 @@ impl Experiment {
     /// `gates.max_memory_mb` in bytes.
     pub fn memory_limit(&self) -> Option<u64> {
         self.file.gates.max_memory_mb.map(|mb| mb << 20)
+    }
+
+    /// The declared parameters' values in a recipe's text (an edited or
+    /// rebased trial measures what its files say). Legality checks keep them
+    /// in their spaces; a value that cannot be read is left out.
+    pub fn measured(&self, recipe: &str) -> Params {
+        let Ok(table) = recipe.parse::<toml::Table>() else {
+            return self.defaults.clone();
+        };
+        self.file
+            .params()
+            .filter_map(|(k, spec)| param_of(&table, k, spec).map(|v| (k.clone(), v)))
+            .collect()
     }
 
     pub fn eval_timeout_secs(&self) -> u64 {
@@ -762,6 +809,20 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
     }
     if exp.eval.proxy.is_empty() {
         err(errors, &file, "eval.proxy", "needs a program");
+    }
+    if exp.eval.full.as_ref().is_some_and(|f| f.is_empty()) {
+        err(errors, &file, "eval.full", "needs a program");
+    }
+    if !(exp.noise.band.is_finite() && exp.noise.band >= 0.0) {
+        err(
+            errors,
+            &file,
+            "noise.band",
+            "must be a finite number of at least 0",
+        );
+    }
+    if exp.noise.seeds > 64 {
+        err(errors, &file, "noise.seeds", "at most 64 seed re-runs");
     }
     if exp.gates.max_memory_mb == Some(0) {
         err(errors, &file, "gates.max_memory_mb", "must be at least 1");

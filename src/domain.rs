@@ -133,6 +133,10 @@ pub enum Decision {
     WithinNoise,
     /// Worse than the incumbent.
     Regressed,
+    /// Beat the incumbent it was proposed against, which has moved since:
+    /// its change was re-applied onto the new incumbent as another trial
+    /// (`rebased_as`), which is measured and judged on its own.
+    Rebased,
 }
 
 impl Decision {
@@ -141,6 +145,7 @@ impl Decision {
             Self::Improved => "improved",
             Self::WithinNoise => "within_noise",
             Self::Regressed => "regressed",
+            Self::Rebased => "rebased",
         }
     }
 }
@@ -166,6 +171,14 @@ impl Direction {
         match self {
             Self::Minimize => a < b,
             Self::Maximize => a > b,
+        }
+    }
+
+    /// How much better `candidate` is than `reference` (negative: worse).
+    pub fn gain(self, candidate: f64, reference: f64) -> f64 {
+        match self {
+            Self::Minimize => reference - candidate,
+            Self::Maximize => candidate - reference,
         }
     }
 }
@@ -347,6 +360,76 @@ impl ProcessReport {
     }
 }
 
+/// One seed re-run of a trial (`RATCHET_SEED` = `seed`): the same commit,
+/// trained again in its own directory and evaluated with proxy and full.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SeedRun {
+    pub seed: u64,
+    /// Process group of its running train command, for orphan cleanup.
+    pub pgid: Option<i32>,
+    pub train: Option<ProcessReport>,
+    pub proxy: Option<ProcessReport>,
+    pub full: Option<ProcessReport>,
+    pub proxy_score: Option<f64>,
+    pub full_score: Option<f64>,
+    /// Why this run failed (gate or process), when it did.
+    pub failure: Option<FailureLabel>,
+    pub detail: Option<String>,
+}
+
+impl SeedRun {
+    /// It failed, or has the deciding score (`full`: the experiment has a full eval).
+    pub fn finished(&self, full: bool) -> bool {
+        self.failure.is_some()
+            || if full {
+                self.full_score.is_some()
+            } else {
+                self.proxy_score.is_some()
+            }
+    }
+}
+
+/// The spread of a trial's scores over its seed runs (seed 0 included).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    /// How many runs it is measured over.
+    pub n: u32,
+    pub mean: f64,
+    /// Sample standard deviation (0 for a single run).
+    pub sd: f64,
+}
+
+impl Spread {
+    /// `None` for no values.
+    pub fn of(values: &[f64]) -> Option<Spread> {
+        let n = values.len();
+        if n == 0 {
+            return None;
+        }
+        let mean = values.iter().sum::<f64>() / n as f64;
+        let sd = if n < 2 {
+            0.0
+        } else {
+            let ss: f64 = values.iter().map(|v| (v - mean) * (v - mean)).sum();
+            (ss / (n - 1) as f64).sqrt()
+        };
+        Some(Spread {
+            n: n as u32,
+            mean,
+            sd,
+        })
+    }
+}
+
+/// A trial's noise band: the spread of its proxy scores and of its deciding
+/// scores (full, or proxy without a full eval) over its seed runs. The
+/// incumbent's band is what a candidate's gain must exceed (times `noise.band`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NoiseBand {
+    pub proxy: Spread,
+    pub confirmed: Spread,
+}
+
 /// Everything lineage knows about one trial.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Trial {
@@ -395,6 +478,30 @@ pub struct Trial {
     /// The proposer's raw reply (capped), kept when it came from outside.
     #[serde(default)]
     pub reply: Option<String>,
+    /// The proxy eval's score of its own run (seed 0).
+    #[serde(default)]
+    pub proxy_score: Option<f64>,
+    /// The full eval's report and score of its own run, when it got that far.
+    #[serde(default)]
+    pub full_eval: Option<ProcessReport>,
+    #[serde(default)]
+    pub full_score: Option<f64>,
+    /// Seed re-runs (confirmation, and the noise band of an incumbent).
+    #[serde(default)]
+    pub seed_runs: Vec<SeedRun>,
+    /// The spread over its runs, once its seed runs are in.
+    #[serde(default)]
+    pub noise: Option<NoiseBand>,
+    /// It beat its parent on proxy, and the full eval or the seed runs did
+    /// not confirm it.
+    #[serde(default)]
+    pub false_peak: bool,
+    /// The trial whose change this one re-applies onto a newer incumbent.
+    #[serde(default)]
+    pub rebased_from: Option<TrialId>,
+    /// The trial that re-applies this one's change onto a newer incumbent.
+    #[serde(default)]
+    pub rebased_as: Option<TrialId>,
 }
 
 impl Trial {
@@ -434,6 +541,9 @@ pub struct Incumbent {
     /// The incumbent's commit (`ratchet/incumbent` points at it).
     #[serde(default)]
     pub commit: Option<String>,
+    /// Its noise band, from its seed runs.
+    #[serde(default)]
+    pub noise: Option<NoiseBand>,
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character

@@ -395,6 +395,100 @@ fn flatten(table: &toml::Table) -> BTreeMap<Vec<String>, toml::Value> {
     out
 }
 
+/// Every leaf value of a TOML table (tables are walked, arrays are leaves),
+/// by key path.
+fn leaves(table: &toml::Table) -> BTreeMap<Vec<String>, toml::Value> {
+    fn walk(t: &toml::Table, path: &mut Vec<String>, out: &mut BTreeMap<Vec<String>, toml::Value>) {
+        for (k, v) in t {
+            path.push(k.clone());
+            match v {
+                toml::Value::Table(sub) => walk(sub, path, out),
+                leaf => {
+                    out.insert(path.clone(), leaf.clone());
+                }
+            }
+            path.pop();
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(table, &mut Vec::new(), &mut out);
+    out
+}
+
+/// Three-way merge of a TOML recipe, key by key: every key `theirs` changed
+/// relative to `base` is written into `onto` (layout and comments of `onto`
+/// kept). A key `onto` changed too, to another value, is a conflict: the
+/// error names it. This is how a trial's change is re-applied onto an
+/// incumbent that moved after it was proposed.
+pub fn merge_recipe(base: &str, theirs: &str, onto: &str) -> Result<String, String> {
+    let parse = |which: &str, text: &str| {
+        text.parse::<toml::Table>()
+            .map(|t| leaves(&t))
+            .map_err(|e| format!("the {which} recipe does not parse: {e}"))
+    };
+    let (b, t, o) = (
+        parse("parent's", base)?,
+        parse("trial's", theirs)?,
+        parse("incumbent's", onto)?,
+    );
+    let mut doc: toml_edit::DocumentMut = onto
+        .parse()
+        .map_err(|e| format!("the incumbent's recipe does not parse: {e}"))?;
+    let keys: BTreeSet<&Vec<String>> = b.keys().chain(t.keys()).collect();
+    for key in keys {
+        let (was, want) = (b.get(key), t.get(key));
+        if was == want {
+            continue;
+        }
+        let now = o.get(key);
+        if now != was && now != want {
+            return Err(format!(
+                "`{}` was changed by both (incumbent: {}, trial: {})",
+                key.join("."),
+                now.map_or("unset".into(), |v| v.to_string()),
+                want.map_or("unset".into(), |v| v.to_string()),
+            ));
+        }
+        if now == want {
+            continue;
+        }
+        let (last, tables) = key.split_last().expect("a leaf has a name");
+        let mut table: &mut toml_edit::Table = doc.as_table_mut();
+        for part in tables {
+            let item = table
+                .entry(part)
+                .or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()));
+            table = item.as_table_mut().ok_or_else(|| {
+                format!(
+                    "`{}` is not a table in the incumbent's recipe",
+                    key.join(".")
+                )
+            })?;
+        }
+        match want {
+            Some(v) => {
+                let value: toml_edit::Value = v
+                    .to_string()
+                    .parse()
+                    .map_err(|e| format!("`{}`: {e}", key.join(".")))?;
+                let decor = table
+                    .get(last)
+                    .and_then(|i| i.as_value())
+                    .map(|v| v.decor().clone());
+                let mut value = value;
+                if let Some(d) = decor {
+                    *value.decor_mut() = d;
+                }
+                table.insert(last, toml_edit::Item::Value(value));
+            }
+            None => {
+                table.remove(last);
+            }
+        }
+    }
+    Ok(doc.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -613,5 +707,26 @@ mod tests {
             exp.surfaces[0].params["opt.lr"],
             ParamSpec::Float { .. }
         ));
+    }
+
+    #[test]
+    fn a_recipe_merge_takes_the_trials_keys_and_refuses_a_key_both_changed() {
+        let base = "[opt]\nlr = 0.1 # step\nwd = 0.0\n[arch]\nwidth = 64\n";
+        let theirs = "[opt]\nlr = 0.1\nwd = 0.05\n[arch]\nwidth = 64\n";
+        let onto = "# incumbent\n[opt]\nlr = 0.3 # step\nwd = 0.0\n[arch]\nwidth = 64\n";
+        let merged = merge_recipe(base, theirs, onto).unwrap();
+        assert!(merged.starts_with("# incumbent"), "{merged}");
+        assert!(merged.contains("lr = 0.3 # step"), "{merged}");
+        assert!(merged.contains("wd = 0.05"), "{merged}");
+        // Adjacent lines are no conflict: keys are merged, not lines.
+        let t: toml::Table = merged.parse().unwrap();
+        assert_eq!(t["arch"]["width"].as_integer(), Some(64));
+
+        let clash = "[opt]\nlr = 0.01\nwd = 0.0\n[arch]\nwidth = 64\n";
+        let e = merge_recipe(base, clash, onto).unwrap_err();
+        assert!(e.contains("`opt.lr` was changed by both"), "{e}");
+        // The same change on both sides is no conflict.
+        assert!(merge_recipe(base, onto, onto).is_ok());
+        assert!(merge_recipe("[a", theirs, onto).is_err());
     }
 }

@@ -270,38 +270,105 @@ impl Provenance {
         Ok(out)
     }
 
-    /// The commit that makes a kept trial the incumbent. When the trial was
-    /// proposed against the current incumbent (or there is none) that is the
-    /// trial's own commit; when the incumbent moved meanwhile (parallel trials),
-    /// a merge commit with the trial's files, parents (incumbent, trial), so
-    /// every kept trial stays an ancestor of `ratchet/incumbent`. The files are
-    /// exactly the measured ones: trials write their full configuration.
-    pub fn keep_commit(
+    /// Re-applies a trial's change (its commit against its parent commit)
+    /// onto `onto`, the incumbent that moved since it was proposed: each file
+    /// the trial changed is taken from the trial unless `onto` changed it as
+    /// well; the recipe is then merged key by key (`edit::merge_recipe`), any
+    /// other file changed on both sides is a conflict. Returns the merged
+    /// tree (objects written, no commit, no ref) and its recipe text, or the
+    /// conflict in words.
+    pub fn rebase_tree(
         &self,
-        id: TrialId,
         trial: Oid,
-        incumbent: Option<Oid>,
-    ) -> Result<Oid, ProvenanceError> {
+        onto: Oid,
+        recipe: &str,
+    ) -> Result<Result<(Oid, String), String>, ProvenanceError> {
         let repo = self.repo()?;
         let commit = repo.find_commit(trial)?;
-        let Some(incumbent) = incumbent else {
-            return Ok(trial);
+        let Ok(parent) = commit.parent(0) else {
+            return Ok(Err("the trial's commit has no parent to rebase from".into()));
         };
-        if incumbent == trial || commit.parent_id(0).ok() == Some(incumbent) {
-            return Ok(trial);
+        let (base, theirs, ours) = (
+            parent.tree()?,
+            commit.tree()?,
+            repo.find_commit(onto)?.tree()?,
+        );
+        let entry = |tree: &git2::Tree<'_>, path: &str| {
+            tree.get_path(Path::new(path))
+                .ok()
+                .map(|e| (e.id(), e.filemode()))
+        };
+        let text = |tree: &git2::Tree<'_>, path: &str| -> Result<String, ProvenanceError> {
+            Ok(match tree.get_path(Path::new(path)) {
+                Ok(e) => String::from_utf8_lossy(repo.find_blob(e.id())?.content()).into_owned(),
+                Err(_) => String::new(),
+            })
+        };
+        let diff = repo.diff_tree_to_tree(Some(&base), Some(&theirs), None)?;
+        let mut paths = Vec::new();
+        for delta in diff.deltas() {
+            let file = delta.new_file().path().or(delta.old_file().path());
+            if let Some(p) = file.and_then(|p| p.to_str()) {
+                paths.push(p.to_string());
+            }
         }
-        let current = repo.find_commit(incumbent)?;
+        let mut update = TreeUpdateBuilder::new();
+        for path in &paths {
+            let (was, want, now) = (entry(&base, path), entry(&theirs, path), entry(&ours, path));
+            if now == want {
+                continue;
+            }
+            if now == was {
+                match want {
+                    Some((id, mode)) => {
+                        let mode = if mode == i32::from(FileMode::BlobExecutable) {
+                            FileMode::BlobExecutable
+                        } else {
+                            FileMode::Blob
+                        };
+                        update.upsert(path, id, mode);
+                    }
+                    None => {
+                        update.remove(path);
+                    }
+                }
+                continue;
+            }
+            if path != recipe {
+                return Ok(Err(format!("`{path}` was changed by both")));
+            }
+            let merged = match crate::edit::merge_recipe(
+                &text(&base, path)?,
+                &text(&theirs, path)?,
+                &text(&ours, path)?,
+            ) {
+                Ok(m) => m,
+                Err(e) => return Ok(Err(format!("{recipe}: {e}"))),
+            };
+            update.upsert(path, repo.blob(merged.as_bytes())?, FileMode::Blob);
+        }
+        let tree = repo.find_tree(update.create_updated(&repo, &ours)?)?;
+        let recipe_text = text(&tree, recipe)?;
+        Ok(Ok((tree.id(), recipe_text)))
+    }
+
+    /// Commits a rebased tree (from `rebase_tree`) on `ratchet/trials/<id>`,
+    /// with `onto` as its parent. Returns the commit and its diff.
+    pub fn commit_rebased(
+        &self,
+        id: TrialId,
+        tree: Oid,
+        onto: Oid,
+        message: &str,
+    ) -> Result<(Oid, String), ProvenanceError> {
+        let repo = self.repo()?;
+        let parent = repo.find_commit(onto)?;
+        let tree = repo.find_tree(tree)?;
         let sig = signature(&repo);
-        let message = format!("ratchet keep trial {}\n\nproposed against an older incumbent; its measured files replace {}\n", id, incumbent);
-        let merged = repo.commit(
-            None,
-            &sig,
-            &sig,
-            &message,
-            &commit.tree()?,
-            &[&current, &commit],
-        )?;
-        Ok(merged)
+        let oid = repo.commit(None, &sig, &sig, message, &tree, &[&parent])?;
+        repo.reference(&trial_ref(id), oid, true, "ratchet: rebased trial")?;
+        let diff = diff_text(&repo, &parent.tree()?, &tree)?;
+        Ok((oid, diff))
     }
 
     /// Moves `ratchet/incumbent` to a kept trial's commit.

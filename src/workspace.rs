@@ -7,21 +7,33 @@ use std::path::{Path, PathBuf};
 use crate::config::Config;
 use crate::domain::{ParamValue, Params, TrialId};
 
-/// The directories of one trial.
+/// The directories of one run of a trial.
 #[derive(Clone, Debug)]
 pub struct TrialDirs {
-    /// `<lineage>/trials/<id>`: logs and the work copy.
+    /// `<lineage>/trials/<id>` for the trial's own run, `<that>/seed-<s>` for
+    /// a seed re-run: logs and the work copy.
     pub root: PathBuf,
-    /// `<root>/work`: the experiment as this trial sees it; commands run here.
+    /// `<root>/work`: the experiment as this run sees it; commands run here.
     pub work: PathBuf,
+    /// The run's seed (`RATCHET_SEED`, `{seed}`): 0 for the trial's own run.
+    pub seed: u64,
 }
 
 impl TrialDirs {
     pub fn new(lineage_dir: &Path, id: TrialId) -> TrialDirs {
-        let root = lineage_dir.join("trials").join(format!("{:06}", id.0));
+        TrialDirs::run(lineage_dir, id, 0)
+    }
+
+    /// The directories of the trial's run with `seed`.
+    pub fn run(lineage_dir: &Path, id: TrialId, seed: u64) -> TrialDirs {
+        let mut root = lineage_dir.join("trials").join(format!("{:06}", id.0));
+        if seed != 0 {
+            root.push(format!("seed-{seed}"));
+        }
         TrialDirs {
             work: root.join("work"),
             root,
+            seed,
         }
     }
 }
@@ -78,7 +90,7 @@ pub fn trial_env(config: &Config, dirs: &TrialDirs, id: TrialId) -> Vec<(String,
         ),
         ("RATCHET_TRIAL_ID".into(), id.to_string()),
         ("RATCHET_TRIAL_DIR".into(), dirs.root.display().to_string()),
-        ("RATCHET_SEED".into(), config.seed.to_string()),
+        ("RATCHET_SEED".into(), dirs.seed.to_string()),
     ];
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -102,7 +114,8 @@ pub fn secret_env(config: &Config) -> Vec<String> {
         .collect()
 }
 
-/// A trial command's argv, with `{ratchet}`, `{trial_dir}`, `{work}` and `{experiment_dir}` expanded.
+/// A trial command's argv, with `{ratchet}`, `{trial_dir}`, `{work}`,
+/// `{seed}` and `{experiment_dir}` expanded.
 pub fn trial_argv(argv: &[String], config: &Config, dirs: &TrialDirs) -> Vec<String> {
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
@@ -112,6 +125,7 @@ pub fn trial_argv(argv: &[String], config: &Config, dirs: &TrialDirs) -> Vec<Str
             a.replace("{ratchet}", &exe)
                 .replace("{trial_dir}", &dirs.root.display().to_string())
                 .replace("{work}", &dirs.work.display().to_string())
+                .replace("{seed}", &dirs.seed.to_string())
                 .replace(
                     "{experiment_dir}",
                     &config.experiment.dir.display().to_string(),

@@ -190,8 +190,22 @@ fn edits_are_checked_against_the_surface_and_illegal_ones_touch_nothing() {
         "untouched\n"
     );
 
-    let trials = dir.trials();
+    // A legal edit that beat its parent after the incumbent moved is
+    // re-applied onto the new incumbent as another trial; those come on top.
+    let (rebased, trials): (Vec<Value>, Vec<Value>) = dir
+        .trials()
+        .into_iter()
+        .partition(|t| !t["rebased_from"].is_null());
     assert_eq!(trials.len(), total, "{trials:#?}");
+    for r in &rebased {
+        let from = trials
+            .iter()
+            .find(|t| t["id"] == r["rebased_from"])
+            .expect("a rebased trial names its origin");
+        assert_eq!(from["rebased_as"], r["id"], "{from:#}");
+        assert_eq!(str_of(from, "decision"), "rebased", "{from:#}");
+        assert!(matches!(str_of(r, "status"), "kept" | "discarded"), "{r:#}");
+    }
     assert_eq!(str_of(&trials[0], "specialist"), "baseline");
     let repo = Repository::open(dir.path().join("experiment")).unwrap();
     for (t, (hypothesis, _, label, path)) in trials[1..].iter().zip(&cases) {

@@ -1,10 +1,24 @@
 //! The evaluator: owns every score and every keep/discard decision. It runs
-//! the experiment's eval command itself in the trial's workspace (numbers the
+//! the experiment's eval commands itself in the trial's workspace (numbers the
 //! train command printed are never the score), applies the failure labels and
-//! gates, compares with the incumbent by the metric's direction, and records
-//! the outcome in lineage before telling anyone.
+//! gates, and decides in stages, recording each before acting on it:
+//!
+//! 1. **proxy** (every trial): the gates, then a screen against the trial's
+//!    parent (the incumbent it was proposed against, same seed): a gain within
+//!    the parent's proxy noise band ends it (`within_noise` or `regressed`);
+//! 2. **full** (experiments with `eval.full`, only trials that passed the
+//!    proxy screen): gates and the same screen on the full score; a trial
+//!    that fails it is a *false peak*;
+//! 3. **rebase**: a trial that passed its screens while the incumbent moved
+//!    is re-applied onto the new incumbent as a new trial (a conflict is
+//!    `patch_failed`), which goes through all stages itself;
+//! 4. **confirmation** (`noise.seeds` > 0): the trial is trained again with
+//!    seeds 1..=N; it is kept only if its mean gain over the incumbent, seed by
+//!    seed, exceeds `noise.band` × the incumbent's spread. Otherwise it is a
+//!    false peak. The seed runs are the noise band of the incumbent it becomes,
+//!    so every incumbent (the baseline first) has its band when it is kept.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,20 +29,39 @@ use super::executor::ExecutorMsg;
 use super::{interrupt_all, update_trial, CALL_TIMEOUT_MS};
 use crate::config::Config;
 use crate::domain::{
-    Decision, FailureLabel, Incumbent, ProcessReport, Trial, TrialId, TrialStatus,
+    format_float, Decision, Direction, FailureLabel, Incumbent, NoiseBand, ProcessReport, SeedRun,
+    Spread, Trial, TrialId, TrialStatus,
 };
 use crate::lineage::actor::LineageMsg;
+use crate::lineage::NewTrial;
 use crate::process::{self, GroupGuard, GroupTask};
 use crate::provenance::Provenance;
 use crate::workspace::{secret_env, trial_argv, trial_env, TrialDirs};
 
 pub enum EvaluatorMsg {
-    /// A trial's train command ended; judge it.
-    Evaluate { id: TrialId, train: ProcessReport },
-    /// The eval command of a trial ended (from its task).
-    EvalFinished { id: TrialId, eval: ProcessReport },
-    /// Where to report incumbent changes (sent again after a restart).
+    /// A train run ended: the trial's own (seed 0) or a seed re-run.
+    Evaluate {
+        id: TrialId,
+        seed: u64,
+        train: ProcessReport,
+    },
+    /// An eval command of a run ended (from its task).
+    EvalFinished {
+        id: TrialId,
+        seed: u64,
+        stage: Stage,
+        eval: ProcessReport,
+    },
+    /// Where to send seed runs and report outcomes (sent again after an
+    /// executor restart: seed runs it lost are asked for again).
     SetExecutor(ActorRef<ExecutorMsg>),
+}
+
+/// Which eval command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Proxy,
+    Full,
 }
 
 pub struct Evaluator;
@@ -44,23 +77,42 @@ pub struct EvaluatorState {
     provenance: Arc<Provenance>,
     lineage: ActorRef<LineageMsg>,
     executor: Option<ActorRef<ExecutorMsg>>,
+    /// Messages for an executor that is not known yet.
+    pending: Vec<ExecutorMsg>,
     incumbent: Option<Incumbent>,
-    /// Evaluations in flight; dropping one kills its process group.
-    running: HashMap<TrialId, GroupTask>,
+    /// Evaluations in flight, by trial and seed; dropping one kills its process group.
+    running: HashMap<(TrialId, u64), GroupTask>,
+}
+
+/// Why one eval run fails its gates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    pub label: FailureLabel,
+    pub detail: String,
+    /// Kept when there was one (a gate miss, a size failure).
+    pub score: Option<f64>,
 }
 
 /// What the evaluator concluded about a trial.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Verdict {
-    /// `score` is kept when there was one (a gate miss, a size failure).
-    Failed {
-        label: FailureLabel,
-        detail: String,
-        score: Option<f64>,
-    },
+    Failed(Failure),
     Scored {
         score: f64,
         decision: Decision,
+        /// What it was compared with (the parent's or incumbent's score).
+        reference: Option<f64>,
+        /// A proxy win the full eval or the seed runs did not confirm.
+        false_peak: bool,
+        detail: String,
+        noise: Option<NoiseBand>,
+    },
+    /// Re-applied onto the moved incumbent as trial `to`.
+    Rebased {
+        to: TrialId,
+        score: Option<f64>,
+        reference: Option<f64>,
+        detail: String,
     },
 }
 
@@ -80,12 +132,15 @@ impl Actor for Evaluator {
             provenance: args.provenance,
             lineage: args.lineage,
             executor: None,
+            pending: Vec::new(),
             incumbent,
             running: HashMap::new(),
         })
     }
 
-    /// Evaluations cut short by the previous process are run again.
+    /// Evaluations cut short by the previous process go on: a trial whose
+    /// seed runs had started continues with them (finished ones are kept),
+    /// any other is evaluated again from its proxy stage.
     async fn post_start(
         &self,
         myself: ActorRef<Self::Msg>,
@@ -96,11 +151,16 @@ impl Actor for Evaluator {
             .into_iter()
             .filter(|t| t.status == TrialStatus::Evaluating)
         {
-            info!(trial = %t.id, "re-running an evaluation cut short");
-            myself.cast(EvaluatorMsg::Evaluate {
-                id: t.id,
-                train: t.train.unwrap_or_default(),
-            })?;
+            info!(trial = %t.id, "resuming an evaluation cut short");
+            if t.seed_runs.is_empty() {
+                myself.cast(EvaluatorMsg::Evaluate {
+                    id: t.id,
+                    seed: 0,
+                    train: t.train.unwrap_or_default(),
+                })?;
+            } else {
+                confirm(state, t).await?;
+            }
         }
         Ok(())
     }
@@ -110,7 +170,9 @@ impl Actor for Evaluator {
         _myself: ActorRef<Self::Msg>,
         state: &mut EvaluatorState,
     ) -> Result<(), ActorProcessingErr> {
-        let ids: Vec<TrialId> = state.running.keys().copied().collect();
+        let mut ids: Vec<TrialId> = state.running.keys().map(|(id, _)| *id).collect();
+        ids.sort();
+        ids.dedup();
         state.running.clear();
         interrupt_all(&state.lineage, ids, "ratchet stopped during the evaluation").await;
         Ok(())
@@ -123,8 +185,24 @@ impl Actor for Evaluator {
         state: &mut EvaluatorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            EvaluatorMsg::SetExecutor(e) => state.executor = Some(e),
-            EvaluatorMsg::Evaluate { id, train } => {
+            EvaluatorMsg::SetExecutor(e) => {
+                let replaced = state.executor.replace(e).is_some();
+                for m in std::mem::take(&mut state.pending) {
+                    tell_executor(state, m);
+                }
+                if replaced {
+                    // The old executor's queue and seed runs died with it.
+                    let active =
+                        ractor::call_t!(state.lineage, LineageMsg::Active, CALL_TIMEOUT_MS)?;
+                    for t in active
+                        .into_iter()
+                        .filter(|t| t.status == TrialStatus::Evaluating && !t.seed_runs.is_empty())
+                    {
+                        confirm(state, t).await?;
+                    }
+                }
+            }
+            EvaluatorMsg::Evaluate { id, seed: 0, train } => {
                 let report = train.clone();
                 let trial = update_trial(
                     &state.lineage,
@@ -136,44 +214,531 @@ impl Actor for Evaluator {
                 )
                 .await?;
                 if !train.succeeded() {
-                    let verdict = Verdict::Failed {
+                    let verdict = Verdict::Failed(Failure {
                         label: train.failure_label(),
                         detail: format!("train: {}", train.describe()),
                         score: None,
-                    };
+                    });
                     return record(state, &trial, verdict, None).await;
                 }
-                start_eval(&myself, state, &trial);
+                start_eval(&myself, state, &trial, 0, Stage::Proxy);
             }
-            EvaluatorMsg::EvalFinished { id, eval } => {
-                if let Some(done) = state.running.remove(&id) {
+            EvaluatorMsg::Evaluate { id, seed, train } => {
+                let failed = (!train.succeeded()).then(|| {
+                    (
+                        train.failure_label(),
+                        format!("seed {seed} train: {}", train.describe()),
+                    )
+                });
+                let failure = failed.clone();
+                let Some(trial) = update_run(state, id, seed, move |r| {
+                    r.train = Some(train.clone());
+                    if let Some((label, detail)) = &failure {
+                        r.failure = Some(*label);
+                        r.detail = Some(detail.clone());
+                    }
+                })
+                .await
+                else {
+                    return Ok(());
+                };
+                if failed.is_some() {
+                    return seed_finished(state, trial).await;
+                }
+                start_eval(&myself, state, &trial, seed, Stage::Proxy);
+            }
+            EvaluatorMsg::EvalFinished {
+                id,
+                seed,
+                stage,
+                eval,
+            } => {
+                if let Some(done) = state.running.remove(&(id, seed)) {
                     done.guard.disarm();
                 }
-                let trial = ractor::call_t!(state.lineage, LineageMsg::Get, CALL_TIMEOUT_MS, id)?
-                    .ok_or_else(|| format!("trial {id} vanished from lineage"))?;
-                let verdict = judge(&state.config, state.incumbent.as_ref(), &eval);
-                record(state, &trial, verdict, Some(eval)).await?;
+                let checked = check(&state.config, &eval);
+                if seed == 0 {
+                    return own_eval(&myself, state, id, stage, eval, checked).await;
+                }
+                let full = state.config.experiment.file.eval.full.is_some();
+                let next = stage == Stage::Proxy && full && checked.is_ok();
+                let Some(trial) = update_run(state, id, seed, move |r| {
+                    let (report, score) = match stage {
+                        Stage::Proxy => (&mut r.proxy, &mut r.proxy_score),
+                        Stage::Full => (&mut r.full, &mut r.full_score),
+                    };
+                    *report = Some(eval.clone());
+                    match &checked {
+                        Ok(s) => *score = Some(*s),
+                        Err(f) => {
+                            r.failure = Some(f.label);
+                            r.detail = Some(format!("seed {seed} {}", f.detail));
+                        }
+                    }
+                })
+                .await
+                else {
+                    return Ok(());
+                };
+                if next {
+                    start_eval(&myself, state, &trial, seed, Stage::Full);
+                } else {
+                    seed_finished(state, trial).await?;
+                }
             }
         }
         Ok(())
     }
 }
 
-fn start_eval(myself: &ActorRef<EvaluatorMsg>, state: &mut EvaluatorState, trial: &Trial) {
-    let dirs = TrialDirs::new(&state.config.lineage_dir, trial.id);
-    let spec = process::Spec {
-        argv: trial_argv(
-            &state.config.experiment.file.eval.proxy,
-            &state.config,
-            &dirs,
+fn tell_executor(state: &mut EvaluatorState, msg: ExecutorMsg) {
+    match &state.executor {
+        Some(e) => {
+            if let Err(e) = e.cast(msg) {
+                warn!(error = %e, "the executor is gone; it is told again when it restarts");
+            }
+        }
+        None => state.pending.push(msg),
+    }
+}
+
+/// Records a change of one seed run. `None` when the trial is no longer
+/// being evaluated (interrupted meanwhile): the result is dropped.
+async fn update_run(
+    state: &EvaluatorState,
+    id: TrialId,
+    seed: u64,
+    change: impl Fn(&mut SeedRun) + Send + Sync + 'static,
+) -> Option<Trial> {
+    let updated = update_trial(
+        &state.lineage,
+        id,
+        Box::new(move |t| {
+            if t.status != TrialStatus::Evaluating {
+                return;
+            }
+            if let Some(r) = t.seed_runs.iter_mut().find(|r| r.seed == seed) {
+                change(r);
+            }
+        }),
+    )
+    .await;
+    match updated {
+        Ok(t) if t.status == TrialStatus::Evaluating => Some(t),
+        Ok(t) => {
+            info!(trial = %id, seed, status = %t.status, "dropping a seed run's result");
+            None
+        }
+        Err(e) => {
+            warn!(trial = %id, seed, error = %e, "dropping a seed run's result");
+            None
+        }
+    }
+}
+
+/// The trial's own run (seed 0) passed an eval stage or failed it.
+async fn own_eval(
+    myself: &ActorRef<EvaluatorMsg>,
+    state: &mut EvaluatorState,
+    id: TrialId,
+    stage: Stage,
+    eval: ProcessReport,
+    checked: Result<f64, Failure>,
+) -> Result<(), ActorProcessingErr> {
+    let score = match checked {
+        Ok(s) => s,
+        Err(failure) => {
+            let trial = ractor::call_t!(state.lineage, LineageMsg::Get, CALL_TIMEOUT_MS, id)?
+                .ok_or_else(|| format!("trial {id} vanished from lineage"))?;
+            return record(state, &trial, Verdict::Failed(failure), Some((stage, eval))).await;
+        }
+    };
+    let trial = update_trial(
+        &state.lineage,
+        id,
+        Box::new(move |t| match stage {
+            Stage::Proxy => {
+                t.eval = Some(eval.clone());
+                t.proxy_score = Some(score);
+            }
+            Stage::Full => {
+                t.full_eval = Some(eval.clone());
+                t.full_score = Some(score);
+            }
+        }),
+    )
+    .await?;
+    if let Some(parent) = reference(state, &trial).await? {
+        let (theirs, spread) = match stage {
+            Stage::Proxy => (
+                parent.proxy_score.or(parent.score),
+                parent.noise.map(|n| n.proxy.sd),
+            ),
+            Stage::Full => (
+                parent.full_score.or(parent.score),
+                parent.noise.map(|n| n.confirmed.sd),
+            ),
+        };
+        if let Some(theirs) = theirs {
+            let exp = &state.config.experiment.file;
+            let band = exp.noise.band * spread.unwrap_or(0.0);
+            let gain = exp.direction.gain(score, theirs);
+            let decision = classify(gain, band);
+            if decision != Decision::Improved {
+                let name = match stage {
+                    Stage::Proxy => "proxy",
+                    Stage::Full => "full",
+                };
+                let mut detail = format!(
+                    "{name} {} vs {} of #{} (gain {}, band {})",
+                    format_float(score),
+                    format_float(theirs),
+                    parent.id,
+                    format_float(gain),
+                    format_float(band)
+                );
+                let false_peak = stage == Stage::Full;
+                if false_peak {
+                    detail = format!(
+                        "false peak: won on proxy ({}), not on {detail}",
+                        trial.proxy_score.map_or("?".into(), format_float)
+                    );
+                }
+                let verdict = Verdict::Scored {
+                    score,
+                    decision,
+                    reference: Some(theirs),
+                    false_peak,
+                    detail,
+                    noise: None,
+                };
+                return record(state, &trial, verdict, None).await;
+            }
+        }
+    }
+    if stage == Stage::Proxy && state.config.experiment.file.eval.full.is_some() {
+        start_eval(myself, state, &trial, 0, Stage::Full);
+        return Ok(());
+    }
+    confirm(state, trial).await
+}
+
+/// The trial a candidate is screened against: its parent, when lineage has it scored.
+async fn reference(
+    state: &EvaluatorState,
+    trial: &Trial,
+) -> Result<Option<Trial>, ActorProcessingErr> {
+    let Some(p) = trial.parent else {
+        return Ok(None);
+    };
+    let parent = ractor::call_t!(state.lineage, LineageMsg::Get, CALL_TIMEOUT_MS, p)?;
+    Ok(parent.filter(|p| p.score.is_some()))
+}
+
+/// A trial's incumbent moved after it was proposed.
+fn stale(state: &EvaluatorState, trial: &Trial) -> bool {
+    state
+        .incumbent
+        .as_ref()
+        .is_some_and(|i| trial.parent != Some(i.trial))
+}
+
+/// The trial passed its screens: rebase it if the incumbent moved, else run
+/// (or, after a restart, finish) its seed runs, else decide.
+async fn confirm(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorProcessingErr> {
+    if stale(state, &trial) {
+        return rebase(state, &trial).await;
+    }
+    let full = state.config.experiment.file.eval.full.is_some();
+    let seeds = state.config.experiment.file.noise.seeds as u64;
+    let missing: Vec<u64> = (1..=seeds)
+        .filter(|s| {
+            !trial
+                .seed_runs
+                .iter()
+                .any(|r| r.seed == *s && r.finished(full))
+        })
+        .collect();
+    if missing.is_empty() {
+        return decide(state, trial).await;
+    }
+    let fresh = missing.clone();
+    let trial = update_trial(
+        &state.lineage,
+        trial.id,
+        Box::new(move |t| {
+            for &seed in &fresh {
+                if let Some(r) = t.seed_runs.iter_mut().find(|r| r.seed == seed) {
+                    *r = SeedRun {
+                        seed,
+                        pgid: r.pgid,
+                        ..Default::default()
+                    };
+                } else {
+                    t.seed_runs.push(SeedRun {
+                        seed,
+                        ..Default::default()
+                    });
+                }
+            }
+            t.seed_runs.sort_by_key(|r| r.seed);
+        }),
+    )
+    .await?;
+    info!(trial = %trial.id, seeds = ?missing, "confirming with seed re-runs");
+    tell_executor(
+        state,
+        ExecutorMsg::RunSeeds {
+            trial: Box::new(trial),
+            seeds: missing,
+        },
+    );
+    Ok(())
+}
+
+async fn seed_finished(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorProcessingErr> {
+    let full = state.config.experiment.file.eval.full.is_some();
+    if trial.seed_runs.iter().all(|r| r.finished(full)) {
+        decide(state, trial).await?;
+    }
+    Ok(())
+}
+
+/// Scores by seed (seed 0: the trial's own run): the deciding eval's when
+/// `deciding`, the proxy's otherwise.
+pub fn scores_by_seed(trial: &Trial, full: bool, deciding: bool) -> BTreeMap<u64, f64> {
+    let pick = |proxy: Option<f64>, f: Option<f64>| if deciding && full { f } else { proxy };
+    let mut out = BTreeMap::new();
+    if let Some(s) = pick(trial.proxy_score, trial.full_score) {
+        out.insert(0, s);
+    }
+    for r in &trial.seed_runs {
+        if let Some(s) = pick(r.proxy_score, r.full_score) {
+            out.insert(r.seed, s);
+        }
+    }
+    out
+}
+
+/// The mean gain of a candidate over a reference, seed by seed where the
+/// reference has every seed the candidate has (the same seed gives the same
+/// initialisation and data order, so that part of the noise cancels);
+/// otherwise the candidate's mean against the reference's score.
+pub fn paired_gain(
+    direction: Direction,
+    candidate: &BTreeMap<u64, f64>,
+    reference: &BTreeMap<u64, f64>,
+    reference_score: f64,
+) -> f64 {
+    if !candidate.is_empty() && candidate.keys().all(|s| reference.contains_key(s)) {
+        let sum: f64 = candidate
+            .iter()
+            .map(|(s, c)| direction.gain(*c, reference[s]))
+            .sum();
+        return sum / candidate.len() as f64;
+    }
+    let values: Vec<f64> = candidate.values().copied().collect();
+    let mean = Spread::of(&values).map_or(f64::NAN, |s| s.mean);
+    direction.gain(mean, reference_score)
+}
+
+/// A gain against a band: more than the band is an improvement, less than
+/// minus the band a regression, anything between is noise.
+pub fn classify(gain: f64, band: f64) -> Decision {
+    if gain > band {
+        Decision::Improved
+    } else if gain >= -band {
+        Decision::WithinNoise
+    } else {
+        Decision::Regressed
+    }
+}
+
+/// Every run of the trial is in: keep it or not.
+async fn decide(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorProcessingErr> {
+    if let Some(r) = trial.seed_runs.iter().find(|r| r.failure.is_some()) {
+        let failure = Failure {
+            label: r.failure.unwrap_or(FailureLabel::Crash),
+            detail: r
+                .detail
+                .clone()
+                .unwrap_or_else(|| format!("seed {} failed", r.seed)),
+            score: trial.full_score.or(trial.proxy_score),
+        };
+        return record(state, &trial, Verdict::Failed(failure), None).await;
+    }
+    if stale(state, &trial) {
+        return rebase(state, &trial).await;
+    }
+    let exp = &state.config.experiment.file;
+    let full = exp.eval.full.is_some();
+    let mine = scores_by_seed(&trial, full, true);
+    let values: Vec<f64> = mine.values().copied().collect();
+    let proxies: Vec<f64> = scores_by_seed(&trial, full, false).into_values().collect();
+    let noise = match (Spread::of(&proxies), Spread::of(&values)) {
+        (Some(proxy), Some(confirmed)) => Some(NoiseBand { proxy, confirmed }),
+        _ => None,
+    };
+    let Some(score) = noise.map(|n| n.confirmed.mean) else {
+        return Err(format!("trial {} reached its decision without a score", trial.id).into());
+    };
+    let runs = values.len();
+    let verdict = match state.incumbent.clone() {
+        None => Verdict::Scored {
+            score,
+            decision: Decision::Improved,
+            reference: None,
+            false_peak: false,
+            detail: format!("first incumbent, measured over {runs} run(s)"),
+            noise,
+        },
+        Some(inc) => {
+            let theirs =
+                ractor::call_t!(state.lineage, LineageMsg::Get, CALL_TIMEOUT_MS, inc.trial)?
+                    .map(|t| scores_by_seed(&t, full, true))
+                    .unwrap_or_default();
+            let gain = paired_gain(exp.direction, &mine, &theirs, inc.score);
+            let band = exp.noise.band * inc.noise.map_or(0.0, |n| n.confirmed.sd);
+            let decision = classify(gain, band);
+            let what = format!(
+                "mean gain {} over #{} across {runs} run(s), band {}",
+                format_float(gain),
+                inc.trial,
+                format_float(band)
+            );
+            let false_peak = decision != Decision::Improved;
+            let detail = if false_peak {
+                format!("false peak: passed its screens, not the confirmation: {what}")
+            } else {
+                what
+            };
+            Verdict::Scored {
+                score,
+                decision,
+                reference: Some(inc.score),
+                false_peak,
+                detail,
+                noise,
+            }
+        }
+    };
+    record(state, &trial, verdict, None).await
+}
+
+/// Re-applies a trial that beat its parent onto the incumbent that replaced
+/// the parent, as a new trial that is measured and judged on its own. A
+/// conflict (a file or recipe key both changed) is `patch_failed`.
+async fn rebase(state: &mut EvaluatorState, trial: &Trial) -> Result<(), ActorProcessingErr> {
+    let Some(inc) = state.incumbent.clone() else {
+        return Err(format!("trial {} rebased without an incumbent", trial.id).into());
+    };
+    let score = trial.full_score.or(trial.proxy_score);
+    let oid = |c: Option<&str>| c.and_then(|c| git2::Oid::from_str(c).ok());
+    let (Some(commit), Some(onto)) = (oid(trial.commit.as_deref()), oid(inc.commit.as_deref()))
+    else {
+        let failure = Failure {
+            label: FailureLabel::PatchFailed,
+            detail: format!(
+                "cannot rebase onto incumbent #{}: a commit is missing",
+                inc.trial
+            ),
+            score,
+        };
+        return record(state, trial, Verdict::Failed(failure), None).await;
+    };
+    let exp = &state.config.experiment;
+    let recipe = exp.file.recipe.to_string_lossy().into_owned();
+    let provenance = state.provenance.clone();
+    let merged = tokio::task::spawn_blocking(move || provenance.rebase_tree(commit, onto, &recipe))
+        .await??;
+    let (tree, recipe_text) = match merged {
+        Ok(m) => m,
+        Err(conflict) => {
+            let failure = Failure {
+                label: FailureLabel::PatchFailed,
+                detail: format!("rebase onto incumbent #{}: {conflict}", inc.trial),
+                score,
+            };
+            return record(state, trial, Verdict::Failed(failure), None).await;
+        }
+    };
+    let config = exp.measured(&recipe_text);
+    let changes = config
+        .iter()
+        .filter(|(k, v)| inc.config.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let new = NewTrial {
+        specialist: trial.specialist.clone(),
+        surface: trial.surface.clone(),
+        parent: Some(inc.trial),
+        hypothesis: trial.hypothesis.clone(),
+        changes,
+        config,
+        edits: trial.edits.clone(),
+        reply: None,
+        rejected: None,
+        rebased_from: Some(trial.id),
+    };
+    let rebased = ractor::call_t!(state.lineage, LineageMsg::Propose, CALL_TIMEOUT_MS, new)??;
+    if rebased.status == TrialStatus::Proposed {
+        let message = format!(
+            "ratchet trial {}\n\nspecialist: {}\nhypothesis: {}\nrebased: trial {} re-applied onto trial {}\n",
+            rebased.id, rebased.specialist, rebased.hypothesis, trial.id, inc.trial
+        );
+        let (provenance, id) = (state.provenance.clone(), rebased.id);
+        let (oid, diff) = tokio::task::spawn_blocking(move || {
+            provenance.commit_rebased(id, tree, onto, &message)
+        })
+        .await??;
+        let committed = update_trial(
+            &state.lineage,
+            rebased.id,
+            Box::new(move |t| {
+                t.commit = Some(oid.to_string());
+                t.diff = Some(diff.clone());
+            }),
+        )
+        .await?;
+        tell_executor(state, ExecutorMsg::Enqueue(Box::new(committed)));
+    }
+    info!(trial = %trial.id, onto = %inc.trial, rebased = %rebased.id, "rebased onto the new incumbent");
+    let verdict = Verdict::Rebased {
+        to: rebased.id,
+        score,
+        reference: None,
+        detail: format!(
+            "beat #{} but the incumbent moved to #{}: re-applied onto it as #{}",
+            trial.parent.map_or("-".into(), |p| p.to_string()),
+            inc.trial,
+            rebased.id
         ),
+    };
+    record(state, trial, verdict, None).await
+}
+
+fn start_eval(
+    myself: &ActorRef<EvaluatorMsg>,
+    state: &mut EvaluatorState,
+    trial: &Trial,
+    seed: u64,
+    stage: Stage,
+) {
+    let exp = &state.config.experiment.file;
+    let (argv, name) = match (stage, &exp.eval.full) {
+        (Stage::Full, Some(full)) => (full, "full"),
+        _ => (&exp.eval.proxy, "eval"),
+    };
+    let dirs = TrialDirs::run(&state.config.lineage_dir, trial.id, seed);
+    let spec = process::Spec {
+        argv: trial_argv(argv, &state.config, &dirs),
         cwd: dirs.work.clone(),
         env: trial_env(&state.config, &dirs, trial.id),
         env_remove: secret_env(&state.config),
         memory_limit: state.config.experiment.memory_limit(),
         timeout: Duration::from_secs(state.config.experiment.eval_timeout_secs()),
-        stdout: dirs.root.join("eval.stdout"),
-        stderr: dirs.root.join("eval.stderr"),
+        stdout: dirs.root.join(format!("{name}.stdout")),
+        stderr: dirs.root.join(format!("{name}.stderr")),
     };
     let guard = GroupGuard::default();
     let task_guard = guard.clone();
@@ -181,7 +746,7 @@ fn start_eval(myself: &ActorRef<EvaluatorMsg>, state: &mut EvaluatorState, trial
     let id = trial.id;
     // Train ran in the same directory: put the protected files (the scoring
     // code, eval data) back exactly as committed before eval sees them.
-    let mut protected = state.config.experiment.file.protected.clone();
+    let mut protected = exp.protected.clone();
     protected.push("experiment.toml".into());
     let restore = trial
         .commit
@@ -196,6 +761,12 @@ fn start_eval(myself: &ActorRef<EvaluatorMsg>, state: &mut EvaluatorState, trial
             )
         });
     let task = tokio::spawn(async move {
+        let finished = |eval| EvaluatorMsg::EvalFinished {
+            id,
+            seed,
+            stage,
+            eval,
+        };
         if let Some((provenance, commit, work, paths)) = restore {
             let task = move || provenance.restore(commit, &work, &paths);
             let failed = match tokio::task::spawn_blocking(task).await {
@@ -208,7 +779,7 @@ fn start_eval(myself: &ActorRef<EvaluatorMsg>, state: &mut EvaluatorState, trial
                     spawn_error: Some(format!("cannot restore protected files: {e}")),
                     ..Default::default()
                 };
-                let _ = me.cast(EvaluatorMsg::EvalFinished { id, eval });
+                let _ = me.cast(finished(eval));
                 return;
             }
         }
@@ -219,124 +790,96 @@ fn start_eval(myself: &ActorRef<EvaluatorMsg>, state: &mut EvaluatorState, trial
                 ..Default::default()
             },
         };
-        let _ = me.cast(EvaluatorMsg::EvalFinished { id, eval });
+        let _ = me.cast(finished(eval));
     });
-    state.running.insert(id, GroupTask { guard, task });
+    state.running.insert((id, seed), GroupTask { guard, task });
 }
 
-/// The evaluator's rules, in order: the eval must succeed, print the metric,
-/// print a finite metric, pass the gates; then it is compared with the incumbent.
-pub fn judge(config: &Config, incumbent: Option<&Incumbent>, eval: &ProcessReport) -> Verdict {
+/// The gates on one eval run, in order: the eval must succeed, print the
+/// metric, print a finite metric, and pass the size and quality gates.
+pub fn check(config: &Config, eval: &ProcessReport) -> Result<f64, Failure> {
     let exp = &config.experiment.file;
-    let fail = |label, detail: String| Verdict::Failed {
+    let fail = |label, detail: String| Failure {
         label,
         detail,
         score: None,
     };
     if !eval.succeeded() {
-        return fail(eval.failure_label(), format!("eval: {}", eval.describe()));
+        return Err(fail(
+            eval.failure_label(),
+            format!("eval: {}", eval.describe()),
+        ));
     }
     if eval.non_finite.contains(&exp.metric) {
-        return fail(
+        return Err(fail(
             FailureLabel::Diverged,
             format!("eval printed a non-finite {}", exp.metric),
-        );
+        ));
     }
     let Some(&score) = eval.metrics.get(&exp.metric) else {
-        return fail(
+        return Err(fail(
             FailureLabel::MetricMissing,
             format!("eval printed no `{}=` line", exp.metric),
-        );
+        ));
     };
     if let (Some(limit), Some(&size)) = (
         exp.gates.max_artifact_bytes,
         eval.metrics.get("artifact_bytes"),
     ) {
         if size > limit as f64 {
-            let detail = format!("artifact_bytes={size} over the gate {limit}");
-            return Verdict::Failed {
+            return Err(Failure {
                 label: FailureLabel::SizeFailure,
-                detail,
+                detail: format!("artifact_bytes={size} over the gate {limit}"),
                 score: Some(score),
-            };
+            });
         }
     }
     if let Some(min) = exp.gates.min_quality {
         if exp.direction.better(min, score) {
-            let detail = format!("{}={score} misses the quality gate {min}", exp.metric);
-            return Verdict::Failed {
+            return Err(Failure {
                 label: FailureLabel::GateMiss,
-                detail,
+                detail: format!("{}={score} misses the quality gate {min}", exp.metric),
                 score: Some(score),
-            };
+            });
         }
     }
-    let decision = match incumbent {
-        None => Decision::Improved,
-        Some(inc) if exp.direction.better(score, inc.score) => Decision::Improved,
-        Some(inc) if score == inc.score => Decision::WithinNoise,
-        Some(_) => Decision::Regressed,
-    };
-    Verdict::Scored { score, decision }
+    Ok(score)
 }
 
 /// Writes the outcome to lineage (the incumbent moves in the same write when
-/// kept), then tells the executor if the incumbent moved.
+/// kept), then tells the executor: the trial settled, and whether the
+/// incumbent moved.
 async fn record(
     state: &mut EvaluatorState,
     trial: &Trial,
     verdict: Verdict,
-    eval: Option<ProcessReport>,
+    eval: Option<(Stage, ProcessReport)>,
 ) -> Result<(), ActorProcessingErr> {
-    let parent_score = state.incumbent.as_ref().map(|i| i.score);
-    // A keep needs the commit the incumbent ref will point at, made (as an
-    // unreferenced object) before lineage records the keep.
-    let keep_commit = match (
-        &verdict,
-        trial
-            .commit
-            .as_deref()
-            .and_then(|c| git2::Oid::from_str(c).ok()),
-    ) {
-        (
-            Verdict::Scored {
-                decision: Decision::Improved,
-                ..
-            },
-            Some(commit),
-        ) => {
-            let current = state
-                .incumbent
-                .as_ref()
-                .and_then(|i| i.commit.as_deref())
-                .and_then(|c| git2::Oid::from_str(c).ok());
-            let (provenance, id) = (state.provenance.clone(), trial.id);
-            let made =
-                tokio::task::spawn_blocking(move || provenance.keep_commit(id, commit, current))
-                    .await?;
-            Some(made?.to_string())
-        }
-        _ => None,
-    };
     let v = verdict.clone();
     let updated = update_trial(
         &state.lineage,
         trial.id,
         Box::new(move |t| {
-            t.eval = eval.clone();
-            t.parent_score = parent_score;
+            match &eval {
+                Some((Stage::Proxy, e)) => t.eval = Some(e.clone()),
+                Some((Stage::Full, e)) => t.full_eval = Some(e.clone()),
+                None => {}
+            }
             match &v {
-                Verdict::Failed {
-                    label,
-                    detail,
-                    score,
-                } => {
+                Verdict::Failed(f) => {
                     t.status = TrialStatus::Failed;
-                    t.label = Some(*label);
-                    t.detail = Some(detail.clone());
-                    t.score = *score;
+                    t.label = Some(f.label);
+                    t.detail = Some(f.detail.clone());
+                    t.score = f.score;
                 }
-                Verdict::Scored { score, decision } => {
+                Verdict::Scored {
+                    score,
+                    decision,
+                    reference,
+                    false_peak,
+                    detail,
+                    noise,
+                } => {
                     t.status = if *decision == Decision::Improved {
                         TrialStatus::Kept
                     } else {
@@ -344,32 +887,53 @@ async fn record(
                     };
                     t.score = Some(*score);
                     t.decision = Some(*decision);
-                    t.keep_commit = keep_commit.clone();
+                    t.parent_score = *reference;
+                    t.false_peak = *false_peak;
+                    t.detail = Some(detail.clone());
+                    if noise.is_some() {
+                        t.noise = *noise;
+                    }
+                }
+                Verdict::Rebased {
+                    to,
+                    score,
+                    reference,
+                    detail,
+                } => {
+                    t.status = TrialStatus::Discarded;
+                    t.decision = Some(Decision::Rebased);
+                    t.rebased_as = Some(*to);
+                    t.score = *score;
+                    t.parent_score = *reference;
+                    t.detail = Some(detail.clone());
                 }
             }
         }),
     )
     .await?;
-    match verdict {
+    match &verdict {
         Verdict::Scored {
             score,
             decision: Decision::Improved,
+            noise,
+            ..
         } => {
             info!(trial = %trial.id, score, "new incumbent");
-            let keep = updated
-                .keep_commit
-                .clone()
-                .or_else(|| updated.commit.clone());
             state.incumbent = Some(Incumbent {
                 trial: trial.id,
-                score,
+                score: *score,
                 config: updated.config.clone(),
                 since_ms: crate::domain::now_ms(),
-                commit: keep.clone(),
+                commit: updated.commit.clone(),
+                noise: *noise,
             });
             // Lineage holds the keep; the ref follows (and is re-pointed from
             // lineage at the next start if this write is lost).
-            if let Some(commit) = keep.and_then(|c| git2::Oid::from_str(&c).ok()) {
+            if let Some(commit) = updated
+                .commit
+                .as_deref()
+                .and_then(|c| git2::Oid::from_str(c).ok())
+            {
                 let provenance = state.provenance.clone();
                 let moved =
                     tokio::task::spawn_blocking(move || provenance.set_incumbent(commit)).await;
@@ -382,20 +946,18 @@ async fn record(
                     warn!(trial = %trial.id, error = %e, "could not move ratchet/incumbent");
                 }
             }
-            if let Some(e) = &state.executor {
-                e.cast(ExecutorMsg::IncumbentChanged)?;
-            }
+            tell_executor(state, ExecutorMsg::IncumbentChanged);
         }
-        Verdict::Failed { label, .. } => info!(trial = %trial.id, label = %label, "trial failed"),
-        Verdict::Scored { .. } => {}
+        Verdict::Failed(f) => info!(trial = %trial.id, label = %f.label, "trial failed"),
+        Verdict::Scored { .. } | Verdict::Rebased { .. } => {}
     }
+    tell_executor(state, ExecutorMsg::Settled(trial.id));
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Params, TrialId};
 
     /// A config around a minimal experiment with both gates.
     fn config(dir: &std::path::Path) -> Config {
@@ -429,75 +991,68 @@ mod tests {
         }
     }
 
-    fn label(v: Verdict) -> Option<FailureLabel> {
-        match v {
-            Verdict::Failed { label, .. } => Some(label),
-            Verdict::Scored { .. } => None,
-        }
+    fn label(r: Result<f64, Failure>) -> Option<FailureLabel> {
+        r.err().map(|f| f.label)
     }
 
     #[test]
-    fn every_gate_has_its_label_and_scores_are_compared_strictly() {
+    fn every_gate_has_its_label_and_a_gain_must_exceed_the_band() {
         let dir = tempfile::tempdir().unwrap();
         let c = config(dir.path());
-        let judge = |e: &ProcessReport, inc: Option<f64>| {
-            let inc = inc.map(|score| Incumbent {
-                trial: TrialId(1),
-                score,
-                config: Params::new(),
-                since_ms: 0,
-                commit: None,
-            });
-            judge(&c, inc.as_ref(), e)
-        };
+        let judge = |e: &ProcessReport| check(&c, e);
         use FailureLabel::*;
         let crashed = ProcessReport {
             exit_code: Some(1),
             ..Default::default()
         };
-        assert_eq!(label(judge(&crashed, None)), Some(Crash));
+        assert_eq!(label(judge(&crashed)), Some(Crash));
         let timed_out = ProcessReport {
             timed_out: true,
             ..Default::default()
         };
-        assert_eq!(label(judge(&timed_out, None)), Some(BudgetOverrun));
+        assert_eq!(label(judge(&timed_out)), Some(BudgetOverrun));
         let hog = ProcessReport {
             memory_exceeded: true,
             ..Default::default()
         };
-        assert_eq!(label(judge(&hog, None)), Some(OutOfMemory));
+        assert_eq!(label(judge(&hog)), Some(OutOfMemory));
         let mut nan = eval(&[]);
         nan.non_finite.push("loss".into());
-        assert_eq!(label(judge(&nan, None)), Some(Diverged));
+        assert_eq!(label(judge(&nan)), Some(Diverged));
+        assert_eq!(label(judge(&eval(&[("acc", 1.0)]))), Some(MetricMissing));
+        let big = judge(&eval(&[("loss", 1.0), ("artifact_bytes", 101.0)])).unwrap_err();
         assert_eq!(
-            label(judge(&eval(&[("acc", 1.0)]), None)),
-            Some(MetricMissing)
+            (big.label, big.score),
+            (SizeFailure, Some(1.0)),
+            "the score is kept"
         );
-        match judge(&eval(&[("loss", 1.0), ("artifact_bytes", 101.0)]), None) {
-            Verdict::Failed { label, score, .. } => {
-                assert_eq!(
-                    (label, score),
-                    (SizeFailure, Some(1.0)),
-                    "the score is kept"
-                )
-            }
-            v => panic!("{v:?}"),
-        }
         assert_eq!(
-            label(judge(
-                &eval(&[("loss", 1.0), ("artifact_bytes", 100.0)]),
-                None
-            )),
-            None
+            judge(&eval(&[("loss", 1.0), ("artifact_bytes", 100.0)])),
+            Ok(1.0)
         );
-        assert_eq!(label(judge(&eval(&[("loss", 5.5)]), None)), Some(GateMiss));
-        let decision = |score, inc| match judge(&eval(&[("loss", score)]), inc) {
-            Verdict::Scored { decision, .. } => decision,
-            v => panic!("{v:?}"),
-        };
-        assert_eq!(decision(1.0, None), Decision::Improved);
-        assert_eq!(decision(1.0, Some(1.5)), Decision::Improved);
-        assert_eq!(decision(1.5, Some(1.5)), Decision::WithinNoise);
-        assert_eq!(decision(2.0, Some(1.5)), Decision::Regressed);
+        assert_eq!(label(judge(&eval(&[("loss", 5.5)]))), Some(GateMiss));
+
+        assert_eq!(classify(0.5, 0.0), Decision::Improved);
+        assert_eq!(classify(0.0, 0.0), Decision::WithinNoise);
+        assert_eq!(classify(-0.5, 0.0), Decision::Regressed);
+        assert_eq!(classify(0.09, 0.1), Decision::WithinNoise);
+        assert_eq!(classify(-0.09, 0.1), Decision::WithinNoise);
+        assert_eq!(classify(0.11, 0.1), Decision::Improved);
+        assert_eq!(classify(-0.11, 0.1), Decision::Regressed);
+    }
+
+    #[test]
+    fn gains_are_paired_by_seed_when_the_reference_has_every_seed() {
+        let by = |v: &[(u64, f64)]| v.iter().copied().collect::<BTreeMap<u64, f64>>();
+        // Seed 1 is a bad seed for both: paired, the candidate gains 0.1 everywhere.
+        let reference = by(&[(0, 1.0), (1, 2.0), (2, 1.0)]);
+        let candidate = by(&[(0, 0.9), (1, 1.9), (2, 0.9)]);
+        let g = paired_gain(Direction::Minimize, &candidate, &reference, 4.0 / 3.0);
+        assert!((g - 0.1).abs() < 1e-12, "{g}");
+        // A reference without those seeds: the candidate's mean against its score.
+        let g = paired_gain(Direction::Minimize, &candidate, &by(&[(0, 1.0)]), 1.5);
+        assert!((g - (1.5 - 3.7 / 3.0)).abs() < 1e-12, "{g}");
+        let g = paired_gain(Direction::Maximize, &by(&[(0, 2.0)]), &by(&[(0, 1.5)]), 0.0);
+        assert!((g - 0.5).abs() < 1e-12, "{g}");
     }
 }

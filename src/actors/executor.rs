@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use super::evaluator::EvaluatorMsg;
 use super::specialist::SpecialistMsg;
 use super::{interrupt, interrupt_all, update_trial, CALL_TIMEOUT_MS};
-use crate::config::{param_of, Config, Experiment};
+use crate::config::Config;
 use crate::domain::{Params, ProcessReport, Trial, TrialId, TrialStatus};
 use crate::edit::{Rejection, Rules};
 use crate::lineage::actor::{LineageMsg, Observer, RunEvent};
@@ -33,12 +33,25 @@ pub enum ExecutorMsg {
         specialist: String,
         trial: Option<Box<Trial>>,
     },
-    /// A trial's train command ended (from the trial's task).
+    /// A train run ended (from its task): the trial's own (seed 0) or a
+    /// seed re-run.
     TrainFinished {
         id: TrialId,
+        seed: u64,
         /// `None`: the trial's edits were refused and it is already terminal.
         report: Option<ProcessReport>,
     },
+    /// The evaluator wants seed re-runs of a trial (confirmation and noise
+    /// band): they go ahead of the queue.
+    RunSeeds {
+        trial: Box<Trial>,
+        seeds: Vec<u64>,
+    },
+    /// A trial the evaluator recorded (a rebase onto a moved incumbent): it
+    /// goes ahead of the queue.
+    Enqueue(Box<Trial>),
+    /// A trial reached its outcome (from the evaluator).
+    Settled(TrialId),
     /// The incumbent moved: specialists that ran out of ideas may have new ones.
     IncumbentChanged,
     /// A specialist has nothing now but rests and will send `Wake`.
@@ -73,6 +86,12 @@ struct SpecialistSlot {
     resting: bool,
 }
 
+/// One train run: a trial's own (seed 0) or one of its seed re-runs.
+struct Job {
+    trial: Trial,
+    seed: u64,
+}
+
 pub struct ExecutorState {
     config: Arc<Config>,
     provenance: Arc<Provenance>,
@@ -82,12 +101,15 @@ pub struct ExecutorState {
     observer: Option<Observer>,
     specialists: Vec<SpecialistSlot>,
     next: usize,
-    queue: VecDeque<Trial>,
-    /// Trials in slots; dropping one kills its process group.
-    running: HashMap<TrialId, GroupTask>,
+    queue: VecDeque<Job>,
+    /// Runs in slots, by trial and seed; dropping one kills its process group.
+    running: HashMap<(TrialId, u64), GroupTask>,
     issued: u64,
     max_trials: Option<u64>,
     baseline_needed: bool,
+    /// The baseline in flight: specialists wait for it (and its noise band)
+    /// to be settled, so every proposal has an incumbent to be judged against.
+    baseline: Option<TrialId>,
     /// The supervisor has told us the specialists: only then can we be drained.
     ready: bool,
     drained_sent: bool,
@@ -123,6 +145,7 @@ impl Actor for Executor {
             ractor::call_t!(args.lineage, LineageMsg::Unknown, CALL_TIMEOUT_MS, defaults)?;
         Ok(ExecutorState {
             baseline_needed: incumbent.is_none() && unknown.first() == Some(&true),
+            baseline: None,
             config: args.config,
             provenance: args.provenance,
             base: args.base,
@@ -154,12 +177,14 @@ impl Actor for Executor {
         _myself: ActorRef<Self::Msg>,
         state: &mut ExecutorState,
     ) -> Result<(), ActorProcessingErr> {
-        let ids: Vec<TrialId> = state
+        let mut ids: Vec<TrialId> = state
             .running
             .keys()
-            .copied()
-            .chain(state.queue.iter().map(|t| t.id))
+            .map(|(id, _)| *id)
+            .chain(state.queue.iter().map(|j| j.trial.id))
             .collect();
+        ids.sort();
+        ids.dedup();
         state.running.clear();
         state.queue.clear();
         interrupt_all(&state.lineage, ids, "ratchet stopped while the trial ran").await;
@@ -212,18 +237,48 @@ impl Actor for Executor {
                             Box::new(|t| t.status = TrialStatus::Queued),
                         )
                         .await?;
-                        state.queue.push_back(queued);
+                        state.queue.push_back(Job {
+                            trial: queued,
+                            seed: 0,
+                        });
                     }
                 }
             }
-            ExecutorMsg::TrainFinished { id, report } => {
-                if let Some(done) = state.running.remove(&id) {
+            ExecutorMsg::TrainFinished { id, seed, report } => {
+                if let Some(done) = state.running.remove(&(id, seed)) {
                     done.guard.disarm();
                 }
-                if let Some(report) = report {
+                if let Some(train) = report {
                     state
                         .evaluator
-                        .cast(EvaluatorMsg::Evaluate { id, train: report })?;
+                        .cast(EvaluatorMsg::Evaluate { id, seed, train })?;
+                }
+            }
+            ExecutorMsg::RunSeeds { trial, seeds } => {
+                for seed in seeds.into_iter().rev() {
+                    state.queue.push_front(Job {
+                        trial: (*trial).clone(),
+                        seed,
+                    });
+                }
+            }
+            ExecutorMsg::Enqueue(trial) => {
+                if trial.status == TrialStatus::Proposed {
+                    let queued = update_trial(
+                        &state.lineage,
+                        trial.id,
+                        Box::new(|t| t.status = TrialStatus::Queued),
+                    )
+                    .await?;
+                    state.queue.push_front(Job {
+                        trial: queued,
+                        seed: 0,
+                    });
+                }
+            }
+            ExecutorMsg::Settled(id) => {
+                if state.baseline == Some(id) {
+                    state.baseline = None;
                 }
             }
             ExecutorMsg::IncumbentChanged => {
@@ -267,6 +322,7 @@ async fn fill(
             ..Default::default()
         };
         let trial = ractor::call_t!(state.lineage, LineageMsg::Propose, CALL_TIMEOUT_MS, new)??;
+        state.baseline = Some(trial.id);
         myself.cast(ExecutorMsg::Proposed {
             specialist: "baseline".into(),
             trial: Some(Box::new(trial)),
@@ -274,14 +330,15 @@ async fn fill(
         return Ok(());
     }
     while state.running.len() < state.config.slots {
-        let Some(trial) = state.queue.pop_front() else {
+        let Some(job) = state.queue.pop_front() else {
             break;
         };
-        start(myself, state, trial);
+        start(myself, state, job);
     }
     let n = state.specialists.len();
     while (state.queue.len() as u64 + state.asked()) < state.config.slots as u64
         && state.budget_left() > 0
+        && state.baseline.is_none()
     {
         let Some(i) = (0..n).map(|k| (state.next + k) % n).find(|&i| {
             let s = &state.specialists[i];
@@ -299,6 +356,7 @@ async fn fill(
     // A resting specialist still has work to give, unless the trial budget is spent.
     let resting = state.budget_left() > 0 && state.specialists.iter().any(|s| s.resting);
     let idle = state.ready
+        && state.baseline.is_none()
         && state.running.is_empty()
         && state.queue.is_empty()
         && state.asked() == 0
@@ -320,9 +378,11 @@ async fn fill(
     Ok(())
 }
 
-/// Starts one trial in its own task: workspace, `Running` in lineage, then the
-/// train command in its own process group.
-fn start(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState, trial: Trial) {
+/// Starts one run in its own task: for a trial's own run, workspace,
+/// `Running` in lineage, then the train command in its own process group; for
+/// a seed re-run, an export of the trial's commit and the train command.
+fn start(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState, job: Job) {
+    let Job { trial, seed } = job;
     let id = trial.id;
     let guard = GroupGuard::default();
     let config = state.config.clone();
@@ -331,10 +391,95 @@ fn start(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState, trial: Trial
     let task_guard = guard.clone();
     let (provenance, base) = (state.provenance.clone(), state.base);
     let task = tokio::spawn(async move {
-        let report = run_train(&config, &lineage, &task_guard, trial, provenance, base).await;
-        let _ = executor.cast(ExecutorMsg::TrainFinished { id, report });
+        let report = if seed == 0 {
+            run_train(&config, &lineage, &task_guard, trial, provenance, base).await
+        } else {
+            Some(run_seed(&config, &lineage, &task_guard, &trial, seed, provenance).await)
+        };
+        let _ = executor.cast(ExecutorMsg::TrainFinished { id, seed, report });
     });
-    state.running.insert(id, GroupTask { guard, task });
+    state.running.insert((id, seed), GroupTask { guard, task });
+}
+
+/// The train command of one run, in `dirs.work`, logs in `dirs.root`.
+fn train_spec(config: &Config, dirs: &TrialDirs, id: TrialId) -> process::Spec {
+    let exp = &config.experiment;
+    process::Spec {
+        argv: trial_argv(&exp.file.train, config, dirs),
+        cwd: dirs.work.clone(),
+        env: trial_env(config, dirs, id),
+        env_remove: secret_env(config),
+        memory_limit: exp.memory_limit(),
+        timeout: Duration::from_secs(exp.file.timeout_secs),
+        stdout: dirs.root.join("train.stdout"),
+        stderr: dirs.root.join("train.stderr"),
+    }
+}
+
+fn spawn_failed(spec: &process::Spec, e: String) -> ProcessReport {
+    ProcessReport {
+        spawn_error: Some(e),
+        stdout: spec.stdout.clone(),
+        stderr: spec.stderr.clone(),
+        ..Default::default()
+    }
+}
+
+/// A seed re-run of a trial: its commit exported into `seed-<s>/work` and
+/// trained with `RATCHET_SEED=<s>`; the process group goes into the trial's
+/// `seed_runs` (the trial stays `evaluating` meanwhile).
+async fn run_seed(
+    config: &Arc<Config>,
+    lineage: &ActorRef<LineageMsg>,
+    guard: &GroupGuard,
+    trial: &Trial,
+    seed: u64,
+    provenance: Arc<Provenance>,
+) -> ProcessReport {
+    let dirs = TrialDirs::run(&config.lineage_dir, trial.id, seed);
+    let spec = train_spec(config, &dirs, trial.id);
+    let Some(commit) = trial.commit.as_deref().and_then(|c| Oid::from_str(c).ok()) else {
+        return spawn_failed(&spec, "the trial has no commit to re-run".into());
+    };
+    let work = dirs.work.clone();
+    let exported = tokio::task::spawn_blocking(move || {
+        if work.exists() {
+            std::fs::remove_dir_all(&work).map_err(|source| ProvenanceError::Io {
+                path: work.clone(),
+                source,
+            })?;
+        }
+        provenance.export(commit, &work)
+    })
+    .await;
+    match exported {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return spawn_failed(&spec, format!("provenance: {e}")),
+        Err(e) => return spawn_failed(&spec, format!("provenance task failed: {e}")),
+    }
+    let started = match process::start(&spec, guard).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(report)) => return report,
+        Err(e) => return spawn_failed(&spec, format!("cannot write trial logs: {e}")),
+    };
+    let pgid = started.pgid;
+    let recorded = update_trial(
+        lineage,
+        trial.id,
+        Box::new(move |t| {
+            if let Some(r) = t.seed_runs.iter_mut().find(|r| r.seed == seed) {
+                r.pgid = Some(pgid);
+            }
+        }),
+    )
+    .await;
+    if let Err(e) = recorded {
+        warn!(trial = %trial.id, seed, error = %e, "could not record the process group");
+    }
+    match process::finish(started, &spec, guard).await {
+        Ok(r) => r,
+        Err(e) => spawn_failed(&spec, format!("cannot capture trial output: {e}")),
+    }
 }
 
 /// Commits and exports the trial and runs its train command. `None` when the
@@ -347,24 +492,9 @@ async fn run_train(
     provenance: Arc<Provenance>,
     base: Oid,
 ) -> Option<ProcessReport> {
-    let exp = &config.experiment;
     let dirs = TrialDirs::new(&config.lineage_dir, trial.id);
-    let spec = process::Spec {
-        argv: trial_argv(&exp.file.train, config, &dirs),
-        cwd: dirs.work.clone(),
-        env: trial_env(config, &dirs, trial.id),
-        env_remove: secret_env(config),
-        memory_limit: exp.memory_limit(),
-        timeout: Duration::from_secs(exp.file.timeout_secs),
-        stdout: dirs.root.join("train.stdout"),
-        stderr: dirs.root.join("train.stderr"),
-    };
-    let failed = |e: String| ProcessReport {
-        spawn_error: Some(e),
-        stdout: spec.stdout.clone(),
-        stderr: spec.stderr.clone(),
-        ..Default::default()
-    };
+    let spec = train_spec(config, &dirs, trial.id);
+    let failed = |e: String| spawn_failed(&spec, e);
 
     // The trial's commit, on top of the incumbent commit it was proposed
     // against (the parent's keep commit); the full configuration is written,
@@ -386,7 +516,11 @@ async fn run_train(
     );
     let (work, owned, edited) = (dirs.work.clone(), config.clone(), trial.clone());
     let made = tokio::task::spawn_blocking(move || -> Result<Made, ProvenanceError> {
-        let (oid, diff, config) = if edited.edits.is_empty() {
+        let preset = edited.commit.as_deref().and_then(|c| Oid::from_str(c).ok());
+        let (oid, diff, config) = if let Some(oid) = preset {
+            // Committed already (a rebase): measured as it is.
+            (oid, edited.diff.clone().unwrap_or_default(), None)
+        } else if edited.edits.is_empty() {
             let recipe = owned.experiment.file.recipe.to_string_lossy();
             let (oid, diff) =
                 provenance.commit_trial(edited.id, parent, &recipe, &edited.config, &message)?;
@@ -409,7 +543,7 @@ async fn run_train(
                 experiment_dir: &exp.dir,
             };
             match provenance.commit_edits(edited.id, parent, &rules, &edited.edits, &message)? {
-                Ok((oid, diff, recipe)) => (oid, diff, Some(measured_config(exp, &recipe))),
+                Ok((oid, diff, recipe)) => (oid, diff, Some(exp.measured(&recipe))),
                 Err(rejection) => return Ok(Made::Refused(rejection)),
             }
         };
@@ -492,18 +626,6 @@ enum Made {
     Refused(Rejection),
 }
 
-/// The declared parameters' values in an edited recipe. Legality checks keep
-/// them in their spaces; a value that cannot be read is left out.
-fn measured_config(exp: &Experiment, recipe: &str) -> Params {
-    let Ok(table) = recipe.parse::<toml::Table>() else {
-        return exp.defaults.clone();
-    };
-    exp.file
-        .params()
-        .filter_map(|(k, spec)| param_of(&table, k, spec).map(|v| (k.clone(), v)))
-        .collect()
-}
-
 /// Start-up recovery: trials that were proposed, queued or running when the
 /// previous ratchet process died are marked `interrupted` and their recorded
 /// process groups killed. (Evaluating trials are re-evaluated by the evaluator.)
@@ -511,6 +633,12 @@ async fn recover(lineage: &ActorRef<LineageMsg>) -> Result<(), ActorProcessingEr
     let active = ractor::call_t!(lineage, LineageMsg::Active, CALL_TIMEOUT_MS)?;
     for t in active {
         if t.status == TrialStatus::Evaluating {
+            // Its seed re-runs that were training die; the evaluator asks again.
+            for run in t.seed_runs.iter().filter(|r| r.train.is_none()) {
+                if let Some(pgid) = run.pgid {
+                    process::kill_group(pgid);
+                }
+            }
             continue;
         }
         if let Some(pgid) = t.pgid {

@@ -58,6 +58,8 @@ pub struct NewTrial {
     /// Refused before it could be queued (a garbled reply): recorded `Failed`
     /// with this label and detail.
     pub rejected: Option<(FailureLabel, String)>,
+    /// The trial whose change this one re-applies onto a newer incumbent.
+    pub rebased_from: Option<TrialId>,
 }
 
 impl NewTrial {
@@ -242,6 +244,14 @@ impl LineageStore {
                     keep_commit: None,
                     edits: new.edits.clone(),
                     reply: new.reply.clone(),
+                    proxy_score: None,
+                    full_eval: None,
+                    full_score: None,
+                    seed_runs: Vec::new(),
+                    noise: None,
+                    false_peak: false,
+                    rebased_from: new.rebased_from,
+                    rebased_as: None,
                 };
                 if let Some((label, detail)) = &new.rejected {
                     trial.status = TrialStatus::Failed;
@@ -322,6 +332,7 @@ impl LineageStore {
                         config: trial.config.clone(),
                         since_ms: now_ms(),
                         commit: trial.keep_commit.clone().or_else(|| trial.commit.clone()),
+                        noise: trial.noise,
                     };
                     meta.insert(INCUMBENT, encode(&inc))?;
                     incumbents.insert(&key(id), encode(&inc))?;
