@@ -567,9 +567,6 @@ async fn decide(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorPro
         };
         return record(state, &trial, Verdict::Failed(failure), None).await;
     }
-    if stale(state, &trial) {
-        return rebase(state, &trial).await;
-    }
     let exp = &state.config.experiment.file;
     let full = exp.eval.full.is_some();
     let mine = scores_by_seed(&trial, full, true);
@@ -583,7 +580,21 @@ async fn decide(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorPro
         return Err(format!("trial {} reached its decision without a score", trial.id).into());
     };
     let runs = values.len();
-    let verdict = match state.incumbent.clone() {
+    // Judged against the incumbent; a trial whose incumbent moved meanwhile
+    // against its parent (paired by seed), and rebased only if it wins there.
+    let stale = stale(state, &trial);
+    let against = if stale {
+        match reference(state, &trial).await? {
+            Some(parent) => Some(parent),
+            None => return rebase(state, &trial).await,
+        }
+    } else if let Some(inc) = &state.incumbent {
+        let t = ractor::call_t!(state.lineage, LineageMsg::Get, CALL_TIMEOUT_MS, inc.trial)?;
+        Some(t.ok_or_else(|| format!("incumbent trial {} vanished from lineage", inc.trial))?)
+    } else {
+        None
+    };
+    let verdict = match against {
         None => Verdict::Scored {
             score,
             decision: Decision::Improved,
@@ -592,18 +603,19 @@ async fn decide(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorPro
             detail: format!("first incumbent, measured over {runs} run(s)"),
             noise,
         },
-        Some(inc) => {
-            let theirs =
-                ractor::call_t!(state.lineage, LineageMsg::Get, CALL_TIMEOUT_MS, inc.trial)?
-                    .map(|t| scores_by_seed(&t, full, true))
-                    .unwrap_or_default();
-            let gain = paired_gain(exp.direction, &mine, &theirs, inc.score);
-            let band = exp.noise.band * inc.noise.map_or(0.0, |n| n.confirmed.sd);
+        Some(reference) => {
+            let theirs = scores_by_seed(&reference, full, true);
+            let their_score = reference.score.unwrap_or(f64::NAN);
+            let gain = paired_gain(exp.direction, &mine, &theirs, their_score);
+            let band = exp.noise.band * reference.noise.map_or(0.0, |n| n.confirmed.sd);
             let decision = classify(gain, band);
+            if decision == Decision::Improved && stale {
+                return rebase(state, &trial).await;
+            }
             let what = format!(
                 "mean gain {} over #{} across {runs} run(s), band {}",
                 format_float(gain),
-                inc.trial,
+                reference.id,
                 format_float(band)
             );
             let false_peak = decision != Decision::Improved;
@@ -615,7 +627,7 @@ async fn decide(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorPro
             Verdict::Scored {
                 score,
                 decision,
-                reference: Some(inc.score),
+                reference: Some(their_score),
                 false_peak,
                 detail,
                 noise,

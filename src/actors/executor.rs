@@ -90,6 +90,25 @@ struct SpecialistSlot {
 struct Job {
     trial: Trial,
     seed: u64,
+    /// From the evaluator (seed runs, rebased trials): ahead of proposals,
+    /// first come first served among themselves, so the oldest
+    /// confirmation finishes first.
+    priority: bool,
+}
+
+impl ExecutorState {
+    /// Queues an evaluator's job behind earlier ones, ahead of proposals.
+    fn push_priority(&mut self, trial: Trial, seed: u64) {
+        let at = self.queue.iter().take_while(|j| j.priority).count();
+        self.queue.insert(
+            at,
+            Job {
+                trial,
+                seed,
+                priority: true,
+            },
+        );
+    }
 }
 
 pub struct ExecutorState {
@@ -240,6 +259,7 @@ impl Actor for Executor {
                         state.queue.push_back(Job {
                             trial: queued,
                             seed: 0,
+                            priority: false,
                         });
                     }
                 }
@@ -255,11 +275,14 @@ impl Actor for Executor {
                 }
             }
             ExecutorMsg::RunSeeds { trial, seeds } => {
-                for seed in seeds.into_iter().rev() {
-                    state.queue.push_front(Job {
-                        trial: (*trial).clone(),
-                        seed,
-                    });
+                for seed in seeds {
+                    // Asked again after a restart: a run already here stays.
+                    let key = (trial.id, seed);
+                    let known = state.running.contains_key(&key)
+                        || state.queue.iter().any(|j| (j.trial.id, j.seed) == key);
+                    if !known {
+                        state.push_priority((*trial).clone(), seed);
+                    }
                 }
             }
             ExecutorMsg::Enqueue(trial) => {
@@ -270,10 +293,7 @@ impl Actor for Executor {
                         Box::new(|t| t.status = TrialStatus::Queued),
                     )
                     .await?;
-                    state.queue.push_front(Job {
-                        trial: queued,
-                        seed: 0,
-                    });
+                    state.push_priority(queued, 0);
                 }
             }
             ExecutorMsg::Settled(id) => {
@@ -382,7 +402,7 @@ async fn fill(
 /// `Running` in lineage, then the train command in its own process group; for
 /// a seed re-run, an export of the trial's commit and the train command.
 fn start(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState, job: Job) {
-    let Job { trial, seed } = job;
+    let Job { trial, seed, .. } = job;
     let id = trial.id;
     let guard = GroupGuard::default();
     let config = state.config.clone();
