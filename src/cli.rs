@@ -437,14 +437,56 @@ fn show(out: &mut impl Write, t: &Trial) -> anyhow::Result<()> {
     if let Some(d) = t.decision {
         writeln!(out, "decision: {}", d.as_str())?;
     }
+    if t.false_peak {
+        writeln!(out, "false peak: won on proxy, not confirmed")?;
+    }
+    if let Some(from) = t.rebased_from {
+        writeln!(out, "rebased from: trial {from}")?;
+    }
+    if let Some(to) = t.rebased_as {
+        writeln!(out, "rebased as: trial {to}")?;
+    }
     if let Some(s) = t.score {
         writeln!(
             out,
-            "score: {}  (incumbent then: {})",
+            "score: {}  (compared with: {})",
             format_float(s),
             t.parent_score
                 .map(format_float)
                 .unwrap_or_else(|| "-".into())
+        )?;
+    }
+    let opt = |v: Option<f64>| v.map(format_float).unwrap_or_else(|| "-".into());
+    if t.proxy_score.is_some() || t.full_score.is_some() {
+        writeln!(
+            out,
+            "own run (seed 0): proxy {}  full {}",
+            opt(t.proxy_score),
+            opt(t.full_score)
+        )?;
+    }
+    for r in &t.seed_runs {
+        writeln!(
+            out,
+            "seed {}: proxy {}  full {}{}",
+            r.seed,
+            opt(r.proxy_score),
+            opt(r.full_score),
+            r.detail
+                .as_deref()
+                .map(|d| format!("  ({d})"))
+                .unwrap_or_default()
+        )?;
+    }
+    if let Some(n) = &t.noise {
+        writeln!(
+            out,
+            "noise band: {} runs, mean {} sd {} (proxy mean {} sd {})",
+            n.confirmed.n,
+            format_float(n.confirmed.mean),
+            format_float(n.confirmed.sd),
+            format_float(n.proxy.mean),
+            format_float(n.proxy.sd)
         )?;
     }
     if let Some(d) = &t.detail {
@@ -466,7 +508,11 @@ fn show(out: &mut impl Write, t: &Trial) -> anyhow::Result<()> {
             c.status
         )?;
     }
-    for (name, report) in [("train", &t.train), ("eval", &t.eval)] {
+    for (name, report) in [
+        ("train", &t.train),
+        ("eval", &t.eval),
+        ("full eval", &t.full_eval),
+    ] {
         let Some(r) = report else { continue };
         writeln!(
             out,

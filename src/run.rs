@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::actors::supervisor::{Supervisor, SupervisorArgs};
 use crate::config::Config;
-use crate::domain::{format_float, Trial, TrialId, TrialStatus};
+use crate::domain::{format_float, Decision, Trial, TrialId, TrialStatus};
 use crate::lineage::actor::RunEvent;
 
 /// What a foreground run did.
@@ -162,10 +162,17 @@ fn progress_line(t: &Trial, metric: &str, incumbent: Option<(TrialId, f64)>) -> 
             "{head} kept        {metric}={}  new incumbent",
             t.score.map(format_float).unwrap_or_default()
         ),
+        TrialStatus::Discarded if t.decision == Some(Decision::Rebased) => format!(
+            "{head} rebased     {metric}={}  won against trial {}; re-applied onto the new incumbent as #{}",
+            t.score.map(format_float).unwrap_or_default(),
+            t.parent.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            t.rebased_as.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        ),
         TrialStatus::Discarded => format!(
-            "{head} discarded   {metric}={}  {} (incumbent {})",
+            "{head} discarded   {metric}={}  {}{} (incumbent {})",
             t.score.map(format_float).unwrap_or_default(),
             t.decision.map(|d| d.as_str()).unwrap_or(""),
+            if t.false_peak { ", false peak" } else { "" },
             incumbent
                 .map(|(id, s)| format!("{}, trial {id}", format_float(s)))
                 .unwrap_or_default()

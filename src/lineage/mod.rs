@@ -96,8 +96,8 @@ pub struct Feedback {
     /// Newest first.
     pub recent: Vec<Trial>,
     /// Outcome → count over the `scanned` newest trials: a failure label, or
-    /// `kept`/`within_noise`/`regressed` for scored trials, or the status of
-    /// unfinished ones.
+    /// `kept`/`false_peak`/`within_noise`/`regressed`/`rebased` for scored
+    /// trials, or the status of unfinished ones.
     pub outcomes: std::collections::BTreeMap<String, u64>,
     pub scanned: usize,
     pub total: usize,
@@ -386,6 +386,7 @@ impl LineageStore {
             let outcome = match (t.label, t.decision) {
                 (Some(l), _) => l.as_str(),
                 (None, Some(_)) if t.status == TrialStatus::Kept => "kept",
+                (None, Some(_)) if t.false_peak => "false_peak",
                 (None, Some(d)) => d.as_str(),
                 (None, None) => t.status.as_str(),
             };

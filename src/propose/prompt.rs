@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use crate::config::{ExperimentFile, ParamSpec, SurfaceSection};
 use crate::domain::{
-    format_float, prefix_at_most, Direction, Incumbent, Trial, TrialId, TrialStatus,
+    format_float, prefix_at_most, Decision, Direction, Incumbent, Trial, TrialId, TrialStatus,
 };
 use crate::lineage::Feedback;
 
@@ -256,6 +256,12 @@ fn rows(input: &PromptInput<'_>) -> Vec<String> {
                 one_line(&t.hypothesis, 300),
                 one_line(&t.edit_summary(), 300)
             );
+            if t.false_peak {
+                // Which stage did not confirm the proxy's win, by how much.
+                if let Some(d) = &t.detail {
+                    let _ = write!(line, " — {}", one_line(d, MAX_DETAIL));
+                }
+            }
             if t.label.is_some() {
                 if let Some(d) = &t.detail {
                     let _ = write!(line, " — {}", one_line(d, MAX_DETAIL));
@@ -297,6 +303,11 @@ fn outcome(t: &Trial) -> String {
     match (t.label, t.decision) {
         (Some(l), _) => format!("failed: {l}"),
         (None, Some(d)) if t.status == TrialStatus::Kept => format!("kept ({})", d.as_str()),
+        (None, Some(Decision::Rebased)) => match t.rebased_as {
+            Some(to) => format!("won, rebased onto the new incumbent as #{to}"),
+            None => "won, rebased onto the new incumbent".into(),
+        },
+        (None, Some(d)) if t.false_peak => format!("discarded ({}, false peak)", d.as_str()),
         (None, Some(d)) => format!("discarded ({})", d.as_str()),
         (None, None) => t.status.to_string(),
     }
@@ -378,7 +389,7 @@ mod tests {
 
     #[test]
     fn feedback_names_trials_labels_and_deltas() {
-        let f = Feedback {
+        let mut f = Feedback {
             recent: vec![
                 trial(7, "crash on purpose", Some(FailureLabel::Crash)),
                 trial(6, "slower lr", None),
@@ -387,7 +398,24 @@ mod tests {
             scanned: 7,
             ..Default::default()
         };
+        let mut peak = trial(5, "warmup helps", None);
+        peak.decision = Some(Decision::WithinNoise);
+        peak.false_peak = true;
+        peak.detail = Some("false peak: won on proxy (1.2), not on full 1.49".into());
+        let mut stale = trial(4, "wider", None);
+        stale.decision = Some(Decision::Rebased);
+        stale.rebased_as = Some(TrialId(8));
+        f.recent.extend([peak, stale]);
         let (system, user) = prompt(&f, 8000);
+        assert!(
+            user.contains("#5 [opt] discarded (within_noise, false peak)")
+                && user.contains("not on full 1.49"),
+            "{user}"
+        );
+        assert!(
+            user.contains("#4 [opt] won, rebased onto the new incumbent as #8"),
+            "{user}"
+        );
         assert!(system.starts_with("You tune optimizers.") && system.contains("search_replace"));
         assert!(user.contains("#7 [opt] failed: crash"), "{user}");
         assert!(user.contains("\"crash on purpose\""), "{user}");

@@ -39,13 +39,26 @@ fn tune_allocator() {
     }
 }
 
+/// The seed a run trains with: the recipe's, moved by the run's seed.
+pub fn run_seed_of(recipe_seed: u64, run_seed: u64) -> u64 {
+    recipe_seed ^ run_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 /// `ratchet tinylm train`: prints `NAME=value` diagnostics.
 pub fn train_command(
     recipe: &Path,
     out: &Path,
     budget_secs: Option<f64>,
 ) -> Result<(), TrainError> {
-    let recipe = Recipe::load(recipe).map_err(TrainError::Recipe)?;
+    let mut recipe = Recipe::load(recipe).map_err(TrainError::Recipe)?;
+    // ratchet's seed re-runs (noise band, confirmation) set RATCHET_SEED to
+    // 1, 2, ...; 0 (a trial's own run) leaves the recipe's seed as it is.
+    let run_seed = std::env::var("RATCHET_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
+    recipe.seed = run_seed_of(recipe.seed, run_seed);
+    println!("seed={}", recipe.seed);
     tune_allocator();
     let budget = budget_secs
         .or_else(|| {
