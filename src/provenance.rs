@@ -614,4 +614,93 @@ mod tests {
         p.set_incumbent(commit).unwrap();
         assert_eq!(p.incumbent().unwrap(), Some(commit));
     }
+
+    /// A commit on top of `parent` with `files` replaced.
+    fn commit_files(p: &Provenance, parent: Oid, files: &[(&str, &str)]) -> Oid {
+        let repo = Repository::open(&p.git_dir).unwrap();
+        let parent = repo.find_commit(parent).unwrap();
+        let mut update = TreeUpdateBuilder::new();
+        for (path, text) in files {
+            let mode = if path.ends_with(".sh") {
+                FileMode::BlobExecutable
+            } else {
+                FileMode::Blob
+            };
+            update.upsert(*path, repo.blob(text.as_bytes()).unwrap(), mode);
+        }
+        let tree = update
+            .create_updated(&repo, &parent.tree().unwrap())
+            .unwrap();
+        let tree = repo.find_tree(tree).unwrap();
+        let sig = signature(&repo);
+        repo.commit(None, &sig, &sig, "t", &tree, &[&parent])
+            .unwrap()
+    }
+
+    #[test]
+    fn a_rebase_takes_the_trials_files_and_refuses_a_file_both_changed() {
+        let exp = experiment();
+        std::fs::write(exp.path().join("recipe.toml"), "[a]\nx = 1\ny = 1\n").unwrap();
+        let p = Provenance::open_or_init(exp.path()).unwrap();
+        let base = p.base(Path::new("/nonexistent")).unwrap();
+        let incumbent = commit_files(
+            &p,
+            base,
+            &[
+                ("recipe.toml", "[a]\nx = 2\ny = 1\n"),
+                ("notes.txt", "inc\n"),
+            ],
+        );
+        let trial = commit_files(
+            &p,
+            base,
+            &[
+                ("recipe.toml", "[a]\nx = 1\ny = 3\n"),
+                ("sub/train.sh", "echo new\n"),
+            ],
+        );
+        let (tree, recipe) = p
+            .rebase_tree(trial, incumbent, "recipe.toml")
+            .unwrap()
+            .expect("no conflict");
+        assert_eq!(recipe, "[a]\nx = 2\ny = 3\n");
+        let (commit, diff) = p
+            .commit_rebased(TrialId(9), tree, incumbent, "rebased")
+            .unwrap();
+        assert!(
+            diff.contains("+y = 3") && diff.contains("+echo new"),
+            "{diff}"
+        );
+        assert!(
+            !diff.contains("notes.txt"),
+            "the incumbent's own file is no change: {diff}"
+        );
+        let out = tempfile::tempdir().unwrap();
+        p.export(commit, &out.path().join("w")).unwrap();
+        let read = |f: &str| std::fs::read_to_string(out.path().join("w").join(f)).unwrap();
+        assert_eq!(read("notes.txt"), "inc\n");
+        assert_eq!(read("sub/train.sh"), "echo new\n");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.path().join("w/sub/train.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert!(
+            mode & 0o100 != 0,
+            "the trial's file keeps its executable bit"
+        );
+
+        let clash = commit_files(&p, base, &[("notes.txt", "mine\n")]);
+        let e = p
+            .rebase_tree(clash, incumbent, "recipe.toml")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e, "`notes.txt` was changed by both");
+        let key = commit_files(&p, base, &[("recipe.toml", "[a]\nx = 5\ny = 1\n")]);
+        let e = p
+            .rebase_tree(key, incumbent, "recipe.toml")
+            .unwrap()
+            .unwrap_err();
+        assert!(e.contains("`a.x` was changed by both"), "{e}");
+    }
 }
