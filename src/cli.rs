@@ -346,6 +346,16 @@ fn lineage_command(store: &LineageStore, command: LineageCommand) -> anyhow::Res
                     inc.trial,
                     format_float(inc.score)
                 )?;
+                match &inc.noise {
+                    Some(n) => writeln!(
+                        out,
+                        "noise band: sd {} over {} run(s) (mean {})",
+                        format_float(n.confirmed.sd),
+                        n.confirmed.n,
+                        format_float(n.confirmed.mean)
+                    )?,
+                    None => writeln!(out, "noise band: not measured")?,
+                }
                 for (k, v) in &inc.config {
                     writeln!(out, "  {k} = {v}")?;
                 }

@@ -58,6 +58,7 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
     let mut summary = RunSummary::default();
     let mut seen: HashMap<TrialId, TrialStatus> = HashMap::new();
     let mut drained = false;
+    let mut confirming = std::collections::HashSet::new();
     let mut baseline: Option<f64> = None;
     let mut incumbent: Option<(TrialId, f64)> = None;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -72,6 +73,12 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
             ev = rx.recv() => match ev {
                 Some(RunEvent::Trial(t)) => {
                     let changed = seen.insert(t.id, t.status) != Some(t.status);
+                    if t.status == TrialStatus::Evaluating
+                        && !t.seed_runs.is_empty()
+                        && confirming.insert(t.id)
+                    {
+                        let _ = writeln!(out.lock(), "{}", confirming_line(&t));
+                    }
                     if !changed {
                         continue;
                     }
@@ -152,6 +159,23 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
         );
     }
     Ok(summary)
+}
+
+/// A trial that passed its screens (or the incumbent, re-measured) is
+/// trained again with other seeds.
+fn confirming_line(t: &Trial) -> String {
+    let seeds: Vec<String> = t.seed_runs.iter().map(|r| r.seed.to_string()).collect();
+    let scores = match (t.proxy_score, t.full_score) {
+        (Some(p), Some(f)) => format!(" (proxy {}, full {})", format_float(p), format_float(f)),
+        (Some(p), None) => format!(" (proxy {})", format_float(p)),
+        _ => String::new(),
+    };
+    format!(
+        "#{:<5} {:<14} confirming  passed its screens{scores}; training again with seed(s) {}",
+        t.id.0,
+        t.specialist,
+        seeds.join(", ")
+    )
 }
 
 fn progress_line(t: &Trial, metric: &str, incumbent: Option<(TrialId, f64)>) -> String {

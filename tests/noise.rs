@@ -230,3 +230,39 @@ fn a_winner_proposed_before_the_incumbent_moved_is_rebased_and_confirmed_again()
         "{text}"
     );
 }
+
+#[test]
+fn an_incumbent_kept_without_a_band_is_measured_again_at_start_before_any_decision() {
+    let dir = Dir::with_fixture("noisy");
+    let toml = dir.path().join("experiment/experiment.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, text.replace("seeds = 3", "seeds = 0")).unwrap();
+    setup(&dir, 1, &[]);
+    let trials = run(&dir, 1);
+    assert_eq!(str_of(&trials[0], "status"), "kept");
+    assert!(trials[0]["seed_runs"].as_array().unwrap().is_empty());
+    assert_eq!(trials[0]["noise"]["confirmed"]["n"], 1, "{:#}", trials[0]);
+
+    // noise.seeds raised: the next start trains the incumbent again with
+    // seeds 1..=3; a flattered in-band change is judged against that band.
+    std::fs::write(&toml, text).unwrap();
+    setup(&dir, 1, &[("1-b", json!({"s.b": 1.0}))]);
+    let trials = run(&dir, 1);
+    let ctx = format!("{trials:#?}");
+    let baseline = &trials[0];
+    assert_eq!(str_of(baseline, "status"), "kept", "{ctx}");
+    assert_eq!(baseline["seed_runs"].as_array().unwrap().len(), 3, "{ctx}");
+    assert_eq!(baseline["noise"]["confirmed"]["n"], 4, "{ctx}");
+    let sd = f(&baseline["noise"]["confirmed"], "sd");
+    assert!(sd > 0.03, "{ctx}");
+    let b = by_hypothesis(&trials, "1-b");
+    assert_eq!(str_of(b, "decision"), "within_noise", "{ctx}");
+    assert_eq!(b["false_peak"], true, "{ctx}");
+    assert!(
+        !str_of(b, "detail").ends_with("band 0.0)") && !str_of(b, "detail").ends_with("band 0.0"),
+        "judged without the band: {ctx}"
+    );
+    // The incumbent record carries the band too.
+    let best = dir.ratchet_ok(&["lineage", "best", "--json"]);
+    assert!(best.contains("\"noise\""), "{best}");
+}

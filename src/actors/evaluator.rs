@@ -26,7 +26,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{info, warn};
 
 use super::executor::ExecutorMsg;
-use super::{interrupt_all, update_trial, CALL_TIMEOUT_MS};
+use super::{interrupt_all, measure_trial, update_trial, CALL_TIMEOUT_MS};
 use crate::config::Config;
 use crate::domain::{
     format_float, Decision, Direction, FailureLabel, Incumbent, NoiseBand, ProcessReport, SeedRun,
@@ -82,6 +82,10 @@ pub struct EvaluatorState {
     incumbent: Option<Incumbent>,
     /// Evaluations in flight, by trial and seed; dropping one kills its process group.
     running: HashMap<(TrialId, u64), GroupTask>,
+    /// The incumbent, being trained again for the seeds its band lacks.
+    remeasuring: Option<TrialId>,
+    /// Trials whose decision waits for that band.
+    parked: Vec<TrialId>,
 }
 
 /// Why one eval run fails its gates.
@@ -135,6 +139,8 @@ impl Actor for Evaluator {
             pending: Vec::new(),
             incumbent,
             running: HashMap::new(),
+            remeasuring: None,
+            parked: Vec::new(),
         })
     }
 
@@ -162,7 +168,7 @@ impl Actor for Evaluator {
                 confirm(state, t).await?;
             }
         }
-        Ok(())
+        remeasure(state).await
     }
 
     async fn post_stop(
@@ -200,6 +206,7 @@ impl Actor for Evaluator {
                     {
                         confirm(state, t).await?;
                     }
+                    remeasure(state).await?;
                 }
             }
             EvaluatorMsg::Evaluate { id, seed: 0, train } => {
@@ -294,8 +301,10 @@ impl Actor for Evaluator {
 fn tell_executor(state: &mut EvaluatorState, msg: ExecutorMsg) {
     match &state.executor {
         Some(e) => {
+            // Expected while the tree stops; after a crash the new executor
+            // is told what it lost (`SetExecutor`).
             if let Err(e) = e.cast(msg) {
-                warn!(error = %e, "the executor is gone; it is told again when it restarts");
+                tracing::debug!(error = %e, "the executor is gone");
             }
         }
         None => state.pending.push(msg),
@@ -303,28 +312,30 @@ fn tell_executor(state: &mut EvaluatorState, msg: ExecutorMsg) {
 }
 
 /// Records a change of one seed run. `None` when the trial is no longer
-/// being evaluated (interrupted meanwhile): the result is dropped.
+/// being evaluated (interrupted meanwhile): the result is dropped. The
+/// incumbent's runs while it is re-measured are added as measurements.
 async fn update_run(
     state: &EvaluatorState,
     id: TrialId,
     seed: u64,
     change: impl Fn(&mut SeedRun) + Send + Sync + 'static,
 ) -> Option<Trial> {
-    let updated = update_trial(
-        &state.lineage,
-        id,
-        Box::new(move |t| {
-            if t.status != TrialStatus::Evaluating {
-                return;
-            }
-            if let Some(r) = t.seed_runs.iter_mut().find(|r| r.seed == seed) {
-                change(r);
-            }
-        }),
-    )
-    .await;
+    let remeasure = state.remeasuring == Some(id);
+    let change: crate::lineage::actor::Change = Box::new(move |t| {
+        if !remeasure && t.status != TrialStatus::Evaluating {
+            return;
+        }
+        if let Some(r) = t.seed_runs.iter_mut().find(|r| r.seed == seed) {
+            change(r);
+        }
+    });
+    let updated = if remeasure {
+        measure_trial(&state.lineage, id, change).await
+    } else {
+        update_trial(&state.lineage, id, change).await
+    };
     match updated {
-        Ok(t) if t.status == TrialStatus::Evaluating => Some(t),
+        Ok(t) if remeasure || t.status == TrialStatus::Evaluating => Some(t),
         Ok(t) => {
             info!(trial = %id, seed, status = %t.status, "dropping a seed run's result");
             None
@@ -333,6 +344,109 @@ async fn update_run(
             warn!(trial = %id, seed, error = %e, "dropping a seed run's result");
             None
         }
+    }
+}
+
+/// The seeds in 1..=`noise.seeds` a trial has no finished run of.
+fn missing_seeds(config: &Config, trial: &Trial) -> Vec<u64> {
+    let full = config.experiment.file.eval.full.is_some();
+    let seeds = config.experiment.file.noise.seeds as u64;
+    (1..=seeds)
+        .filter(|s| {
+            !trial
+                .seed_runs
+                .iter()
+                .any(|r| r.seed == *s && r.finished(full))
+        })
+        .collect()
+}
+
+/// A fresh (empty) run for each of `seeds`, keeping recorded process groups.
+fn add_seed_runs(seeds: Vec<u64>) -> crate::lineage::actor::Change {
+    Box::new(move |t: &mut Trial| {
+        for &seed in &seeds {
+            if let Some(r) = t.seed_runs.iter_mut().find(|r| r.seed == seed) {
+                *r = SeedRun {
+                    seed,
+                    pgid: r.pgid,
+                    ..Default::default()
+                };
+            } else {
+                t.seed_runs.push(SeedRun {
+                    seed,
+                    ..Default::default()
+                });
+            }
+        }
+        t.seed_runs.sort_by_key(|r| r.seed);
+    })
+}
+
+/// At start (and after an executor restart): an incumbent without runs for
+/// every seed in 1..=`noise.seeds` (kept before the setting was made or
+/// raised) is trained again with the missing seeds; decisions wait until
+/// its band is in.
+async fn remeasure(state: &mut EvaluatorState) -> Result<(), ActorProcessingErr> {
+    let Some(inc) = state.incumbent.clone() else {
+        return Ok(());
+    };
+    let Some(trial) = ractor::call_t!(state.lineage, LineageMsg::Get, CALL_TIMEOUT_MS, inc.trial)?
+    else {
+        return Ok(());
+    };
+    let missing = missing_seeds(&state.config, &trial);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let trial = measure_trial(&state.lineage, trial.id, add_seed_runs(missing.clone())).await?;
+    warn!(
+        trial = %trial.id,
+        seeds = ?missing,
+        "the incumbent has no noise band for noise.seeds: training it again with those seeds; decisions wait for it"
+    );
+    state.remeasuring = Some(trial.id);
+    run_seeds(state, trial, missing);
+    Ok(())
+}
+
+/// Asks the executor for seed runs of a trial (recorded in its `seed_runs`).
+fn run_seeds(state: &mut EvaluatorState, trial: Trial, seeds: Vec<u64>) {
+    tell_executor(
+        state,
+        ExecutorMsg::RunSeeds {
+            trial: Box::new(trial),
+            seeds,
+        },
+    );
+}
+
+/// The incumbent's seed runs are in: its band is stored, and the decisions
+/// that waited are made.
+async fn remeasured(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorProcessingErr> {
+    let noise = noise_band(&state.config, &trial);
+    let trial = measure_trial(&state.lineage, trial.id, Box::new(move |t| t.noise = noise)).await?;
+    info!(trial = %trial.id, band = ?trial.noise, "the incumbent's noise band is measured");
+    if let Some(inc) = state.incumbent.as_mut().filter(|i| i.trial == trial.id) {
+        inc.noise = trial.noise;
+    }
+    state.remeasuring = None;
+    for id in std::mem::take(&mut state.parked) {
+        let t = ractor::call_t!(state.lineage, LineageMsg::Get, CALL_TIMEOUT_MS, id)?;
+        if let Some(t) = t.filter(|t| t.status == TrialStatus::Evaluating) {
+            decide(state, t).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The spread of a trial's scores over its runs (failed runs left out).
+fn noise_band(config: &Config, trial: &Trial) -> Option<NoiseBand> {
+    let full = config.experiment.file.eval.full.is_some();
+    let values: Vec<f64> = scores_by_seed(trial, full, true).into_values().collect();
+    let proxies: Vec<f64> = scores_by_seed(trial, full, false).into_values().collect();
+    match (Spread::of(&proxies), Spread::of(&values)) {
+        (Some(proxy), Some(confirmed)) => Some(NoiseBand { proxy, confirmed }),
+        _ => None,
     }
 }
 
@@ -449,59 +563,25 @@ async fn confirm(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorPr
     if stale(state, &trial) {
         return rebase(state, &trial).await;
     }
-    let full = state.config.experiment.file.eval.full.is_some();
-    let seeds = state.config.experiment.file.noise.seeds as u64;
-    let missing: Vec<u64> = (1..=seeds)
-        .filter(|s| {
-            !trial
-                .seed_runs
-                .iter()
-                .any(|r| r.seed == *s && r.finished(full))
-        })
-        .collect();
+    let missing = missing_seeds(&state.config, &trial);
     if missing.is_empty() {
         return decide(state, trial).await;
     }
-    let fresh = missing.clone();
-    let trial = update_trial(
-        &state.lineage,
-        trial.id,
-        Box::new(move |t| {
-            for &seed in &fresh {
-                if let Some(r) = t.seed_runs.iter_mut().find(|r| r.seed == seed) {
-                    *r = SeedRun {
-                        seed,
-                        pgid: r.pgid,
-                        ..Default::default()
-                    };
-                } else {
-                    t.seed_runs.push(SeedRun {
-                        seed,
-                        ..Default::default()
-                    });
-                }
-            }
-            t.seed_runs.sort_by_key(|r| r.seed);
-        }),
-    )
-    .await?;
+    let trial = update_trial(&state.lineage, trial.id, add_seed_runs(missing.clone())).await?;
     info!(trial = %trial.id, seeds = ?missing, "confirming with seed re-runs");
-    tell_executor(
-        state,
-        ExecutorMsg::RunSeeds {
-            trial: Box::new(trial),
-            seeds: missing,
-        },
-    );
+    run_seeds(state, trial, missing);
     Ok(())
 }
 
 async fn seed_finished(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorProcessingErr> {
     let full = state.config.experiment.file.eval.full.is_some();
-    if trial.seed_runs.iter().all(|r| r.finished(full)) {
-        decide(state, trial).await?;
+    if !trial.seed_runs.iter().all(|r| r.finished(full)) {
+        return Ok(());
     }
-    Ok(())
+    if state.remeasuring == Some(trial.id) {
+        return remeasured(state, trial).await;
+    }
+    decide(state, trial).await
 }
 
 /// Scores by seed (seed 0: the trial's own run): the deciding eval's when
@@ -556,6 +636,11 @@ pub fn classify(gain: f64, band: f64) -> Decision {
 
 /// Every run of the trial is in: keep it or not.
 async fn decide(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorProcessingErr> {
+    if state.remeasuring.is_some() {
+        info!(trial = %trial.id, "the decision waits for the incumbent's noise band");
+        state.parked.push(trial.id);
+        return Ok(());
+    }
     if let Some(r) = trial.seed_runs.iter().find(|r| r.failure.is_some()) {
         let failure = Failure {
             label: r.failure.unwrap_or(FailureLabel::Crash),
@@ -570,16 +655,11 @@ async fn decide(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorPro
     let exp = &state.config.experiment.file;
     let full = exp.eval.full.is_some();
     let mine = scores_by_seed(&trial, full, true);
-    let values: Vec<f64> = mine.values().copied().collect();
-    let proxies: Vec<f64> = scores_by_seed(&trial, full, false).into_values().collect();
-    let noise = match (Spread::of(&proxies), Spread::of(&values)) {
-        (Some(proxy), Some(confirmed)) => Some(NoiseBand { proxy, confirmed }),
-        _ => None,
-    };
+    let runs = mine.len();
+    let noise = noise_band(&state.config, &trial);
     let Some(score) = noise.map(|n| n.confirmed.mean) else {
         return Err(format!("trial {} reached its decision without a score", trial.id).into());
     };
-    let runs = values.len();
     // Judged against the incumbent; a trial whose incumbent moved meanwhile
     // against its parent (paired by seed), and rebased only if it wins there.
     let stale = stale(state, &trial);

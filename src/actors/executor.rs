@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::evaluator::EvaluatorMsg;
 use super::specialist::SpecialistMsg;
-use super::{interrupt, interrupt_all, update_trial, CALL_TIMEOUT_MS};
+use super::{interrupt, interrupt_all, measure_trial, update_trial, CALL_TIMEOUT_MS};
 use crate::config::Config;
 use crate::domain::{Params, ProcessReport, Trial, TrialId, TrialStatus};
 use crate::edit::{Rejection, Rules};
@@ -248,20 +248,7 @@ impl Actor for Executor {
                 }
                 if let Some(trial) = trial {
                     state.issued += 1;
-                    // A duplicate is already terminal in lineage: counted, not run.
-                    if trial.status == TrialStatus::Proposed {
-                        let queued = update_trial(
-                            &state.lineage,
-                            trial.id,
-                            Box::new(|t| t.status = TrialStatus::Queued),
-                        )
-                        .await?;
-                        state.queue.push_back(Job {
-                            trial: queued,
-                            seed: 0,
-                            priority: false,
-                        });
-                    }
+                    queue(state, *trial, false).await?;
                 }
             }
             ExecutorMsg::TrainFinished { id, seed, report } => {
@@ -285,17 +272,7 @@ impl Actor for Executor {
                     }
                 }
             }
-            ExecutorMsg::Enqueue(trial) => {
-                if trial.status == TrialStatus::Proposed {
-                    let queued = update_trial(
-                        &state.lineage,
-                        trial.id,
-                        Box::new(|t| t.status = TrialStatus::Queued),
-                    )
-                    .await?;
-                    state.push_priority(queued, 0);
-                }
-            }
+            ExecutorMsg::Enqueue(trial) => queue(state, *trial, true).await?,
             ExecutorMsg::Settled(id) => {
                 if state.baseline == Some(id) {
                     state.baseline = None;
@@ -321,6 +298,35 @@ impl Actor for Executor {
         }
         fill(&myself, state).await
     }
+}
+
+/// Records a proposed trial `Queued` and queues its own run: behind the
+/// other proposals, or (`priority`, the evaluator's) ahead of them. A
+/// duplicate is already terminal in lineage: counted, not run.
+async fn queue(
+    state: &mut ExecutorState,
+    trial: Trial,
+    priority: bool,
+) -> Result<(), ActorProcessingErr> {
+    if trial.status != TrialStatus::Proposed {
+        return Ok(());
+    }
+    let queued = update_trial(
+        &state.lineage,
+        trial.id,
+        Box::new(|t| t.status = TrialStatus::Queued),
+    )
+    .await?;
+    if priority {
+        state.push_priority(queued, 0);
+    } else {
+        state.queue.push_back(Job {
+            trial: queued,
+            seed: 0,
+            priority: false,
+        });
+    }
+    Ok(())
 }
 
 /// Starts queued trials on free slots and asks specialists for more proposals
@@ -483,7 +489,8 @@ async fn run_seed(
         Err(e) => return spawn_failed(&spec, format!("cannot write trial logs: {e}")),
     };
     let pgid = started.pgid;
-    let recorded = update_trial(
+    // A measurement: the trial may be the kept incumbent being re-measured.
+    let recorded = measure_trial(
         lineage,
         trial.id,
         Box::new(move |t| {
@@ -648,8 +655,20 @@ enum Made {
 
 /// Start-up recovery: trials that were proposed, queued or running when the
 /// previous ratchet process died are marked `interrupted` and their recorded
-/// process groups killed. (Evaluating trials are re-evaluated by the evaluator.)
+/// process groups killed. (Evaluating trials are re-evaluated by the
+/// evaluator; the recorded groups of their seed runs, and of the incumbent's
+/// while it was re-measured, are killed here.)
 async fn recover(lineage: &ActorRef<LineageMsg>) -> Result<(), ActorProcessingErr> {
+    // The incumbent's own seed runs (a re-measurement) that were training.
+    if let Some(inc) = ractor::call_t!(lineage, LineageMsg::Incumbent, CALL_TIMEOUT_MS)? {
+        if let Some(t) = ractor::call_t!(lineage, LineageMsg::Get, CALL_TIMEOUT_MS, inc.trial)? {
+            for run in t.seed_runs.iter().filter(|r| r.train.is_none()) {
+                if let Some(pgid) = run.pgid {
+                    process::kill_group(pgid);
+                }
+            }
+        }
+    }
     let active = ractor::call_t!(lineage, LineageMsg::Active, CALL_TIMEOUT_MS)?;
     for t in active {
         if t.status == TrialStatus::Evaluating {

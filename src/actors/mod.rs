@@ -28,6 +28,21 @@ pub async fn update_trial(
     r.map_err(|e| format!("lineage unavailable: {e}"))?
 }
 
+/// Adds seed runs or a noise band to a trial, even a terminal one (lineage
+/// refuses any other change).
+pub async fn measure_trial(
+    lineage: &ActorRef<LineageMsg>,
+    id: TrialId,
+    change: Change,
+) -> Result<Trial, String> {
+    let r: Result<Result<Trial, String>, _> = ractor::call_t!(
+        lineage,
+        |reply: RpcReplyPort<Result<Trial, String>>| LineageMsg::Measure(id, change, reply),
+        CALL_TIMEOUT_MS
+    );
+    r.map_err(|e| format!("lineage unavailable: {e}"))?
+}
+
 /// The change that marks a trial `interrupted`.
 pub fn interrupt(why: &'static str) -> Change {
     Box::new(move |t: &mut Trial| {

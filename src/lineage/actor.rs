@@ -30,6 +30,8 @@ pub type Change = Box<dyn Fn(&mut Trial) + Send + Sync>;
 pub enum LineageMsg {
     Propose(NewTrial, RpcReplyPort<Result<Trial, String>>),
     Update(TrialId, Change, RpcReplyPort<Result<Trial, String>>),
+    /// Adds seed runs and a noise band to a trial, even a terminal one.
+    Measure(TrialId, Change, RpcReplyPort<Result<Trial, String>>),
     Get(TrialId, RpcReplyPort<Option<Trial>>),
     Incumbent(RpcReplyPort<Option<Incumbent>>),
     /// Which of these configurations lineage has never seen (by index).
@@ -103,6 +105,16 @@ impl Actor for Lineage {
             LineageMsg::Propose(new, reply) => {
                 let result = write(state, |s| s.propose(new)).await;
                 reply_fatal(reply, result)?;
+            }
+            LineageMsg::Measure(id, change, reply) => {
+                let result = write(state, |s| s.measure(id, change)).await;
+                match result {
+                    Err(e @ (LineageError::NotAMeasurement(_) | LineageError::NoSuchTrial(_))) => {
+                        error!(trial = %id, error = %e, "refused lineage measurement");
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                    other => reply_fatal(reply, other)?,
+                }
             }
             LineageMsg::Update(id, change, reply) => {
                 let result = write(state, |s| s.update(id, change)).await;

@@ -40,6 +40,8 @@ pub enum LineageError {
         status: TrialStatus,
         to: TrialStatus,
     },
+    #[error("trial {0}: a measurement may add seed runs and a noise band, nothing else")]
+    NotAMeasurement(TrialId),
 }
 
 /// A proposal before lineage gives it an id.
@@ -339,6 +341,44 @@ impl LineageStore {
                 }
                 trials.insert(&key(id), encode(&trial))?;
                 Ok(trial)
+            })
+            .map_err(from_tx)
+    }
+
+    /// Adds measurements to a trial in any status, terminal included: only
+    /// its `seed_runs` and `noise` may change (the incumbent, re-measured
+    /// after a start that found it without a band for `noise.seeds`). A
+    /// change of the incumbent's band is written to the incumbent too.
+    pub fn measure(&self, id: TrialId, change: impl Fn(&mut Trial)) -> Result<Trial, LineageError> {
+        (&self.trials, &self.meta, &self.incumbents)
+            .transaction(|(trials, meta, incumbents)| {
+                let Some(bytes) = trials.get(key(id))? else {
+                    return abort(LineageError::NoSuchTrial(id));
+                };
+                let before = match decode_trial(&key(id), &bytes) {
+                    Ok(t) => t,
+                    Err(e) => return abort(e),
+                };
+                let mut after = before.clone();
+                change(&mut after);
+                let mut rest = after.clone();
+                rest.seed_runs = before.seed_runs.clone();
+                rest.noise = before.noise;
+                if rest != before {
+                    return abort(LineageError::NotAMeasurement(id));
+                }
+                let k_id = key(id);
+                for (tree, k) in [(meta, INCUMBENT), (incumbents, &k_id[..])] {
+                    let Some(b) = tree.get(k)? else { continue };
+                    if let Ok(mut inc) = serde_json::from_slice::<Incumbent>(&b) {
+                        if inc.trial == id {
+                            inc.noise = after.noise;
+                            tree.insert(k, encode(&inc))?;
+                        }
+                    }
+                }
+                trials.insert(&key(id), encode(&after))?;
+                Ok(after)
             })
             .map_err(from_tx)
     }
