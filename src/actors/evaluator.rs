@@ -115,7 +115,6 @@ pub enum Verdict {
     Rebased {
         to: TrialId,
         score: Option<f64>,
-        reference: Option<f64>,
         detail: String,
     },
 }
@@ -798,7 +797,6 @@ async fn rebase(state: &mut EvaluatorState, trial: &Trial) -> Result<(), ActorPr
     let verdict = Verdict::Rebased {
         to: rebased.id,
         score,
-        reference: None,
         detail: format!(
             "beat #{} but the incumbent moved to #{}: re-applied onto it as #{}",
             trial.parent.map_or("-".into(), |p| p.to_string()),
@@ -986,17 +984,11 @@ async fn record(
                         t.noise = *noise;
                     }
                 }
-                Verdict::Rebased {
-                    to,
-                    score,
-                    reference,
-                    detail,
-                } => {
+                Verdict::Rebased { to, score, detail } => {
                     t.status = TrialStatus::Discarded;
                     t.decision = Some(Decision::Rebased);
                     t.rebased_as = Some(*to);
                     t.score = *score;
-                    t.parent_score = *reference;
                     t.detail = Some(detail.clone());
                 }
             }

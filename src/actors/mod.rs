@@ -20,12 +20,7 @@ pub async fn update_trial(
     id: TrialId,
     change: Change,
 ) -> Result<Trial, String> {
-    let r: Result<Result<Trial, String>, _> = ractor::call_t!(
-        lineage,
-        |reply: RpcReplyPort<Result<Trial, String>>| LineageMsg::Update(id, change, reply),
-        CALL_TIMEOUT_MS
-    );
-    r.map_err(|e| format!("lineage unavailable: {e}"))?
+    call_change(lineage, |reply| LineageMsg::Update(id, change, reply)).await
 }
 
 /// Adds seed runs or a noise band to a trial, even a terminal one (lineage
@@ -35,11 +30,14 @@ pub async fn measure_trial(
     id: TrialId,
     change: Change,
 ) -> Result<Trial, String> {
-    let r: Result<Result<Trial, String>, _> = ractor::call_t!(
-        lineage,
-        |reply: RpcReplyPort<Result<Trial, String>>| LineageMsg::Measure(id, change, reply),
-        CALL_TIMEOUT_MS
-    );
+    call_change(lineage, |reply| LineageMsg::Measure(id, change, reply)).await
+}
+
+async fn call_change(
+    lineage: &ActorRef<LineageMsg>,
+    msg: impl FnOnce(RpcReplyPort<Result<Trial, String>>) -> LineageMsg,
+) -> Result<Trial, String> {
+    let r: Result<Result<Trial, String>, _> = ractor::call_t!(lineage, msg, CALL_TIMEOUT_MS);
     r.map_err(|e| format!("lineage unavailable: {e}"))?
 }
 
