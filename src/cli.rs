@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::domain::{format_float, FailureLabel, Trial, TrialId};
+use crate::domain::{format_float, now_ms, FailureLabel, Trial, TrialId};
 use crate::lineage::LineageStore;
 
 #[derive(Parser, Debug)]
@@ -39,6 +39,45 @@ enum Command {
         #[arg(long, short = 'n')]
         trials: Option<u64>,
     },
+    /// Run until stopped, as a systemd service (Type=notify; SIGTERM drains,
+    /// SIGHUP reloads; a control socket serves status, pause, resume, reload).
+    Daemon {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// What the daemon is doing (or, with none running, what lineage holds).
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every 2 seconds until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Stop asking specialists for proposals (their running trials finish).
+    /// Stored in lineage: it survives restarts.
+    Pause {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        which: Which,
+    },
+    /// Ask paused specialists for proposals again.
+    Resume {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        which: Which,
+    },
+    /// Make the running daemon re-read specialists.toml; an invalid file is
+    /// refused with every error printed (exit status 2) and the running
+    /// configuration stays.
+    Reload {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Validate specialists.toml and the experiment; exit status 2 when invalid.
     Check {
         #[command(flatten)]
@@ -64,6 +103,22 @@ enum Command {
         #[command(subcommand)]
         command: LineageCommand,
     },
+}
+
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+struct Which {
+    /// Specialist names.
+    names: Vec<String>,
+    /// Every configured specialist.
+    #[arg(long)]
+    all: bool,
+}
+
+impl Which {
+    fn names(self) -> Option<Vec<String>> {
+        (!self.all).then_some(self.names)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,7 +196,12 @@ const EXIT_CONFIG: u8 = 2;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // A daemon tells what it does; the other commands only what goes wrong.
+    init_tracing(if matches!(cli.command, Command::Daemon { .. }) {
+        "info"
+    } else {
+        "warn"
+    });
     match dispatch(cli) {
         Ok(code) => code,
         // `ratchet lineage list | head`: the reader went away, which is fine.
@@ -163,14 +223,23 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-fn init_tracing() {
+/// Logs to stderr: colours only on a terminal; under systemd (stderr is the
+/// journal, `JOURNAL_STREAM`) no timestamps, which journald adds itself.
+/// Fields stay `key=value`, so `journalctl -u ratchet | grep trial=42` works.
+fn init_tracing(default: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("RATCHET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    let _ = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn load_config(path: &Path) -> Result<Config, ExitCode> {
@@ -198,6 +267,23 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Daemon { config } => {
+            let c = match load_config(&config.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(crate::daemon::daemon(c))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status {
+            config,
+            json,
+            watch,
+        } => status_command(&config.config, json, watch),
+        Command::Pause { config, which } => pause_command(&config.config, which.names(), true),
+        Command::Resume { config, which } => pause_command(&config.config, which.names(), false),
+        Command::Reload { config } => reload_command(&config.config),
         Command::Run { config, trials } => {
             let c = match load_config(&config.config) {
                 Ok(c) => c,
@@ -567,4 +653,184 @@ fn tail_lines(path: &Path, n: usize) -> Vec<String> {
         .iter()
         .map(|l| l.chars().take(200).collect())
         .collect()
+}
+
+/// The control socket of the daemon that uses this configuration: the one
+/// the file names, else the one a running daemon wrote into
+/// `<lineage_dir>/daemon.json`, else the default.
+fn daemon_socket(config: &Path) -> anyhow::Result<PathBuf> {
+    if let Ok(text) = std::fs::read_to_string(config) {
+        if text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("daemon")?.get("socket").cloned())
+            .is_some()
+        {
+            return Ok(crate::config::socket_of(config)?);
+        }
+    }
+    let lineage = crate::config::lineage_dir_of(config)?;
+    let pointer = crate::daemon::control::pointer_path(&lineage);
+    if let Ok(bytes) = std::fs::read(&pointer) {
+        if let Ok(p) = serde_json::from_slice::<crate::daemon::control::Pointer>(&bytes) {
+            return Ok(p.socket);
+        }
+    }
+    Ok(crate::config::socket_of(config)?)
+}
+
+/// A request to the running daemon; `Ok(None)` when none listens.
+fn call_daemon(
+    config: &Path,
+    command: crate::daemon::control::Command,
+) -> anyhow::Result<Option<crate::daemon::control::Response>> {
+    use std::io::ErrorKind::{ConnectionRefused, NotFound};
+    let socket = daemon_socket(config)?;
+    match crate::daemon::control::call(&socket, command, std::time::Duration::from_secs(30)) {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if matches!(e.kind(), NotFound | ConnectionRefused) => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("control socket {}: {e}", socket.display())),
+    }
+}
+
+fn status_command(config: &Path, json: bool, watch: bool) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    loop {
+        let text = match call_daemon(config, crate::daemon::control::Command::Status)? {
+            Some(r) if r.ok => {
+                let status = r
+                    .status
+                    .ok_or_else(|| anyhow::anyhow!("the daemon sent no status"))?;
+                if json {
+                    serde_json::to_string(&status)? + "\n"
+                } else {
+                    crate::daemon::render_status(&status, now_ms())
+                }
+            }
+            Some(r) => anyhow::bail!("{}", r.error.unwrap_or_default()),
+            None => offline_status(config, json)?,
+        };
+        let mut out = std::io::stdout().lock();
+        if watch && !json && std::io::stdout().is_terminal() {
+            write!(out, "\x1b[2J\x1b[H")?;
+        }
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
+        if !watch {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        if !json {
+            writeln!(out)?;
+        }
+    }
+}
+
+/// `status` with no daemon running: what lineage holds.
+fn offline_status(config: &Path, json: bool) -> anyhow::Result<String> {
+    let dir = crate::config::lineage_dir_of(config)?;
+    if !dir.join("db").exists() {
+        anyhow::bail!(
+            "no daemon is running and there is no lineage at {} yet",
+            dir.display()
+        );
+    }
+    let store = LineageStore::open(&dir)?;
+    let summary = store.summary()?;
+    let specialists: Vec<String> = Config::load(config)
+        .map(|c| c.specialists.iter().map(|s| s.name.clone()).collect())
+        .unwrap_or_default();
+    if json {
+        let v = serde_json::json!({"daemon": null, "lineage": summary, "specialists": specialists});
+        return Ok(v.to_string() + "\n");
+    }
+    Ok(format!(
+        "no ratchet daemon is running (lineage {})\n{}",
+        dir.display(),
+        crate::daemon::render_lineage(&summary, &specialists, None, now_ms())
+    ))
+}
+
+fn pause_command(
+    config: &Path,
+    names: Option<Vec<String>>,
+    paused: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::daemon::control::Command as C;
+    let what = if paused { "paused" } else { "resumed" };
+    let command = if paused {
+        C::Pause {
+            names: names.clone(),
+        }
+    } else {
+        C::Resume {
+            names: names.clone(),
+        }
+    };
+    let changed = match call_daemon(config, command)? {
+        Some(r) if r.ok => r.changed.unwrap_or_default(),
+        Some(r) => anyhow::bail!("{}", r.error.unwrap_or_default()),
+        None => {
+            // No daemon: write it into lineage for the next start.
+            let c = match load_config(config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let configured: Vec<String> = c.specialists.iter().map(|s| s.name.clone()).collect();
+            let names = names.unwrap_or_else(|| configured.clone());
+            if let Some(bad) = names.iter().find(|n| !configured.contains(n)) {
+                anyhow::bail!(
+                    "no specialist named `{bad}` (configured: {})",
+                    configured.join(", ")
+                );
+            }
+            LineageStore::open(&c.lineage_dir)?.set_paused(&names, paused)?
+        }
+    };
+    if changed.is_empty() {
+        println!("nothing changed: already {what}");
+    } else {
+        println!("{what}: {}", changed.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reload_command(config: &Path) -> anyhow::Result<ExitCode> {
+    let Some(r) = call_daemon(config, crate::daemon::control::Command::Reload)? else {
+        anyhow::bail!(
+            "no ratchet daemon is listening on {}; nothing to reload",
+            daemon_socket(config)?.display()
+        );
+    };
+    if !r.ok {
+        for e in &r.errors {
+            eprintln!("{e}");
+        }
+        eprintln!("{}", r.error.unwrap_or_default());
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
+    let rep = r.reload.unwrap_or_default();
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    println!(
+        "reloaded: added {}; removed {}; changed {}",
+        list(&rep.added),
+        list(&rep.removed),
+        list(&rep.changed)
+    );
+    if let Some((a, b)) = rep.slots {
+        println!("slots: {a} -> {b}");
+    }
+    if !rep.at_restart.is_empty() {
+        println!(
+            "takes effect at the next start: {}",
+            rep.at_restart.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -68,10 +68,45 @@ pub struct DaemonSection {
     /// Seed of the search specialists.
     #[serde(default)]
     pub seed: u64,
+    /// The control socket, relative to specialists.toml. Default:
+    /// `$RUNTIME_DIRECTORY/ratchet.sock` under systemd, else
+    /// `<lineage_dir>/ratchet.sock`.
+    pub socket: Option<PathBuf>,
+    /// On SIGTERM, how long running trials may go on before they are
+    /// killed and recorded `interrupted`.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_secs: u64,
+    /// How many times a trial is started before one that ratchet keeps
+    /// dying under is recorded `interrupted` instead of queued again.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
 }
 
 fn default_lineage_dir() -> PathBuf {
     PathBuf::from("lineage")
+}
+
+fn default_drain_timeout() -> u64 {
+    300
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+
+/// The longest path a Unix socket address holds (108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Where the control socket is when the configuration does not say.
+fn default_socket(lineage_dir: &Path) -> PathBuf {
+    match std::env::var_os("RUNTIME_DIRECTORY") {
+        // systemd joins several RuntimeDirectory= entries with ':'.
+        Some(dirs) if !dirs.is_empty() => {
+            let dirs = dirs.to_string_lossy().into_owned();
+            PathBuf::from(dirs.split(':').next().unwrap_or_default()).join("ratchet.sock")
+        }
+        _ => lineage_dir.join("ratchet.sock"),
+    }
 }
 
 fn default_slots() -> usize {
@@ -441,11 +476,14 @@ pub struct Config {
     pub lineage_dir: PathBuf,
     pub slots: usize,
     pub seed: u64,
+    pub socket: PathBuf,
+    pub drain_timeout_secs: u64,
+    pub max_attempts: u32,
     pub specialists: Vec<Specialist>,
     pub experiment: Experiment,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Specialist {
     pub name: String,
     pub surface: String,
@@ -543,6 +581,26 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
     let d = &parsed.daemon;
     if d.slots == 0 {
         err(errors, &file, "daemon.slots", "must be at least 1");
+    }
+    if d.max_attempts == 0 {
+        err(errors, &file, "daemon.max_attempts", "must be at least 1");
+    }
+    let lineage_dir = base.join(&d.lineage_dir);
+    let socket = match &d.socket {
+        Some(p) => base.join(p),
+        None => default_socket(&lineage_dir),
+    };
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        err(
+            errors,
+            &file,
+            "daemon.socket",
+            format!(
+                "{} is {} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH} (set daemon.socket to a shorter one)",
+                socket.display(),
+                socket.as_os_str().len()
+            ),
+        );
     }
     let mut names = BTreeSet::new();
     for (i, s) in parsed.specialists.iter().enumerate() {
@@ -646,9 +704,12 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
     }
     let experiment = experiment?;
     Some(Config {
-        lineage_dir: base.join(&d.lineage_dir),
+        lineage_dir,
         slots: d.slots,
         seed: d.seed,
+        socket,
+        drain_timeout_secs: d.drain_timeout_secs,
+        max_attempts: d.max_attempts,
         specialists: parsed
             .specialists
             .iter()
@@ -737,6 +798,15 @@ fn check_llm(s: &SpecialistSection, report: &mut dyn FnMut(&str, String)) {
 /// lineage stays readable while the rest of the file is being fixed.
 pub fn lineage_dir_of(file: &Path) -> Result<PathBuf, ConfigErrors> {
     daemon_path_of(file, "lineage_dir", Some(default_lineage_dir()))
+}
+
+/// The control socket a specialists file names (or the default), read
+/// leniently, for the CLI commands that talk to a running daemon.
+pub fn socket_of(file: &Path) -> Result<PathBuf, ConfigErrors> {
+    match daemon_path_of(file, "socket", None) {
+        Ok(p) => Ok(p),
+        Err(_) => lineage_dir_of(file).map(|l| default_socket(&l)),
+    }
 }
 
 /// The experiment directory a specialists file names, read leniently.

@@ -505,6 +505,19 @@ pub struct Trial {
 }
 
 impl Trial {
+    /// What became of it, in one word: a failure label, or
+    /// `kept`/`false_peak`/`within_noise`/`regressed`/`rebased` for scored
+    /// trials, or the status of unfinished ones.
+    pub fn outcome(&self) -> &'static str {
+        match (self.label, self.decision) {
+            (Some(l), _) => l.as_str(),
+            (None, Some(_)) if self.status == TrialStatus::Kept => "kept",
+            (None, Some(_)) if self.false_peak => "false_peak",
+            (None, Some(d)) => d.as_str(),
+            (None, None) => self.status.as_str(),
+        }
+    }
+
     /// Time of the first entry into `status`.
     pub fn time_of(&self, status: TrialStatus) -> Option<u64> {
         self.history

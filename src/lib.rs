@@ -4,6 +4,7 @@
 pub mod actors;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod domain;
 pub mod edit;
 pub mod lineage;

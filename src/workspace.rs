@@ -111,8 +111,20 @@ pub fn secret_env(config: &Config) -> Vec<String> {
         .specialists
         .iter()
         .filter_map(|s| s.llm.as_ref()?.api_key_env.clone())
+        .chain(SERVICE_ENV.iter().map(|v| v.to_string()))
         .collect()
 }
+
+/// What systemd tells the daemon and only the daemon: a trial that saw
+/// `NOTIFY_SOCKET` could report READY or STATUS in ratchet's name.
+const SERVICE_ENV: [&str; 6] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
 
 /// A trial command's argv, with `{ratchet}`, `{trial_dir}`, `{work}`,
 /// `{seed}` and `{experiment_dir}` expanded.

@@ -235,7 +235,7 @@ fn sigterm_stops_the_run_kills_the_trial_and_records_it() {
 }
 
 #[test]
-fn a_killed_ratchet_leaves_nothing_running_after_the_next_start() {
+fn a_killed_ratchet_leaves_nothing_running_and_runs_the_trial_again_at_the_next_start() {
     let dir = Dir::with_fixture("faulty");
     let mut child = start_hanging_run(&dir);
     child.kill().unwrap(); // SIGKILL: no cleanup runs
@@ -243,22 +243,45 @@ fn a_killed_ratchet_leaves_nothing_running_after_the_next_start() {
 
     let before = dir.trials();
     assert_eq!(str_of(&before[0], "status"), "running");
+    assert_eq!(before[0]["attempt"].as_u64(), Some(1));
     let pgid = before[0]["pgid"].as_i64().unwrap();
     assert!(
         group_alive(pgid),
         "the orphaned trial should still be running before recovery"
     );
 
-    dir.ratchet_ok(&["run", "--trials", "0"]);
-    let after = dir.trials();
-    assert_eq!(
-        (str_of(&after[0], "status"), str_of(&after[0], "label")),
-        ("interrupted", "interrupted")
-    );
+    // The next start kills the orphan and runs the trial again (attempt 2).
+    let marker = dir.path().join("lineage/trials/000001/grandchild.pid");
+    std::fs::remove_file(&marker).unwrap();
+    let mut again = std::process::Command::new(env!("CARGO_BIN_EXE_ratchet"))
+        .args(["run", "--trials", "0"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the recovered trial never started again"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert!(
         !group_alive(pgid),
         "recovery left the orphaned process group {pgid} alive"
     );
+    let pid = nix::unistd::Pid::from_raw(again.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    again.wait().unwrap();
+    let after = dir.trials();
+    assert_eq!(after.len(), 1, "recovery re-runs the trial, it adds none");
+    assert_eq!(
+        (str_of(&after[0], "status"), after[0]["attempt"].as_u64()),
+        ("interrupted", Some(2))
+    );
+    assert_ne!(after[0]["pgid"].as_i64(), Some(pgid));
 }
 
 #[test]

@@ -1062,6 +1062,9 @@ mod tests {
             lineage_dir: dir.join("lineage"),
             slots: 1,
             seed: 0,
+            socket: dir.join("lineage/ratchet.sock"),
+            drain_timeout_secs: 1,
+            max_attempts: 3,
             specialists: Vec::new(),
             experiment,
         }

@@ -4,19 +4,20 @@
 //! command in its own workspace and process group, and hands finished runs to
 //! the evaluator.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use git2::Oid;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::evaluator::EvaluatorMsg;
 use super::specialist::SpecialistMsg;
 use super::{interrupt, interrupt_all, measure_trial, update_trial, CALL_TIMEOUT_MS};
 use crate::config::Config;
-use crate::domain::{Params, ProcessReport, Trial, TrialId, TrialStatus};
+use crate::domain::{now_ms, Params, ProcessReport, Trial, TrialId, TrialStatus};
 use crate::edit::{Rejection, Rules};
 use crate::lineage::actor::{LineageMsg, Observer, RunEvent};
 use crate::lineage::NewTrial;
@@ -58,6 +59,49 @@ pub enum ExecutorMsg {
     Resting(String),
     /// A resting specialist can propose again.
     Wake(String),
+    /// The specialists that are paused now (they are not asked; what they
+    /// proposed before still runs).
+    SetPaused(BTreeSet<String>),
+    /// Shutting down: ask no specialist and start no new trial; seed re-runs
+    /// of trials already being evaluated still start, so they can finish.
+    Drain,
+    /// A reloaded configuration (slots; the experiment stays as it started).
+    Reconfigure(Arc<Config>),
+    Status(RpcReplyPort<ExecutorStatus>),
+}
+
+/// What the executor is doing, for `ratchet status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecutorStatus {
+    pub slots: usize,
+    /// Runs in slots, oldest first.
+    pub running: Vec<RunInfo>,
+    /// Runs waiting for a slot, next first.
+    pub queued: Vec<RunInfo>,
+    /// Every specialist the executor asks, in order, with its state.
+    pub specialists: Vec<SpecialistInfo>,
+    pub draining: bool,
+    /// Trials proposed in this process.
+    pub issued: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub trial: TrialId,
+    /// 0: the trial's own run; otherwise a seed re-run.
+    pub seed: u64,
+    pub specialist: String,
+    pub attempt: u32,
+    /// When it started (ms since the epoch; for queued runs, when queued).
+    pub since_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SpecialistInfo {
+    pub name: String,
+    /// `paused`, `asked` (a proposal is being made), `resting`, `exhausted`
+    /// (nothing new at this incumbent) or `ready`.
+    pub state: String,
 }
 
 pub struct Executor;
@@ -90,10 +134,29 @@ struct SpecialistSlot {
 struct Job {
     trial: Trial,
     seed: u64,
-    /// From the evaluator (seed runs, rebased trials): ahead of proposals,
-    /// first come first served among themselves, so the oldest
-    /// confirmation finishes first.
+    /// From the evaluator (seed runs, rebased trials) or re-queued by
+    /// recovery: ahead of proposals, first come first served among
+    /// themselves, so the oldest confirmation finishes first.
     priority: bool,
+    since_ms: u64,
+}
+
+impl Job {
+    fn info(&self) -> RunInfo {
+        RunInfo {
+            trial: self.trial.id,
+            seed: self.seed,
+            specialist: self.trial.specialist.clone(),
+            attempt: self.trial.attempt,
+            since_ms: self.since_ms,
+        }
+    }
+}
+
+/// A run in a slot: dropping it kills its process group.
+struct Running {
+    task: GroupTask,
+    info: RunInfo,
 }
 
 impl ExecutorState {
@@ -106,6 +169,7 @@ impl ExecutorState {
                 trial,
                 seed,
                 priority: true,
+                since_ms: now_ms(),
             },
         );
     }
@@ -122,7 +186,7 @@ pub struct ExecutorState {
     next: usize,
     queue: VecDeque<Job>,
     /// Runs in slots, by trial and seed; dropping one kills its process group.
-    running: HashMap<(TrialId, u64), GroupTask>,
+    running: HashMap<(TrialId, u64), Running>,
     issued: u64,
     max_trials: Option<u64>,
     baseline_needed: bool,
@@ -132,6 +196,8 @@ pub struct ExecutorState {
     /// The supervisor has told us the specialists: only then can we be drained.
     ready: bool,
     drained_sent: bool,
+    paused: BTreeSet<String>,
+    draining: bool,
 }
 
 impl ExecutorState {
@@ -157,12 +223,13 @@ impl Actor for Executor {
         _myself: ActorRef<Self::Msg>,
         args: ExecutorArgs,
     ) -> Result<ExecutorState, ActorProcessingErr> {
-        recover(&args.lineage).await?;
+        let requeued = recover(&args.lineage, args.config.max_attempts).await?;
+        let paused = ractor::call_t!(args.lineage, LineageMsg::Paused, CALL_TIMEOUT_MS)?;
         let incumbent = ractor::call_t!(args.lineage, LineageMsg::Incumbent, CALL_TIMEOUT_MS)?;
         let defaults = vec![args.config.experiment.defaults.clone()];
         let unknown =
             ractor::call_t!(args.lineage, LineageMsg::Unknown, CALL_TIMEOUT_MS, defaults)?;
-        Ok(ExecutorState {
+        let mut state = ExecutorState {
             baseline_needed: incumbent.is_none() && unknown.first() == Some(&true),
             baseline: None,
             config: args.config,
@@ -179,7 +246,16 @@ impl Actor for Executor {
             max_trials: args.max_trials,
             ready: false,
             drained_sent: false,
-        })
+            paused: paused.into_keys().collect(),
+            draining: false,
+        };
+        for trial in requeued {
+            if trial.specialist == "baseline" {
+                state.baseline = Some(trial.id);
+            }
+            state.push_priority(trial, 0);
+        }
+        Ok(state)
     }
 
     async fn post_start(
@@ -191,16 +267,25 @@ impl Actor for Executor {
     }
 
     /// A clean stop: running trials are killed and recorded `interrupted`.
+    /// Trials still waiting in the queue stay `queued` in lineage: nothing
+    /// of theirs was cut short, and the next start runs them.
     async fn post_stop(
         &self,
         _myself: ActorRef<Self::Msg>,
         state: &mut ExecutorState,
     ) -> Result<(), ActorProcessingErr> {
+        // A seed re-run cut short interrupts the trial it confirms.
         let mut ids: Vec<TrialId> = state
             .running
             .keys()
             .map(|(id, _)| *id)
-            .chain(state.queue.iter().map(|j| j.trial.id))
+            .chain(
+                state
+                    .queue
+                    .iter()
+                    .filter(|j| j.seed != 0)
+                    .map(|j| j.trial.id),
+            )
             .collect();
         ids.sort();
         ids.dedup();
@@ -253,7 +338,7 @@ impl Actor for Executor {
             }
             ExecutorMsg::TrainFinished { id, seed, report } => {
                 if let Some(done) = state.running.remove(&(id, seed)) {
-                    done.guard.disarm();
+                    done.task.guard.disarm();
                 }
                 if let Some(train) = report {
                     state
@@ -295,6 +380,21 @@ impl Actor for Executor {
                     s.resting = false;
                 }
             }
+            ExecutorMsg::SetPaused(paused) => state.paused = paused,
+            ExecutorMsg::Drain => {
+                if !state.draining {
+                    info!(
+                        running = state.running.len(),
+                        queued = state.queue.len(),
+                        "draining: no new trials start"
+                    );
+                }
+                state.draining = true;
+            }
+            ExecutorMsg::Reconfigure(config) => state.config = config,
+            ExecutorMsg::Status(reply) => {
+                let _ = reply.send(status(state));
+            }
         }
         fill(&myself, state).await
     }
@@ -324,6 +424,7 @@ async fn queue(
             trial: queued,
             seed: 0,
             priority: false,
+            since_ms: now_ms(),
         });
     }
     Ok(())
@@ -335,7 +436,7 @@ async fn fill(
     myself: &ActorRef<ExecutorMsg>,
     state: &mut ExecutorState,
 ) -> Result<(), ActorProcessingErr> {
-    if state.baseline_needed && state.budget_left() > 0 {
+    if state.baseline_needed && state.budget_left() > 0 && !state.draining {
         state.baseline_needed = false;
         let defaults = state.config.experiment.defaults.clone();
         let new = NewTrial {
@@ -356,7 +457,15 @@ async fn fill(
         return Ok(());
     }
     while state.running.len() < state.config.slots {
-        let Some(job) = state.queue.pop_front() else {
+        // Draining: only seed re-runs of trials already being evaluated.
+        let next = if state.draining {
+            state.queue.iter().position(|j| j.seed != 0)
+        } else if state.queue.is_empty() {
+            None
+        } else {
+            Some(0)
+        };
+        let Some(job) = next.and_then(|i| state.queue.remove(i)) else {
             break;
         };
         start(myself, state, job);
@@ -365,10 +474,11 @@ async fn fill(
     while (state.queue.len() as u64 + state.asked()) < state.config.slots as u64
         && state.budget_left() > 0
         && state.baseline.is_none()
+        && !state.draining
     {
         let Some(i) = (0..n).map(|k| (state.next + k) % n).find(|&i| {
             let s = &state.specialists[i];
-            !s.asked && !s.exhausted && !s.resting
+            !s.asked && !s.exhausted && !s.resting && !state.paused.contains(&s.name)
         }) else {
             break;
         };
@@ -379,8 +489,13 @@ async fn fill(
             reply_to: myself.clone(),
         })?;
     }
-    // A resting specialist still has work to give, unless the trial budget is spent.
-    let resting = state.budget_left() > 0 && state.specialists.iter().any(|s| s.resting);
+    // A resting specialist still has work to give, unless the trial budget
+    // is spent (a paused one gives none until it is resumed).
+    let resting = state.budget_left() > 0
+        && state
+            .specialists
+            .iter()
+            .any(|s| s.resting && !state.paused.contains(&s.name));
     let idle = state.ready
         && state.baseline.is_none()
         && state.running.is_empty()
@@ -408,6 +523,8 @@ async fn fill(
 /// `Running` in lineage, then the train command in its own process group; for
 /// a seed re-run, an export of the trial's commit and the train command.
 fn start(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState, job: Job) {
+    let mut info = job.info();
+    info.since_ms = now_ms();
     let Job { trial, seed, .. } = job;
     let id = trial.id;
     let guard = GroupGuard::default();
@@ -424,7 +541,45 @@ fn start(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState, job: Job) {
         };
         let _ = executor.cast(ExecutorMsg::TrainFinished { id, seed, report });
     });
-    state.running.insert((id, seed), GroupTask { guard, task });
+    state.running.insert(
+        (id, seed),
+        Running {
+            task: GroupTask { guard, task },
+            info,
+        },
+    );
+}
+
+fn status(state: &ExecutorState) -> ExecutorStatus {
+    let mut running: Vec<RunInfo> = state.running.values().map(|r| r.info.clone()).collect();
+    running.sort_by_key(|r| (r.since_ms, r.trial, r.seed));
+    let specialists = state
+        .specialists
+        .iter()
+        .map(|s| SpecialistInfo {
+            name: s.name.clone(),
+            state: if state.paused.contains(&s.name) {
+                "paused"
+            } else if s.asked {
+                "asked"
+            } else if s.resting {
+                "resting"
+            } else if s.exhausted {
+                "exhausted"
+            } else {
+                "ready"
+            }
+            .into(),
+        })
+        .collect();
+    ExecutorStatus {
+        slots: state.config.slots,
+        running,
+        queued: state.queue.iter().map(Job::info).collect(),
+        specialists,
+        draining: state.draining,
+        issued: state.issued,
+    }
 }
 
 /// The train command of one run, in `dirs.work`, logs in `dirs.root`.
@@ -653,12 +808,17 @@ enum Made {
     Refused(Rejection),
 }
 
-/// Start-up recovery: trials that were proposed, queued or running when the
-/// previous ratchet process died are marked `interrupted` and their recorded
-/// process groups killed. (Evaluating trials are re-evaluated by the
-/// evaluator; the recorded groups of their seed runs, and of the incumbent's
-/// while it was re-measured, are killed here.)
-async fn recover(lineage: &ActorRef<LineageMsg>) -> Result<(), ActorProcessingErr> {
+/// Start-up recovery of trials that were proposed, queued or running when
+/// the previous ratchet process died (or stopped with them still queued):
+/// their recorded process groups are killed, and they are returned `Queued`
+/// to run again (same id; `attempt` + 1 for one that had started), or, after
+/// `max_attempts` starts, recorded `interrupted`. (Evaluating trials are
+/// evaluated again by the evaluator; the recorded groups of their seed runs,
+/// and of the incumbent's while it was re-measured, are killed here.)
+async fn recover(
+    lineage: &ActorRef<LineageMsg>,
+    max_attempts: u32,
+) -> Result<Vec<Trial>, ActorProcessingErr> {
     // The incumbent's own seed runs (a re-measurement) that were training.
     if let Some(inc) = ractor::call_t!(lineage, LineageMsg::Incumbent, CALL_TIMEOUT_MS)? {
         if let Some(t) = ractor::call_t!(lineage, LineageMsg::Get, CALL_TIMEOUT_MS, inc.trial)? {
@@ -669,7 +829,9 @@ async fn recover(lineage: &ActorRef<LineageMsg>) -> Result<(), ActorProcessingEr
             }
         }
     }
-    let active = ractor::call_t!(lineage, LineageMsg::Active, CALL_TIMEOUT_MS)?;
+    let mut active = ractor::call_t!(lineage, LineageMsg::Active, CALL_TIMEOUT_MS)?;
+    active.sort_by_key(|t| t.id);
+    let mut requeued = Vec::new();
     for t in active {
         if t.status == TrialStatus::Evaluating {
             // Its seed re-runs that were training die; the evaluator asks again.
@@ -683,13 +845,41 @@ async fn recover(lineage: &ActorRef<LineageMsg>) -> Result<(), ActorProcessingEr
         if let Some(pgid) = t.pgid {
             process::kill_group(pgid);
         }
-        warn!(trial = %t.id, status = %t.status, "recovering: trial was in flight when ratchet stopped");
-        update_trial(
+        let started = t.status == TrialStatus::Running;
+        if started && t.attempt >= max_attempts {
+            warn!(trial = %t.id, attempt = t.attempt, "recovering: trial was cut short {} times; giving up", t.attempt);
+            update_trial(
+                lineage,
+                t.id,
+                interrupt("ratchet stopped while the trial ran, at every attempt"),
+            )
+            .await?;
+            continue;
+        }
+        warn!(trial = %t.id, status = %t.status, attempt = t.attempt, "recovering: trial was in flight when ratchet stopped; queued again");
+        let trial = update_trial(
             lineage,
             t.id,
-            interrupt("ratchet stopped before the trial finished"),
+            Box::new(move |t| {
+                t.status = TrialStatus::Queued;
+                t.pgid = None;
+                if started {
+                    t.attempt += 1;
+                }
+            }),
         )
         .await?;
+        if started {
+            lineage.cast(LineageMsg::Event {
+                kind: "requeued".into(),
+                subject: trial.id.to_string(),
+                detail: format!(
+                    "ratchet stopped while it ran; attempt {} of {max_attempts}",
+                    trial.attempt
+                ),
+            })?;
+        }
+        requeued.push(trial);
     }
-    Ok(())
+    Ok(requeued)
 }

@@ -11,24 +11,64 @@
 //! Children are stopped in dependency order: specialists, executor, evaluator,
 //! lineage last, so every stop is recorded.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use git2::Oid;
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tracing::{error, warn};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
 
 use super::evaluator::{Evaluator, EvaluatorArgs, EvaluatorMsg};
-use super::executor::{Executor, ExecutorArgs, ExecutorMsg};
+use super::executor::{Executor, ExecutorArgs, ExecutorMsg, ExecutorStatus};
 use super::specialist::{Specialist, SpecialistArgs, SpecialistMsg};
 use super::CALL_TIMEOUT_MS;
 use crate::config::Config;
+use crate::domain::Trial;
 use crate::lineage::actor::{Lineage, LineageArgs, LineageMsg, Observer};
+use crate::lineage::Summary;
 use crate::provenance::{Provenance, ProvenanceError};
 
 pub enum SupervisorMsg {
     RestartSpecialist(String),
+    /// What runs, for `ratchet status`.
+    Status(RpcReplyPort<Result<LiveStatus, String>>),
+    /// Pauses (`paused`) or resumes the named specialists, or every
+    /// configured one (`names: None`); the state is stored in lineage first.
+    /// Answers the names whose state changed, or an error naming unknown ones.
+    Pause {
+        names: Option<Vec<String>>,
+        paused: bool,
+        reply: RpcReplyPort<Result<Vec<String>, String>>,
+    },
+    /// A validated configuration to apply without stopping running trials.
+    Reload(Box<Config>, RpcReplyPort<ReloadReport>),
+    /// Shutting down: no new trial starts; running ones finish.
+    Drain,
+}
+
+/// A running ratchet as `ratchet status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LiveStatus {
+    pub executor: ExecutorStatus,
+    pub lineage: Summary,
+    /// Trials not yet terminal, oldest first.
+    pub active: Vec<Trial>,
+    /// The configured specialists, in order.
+    pub specialists: Vec<String>,
+}
+
+/// What a reload changed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    /// `(before, after)` when `daemon.slots` changed.
+    pub slots: Option<(usize, usize)>,
+    /// Settings that changed in the file and apply only at the next start.
+    pub at_restart: Vec<String>,
 }
 
 pub struct Supervisor;
@@ -58,6 +98,7 @@ pub struct SupervisorState {
     failures: HashMap<String, u32>,
     incarnations: u64,
     stopping: bool,
+    draining: bool,
 }
 
 const STOP_WAIT: Duration = Duration::from_secs(30);
@@ -96,6 +137,7 @@ impl Actor for Supervisor {
             failures: HashMap::new(),
             incarnations: 0,
             stopping: false,
+            draining: false,
         };
         for s in state.ctx.config.specialists.clone() {
             spawn_specialist(&mut state, &s.name, cell.clone()).await?;
@@ -132,6 +174,24 @@ impl Actor for Supervisor {
                     announce_specialists(state)?;
                 }
             }
+            SupervisorMsg::Status(reply) => {
+                let _ = reply.send(live_status(state).await);
+            }
+            SupervisorMsg::Pause {
+                names,
+                paused,
+                reply,
+            } => {
+                let _ = reply.send(pause(state, names, paused).await);
+            }
+            SupervisorMsg::Reload(config, reply) => {
+                let report = reload(state, *config, myself.get_cell()).await?;
+                let _ = reply.send(report);
+            }
+            SupervisorMsg::Drain => {
+                state.draining = true;
+                state.executor.cast(ExecutorMsg::Drain)?;
+            }
         }
         Ok(())
     }
@@ -165,6 +225,9 @@ impl Actor for Supervisor {
             state
                 .evaluator
                 .cast(EvaluatorMsg::SetExecutor(state.executor.clone()))?;
+            if state.draining {
+                state.executor.cast(ExecutorMsg::Drain)?;
+            }
             return announce_specialists(state);
         }
         if id == state.evaluator.get_id() {
@@ -301,6 +364,160 @@ async fn spawn_specialist(
     let (actor, _) = Actor::spawn_linked(None, Specialist, args, cell).await?;
     state.specialists.insert(name.to_string(), actor);
     Ok(())
+}
+
+async fn live_status(state: &SupervisorState) -> Result<LiveStatus, String> {
+    let e = |e: String| format!("ratchet is busy or stopping: {e}");
+    let executor = ractor::call_t!(state.executor, ExecutorMsg::Status, CALL_TIMEOUT_MS)
+        .map_err(|x| e(x.to_string()))?;
+    let lineage = ractor::call_t!(state.lineage, LineageMsg::Summary, CALL_TIMEOUT_MS)
+        .map_err(|x| e(x.to_string()))?;
+    let mut active = ractor::call_t!(state.lineage, LineageMsg::Active, CALL_TIMEOUT_MS)
+        .map_err(|x| e(x.to_string()))?;
+    active.sort_by_key(|t| t.id);
+    Ok(LiveStatus {
+        executor,
+        lineage,
+        active,
+        specialists: state
+            .ctx
+            .config
+            .specialists
+            .iter()
+            .map(|s| s.name.clone())
+            .collect(),
+    })
+}
+
+async fn pause(
+    state: &SupervisorState,
+    names: Option<Vec<String>>,
+    paused: bool,
+) -> Result<Vec<String>, String> {
+    let configured: Vec<String> = state
+        .ctx
+        .config
+        .specialists
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let names = match names {
+        Some(names) => {
+            let unknown: Vec<&String> = names.iter().filter(|n| !configured.contains(n)).collect();
+            if !unknown.is_empty() {
+                return Err(format!(
+                    "no specialist named {} (configured: {})",
+                    unknown
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    configured.join(", ")
+                ));
+            }
+            names
+        }
+        None => configured,
+    };
+    let e = |e: String| format!("lineage unavailable: {e}");
+    let changed = ractor::call_t!(
+        state.lineage,
+        LineageMsg::SetPaused,
+        CALL_TIMEOUT_MS,
+        names,
+        paused
+    )
+    .map_err(|x| e(x.to_string()))?;
+    let now: BTreeSet<String> = ractor::call_t!(state.lineage, LineageMsg::Paused, CALL_TIMEOUT_MS)
+        .map_err(|x| e(x.to_string()))?
+        .into_keys()
+        .collect();
+    state
+        .executor
+        .cast(ExecutorMsg::SetPaused(now))
+        .map_err(|x| e(x.to_string()))?;
+    for name in &changed {
+        let what = if paused { "paused" } else { "resumed" };
+        info!(specialist = %name, "{what}");
+        let _ = state.lineage.cast(LineageMsg::Event {
+            kind: what.into(),
+            subject: name.clone(),
+            detail: String::new(),
+        });
+    }
+    Ok(changed)
+}
+
+/// Applies a new configuration: specialists added, removed or changed are
+/// started, stopped or restarted, slots change; running trials go on. The
+/// experiment, the lineage directory and the socket stay as they started
+/// (reported in `at_restart` when the file changed them).
+async fn reload(
+    state: &mut SupervisorState,
+    new: Config,
+    cell: ActorCell,
+) -> Result<ReloadReport, ActorProcessingErr> {
+    let old = state.ctx.config.clone();
+    let mut report = ReloadReport::default();
+    if new.lineage_dir != old.lineage_dir {
+        report.at_restart.push("daemon.lineage_dir".into());
+    }
+    if new.socket != old.socket {
+        report.at_restart.push("daemon.socket".into());
+    }
+    if new.experiment.dir != old.experiment.dir
+        || format!("{:?}{:?}", new.experiment.file, new.experiment.defaults)
+            != format!("{:?}{:?}", old.experiment.file, old.experiment.defaults)
+    {
+        report.at_restart.push("the experiment".into());
+    }
+    if new.slots != old.slots {
+        report.slots = Some((old.slots, new.slots));
+    }
+    for s in &new.specialists {
+        match old.specialists.iter().find(|o| o.name == s.name) {
+            None => report.added.push(s.name.clone()),
+            Some(o) if o != s => report.changed.push(s.name.clone()),
+            Some(_) => {}
+        }
+    }
+    for o in &old.specialists {
+        if !new.specialists.iter().any(|s| s.name == o.name) {
+            report.removed.push(o.name.clone());
+        }
+    }
+    let applied = Config {
+        lineage_dir: old.lineage_dir.clone(),
+        socket: old.socket.clone(),
+        experiment: old.experiment.clone(),
+        file: old.file.clone(),
+        ..new
+    };
+    state.ctx.config = Arc::new(applied);
+    // Out of the map first: the supervision event of a stopped specialist
+    // then finds no name and restarts nothing.
+    for name in report.removed.iter().chain(&report.changed) {
+        state.failures.remove(name);
+        if let Some(actor) = state.specialists.remove(name) {
+            let _ = actor.stop_and_wait(None, Some(STOP_WAIT)).await;
+        }
+    }
+    for name in report.added.iter().chain(&report.changed) {
+        spawn_specialist(state, name, cell.clone()).await?;
+    }
+    state
+        .executor
+        .cast(ExecutorMsg::Reconfigure(state.ctx.config.clone()))?;
+    announce_specialists(state)?;
+    info!(
+        added = ?report.added,
+        removed = ?report.removed,
+        changed = ?report.changed,
+        slots = ?report.slots,
+        at_restart = ?report.at_restart,
+        "configuration reloaded"
+    );
+    Ok(report)
 }
 
 /// Tells the executor which specialists to ask, in configuration order.

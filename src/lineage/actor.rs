@@ -8,7 +8,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, info};
 
-use super::{Feedback, FeedbackQuery, LineageError, LineageStore, NewTrial};
+use std::collections::BTreeMap;
+
+use super::{Feedback, FeedbackQuery, LineageError, LineageStore, NewTrial, Summary};
 use crate::domain::{Incumbent, Params, Trial, TrialId};
 
 /// What observers of a running ratchet hear about.
@@ -40,6 +42,13 @@ pub enum LineageMsg {
     Active(RpcReplyPort<Vec<Trial>>),
     /// What proposers read: the latest trials, label counts, incumbent history.
     Feedback(FeedbackQuery, RpcReplyPort<Feedback>),
+    /// The lineage in figures (`ratchet status`).
+    Summary(RpcReplyPort<Summary>),
+    /// Pauses (`true`) or resumes specialists; answers the names whose
+    /// state changed. Durable before the reply.
+    SetPaused(Vec<String>, bool, RpcReplyPort<Vec<String>>),
+    /// Paused specialists and since when (ms).
+    Paused(RpcReplyPort<BTreeMap<String, u64>>),
     /// A daemon event such as a specialist crash.
     Event {
         kind: String,
@@ -147,6 +156,16 @@ impl Actor for Lineage {
             }
             LineageMsg::Feedback(query, reply) => {
                 let _ = reply.send(state.store.feedback(query)?);
+            }
+            LineageMsg::Summary(reply) => {
+                let _ = reply.send(state.store.summary()?);
+            }
+            LineageMsg::SetPaused(names, paused, reply) => {
+                let changed = state.store.set_paused(&names, paused)?;
+                let _ = reply.send(changed);
+            }
+            LineageMsg::Paused(reply) => {
+                let _ = reply.send(state.store.paused()?);
             }
             LineageMsg::Event {
                 kind,

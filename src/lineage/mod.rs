@@ -4,10 +4,14 @@
 //! disk before its process starts and its outcome before anyone acts on it.
 //! Layout (trees): `trials` id → Trial (JSON), `active` id → () for non-terminal
 //! trials, `configs` canonical config → id, `incumbents` id → Incumbent
-//! (history, newest last), `meta` (`next_id`, `incumbent`), `events` seq → Event.
+//! (history, newest last), `meta` (`next_id`, `incumbent`, `counts_v1`),
+//! `events` seq → Event, `counts` outcome → number of terminal trials with
+//! that outcome (kept in the same transaction as the trial, so `status` does
+//! not scan), `paused` specialist name → since (ms).
 
 pub mod actor;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -126,10 +130,46 @@ pub struct LineageStore {
     incumbents: sled::Tree,
     meta: sled::Tree,
     events: sled::Tree,
+    counts: sled::Tree,
+    paused: sled::Tree,
 }
 
 const NEXT_ID: &[u8] = b"next_id";
 const INCUMBENT: &[u8] = b"incumbent";
+/// Present once `counts` holds every terminal trial (lineages written before
+/// the counts existed are counted once, at open).
+const COUNTS_V1: &[u8] = b"counts_v1";
+
+/// The whole lineage in figures, without a scan (what `ratchet status` shows).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub trials: u64,
+    /// Trials not yet terminal.
+    pub active: u64,
+    /// Terminal trials by outcome (`Trial::outcome`).
+    pub outcomes: BTreeMap<String, u64>,
+    /// Trials that reached their outcome in the last hour.
+    pub finished_last_hour: u64,
+    pub incumbent: Option<Incumbent>,
+    /// The newest incumbents, oldest first (at most `SUMMARY_INCUMBENTS`).
+    pub incumbents: Vec<Incumbent>,
+    /// How many incumbents there were in all.
+    pub keeps: u64,
+    /// Paused specialists and since when (ms).
+    pub paused: BTreeMap<String, u64>,
+}
+
+pub const SUMMARY_INCUMBENTS: usize = 10;
+
+/// Adds one to the count of `outcome` inside a transaction.
+fn count(counts: &sled::transaction::TransactionalTree, outcome: &str) -> TxResult<()> {
+    let n = counts
+        .get(outcome.as_bytes())?
+        .map(|b| u64::from_be_bytes(b.as_ref().try_into().unwrap_or([0; 8])))
+        .unwrap_or(0);
+    counts.insert(outcome.as_bytes(), &(n + 1).to_be_bytes())?;
+    Ok(())
+}
 
 type TxResult<T> = Result<T, ConflictableTransactionError<LineageError>>;
 
@@ -188,15 +228,40 @@ impl LineageStore {
                     source,
                 },
             })?;
-        Ok(LineageStore {
+        let store = LineageStore {
             trials: db.open_tree("trials")?,
             active: db.open_tree("active")?,
             configs: db.open_tree("configs")?,
             incumbents: db.open_tree("incumbents")?,
             meta: db.open_tree("meta")?,
             events: db.open_tree("events")?,
+            counts: db.open_tree("counts")?,
+            paused: db.open_tree("paused")?,
             db,
-        })
+        };
+        if !store.meta.contains_key(COUNTS_V1)? {
+            store.recount()?;
+        }
+        Ok(store)
+    }
+
+    /// Counts the terminal trials by outcome from scratch (once, for a
+    /// lineage written before the counts were kept).
+    fn recount(&self) -> Result<(), LineageError> {
+        let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for t in self.iter() {
+            let t = t?;
+            if t.status.is_terminal() {
+                *counts.entry(t.outcome()).or_default() += 1;
+            }
+        }
+        self.counts.clear()?;
+        for (k, n) in counts {
+            self.counts.insert(k.as_bytes(), &n.to_be_bytes())?;
+        }
+        self.meta.insert(COUNTS_V1, &[])?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Makes every write so far durable.
@@ -209,8 +274,14 @@ impl LineageStore {
     /// recorded is stored as `Failed(duplicate)` instead: that is a proposer bug.
     pub fn propose(&self, new: NewTrial) -> Result<Trial, LineageError> {
         let ck = new.dedup_key();
-        (&self.trials, &self.active, &self.configs, &self.meta)
-            .transaction(|(trials, active, configs, meta)| {
+        (
+            &self.trials,
+            &self.active,
+            &self.configs,
+            &self.meta,
+            &self.counts,
+        )
+            .transaction(|(trials, active, configs, meta, counts)| {
                 let next = match meta.get(NEXT_ID)? {
                     Some(b) => u64::from_be_bytes(b.as_ref().try_into().unwrap_or([0; 8])),
                     None => 1,
@@ -278,6 +349,9 @@ impl LineageStore {
                     configs.insert(ck.as_bytes(), &key(id))?;
                     active.insert(&key(id), &[])?;
                 }
+                if trial.status.is_terminal() {
+                    count(counts, trial.outcome())?;
+                }
                 trials.insert(&key(id), encode(&trial))?;
                 Ok(trial)
             })
@@ -292,8 +366,9 @@ impl LineageStore {
             &self.meta,
             &self.incumbents,
             &self.configs,
+            &self.counts,
         )
-            .transaction(|(trials, active, meta, incumbents, configs)| {
+            .transaction(|(trials, active, meta, incumbents, configs, counts)| {
                 let Some(bytes) = trials.get(key(id))? else {
                     return abort(LineageError::NoSuchTrial(id));
                 };
@@ -326,6 +401,7 @@ impl LineageStore {
                 }
                 if trial.status.is_terminal() {
                     active.remove(&key(id))?;
+                    count(counts, trial.outcome())?;
                 }
                 if trial.status == TrialStatus::Kept {
                     let inc = Incumbent {
@@ -423,14 +499,7 @@ impl LineageStore {
         };
         for t in self.iter().rev().take(q.scan.max(q.recent)) {
             let t = t?;
-            let outcome = match (t.label, t.decision) {
-                (Some(l), _) => l.as_str(),
-                (None, Some(_)) if t.status == TrialStatus::Kept => "kept",
-                (None, Some(_)) if t.false_peak => "false_peak",
-                (None, Some(d)) => d.as_str(),
-                (None, None) => t.status.as_str(),
-            };
-            *f.outcomes.entry(outcome.to_string()).or_default() += 1;
+            *f.outcomes.entry(t.outcome().to_string()).or_default() += 1;
             f.scanned += 1;
             if f.recent.len() < q.recent {
                 f.recent.push(t);
@@ -478,6 +547,77 @@ impl LineageStore {
         };
         self.events.insert(seq.to_be_bytes(), encode(&ev))?;
         Ok(())
+    }
+
+    /// The lineage in figures: counts are kept, only the trials of the
+    /// last day (at most 10,000) are read for the hourly rate.
+    pub fn summary(&self) -> Result<Summary, LineageError> {
+        let now = now_ms();
+        let mut s = Summary {
+            trials: self.trials.len() as u64,
+            active: self.active.len() as u64,
+            incumbent: self.incumbent()?,
+            keeps: self.incumbents.len() as u64,
+            paused: self.paused()?,
+            ..Default::default()
+        };
+        for kv in self.counts.iter() {
+            let (k, v) = kv?;
+            let n = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
+            s.outcomes
+                .insert(String::from_utf8_lossy(&k).into_owned(), n);
+        }
+        for kv in self.incumbents.iter().rev().take(SUMMARY_INCUMBENTS) {
+            let (_, v) = kv?;
+            if let Ok(inc) = serde_json::from_slice(&v) {
+                s.incumbents.insert(0, inc);
+            }
+        }
+        const HOUR: u64 = 3_600_000;
+        for t in self.iter().rev().take(10_000) {
+            let t = t?;
+            let proposed = t.history.first().map_or(0, |c| c.at_ms);
+            if proposed + 24 * HOUR < now {
+                break;
+            }
+            let done = t.history.iter().find(|c| c.status.is_terminal());
+            if done.is_some_and(|c| c.at_ms + HOUR >= now) {
+                s.finished_last_hour += 1;
+            }
+        }
+        Ok(s)
+    }
+
+    /// Pauses (or resumes) specialists by name; returns the names whose
+    /// state changed. Durable once this returns.
+    pub fn set_paused(&self, names: &[String], paused: bool) -> Result<Vec<String>, LineageError> {
+        let mut changed = Vec::new();
+        for name in names {
+            let was = self.paused.contains_key(name.as_bytes())?;
+            if was == paused {
+                continue;
+            }
+            if paused {
+                self.paused
+                    .insert(name.as_bytes(), &now_ms().to_be_bytes())?;
+            } else {
+                self.paused.remove(name.as_bytes())?;
+            }
+            changed.push(name.clone());
+        }
+        self.db.flush()?;
+        Ok(changed)
+    }
+
+    /// Paused specialists and since when (ms).
+    pub fn paused(&self) -> Result<BTreeMap<String, u64>, LineageError> {
+        let mut out = BTreeMap::new();
+        for kv in self.paused.iter() {
+            let (k, v) = kv?;
+            let at = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
+            out.insert(String::from_utf8_lossy(&k).into_owned(), at);
+        }
+        Ok(out)
     }
 
     pub fn events(&self) -> Result<Vec<Event>, LineageError> {

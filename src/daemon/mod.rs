@@ -1,0 +1,523 @@
+//! `ratchet daemon`: the actor tree for as long as it is not stopped, as a
+//! systemd `Type=notify` service. READY after start-up recovery, WATCHDOG
+//! pings while the actor tree answers, STATUS lines, STOPPING on SIGTERM or
+//! SIGINT followed by a drain (no new trial starts; running ones may finish
+//! within `daemon.drain_timeout_secs`, then they are killed and recorded
+//! `interrupted`); a second signal stops at once. SIGHUP and `ratchet reload`
+//! re-read the configuration. The control socket serves `status`, `pause`,
+//! `resume` and `reload`.
+
+pub mod control;
+pub mod notify;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorRef};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::actors::supervisor::{LiveStatus, Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::config::Config;
+use crate::domain::{format_float, now_ms, Trial, TrialStatus};
+use crate::lineage::actor::RunEvent;
+use control::{Command, DaemonStatus, Response};
+use notify::Notifier;
+
+/// How long a control request may wait for the actor tree.
+const CONTROL_TIMEOUT_MS: u64 = 10_000;
+/// How often STATUS is refreshed when systemd asks for no watchdog.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// What the control socket's handlers need; cheap to clone.
+#[derive(Clone)]
+struct Handle {
+    supervisor: ActorRef<SupervisorMsg>,
+    file: PathBuf,
+    started_ms: u64,
+    experiment: String,
+    metric: String,
+    direction: String,
+}
+
+pub async fn daemon(config: Config) -> anyhow::Result<()> {
+    let notifier = Notifier::from_env();
+    let watchdog = notify::watchdog_interval();
+    let listener = control::bind(&config.socket)?;
+    let pointer = control::pointer_path(&config.lineage_dir);
+    std::fs::create_dir_all(&config.lineage_dir)?;
+    std::fs::write(
+        &pointer,
+        serde_json::to_vec(&control::Pointer {
+            pid: std::process::id(),
+            socket: config.socket.clone(),
+        })?,
+    )?;
+    let config = Arc::new(config);
+    let exp = &config.experiment.file;
+    info!(
+        experiment = %exp.name,
+        specialists = config.specialists.len(),
+        slots = config.slots,
+        socket = %config.socket.display(),
+        lineage = %config.lineage_dir.display(),
+        "ratchet daemon starting"
+    );
+
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let args = SupervisorArgs {
+        config: config.clone(),
+        observer: Some(tx),
+        max_trials: None,
+    };
+    let (supervisor, mut tree) = Actor::spawn(None, Supervisor, args)
+        .await
+        .map_err(|e| anyhow::anyhow!("could not start: {e}"))?;
+    let handle = Handle {
+        supervisor: supervisor.clone(),
+        file: config.file.clone(),
+        started_ms: now_ms(),
+        experiment: exp.name.clone(),
+        metric: exp.metric.clone(),
+        direction: exp.direction.as_str().into(),
+    };
+    // The supervisor's start includes the executor's recovery.
+    let notify = |s: &str| {
+        if let Some(n) = &notifier {
+            n.send(s)
+        }
+    };
+    let status = live_status(&handle.supervisor).await.ok();
+    notify(&format!(
+        "READY=1\nSTATUS={}",
+        status
+            .as_ref()
+            .map(|s| status_line(s, &handle.metric))
+            .unwrap_or_else(|| "started".into())
+    ));
+    info!("ready");
+
+    let server = tokio::spawn(serve(listener, handle.clone()));
+    let mut tick = tokio::time::interval(watchdog.unwrap_or(STATUS_EVERY));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+
+    let result = loop {
+        tokio::select! {
+            ev = events.recv() => if let Some(ev) = ev { log_event(&ev, &handle.metric) },
+            _ = tick.tick() => ping(&handle, &notifier, watchdog.is_some()).await,
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading the configuration");
+                notify("RELOADING=1");
+                let _ = reload(&handle).await;
+                notify("READY=1");
+            }
+            _ = sigterm.recv() => break Ok("SIGTERM"),
+            _ = sigint.recv() => break Ok("SIGINT"),
+            r = &mut tree => break Err(anyhow::anyhow!("the actor tree stopped: {r:?}")),
+        }
+    };
+    let stopped_by = match result {
+        Ok(s) => s,
+        Err(e) => {
+            server.abort();
+            cleanup(&config.socket, &pointer);
+            return Err(e);
+        }
+    };
+
+    // Drain: nothing new starts; what runs may finish until the deadline.
+    notify("STOPPING=1\nSTATUS=draining: waiting for running trials");
+    let deadline = Instant::now() + Duration::from_secs(config.drain_timeout_secs);
+    info!(
+        signal = stopped_by,
+        drain_timeout_secs = config.drain_timeout_secs,
+        "stopping: no new trials; running trials may finish (signal again to stop at once)"
+    );
+    supervisor.cast(SupervisorMsg::Drain)?;
+    let mut poll = tokio::time::interval(Duration::from_millis(250));
+    let mut tree_gone = false;
+    loop {
+        tokio::select! {
+            ev = events.recv() => if let Some(ev) = ev { log_event(&ev, &handle.metric) },
+            _ = tick.tick() => ping(&handle, &notifier, watchdog.is_some()).await,
+            _ = poll.tick() => {
+                match live_status(&supervisor).await {
+                    Ok(s) if busy(&s) == 0 => {
+                        info!("drained: no trial is running");
+                        break;
+                    }
+                    Ok(s) if Instant::now() >= deadline => {
+                        warn!(running = busy(&s), "drain timeout: killing running trials and recording them interrupted");
+                        break;
+                    }
+                    Ok(s) => notify(&format!("STATUS=draining: {} trial run(s) still going", busy(&s))),
+                    Err(e) => warn!(error = %e, "cannot ask the actor tree while draining"),
+                }
+            }
+            _ = async { tokio::select! { _ = sigterm.recv() => {}, _ = sigint.recv() => {} } } => {
+                warn!("second signal: stopping now; running trials are killed and recorded interrupted");
+                break;
+            }
+            _ = &mut tree => { tree_gone = true; break; }
+        }
+    }
+    server.abort();
+    if !tree_gone {
+        supervisor.stop(None);
+        tokio::select! {
+            _ = &mut tree => {}
+            _ = async { tokio::select! { _ = sigterm.recv() => {}, _ = sigint.recv() => {} } } => {
+                error!("third signal: quitting without cleanup; the next start recovers in-flight trials");
+                cleanup(&config.socket, &pointer);
+                std::process::exit(130);
+            }
+        }
+    }
+    cleanup(&config.socket, &pointer);
+    info!("stopped");
+    Ok(())
+}
+
+fn cleanup(socket: &Path, pointer: &Path) {
+    let _ = std::fs::remove_file(socket);
+    let _ = std::fs::remove_file(pointer);
+}
+
+/// Runs (train or seed re-runs in slots) and evaluations still going.
+fn busy(s: &LiveStatus) -> usize {
+    let evaluating = s
+        .active
+        .iter()
+        .filter(|t| t.status == TrialStatus::Evaluating)
+        .count();
+    s.executor.running.len() + evaluating
+}
+
+async fn live_status(supervisor: &ActorRef<SupervisorMsg>) -> Result<LiveStatus, String> {
+    ractor::call_t!(supervisor, SupervisorMsg::Status, CONTROL_TIMEOUT_MS)
+        .map_err(|e| format!("ratchet does not answer: {e}"))?
+}
+
+/// The watchdog ping: only while the actor tree answers a status request,
+/// so a wedged tree makes systemd restart the service.
+async fn ping(handle: &Handle, notifier: &Option<Notifier>, watchdog: bool) {
+    let Some(n) = notifier else { return };
+    match live_status(&handle.supervisor).await {
+        Ok(s) => {
+            let line = status_line(&s, &handle.metric);
+            if watchdog {
+                n.send(&format!("WATCHDOG=1\nSTATUS={line}"));
+            } else {
+                n.status(&line);
+            }
+        }
+        Err(e) => warn!(error = %e, "no watchdog ping: the actor tree did not answer"),
+    }
+}
+
+/// The one-line summary for `systemctl status`.
+pub fn status_line(s: &LiveStatus, metric: &str) -> String {
+    let inc = s
+        .lineage
+        .incumbent
+        .as_ref()
+        .map(|i| {
+            format!(
+                "; incumbent #{} {metric}={}",
+                i.trial,
+                format_float(i.score)
+            )
+        })
+        .unwrap_or_default();
+    let paused = s
+        .specialists
+        .iter()
+        .filter(|n| s.lineage.paused.contains_key(*n))
+        .count();
+    format!(
+        "{}/{} slots busy, {} queued; {} trials, {} kept, {}/h{inc}{}{}",
+        s.executor.running.len(),
+        s.executor.slots,
+        s.executor.queued.len(),
+        s.lineage.trials,
+        s.lineage.outcomes.get("kept").copied().unwrap_or(0),
+        s.lineage.finished_last_hour,
+        if paused > 0 {
+            format!("; {paused} paused")
+        } else {
+            String::new()
+        },
+        if s.executor.draining {
+            "; draining"
+        } else {
+            ""
+        }
+    )
+}
+
+fn log_event(ev: &RunEvent, metric: &str) {
+    let RunEvent::Trial(t) = ev else { return };
+    let t: &Trial = t;
+    match t.status {
+        // Published twice: when it starts, and with its process group.
+        TrialStatus::Running if t.pgid.is_some() => info!(
+            trial = %t.id, specialist = %t.specialist, attempt = t.attempt,
+            pgid = t.pgid, hypothesis = %t.hypothesis, "trial running"
+        ),
+        s if s.is_terminal() => info!(
+            trial = %t.id, specialist = %t.specialist, status = %s,
+            outcome = t.outcome(),
+            score = t.score.map(format_float).unwrap_or_default(),
+            metric, detail = t.detail.as_deref().unwrap_or(""),
+            "trial finished"
+        ),
+        _ => {}
+    }
+}
+
+/// Accepts control connections until aborted; each is served in its own task.
+async fn serve(listener: tokio::net::UnixListener, handle: Handle) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let h = handle.clone();
+                tokio::spawn(control::serve_one(stream, move |cmd| answer(h, cmd)));
+            }
+            Err(e) => {
+                warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn answer(handle: Handle, command: Command) -> Response {
+    match command {
+        Command::Status => match live_status(&handle.supervisor).await {
+            Ok(live) => Response {
+                status: Some(DaemonStatus {
+                    pid: std::process::id(),
+                    started_ms: handle.started_ms,
+                    config: handle.file.clone(),
+                    experiment: handle.experiment.clone(),
+                    metric: handle.metric.clone(),
+                    direction: handle.direction.clone(),
+                    live,
+                }),
+                ..Response::ok()
+            },
+            Err(e) => Response::error(e),
+        },
+        Command::Pause { names } => pause(&handle, names, true).await,
+        Command::Resume { names } => pause(&handle, names, false).await,
+        Command::Reload => match reload(&handle).await {
+            Ok(report) => Response {
+                reload: Some(report),
+                ..Response::ok()
+            },
+            Err(errors) => Response {
+                errors,
+                ..Response::error("the configuration is invalid; the running one stays")
+            },
+        },
+    }
+}
+
+async fn pause(handle: &Handle, names: Option<Vec<String>>, paused: bool) -> Response {
+    let r = ractor::call_t!(
+        handle.supervisor,
+        |reply| SupervisorMsg::Pause {
+            names,
+            paused,
+            reply
+        },
+        CONTROL_TIMEOUT_MS
+    );
+    match r {
+        Ok(Ok(changed)) => Response {
+            changed: Some(changed),
+            ..Response::ok()
+        },
+        Ok(Err(e)) => Response::error(e),
+        Err(e) => Response::error(format!("ratchet does not answer: {e}")),
+    }
+}
+
+/// Re-reads and validates the configuration file; a valid one is applied,
+/// an invalid one is logged error by error and the running one stays.
+async fn reload(handle: &Handle) -> Result<crate::actors::supervisor::ReloadReport, Vec<String>> {
+    let file = handle.file.clone();
+    let loaded = tokio::task::spawn_blocking(move || Config::load(&file))
+        .await
+        .map_err(|e| vec![format!("reload task failed: {e}")])?;
+    let config = match loaded {
+        Ok(c) => c,
+        Err(errors) => {
+            let lines: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+            for l in &lines {
+                error!(file = %handle.file.display(), "reload refused: {l}");
+            }
+            return Err(lines);
+        }
+    };
+    let r = ractor::call_t!(
+        handle.supervisor,
+        SupervisorMsg::Reload,
+        CONTROL_TIMEOUT_MS,
+        Box::new(config)
+    );
+    r.map_err(|e| vec![format!("ratchet does not answer: {e}")])
+}
+
+/// `ratchet status` as text.
+pub fn render_status(s: &DaemonStatus, now: u64) -> String {
+    let e = &s.live.executor;
+    let mut out = format!(
+        "ratchet daemon: pid {}, up {}; experiment `{}` ({} {})\n",
+        s.pid,
+        elapsed(now.saturating_sub(s.started_ms)),
+        s.experiment,
+        s.metric,
+        s.direction
+    );
+    out += &format!(
+        "slots: {}/{} busy, {} queued{}\n",
+        e.running.len(),
+        e.slots,
+        e.queued.len(),
+        if e.draining { ", draining" } else { "" }
+    );
+    let running: Vec<String> = e
+        .running
+        .iter()
+        .map(|r| {
+            let what = if r.seed == 0 {
+                "training".to_string()
+            } else {
+                format!("seed {}", r.seed)
+            };
+            format!(
+                "  #{:<6} {:<16} {:<12} {:>9}{}",
+                r.trial.0,
+                r.specialist,
+                what,
+                elapsed(now.saturating_sub(r.since_ms)),
+                if r.attempt > 1 {
+                    format!("  attempt {}", r.attempt)
+                } else {
+                    String::new()
+                }
+            )
+        })
+        .chain(
+            s.live
+                .active
+                .iter()
+                .filter(|t| t.status == TrialStatus::Evaluating)
+                .filter(|t| !e.running.iter().any(|r| r.trial == t.id))
+                .map(|t| {
+                    let since = t.time_of(TrialStatus::Evaluating).unwrap_or(now);
+                    format!(
+                        "  #{:<6} {:<16} {:<12} {:>9}",
+                        t.id.0,
+                        t.specialist,
+                        "evaluating",
+                        elapsed(now.saturating_sub(since))
+                    )
+                }),
+        )
+        .collect();
+    if !running.is_empty() {
+        out += "running:\n";
+        out += &running.join("\n");
+        out += "\n";
+    }
+    out += &render_lineage(&s.live.lineage, &s.live.specialists, Some(e), now);
+    out
+}
+
+/// The part of `status` that lineage alone knows (also shown with no
+/// daemon running): specialists and their pause state, the incumbent and
+/// its history, trial counts.
+pub fn render_lineage(
+    l: &crate::lineage::Summary,
+    specialists: &[String],
+    executor: Option<&crate::actors::executor::ExecutorStatus>,
+    now: u64,
+) -> String {
+    let mut out = String::from("specialists:\n");
+    for name in specialists {
+        let state = match l.paused.get(name) {
+            Some(at) => format!("paused ({} ago)", elapsed(now.saturating_sub(*at))),
+            None => executor
+                .and_then(|e| e.specialists.iter().find(|s| &s.name == name))
+                .map(|s| s.state.clone())
+                .unwrap_or_else(|| "-".into()),
+        };
+        out += &format!("  {name:<16} {state}\n");
+    }
+    match &l.incumbent {
+        Some(i) => {
+            let band = i
+                .noise
+                .filter(|n| n.confirmed.n > 1)
+                .map(|n| {
+                    format!(
+                        " (± {} over {} runs)",
+                        format_float(n.confirmed.sd),
+                        n.confirmed.n
+                    )
+                })
+                .unwrap_or_default();
+            out += &format!(
+                "incumbent: #{} score {}{band}, since {} ago\n",
+                i.trial,
+                format_float(i.score),
+                elapsed(now.saturating_sub(i.since_ms))
+            );
+            let steps: Vec<String> = l
+                .incumbents
+                .iter()
+                .map(|i| format!("#{} {}", i.trial, format_float(i.score)))
+                .collect();
+            let earlier = l.keeps.saturating_sub(l.incumbents.len() as u64);
+            out += &format!(
+                "history: {}{}\n",
+                if earlier > 0 {
+                    format!("({earlier} earlier) ")
+                } else {
+                    String::new()
+                },
+                steps.join(" -> ")
+            );
+        }
+        None => out += "incumbent: none yet\n",
+    }
+    out += &format!(
+        "trials: {} ({} active), {} finished in the last hour\n",
+        l.trials, l.active, l.finished_last_hour
+    );
+    if !l.outcomes.is_empty() {
+        let mut o: Vec<(&String, &u64)> = l.outcomes.iter().collect();
+        o.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let o: Vec<String> = o.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        out += &format!("outcomes: {}\n", o.join(", "));
+    }
+    out
+}
+
+/// `3h02m`, `4m05s`, `12s`.
+fn elapsed(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=172_799 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
