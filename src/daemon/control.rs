@@ -164,20 +164,20 @@ where
     let own = nix::unistd::geteuid().as_raw();
     let (read, mut write) = stream.into_split();
     let peer = write.as_ref().peer_cred().map(|c| c.uid());
+    // The request line is read from every peer (bounded in size and time),
+    // so a refused one gets its answer rather than a broken pipe.
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(read).take(MAX_REQUEST as u64);
+    let read = tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await;
     let response = match peer {
-        Ok(uid) if peer_allowed(uid, own) => {
-            let mut line = String::new();
-            let mut reader = tokio::io::BufReader::new(read).take(MAX_REQUEST as u64);
-            let read = tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await;
-            match read {
-                Ok(Ok(_)) => match serde_json::from_str::<serde_json::Value>(&line) {
-                    Ok(value) => request(value, handle).await,
-                    Err(e) => Response::error(format!("not a JSON request: {e}")),
-                },
-                Ok(Err(e)) => Response::error(format!("cannot read the request: {e}")),
-                Err(_) => Response::error("no request line within 10 s"),
-            }
-        }
+        Ok(uid) if peer_allowed(uid, own) => match read {
+            Ok(Ok(_)) => match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(value) => request(value, handle).await,
+                Err(e) => Response::error(format!("not a JSON request: {e}")),
+            },
+            Ok(Err(e)) => Response::error(format!("cannot read the request: {e}")),
+            Err(_) => Response::error("no request line within 10 s"),
+        },
         Ok(uid) => {
             tracing::warn!(
                 peer_uid = uid,

@@ -59,6 +59,9 @@ pub enum LineageMsg {
 
 pub struct Lineage;
 
+/// How long a start waits for another process's lock on the lineage.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct LineageArgs {
     pub dir: PathBuf,
     pub observer: Option<Observer>,
@@ -87,7 +90,17 @@ impl Actor for Lineage {
         _myself: ActorRef<Self::Msg>,
         args: LineageArgs,
     ) -> Result<LineageState, ActorProcessingErr> {
-        let store = LineageStore::open(&args.dir)?;
+        // A CLI command (`status`, `lineage list` with no daemon up) holds
+        // the lock for a moment: wait it out rather than fail the start.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let store = loop {
+            match LineageStore::open(&args.dir) {
+                Err(LineageError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => break other?,
+            }
+        };
         info!(dir = %args.dir.display(), trials = store.trial_count(), "lineage opened");
         Ok(LineageState {
             store,
