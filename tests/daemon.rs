@@ -489,3 +489,100 @@ fn sigkills_at_random_moments_lose_nothing() {
     let inc: Value = serde_json::from_str(&dir.ratchet_ok(&["lineage", "best", "--json"])).unwrap();
     assert_eq!(inc["score"].as_f64(), Some(best), "{inc:#}");
 }
+
+/// The faulty fixture with a train command that takes `secs`, one slot.
+fn slow_dir(secs: f64, drain_secs: u64) -> Dir {
+    let dir = Dir::with_fixture("faulty");
+    let train = std::fs::read_to_string(dir.path().join("experiment/train.py")).unwrap();
+    dir.write(
+        "experiment/train.py",
+        &train.replace("time.sleep(0.2)", &format!("time.sleep({secs})")),
+    );
+    let exp = std::fs::read_to_string(dir.path().join("experiment/experiment.toml")).unwrap();
+    dir.write(
+        "experiment/experiment.toml",
+        &exp.replace("timeout_secs = 2", "timeout_secs = 120"),
+    );
+    config(&dir, 1, &[("x", "search")], "");
+    let text = std::fs::read_to_string(dir.path().join("specialists.toml")).unwrap();
+    dir.write(
+        "specialists.toml",
+        &text.replace(
+            "drain_timeout_secs = 10",
+            &format!("drain_timeout_secs = {drain_secs}"),
+        ),
+    );
+    dir
+}
+
+/// Starts the daemon and returns it with the first trial in a slot.
+fn daemon_with_a_running_trial(dir: &Dir) -> (Child, u64) {
+    let child = start_daemon(dir, &[]);
+    let id = wait_for("a trial in a slot", 60, || {
+        let s = live_status(dir)?;
+        s["live"]["executor"]["running"].as_array()?.first()?["trial"].as_u64()
+    });
+    (child, id)
+}
+
+fn trial(dir: &Dir, id: u64) -> Value {
+    dir.trials()
+        .into_iter()
+        .find(|t| t["id"].as_u64() == Some(id))
+        .unwrap()
+}
+
+#[test]
+fn sigterm_drains_running_trials_and_a_second_signal_or_the_timeout_cuts_them_short() {
+    // Drain: the running trial (2 s of training) finishes and is scored.
+    let dir = slow_dir(2.0, 60);
+    let (child, id) = daemon_with_a_running_trial(&dir);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let s = wait_for("the drain to show in status", 30, || {
+        let s = live_status(&dir)?;
+        s["live"]["executor"]["draining"].as_bool()?.then_some(s)
+    });
+    assert!(s["live"]["executor"]["queued"].as_array().unwrap().len() <= 1);
+    let text = dir.ratchet_ok(&["status"]);
+    assert!(text.contains("draining"), "{text}");
+    let mut child = child;
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let t = trial(&dir, id);
+    assert!(
+        ["kept", "discarded"].contains(&str_of(&t, "status")),
+        "the drained trial finished: {t:#}"
+    );
+    for t in dir.trials() {
+        assert!(
+            TERMINAL.contains(&str_of(&t, "status")) || str_of(&t, "status") == "queued",
+            "after a drain a trial is done or still queued: {t:#}"
+        );
+        assert_ne!(str_of(&t, "status"), "interrupted", "{t:#}");
+    }
+
+    // A second signal does not wait for the 60 s drain.
+    let dir = slow_dir(30.0, 60);
+    let (child, id) = daemon_with_a_running_trial(&dir);
+    let pid = Pid::from_raw(child.id() as i32);
+    kill(pid, Signal::SIGTERM).unwrap();
+    wait_for("the drain to start", 30, || {
+        daemon_log(&dir)
+            .contains("stopping: no new trials")
+            .then_some(())
+    });
+    kill(pid, Signal::SIGTERM).unwrap();
+    let mut child = child;
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let t = trial(&dir, id);
+    assert_eq!(str_of(&t, "status"), "interrupted", "{t:#}");
+    assert!(!group_alive(t["pgid"].as_i64().unwrap()));
+
+    // The drain timeout (1 s) kills a trial that would take 30 s.
+    let dir = slow_dir(30.0, 1);
+    let (child, id) = daemon_with_a_running_trial(&dir);
+    assert_eq!(terminate(child).code(), Some(0));
+    let t = trial(&dir, id);
+    assert_eq!(str_of(&t, "status"), "interrupted", "{t:#}");
+    assert!(!group_alive(t["pgid"].as_i64().unwrap()));
+    assert!(daemon_log(&dir).contains("drain timeout"));
+}

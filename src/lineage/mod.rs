@@ -690,6 +690,83 @@ mod tests {
     }
 
     #[test]
+    fn the_summary_counts_outcomes_as_a_full_scan_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LineageStore::open(dir.path()).unwrap();
+        for x in 0..6 {
+            let t = store.propose(new_trial(x)).unwrap();
+            match x % 3 {
+                0 => {
+                    store
+                        .update(t.id, |t| {
+                            t.status = TrialStatus::Kept;
+                            t.decision = Some(crate::domain::Decision::Improved);
+                            t.score = Some(-(x as f64));
+                        })
+                        .unwrap();
+                }
+                1 => {
+                    store
+                        .update(t.id, |t| {
+                            t.status = TrialStatus::Failed;
+                            t.label = Some(FailureLabel::Crash);
+                        })
+                        .unwrap();
+                }
+                _ => {
+                    store
+                        .update(t.id, |t| t.status = TrialStatus::Running)
+                        .unwrap();
+                }
+            }
+        }
+        store.propose(new_trial(0)).unwrap(); // a duplicate: terminal at once
+        let s = store.summary().unwrap();
+        assert_eq!((s.trials, s.active), (7, 2));
+        let expect: BTreeMap<String, u64> = [
+            ("kept".into(), 2),
+            ("crash".into(), 2),
+            ("duplicate".into(), 1),
+        ]
+        .into();
+        assert_eq!(s.outcomes, expect);
+        assert_eq!(s.finished_last_hour, 5);
+        assert_eq!(s.keeps, 2);
+        assert_eq!(s.incumbent.as_ref().map(|i| i.trial), Some(TrialId(4)));
+        // A lineage from before the counts is counted once at open.
+        store.meta.remove(COUNTS_V1).unwrap();
+        store.counts.clear().unwrap();
+        drop(store);
+        let store = LineageStore::open(dir.path()).unwrap();
+        assert_eq!(store.summary().unwrap().outcomes, expect);
+    }
+
+    #[test]
+    fn pauses_are_stored_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LineageStore::open(dir.path()).unwrap();
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            store.set_paused(&names(&["a", "b"]), true).unwrap(),
+            names(&["a", "b"])
+        );
+        let since = store.paused().unwrap()["a"];
+        // Pausing again changes nothing, not even the time.
+        assert!(store.set_paused(&names(&["a"]), true).unwrap().is_empty());
+        assert_eq!(store.paused().unwrap()["a"], since);
+        assert_eq!(
+            store.set_paused(&names(&["b", "c"]), false).unwrap(),
+            names(&["b"])
+        );
+        drop(store);
+        let store = LineageStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.paused().unwrap().into_keys().collect::<Vec<_>>(),
+            names(&["a"])
+        );
+    }
+
+    #[test]
     fn terminal_trials_do_not_change() {
         let dir = tempfile::tempdir().unwrap();
         let store = LineageStore::open(dir.path()).unwrap();
