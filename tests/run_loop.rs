@@ -189,8 +189,14 @@ fn start_hanging_run(dir: &Dir) -> std::process::Child {
         "experiment/experiment.toml",
         &exp.replace("timeout_secs = 2", "timeout_secs = 60"),
     );
+    run_until_the_hang_starts(dir, "1", "the trial never started")
+}
+
+/// Starts `ratchet run --trials <trials>` and waits for trial 1's hanging
+/// grandchild to write its pid.
+fn run_until_the_hang_starts(dir: &Dir, trials: &str, what: &str) -> std::process::Child {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_ratchet"))
-        .args(["run", "--trials", "1"])
+        .args(["run", "--trials", trials])
         .current_dir(dir.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -199,10 +205,7 @@ fn start_hanging_run(dir: &Dir) -> std::process::Child {
     let marker = dir.path().join("lineage/trials/000001/grandchild.pid");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !marker.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the trial never started"
-        );
+        assert!(std::time::Instant::now() < deadline, "{what}");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     child
@@ -253,27 +256,14 @@ fn a_killed_ratchet_leaves_nothing_running_and_runs_the_trial_again_at_the_next_
     // The next start kills the orphan and runs the trial again (attempt 2).
     let marker = dir.path().join("lineage/trials/000001/grandchild.pid");
     std::fs::remove_file(&marker).unwrap();
-    let mut again = std::process::Command::new(env!("CARGO_BIN_EXE_ratchet"))
-        .args(["run", "--trials", "0"])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !marker.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the recovered trial never started again"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let again = run_until_the_hang_starts(&dir, "0", "the recovered trial never started again");
     assert!(
         !group_alive(pgid),
         "recovery left the orphaned process group {pgid} alive"
     );
     let pid = nix::unistd::Pid::from_raw(again.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut again = again;
     again.wait().unwrap();
     let after = dir.trials();
     assert_eq!(after.len(), 1, "recovery re-runs the trial, it adds none");
