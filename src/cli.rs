@@ -659,24 +659,17 @@ fn tail_lines(path: &Path, n: usize) -> Vec<String> {
 /// the file names, else the one a running daemon wrote into
 /// `<lineage_dir>/daemon.json`, else the default.
 fn daemon_socket(config: &Path) -> anyhow::Result<PathBuf> {
-    if let Ok(text) = std::fs::read_to_string(config) {
-        if text
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|t| t.get("daemon")?.get("socket").cloned())
-            .is_some()
-        {
-            return Ok(crate::config::socket_of(config)?);
-        }
+    if let Some(socket) = crate::config::configured_socket_of(config) {
+        return Ok(socket);
     }
     let lineage = crate::config::lineage_dir_of(config)?;
-    let pointer = crate::daemon::control::pointer_path(&lineage);
-    if let Ok(bytes) = std::fs::read(&pointer) {
-        if let Ok(p) = serde_json::from_slice::<crate::daemon::control::Pointer>(&bytes) {
-            return Ok(p.socket);
-        }
-    }
-    Ok(crate::config::socket_of(config)?)
+    let pointer = std::fs::read(crate::daemon::control::pointer_path(&lineage))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::daemon::control::Pointer>(&b).ok());
+    Ok(match pointer {
+        Some(p) => p.socket,
+        None => crate::config::default_socket(&lineage),
+    })
 }
 
 /// A request to the running daemon; `Ok(None)` when none listens.
@@ -737,8 +730,8 @@ fn offline_status(config: &Path, json: bool) -> anyhow::Result<String> {
     }
     let store = LineageStore::open(&dir)?;
     let summary = store.summary()?;
-    let specialists: Vec<String> = Config::load(config)
-        .map(|c| c.specialists.iter().map(|s| s.name.clone()).collect())
+    let specialists = Config::load(config)
+        .map(|c| c.specialist_names())
         .unwrap_or_default();
     if json {
         let v = serde_json::json!({"daemon": null, "lineage": summary, "specialists": specialists});
@@ -776,14 +769,7 @@ fn pause_command(
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let configured: Vec<String> = c.specialists.iter().map(|s| s.name.clone()).collect();
-            let names = names.unwrap_or_else(|| configured.clone());
-            if let Some(bad) = names.iter().find(|n| !configured.contains(n)) {
-                anyhow::bail!(
-                    "no specialist named `{bad}` (configured: {})",
-                    configured.join(", ")
-                );
-            }
+            let names = c.select_specialists(names).map_err(anyhow::Error::msg)?;
             LineageStore::open(&c.lineage_dir)?.set_paused(&names, paused)?
         }
     };

@@ -98,7 +98,7 @@ fn default_max_attempts() -> u32 {
 const MAX_SOCKET_PATH: usize = 107;
 
 /// Where the control socket is when the configuration does not say.
-fn default_socket(lineage_dir: &Path) -> PathBuf {
+pub fn default_socket(lineage_dir: &Path) -> PathBuf {
     match std::env::var_os("RUNTIME_DIRECTORY") {
         // systemd joins several RuntimeDirectory= entries with ':'.
         Some(dirs) if !dirs.is_empty() => {
@@ -532,6 +532,34 @@ impl Experiment {
 }
 
 impl Config {
+    /// The configured specialists' names, in order.
+    pub fn specialist_names(&self) -> Vec<String> {
+        self.specialists.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// The named specialists (`None`: every configured one), or an error
+    /// naming those that are not configured (pause and resume).
+    pub fn select_specialists(&self, names: Option<Vec<String>>) -> Result<Vec<String>, String> {
+        let configured = self.specialist_names();
+        let Some(names) = names else {
+            return Ok(configured);
+        };
+        let unknown: Vec<String> = names
+            .iter()
+            .filter(|n| !configured.contains(n))
+            .map(|n| format!("`{n}`"))
+            .collect();
+        if unknown.is_empty() {
+            Ok(names)
+        } else {
+            Err(format!(
+                "no specialist named {} (configured: {})",
+                unknown.join(", "),
+                configured.join(", ")
+            ))
+        }
+    }
+
     /// Loads and validates `specialists.toml` and the experiment it names.
     pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
         let mut errors = Vec::new();
@@ -800,13 +828,10 @@ pub fn lineage_dir_of(file: &Path) -> Result<PathBuf, ConfigErrors> {
     daemon_path_of(file, "lineage_dir", Some(default_lineage_dir()))
 }
 
-/// The control socket a specialists file names (or the default), read
-/// leniently, for the CLI commands that talk to a running daemon.
-pub fn socket_of(file: &Path) -> Result<PathBuf, ConfigErrors> {
-    match daemon_path_of(file, "socket", None) {
-        Ok(p) => Ok(p),
-        Err(_) => lineage_dir_of(file).map(|l| default_socket(&l)),
-    }
+/// The control socket a specialists file sets (`daemon.socket`), read
+/// leniently; `None` when it sets none (or cannot be read).
+pub fn configured_socket_of(file: &Path) -> Option<PathBuf> {
+    daemon_path_of(file, "socket", None).ok()
 }
 
 /// The experiment directory a specialists file names, read leniently.

@@ -829,8 +829,7 @@ async fn recover(
             }
         }
     }
-    let mut active = ractor::call_t!(lineage, LineageMsg::Active, CALL_TIMEOUT_MS)?;
-    active.sort_by_key(|t| t.id);
+    let active = ractor::call_t!(lineage, LineageMsg::Active, CALL_TIMEOUT_MS)?;
     let mut requeued = Vec::new();
     for t in active {
         if t.status == TrialStatus::Evaluating {

@@ -372,20 +372,13 @@ async fn live_status(state: &SupervisorState) -> Result<LiveStatus, String> {
         .map_err(|x| e(x.to_string()))?;
     let lineage = ractor::call_t!(state.lineage, LineageMsg::Summary, CALL_TIMEOUT_MS)
         .map_err(|x| e(x.to_string()))?;
-    let mut active = ractor::call_t!(state.lineage, LineageMsg::Active, CALL_TIMEOUT_MS)
+    let active = ractor::call_t!(state.lineage, LineageMsg::Active, CALL_TIMEOUT_MS)
         .map_err(|x| e(x.to_string()))?;
-    active.sort_by_key(|t| t.id);
     Ok(LiveStatus {
         executor,
         lineage,
         active,
-        specialists: state
-            .ctx
-            .config
-            .specialists
-            .iter()
-            .map(|s| s.name.clone())
-            .collect(),
+        specialists: state.ctx.config.specialist_names(),
     })
 }
 
@@ -394,31 +387,7 @@ async fn pause(
     names: Option<Vec<String>>,
     paused: bool,
 ) -> Result<Vec<String>, String> {
-    let configured: Vec<String> = state
-        .ctx
-        .config
-        .specialists
-        .iter()
-        .map(|s| s.name.clone())
-        .collect();
-    let names = match names {
-        Some(names) => {
-            let unknown: Vec<&String> = names.iter().filter(|n| !configured.contains(n)).collect();
-            if !unknown.is_empty() {
-                return Err(format!(
-                    "no specialist named {} (configured: {})",
-                    unknown
-                        .iter()
-                        .map(|n| format!("`{n}`"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    configured.join(", ")
-                ));
-            }
-            names
-        }
-        None => configured,
-    };
+    let names = state.ctx.config.select_specialists(names)?;
     let e = |e: String| format!("lineage unavailable: {e}");
     let changed = ractor::call_t!(
         state.lineage,

@@ -38,7 +38,7 @@ pub enum LineageMsg {
     Incumbent(RpcReplyPort<Option<Incumbent>>),
     /// Which of these configurations lineage has never seen (by index).
     Unknown(Vec<Params>, RpcReplyPort<Vec<bool>>),
-    /// Trials that are not terminal (for recovery).
+    /// Trials that are not terminal, in id order (recovery, status).
     Active(RpcReplyPort<Vec<Trial>>),
     /// What proposers read: the latest trials, label counts, incumbent history.
     Feedback(FeedbackQuery, RpcReplyPort<Feedback>),

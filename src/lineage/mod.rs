@@ -508,7 +508,8 @@ impl LineageStore {
         Ok(f)
     }
 
-    /// Trials that are not yet in a terminal state.
+    /// Trials that are not yet in a terminal state, in id order (keys are
+    /// big-endian ids).
     pub fn active(&self) -> Result<Vec<Trial>, LineageError> {
         let mut out = Vec::new();
         for kv in self.active.iter() {
