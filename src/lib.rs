@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod domain;
 pub mod edit;
+pub mod export;
 pub mod lineage;
 pub mod llm;
 pub mod process;

@@ -44,6 +44,23 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
     );
     println!("lineage: {}", config.lineage_dir.display());
 
+    // The control socket, so `ratchet status`, `pause` and `lineage ...`
+    // work from another terminal while this runs. Another ratchet on the
+    // same socket is an error; a socket that cannot be made is not.
+    let mut control = match crate::daemon::Control::bind(&config) {
+        Ok(c) => Some(c),
+        Err(e)
+            if e.downcast_ref::<crate::daemon::control::ControlError>()
+                .is_some_and(|c| matches!(c, crate::daemon::control::ControlError::InUse(_))) =>
+        {
+            return Err(e)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no control socket: status and lineage reads from another terminal will wait for this run");
+            None
+        }
+    };
+
     let (tx, mut rx) = mpsc::unbounded_channel();
     let args = SupervisorArgs {
         config: config.clone(),
@@ -53,6 +70,11 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
     let (supervisor, mut handle) = Actor::spawn(None, Supervisor, args)
         .await
         .map_err(|e| anyhow::anyhow!("could not start: {e}"))?;
+    if let Some(c) = &mut control {
+        if let Err(e) = c.serve(&config, supervisor.clone()).await {
+            tracing::warn!(error = %e, "control socket not served");
+        }
+    }
 
     let started = Instant::now();
     let mut summary = RunSummary::default();

@@ -46,6 +46,8 @@ pub enum SupervisorMsg {
     Reload(Box<Config>, RpcReplyPort<ReloadReport>),
     /// Shutting down: no new trial starts; running ones finish.
     Drain,
+    /// A read handle on lineage (see `LineageMsg::Reader`).
+    Reader(RpcReplyPort<crate::lineage::LineageStore>),
 }
 
 /// A running ratchet as `ratchet status` shows it.
@@ -191,6 +193,10 @@ impl Actor for Supervisor {
             SupervisorMsg::Drain => {
                 state.draining = true;
                 state.executor.cast(ExecutorMsg::Drain)?;
+            }
+            SupervisorMsg::Reader(reply) => {
+                let store = ractor::call_t!(state.lineage, LineageMsg::Reader, CALL_TIMEOUT_MS)?;
+                let _ = reply.send(store);
             }
         }
         Ok(())

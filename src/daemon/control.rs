@@ -10,7 +10,14 @@
 //! ← {"v":1,"ok":true,"changed":["optimizer"]}
 //! → {"v":1,"cmd":"reload"}
 //! ← {"v":1,"ok":false,"error":"...","errors":["specialists.toml: ..."]}
+//! → {"v":1,"cmd":"read","read":{"what":"trials","filter":{"limit":50}}}
+//! ← {"v":1,"ok":true,"stream":true}
+//! ← {...trial...}                                      (one line per item)
+//! ← {"end":{"count":50}}                 (or {"end":{"count":n,"error":"..."}})
 //! ```
+//!
+//! A read streams its items after the answer line; the closing `end` line
+//! tells a complete answer from a daemon that stopped mid-way.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -50,6 +57,10 @@ pub enum Command {
         names: Option<Vec<String>>,
     },
     Reload,
+    /// Lineage records, streamed (see the module docs).
+    Read {
+        read: crate::lineage::query::Read,
+    },
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -68,6 +79,35 @@ pub struct Response {
     pub changed: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<ReloadReport>,
+    /// Items follow, one per line, then an `end` line.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
+}
+
+/// What a handler answers: one response, or a response followed by the
+/// items a producer sends (`Err` ends the stream with that error).
+pub enum Reply {
+    One(Response),
+    Stream(tokio::sync::mpsc::Receiver<Result<Vec<u8>, String>>),
+}
+
+impl From<Response> for Reply {
+    fn from(r: Response) -> Reply {
+        Reply::One(r)
+    }
+}
+
+/// The last line of a streamed answer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct End {
+    pub count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EndLine {
+    end: End,
 }
 
 impl Response {
@@ -159,7 +199,7 @@ pub fn peer_allowed(peer_uid: u32, own_uid: u32) -> bool {
 pub async fn serve_one<F, Fut>(stream: UnixStream, handle: F)
 where
     F: FnOnce(Command) -> Fut,
-    Fut: std::future::Future<Output = Response>,
+    Fut: std::future::Future<Output = Reply>,
 {
     let own = nix::unistd::geteuid().as_raw();
     let (read, mut write) = stream.into_split();
@@ -169,14 +209,14 @@ where
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(read).take(MAX_REQUEST as u64);
     let read = tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await;
-    let response = match peer {
+    let reply: Reply = match peer {
         Ok(uid) if peer_allowed(uid, own) => match read {
             Ok(Ok(_)) => match serde_json::from_str::<serde_json::Value>(&line) {
                 Ok(value) => request(value, handle).await,
-                Err(e) => Response::error(format!("not a JSON request: {e}")),
+                Err(e) => Response::error(format!("not a JSON request: {e}")).into(),
             },
-            Ok(Err(e)) => Response::error(format!("cannot read the request: {e}")),
-            Err(_) => Response::error("no request line within 10 s"),
+            Ok(Err(e)) => Response::error(format!("cannot read the request: {e}")).into(),
+            Err(_) => Response::error("no request line within 10 s").into(),
         },
         Ok(uid) => {
             tracing::warn!(
@@ -186,36 +226,90 @@ where
             Response::error(format!(
                 "refused: uid {uid} may not control this daemon (it runs as uid {own})"
             ))
+            .into()
         }
-        Err(e) => Response::error(format!("cannot check the peer's credentials: {e}")),
+        Err(e) => Response::error(format!("cannot check the peer's credentials: {e}")).into(),
     };
-    let mut text = serde_json::to_string(&response).expect("responses serialize");
-    text.push('\n');
-    let _ = write.write_all(text.as_bytes()).await;
+    let line = |v: &dyn erased::Line| v.line();
+    match reply {
+        Reply::One(response) => {
+            let _ = write.write_all(&line(&response)).await;
+        }
+        Reply::Stream(mut items) => {
+            let head = Response {
+                stream: true,
+                ..Response::ok()
+            };
+            let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, &mut write);
+            let mut end = End::default();
+            let mut gone = out.write_all(&line(&head)).await.is_err();
+            while let (false, Some(item)) = (gone, items.recv().await) {
+                match item {
+                    Ok(mut bytes) => {
+                        bytes.push(b'\n');
+                        gone = out.write_all(&bytes).await.is_err();
+                        end.count += 1;
+                    }
+                    Err(e) => {
+                        end.error = Some(e);
+                        break;
+                    }
+                }
+            }
+            // A reader that went away drops `items`: the producer stops.
+            drop(items);
+            if !gone {
+                let _ = out.write_all(&line(&EndLine { end })).await;
+                let _ = out.flush().await;
+            }
+        }
+    }
     let _ = write.shutdown().await;
 }
 
-async fn request<F, Fut>(value: serde_json::Value, handle: F) -> Response
+mod erased {
+    pub trait Line {
+        fn line(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Line for T {
+        fn line(&self) -> Vec<u8> {
+            let mut v = serde_json::to_vec(self).expect("answers serialize");
+            v.push(b'\n');
+            v
+        }
+    }
+}
+
+async fn request<F, Fut>(value: serde_json::Value, handle: F) -> Reply
 where
     F: FnOnce(Command) -> Fut,
-    Fut: std::future::Future<Output = Response>,
+    Fut: std::future::Future<Output = Reply>,
 {
     let v = value.get("v").and_then(|v| v.as_u64());
     if v != Some(PROTOCOL as u64) {
         return Response::error(format!(
             "protocol version {} is not spoken here (this daemon speaks {PROTOCOL}); use a ratchet of the same version",
             v.map(|v| v.to_string()).unwrap_or_else(|| "(none)".into())
-        ));
+        ))
+        .into();
     }
     match serde_json::from_value::<Request>(value) {
         Ok(r) => handle(r.command).await,
-        Err(e) => Response::error(format!("unknown request: {e}")),
+        Err(e) => Response::error(format!("unknown request: {e}")).into(),
     }
 }
 
 /// Sends one request to a daemon and waits for the answer (blocking; the
 /// CLI side).
 pub fn call(socket: &Path, command: Command, timeout: Duration) -> std::io::Result<Response> {
+    Ok(call_reader(socket, command, timeout)?.0)
+}
+
+fn call_reader(
+    socket: &Path,
+    command: Command,
+    timeout: Duration,
+) -> std::io::Result<(Response, BufReader<std::os::unix::net::UnixStream>)> {
     let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
@@ -225,14 +319,69 @@ pub fn call(socket: &Path, command: Command, timeout: Duration) -> std::io::Resu
     })?;
     line.push('\n');
     stream.write_all(line.as_bytes())?;
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer)?;
-    serde_json::from_str(&answer).map_err(|e| {
+    reader.read_line(&mut answer)?;
+    let response = serde_json::from_str(&answer).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("the daemon's answer is not understood: {e}"),
         )
-    })
+    })?;
+    Ok((response, reader))
+}
+
+/// A read request's items as they arrive (blocking). The iterator ends
+/// after the daemon's `end` line; a connection that closes before it, or an
+/// `end` with an error, yields an error.
+pub fn read<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    read: crate::lineage::query::Read,
+    timeout: Duration,
+) -> std::io::Result<Result<impl Iterator<Item = anyhow::Result<T>>, Response>> {
+    let (response, reader) = call_reader(socket, Command::Read { read }, timeout)?;
+    if !(response.ok && response.stream) {
+        return Ok(Err(response));
+    }
+    let mut lines = reader.split(b'\n');
+    let mut count = 0u64;
+    let mut done = false;
+    Ok(Ok(std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let line = match lines.next() {
+            Some(Ok(l)) => l,
+            Some(Err(e)) => {
+                done = true;
+                return Some(Err(anyhow::anyhow!("reading from the daemon: {e}")));
+            }
+            None => {
+                done = true;
+                return Some(Err(anyhow::anyhow!(
+                    "the daemon closed the connection after {count} item(s), before the end of the answer"
+                )));
+            }
+        };
+        if line.starts_with(b"{\"end\":") {
+            done = true;
+            return match serde_json::from_slice::<EndLine>(&line) {
+                Ok(EndLine {
+                    end: End { error: Some(e), .. },
+                }) => Some(Err(anyhow::anyhow!(
+                    "the daemon could not finish the read: {e}"
+                ))),
+                Ok(EndLine { end }) if end.count != count => Some(Err(anyhow::anyhow!(
+                    "the daemon sent {count} item(s) but counted {}",
+                    end.count
+                ))),
+                Ok(_) => None,
+                Err(e) => Some(Err(anyhow::anyhow!("bad end line from the daemon: {e}"))),
+            };
+        }
+        count += 1;
+        Some(serde_json::from_slice(&line).map_err(anyhow::Error::from))
+    })))
 }
 
 #[cfg(test)]
@@ -279,16 +428,24 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_of_another_version_is_refused_with_ours_named() {
-        let resp = request(serde_json::json!({"v": 99, "cmd": "status"}), |_| async {
-            Response::ok()
-        })
-        .await;
+        let one = |r: Reply| match r {
+            Reply::One(r) => r,
+            Reply::Stream(_) => panic!("a stream"),
+        };
+        let resp = one(
+            request(serde_json::json!({"v": 99, "cmd": "status"}), |_| async {
+                Response::ok().into()
+            })
+            .await,
+        );
         assert!(!resp.ok);
         assert!(resp.error.unwrap().contains("speaks 1"));
-        let resp = request(serde_json::json!({"v": 1, "cmd": "explode"}), |_| async {
-            Response::ok()
-        })
-        .await;
+        let resp = one(
+            request(serde_json::json!({"v": 1, "cmd": "explode"}), |_| async {
+                Response::ok().into()
+            })
+            .await,
+        );
         assert!(resp.error.unwrap().contains("unknown request"));
     }
 }

@@ -23,7 +23,8 @@ use crate::actors::supervisor::{LiveStatus, Supervisor, SupervisorArgs, Supervis
 use crate::config::Config;
 use crate::domain::{format_float, now_ms, Trial, TrialStatus};
 use crate::lineage::actor::RunEvent;
-use control::{Command, DaemonStatus, Response};
+use crate::lineage::LineageStore;
+use control::{Command, DaemonStatus, Reply, Response};
 use notify::Notifier;
 
 /// How long a control request may wait for the actor tree.
@@ -35,6 +36,8 @@ const STATUS_EVERY: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 struct Handle {
     supervisor: ActorRef<SupervisorMsg>,
+    /// Lineage reads go here directly, not through the actors.
+    reader: LineageStore,
     file: PathBuf,
     started_ms: u64,
     experiment: String,
@@ -42,19 +45,90 @@ struct Handle {
     direction: String,
 }
 
+impl Handle {
+    async fn new(config: &Config, supervisor: ActorRef<SupervisorMsg>) -> anyhow::Result<Handle> {
+        let reader = ractor::call_t!(supervisor, SupervisorMsg::Reader, CONTROL_TIMEOUT_MS)
+            .map_err(|e| anyhow::anyhow!("no lineage handle: {e}"))?;
+        let exp = &config.experiment.file;
+        Ok(Handle {
+            supervisor,
+            reader,
+            file: config.file.clone(),
+            started_ms: now_ms(),
+            experiment: exp.name.clone(),
+            metric: exp.metric.clone(),
+            direction: exp.direction.as_str().into(),
+        })
+    }
+}
+
+/// The control socket of a running ratchet (`daemon`, and `run` so that
+/// `status` and `lineage` work beside a foreground run): bound first, so a
+/// second ratchet on the same lineage fails before it starts anything;
+/// served once the actor tree is up; removed with its pointer file on drop.
+pub struct Control {
+    socket: PathBuf,
+    pointer: PathBuf,
+    listener: Option<tokio::net::UnixListener>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Control {
+    pub fn bind(config: &Config) -> anyhow::Result<Control> {
+        let listener = control::bind(&config.socket)?;
+        let pointer = control::pointer_path(&config.lineage_dir);
+        std::fs::create_dir_all(&config.lineage_dir)?;
+        std::fs::write(
+            &pointer,
+            serde_json::to_vec(&control::Pointer {
+                pid: std::process::id(),
+                socket: config.socket.clone(),
+            })?,
+        )?;
+        Ok(Control {
+            socket: config.socket.clone(),
+            pointer,
+            listener: Some(listener),
+            server: None,
+        })
+    }
+
+    /// Starts answering requests about this actor tree.
+    pub async fn serve(
+        &mut self,
+        config: &Config,
+        supervisor: ActorRef<SupervisorMsg>,
+    ) -> anyhow::Result<()> {
+        let handle = Handle::new(config, supervisor).await?;
+        self.serve_handle(handle);
+        Ok(())
+    }
+
+    fn serve_handle(&mut self, handle: Handle) {
+        if let Some(listener) = self.listener.take() {
+            self.server = Some(tokio::spawn(serve(listener, handle)));
+        }
+    }
+
+    /// Stops answering (the socket file stays until drop).
+    fn stop_serving(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.abort();
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.stop_serving();
+        cleanup(&self.socket, &self.pointer);
+    }
+}
+
 pub async fn daemon(config: Config) -> anyhow::Result<()> {
     let notifier = Notifier::from_env();
     let watchdog = notify::watchdog_interval();
-    let listener = control::bind(&config.socket)?;
-    let pointer = control::pointer_path(&config.lineage_dir);
-    std::fs::create_dir_all(&config.lineage_dir)?;
-    std::fs::write(
-        &pointer,
-        serde_json::to_vec(&control::Pointer {
-            pid: std::process::id(),
-            socket: config.socket.clone(),
-        })?,
-    )?;
+    let mut control = Control::bind(&config)?;
     let config = Arc::new(config);
     let exp = &config.experiment.file;
     info!(
@@ -75,14 +149,7 @@ pub async fn daemon(config: Config) -> anyhow::Result<()> {
     let (supervisor, mut tree) = Actor::spawn(None, Supervisor, args)
         .await
         .map_err(|e| anyhow::anyhow!("could not start: {e}"))?;
-    let handle = Handle {
-        supervisor: supervisor.clone(),
-        file: config.file.clone(),
-        started_ms: now_ms(),
-        experiment: exp.name.clone(),
-        metric: exp.metric.clone(),
-        direction: exp.direction.as_str().into(),
-    };
+    let handle = Handle::new(&config, supervisor.clone()).await?;
     // The supervisor's start includes the executor's recovery.
     let notify = |s: &str| {
         if let Some(n) = &notifier {
@@ -99,7 +166,7 @@ pub async fn daemon(config: Config) -> anyhow::Result<()> {
     ));
     info!("ready");
 
-    let server = tokio::spawn(serve(listener, handle.clone()));
+    control.serve_handle(handle.clone());
     let mut tick = tokio::time::interval(watchdog.unwrap_or(STATUS_EVERY));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -123,11 +190,7 @@ pub async fn daemon(config: Config) -> anyhow::Result<()> {
     };
     let stopped_by = match result {
         Ok(s) => s,
-        Err(e) => {
-            server.abort();
-            cleanup(&config.socket, &pointer);
-            return Err(e);
-        }
+        Err(e) => return Err(e),
     };
 
     // Drain: nothing new starts; what runs may finish until the deadline.
@@ -166,19 +229,19 @@ pub async fn daemon(config: Config) -> anyhow::Result<()> {
             _ = &mut tree => { tree_gone = true; break; }
         }
     }
-    server.abort();
+    control.stop_serving();
     if !tree_gone {
         supervisor.stop(None);
         tokio::select! {
             _ = &mut tree => {}
             _ = async { tokio::select! { _ = sigterm.recv() => {}, _ = sigint.recv() => {} } } => {
                 error!("third signal: quitting without cleanup; the next start recovers in-flight trials");
-                cleanup(&config.socket, &pointer);
+                drop(control);
                 std::process::exit(130);
             }
         }
     }
-    cleanup(&config.socket, &pointer);
+    drop(control);
     info!("stopped");
     Ok(())
 }
@@ -296,8 +359,27 @@ async fn serve(listener: tokio::net::UnixListener, handle: Handle) {
     }
 }
 
-async fn answer(handle: Handle, command: Command) -> Response {
+async fn answer(handle: Handle, command: Command) -> Reply {
+    let read = match command {
+        Command::Read { read } => read,
+        other => return answer_one(handle, other).await.into(),
+    };
+    // Reads run beside the actors, on a blocking thread, and stop when the
+    // reader goes away (the channel closes).
+    let (tx, rx) = mpsc::channel(256);
+    let store = handle.reader.clone();
+    tokio::task::spawn_blocking(move || {
+        let r = store.read(&read, &mut |bytes| tx.blocking_send(Ok(bytes)).is_ok());
+        if let Err(e) = r {
+            let _ = tx.blocking_send(Err(e.to_string()));
+        }
+    });
+    Reply::Stream(rx)
+}
+
+async fn answer_one(handle: Handle, command: Command) -> Response {
     match command {
+        Command::Read { .. } => Response::error("a read streams its answer"),
         Command::Status => match live_status(&handle.supervisor).await {
             Ok(live) => Response {
                 status: Some(DaemonStatus {

@@ -49,6 +49,9 @@ pub enum LineageMsg {
     SetPaused(Vec<String>, bool, RpcReplyPort<Vec<String>>),
     /// Paused specialists and since when (ms).
     Paused(RpcReplyPort<BTreeMap<String, u64>>),
+    /// A handle on the open database for reads that should not queue
+    /// behind writes (the control socket's lineage reads, exports).
+    Reader(RpcReplyPort<LineageStore>),
     /// A daemon event such as a specialist crash.
     Event {
         kind: String,
@@ -179,6 +182,9 @@ impl Actor for Lineage {
             }
             LineageMsg::Paused(reply) => {
                 let _ = reply.send(state.store.paused()?);
+            }
+            LineageMsg::Reader(reply) => {
+                let _ = reply.send(state.store.clone());
             }
             LineageMsg::Event {
                 kind,

@@ -7,9 +7,13 @@
 //! (history, newest last), `meta` (`next_id`, `incumbent`, `counts_v1`),
 //! `events` seq → Event, `counts` outcome → number of terminal trials with
 //! that outcome (kept in the same transaction as the trial, so `status` does
-//! not scan), `paused` specialist name → since (ms).
+//! not scan), `paused` specialist name → since (ms), and `index`: secondary
+//! keys written in the same transactions as the trial (see [`query`]):
+//! `s<specialist>\0<id>` for every trial, and for terminal ones
+//! `o<outcome>\0<id>`, `t<status>\0<id>` and `f<finished ms><id>`.
 
 pub mod actor;
+pub mod query;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -120,8 +124,11 @@ pub struct Event {
     pub detail: String,
 }
 
-/// Handle to the sled database. Only the lineage actor (or a CLI command when no
-/// ratchet process runs) holds one: sled locks the directory.
+/// Handle to the sled database. Only one process opens it (sled locks the
+/// directory): the lineage actor while ratchet runs, or a CLI command when
+/// none does. Clones share the open database; the daemon's control socket
+/// reads through one, without queueing behind the actor.
+#[derive(Clone)]
 pub struct LineageStore {
     db: sled::Db,
     trials: sled::Tree,
@@ -132,6 +139,7 @@ pub struct LineageStore {
     events: sled::Tree,
     counts: sled::Tree,
     paused: sled::Tree,
+    index: sled::Tree,
 }
 
 const NEXT_ID: &[u8] = b"next_id";
@@ -139,6 +147,12 @@ const INCUMBENT: &[u8] = b"incumbent";
 /// Present once `counts` holds every terminal trial (lineages written before
 /// the counts existed are counted once, at open).
 const COUNTS_V1: &[u8] = b"counts_v1";
+/// Present once `index` holds every trial.
+const INDEX_V1: &[u8] = b"index_v1";
+/// sled's page cache. Its default (1 GiB) would let a long-running daemon
+/// or an export of a large lineage grow to that size; reads of old trials
+/// are sequential scans that gain little from a cache.
+const CACHE_BYTES: u64 = 64 << 20;
 
 /// The whole lineage in figures, without a scan (what `ratchet status` shows).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -215,6 +229,7 @@ impl LineageStore {
         })?;
         let db = sled::Config::new()
             .path(&path)
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|source| match &source {
                 sled::Error::Io(io)
@@ -237,29 +252,37 @@ impl LineageStore {
             events: db.open_tree("events")?,
             counts: db.open_tree("counts")?,
             paused: db.open_tree("paused")?,
+            index: db.open_tree("index")?,
             db,
         };
-        if !store.meta.contains_key(COUNTS_V1)? {
-            store.recount()?;
+        if !store.meta.contains_key(COUNTS_V1)? || !store.meta.contains_key(INDEX_V1)? {
+            store.rebuild_derived()?;
         }
         Ok(store)
     }
 
-    /// Counts the terminal trials by outcome from scratch (once, for a
-    /// lineage written before the counts were kept).
-    fn recount(&self) -> Result<(), LineageError> {
+    /// Counts the terminal trials by outcome and indexes every trial from
+    /// scratch (once, for a lineage written before they were kept).
+    fn rebuild_derived(&self) -> Result<(), LineageError> {
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+        self.index.clear()?;
+        let mut batch = sled::Batch::default();
         for t in self.iter() {
             let t = t?;
             if t.status.is_terminal() {
                 *counts.entry(t.outcome()).or_default() += 1;
             }
+            for k in query::index_keys(&t) {
+                batch.insert(k, &[]);
+            }
         }
+        self.index.apply_batch(batch)?;
         self.counts.clear()?;
         for (k, n) in counts {
             self.counts.insert(k.as_bytes(), &n.to_be_bytes())?;
         }
         self.meta.insert(COUNTS_V1, &[])?;
+        self.meta.insert(INDEX_V1, &[])?;
         self.db.flush()?;
         Ok(())
     }
@@ -280,8 +303,9 @@ impl LineageStore {
             &self.configs,
             &self.meta,
             &self.counts,
+            &self.index,
         )
-            .transaction(|(trials, active, configs, meta, counts)| {
+            .transaction(|(trials, active, configs, meta, counts, index)| {
                 let next = match meta.get(NEXT_ID)? {
                     Some(b) => u64::from_be_bytes(b.as_ref().try_into().unwrap_or([0; 8])),
                     None => 1,
@@ -352,6 +376,9 @@ impl LineageStore {
                 if trial.status.is_terminal() {
                     count(counts, trial.outcome())?;
                 }
+                for k in query::index_keys(&trial) {
+                    index.insert(k, &[])?;
+                }
                 trials.insert(&key(id), encode(&trial))?;
                 Ok(trial)
             })
@@ -367,57 +394,64 @@ impl LineageStore {
             &self.incumbents,
             &self.configs,
             &self.counts,
+            &self.index,
         )
-            .transaction(|(trials, active, meta, incumbents, configs, counts)| {
-                let Some(bytes) = trials.get(key(id))? else {
-                    return abort(LineageError::NoSuchTrial(id));
-                };
-                let mut trial = match decode_trial(&key(id), &bytes) {
-                    Ok(t) => t,
-                    Err(e) => return abort(e),
-                };
-                let before = trial.status;
-                let config_before = config_key(&trial.config);
-                change(&mut trial);
-                // An edited trial measures what its committed files say:
-                // that configuration is known from now on.
-                let config_after = config_key(&trial.config);
-                if config_after != config_before && configs.get(config_after.as_bytes())?.is_none()
-                {
-                    configs.insert(config_after.as_bytes(), &key(id))?;
-                }
-                if before.is_terminal() {
-                    return abort(LineageError::BadTransition {
-                        id,
-                        status: before,
-                        to: trial.status,
-                    });
-                }
-                if trial.status != before {
-                    trial.history.push(StatusChange {
-                        status: trial.status,
-                        at_ms: now_ms(),
-                    });
-                }
-                if trial.status.is_terminal() {
-                    active.remove(&key(id))?;
-                    count(counts, trial.outcome())?;
-                }
-                if trial.status == TrialStatus::Kept {
-                    let inc = Incumbent {
-                        trial: id,
-                        score: trial.score.unwrap_or(f64::NAN),
-                        config: trial.config.clone(),
-                        since_ms: now_ms(),
-                        commit: trial.keep_commit.clone().or_else(|| trial.commit.clone()),
-                        noise: trial.noise,
+            .transaction(
+                |(trials, active, meta, incumbents, configs, counts, index)| {
+                    let Some(bytes) = trials.get(key(id))? else {
+                        return abort(LineageError::NoSuchTrial(id));
                     };
-                    meta.insert(INCUMBENT, encode(&inc))?;
-                    incumbents.insert(&key(id), encode(&inc))?;
-                }
-                trials.insert(&key(id), encode(&trial))?;
-                Ok(trial)
-            })
+                    let mut trial = match decode_trial(&key(id), &bytes) {
+                        Ok(t) => t,
+                        Err(e) => return abort(e),
+                    };
+                    let before = trial.status;
+                    let config_before = config_key(&trial.config);
+                    change(&mut trial);
+                    // An edited trial measures what its committed files say:
+                    // that configuration is known from now on.
+                    let config_after = config_key(&trial.config);
+                    if config_after != config_before
+                        && configs.get(config_after.as_bytes())?.is_none()
+                    {
+                        configs.insert(config_after.as_bytes(), &key(id))?;
+                    }
+                    if before.is_terminal() {
+                        return abort(LineageError::BadTransition {
+                            id,
+                            status: before,
+                            to: trial.status,
+                        });
+                    }
+                    if trial.status != before {
+                        trial.history.push(StatusChange {
+                            status: trial.status,
+                            at_ms: now_ms(),
+                        });
+                    }
+                    if trial.status.is_terminal() {
+                        active.remove(&key(id))?;
+                        count(counts, trial.outcome())?;
+                        for k in query::terminal_keys(&trial) {
+                            index.insert(k, &[])?;
+                        }
+                    }
+                    if trial.status == TrialStatus::Kept {
+                        let inc = Incumbent {
+                            trial: id,
+                            score: trial.score.unwrap_or(f64::NAN),
+                            config: trial.config.clone(),
+                            since_ms: now_ms(),
+                            commit: trial.keep_commit.clone().or_else(|| trial.commit.clone()),
+                            noise: trial.noise,
+                        };
+                        meta.insert(INCUMBENT, encode(&inc))?;
+                        incumbents.insert(&key(id), encode(&inc))?;
+                    }
+                    trials.insert(&key(id), encode(&trial))?;
+                    Ok(trial)
+                },
+            )
             .map_err(from_tx)
     }
 
@@ -550,8 +584,8 @@ impl LineageStore {
         Ok(())
     }
 
-    /// The lineage in figures: counts are kept, only the trials of the
-    /// last day (at most 10,000) are read for the hourly rate.
+    /// The lineage in figures: counts are kept and the hourly rate is a
+    /// range of the finish-time index, so nothing is scanned.
     pub fn summary(&self) -> Result<Summary, LineageError> {
         let now = now_ms();
         let mut s = Summary {
@@ -575,17 +609,7 @@ impl LineageStore {
             }
         }
         const HOUR: u64 = 3_600_000;
-        for t in self.iter().rev().take(10_000) {
-            let t = t?;
-            let proposed = t.history.first().map_or(0, |c| c.at_ms);
-            if proposed + 24 * HOUR < now {
-                break;
-            }
-            let done = t.history.iter().find(|c| c.status.is_terminal());
-            if done.is_some_and(|c| c.at_ms + HOUR >= now) {
-                s.finished_last_hour += 1;
-            }
-        }
+        s.finished_last_hour = self.finished_since(now.saturating_sub(HOUR))?;
         Ok(s)
     }
 

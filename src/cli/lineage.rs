@@ -1,0 +1,802 @@
+//! `ratchet lineage ...`: reading the research record. The database is read
+//! directly when no ratchet holds it, and through the running daemon's (or
+//! foreground run's) control socket when one does, so every command works
+//! beside a running daemon.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::domain::{format_float, now_ms, FailureLabel, Incumbent, Trial, TrialId, TrialStatus};
+use crate::export::{self, Context, HtmlOptions};
+use crate::lineage::query::{Filter, Read};
+use crate::lineage::{Event, LineageError, LineageStore};
+
+#[derive(Subcommand, Debug)]
+pub enum LineageCommand {
+    /// One line per trial, in id order (with --limit N: the newest N).
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// One JSON object (the whole record) per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything recorded about one trial: hypothesis, parent, proposed
+    /// values, the edit's diff, every state change, scores, decision,
+    /// label and the tails of its logs.
+    Show {
+        id: TrialId,
+        /// Leave the diff out.
+        #[arg(long)]
+        no_diff: bool,
+        /// (The diff is shown by default; kept for older scripts.)
+        #[arg(long, hide = true)]
+        diff: bool,
+    },
+    /// Write a trial's exact files (its commit) into DIR, to reproduce it.
+    Checkout { id: TrialId, dir: PathBuf },
+    /// The incumbent: the best kept trial.
+    Best {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Daemon events that are not trials: specialist crashes and failed
+    /// model requests (`proposer_error`), recoveries.
+    Events {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every trial (or those the filters select), oldest first: JSONL or
+    /// CSV rows of a versioned schema (README "Lineage exports"), or a
+    /// self-contained HTML report with the progress plot.
+    Export {
+        #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+        format: Format,
+        /// Write here (atomically, via a temporary file) instead of stdout.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// HTML: how many of the newest trials the table lists (the plot
+        /// shows every trial).
+        #[arg(long, default_value_t = HtmlOptions::default().rows)]
+        rows: usize,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Jsonl,
+    Csv,
+    Html,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct FilterArgs {
+    /// Only this specialist's trials.
+    #[arg(long)]
+    specialist: Option<String>,
+    /// Only trials with this outcome: a failure label (crash,
+    /// budget_overrun, gate_miss, ...) or kept, within_noise, regressed,
+    /// false_peak, rebased.
+    #[arg(long)]
+    label: Option<String>,
+    /// Only trials in this state (proposed, queued, running, evaluating,
+    /// kept, discarded, failed, interrupted).
+    #[arg(long, value_parser = parse_status)]
+    status: Option<TrialStatus>,
+    /// Only trials proposed since then: an age (90s, 30m, 6h, 2d) or a UTC
+    /// time (2026-11-23, 2026-11-23T14:00).
+    #[arg(long, value_parser = parse_since)]
+    since: Option<u64>,
+    /// At most this many trials (the newest).
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+impl FilterArgs {
+    fn filter(&self, oldest_first: bool) -> anyhow::Result<Filter> {
+        if let Some(l) = &self.label {
+            if !OUTCOMES.contains(&l.as_str()) {
+                anyhow::bail!(
+                    "--label {l}: not an outcome; use one of {}",
+                    OUTCOMES.join(", ")
+                );
+            }
+        }
+        Ok(Filter {
+            specialist: self.specialist.clone(),
+            label: self.label.clone(),
+            status: self.status,
+            since_ms: self.since,
+            limit: self.limit,
+            oldest_first,
+        })
+    }
+}
+
+/// Every value `Trial::outcome` gives a terminal trial.
+const OUTCOMES: &[&str] = &[
+    "kept",
+    "within_noise",
+    "regressed",
+    "false_peak",
+    "rebased",
+    "crash",
+    "budget_overrun",
+    "size_failure",
+    "gate_miss",
+    "metric_missing",
+    "diverged",
+    "illegal_edit",
+    "patch_failed",
+    "duplicate",
+    "proposer_error",
+    "interrupted",
+    "out_of_memory",
+];
+
+fn parse_status(s: &str) -> Result<TrialStatus, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+        "not a status; use proposed, queued, running, evaluating, kept, discarded, failed or interrupted".into()
+    })
+}
+
+/// An age before now (`90s`, `30m`, `6h`, `2d`) or a UTC time
+/// (`2026-11-23`, `2026-11-23T14:00[:05]`), as ms since the epoch.
+fn parse_since(s: &str) -> Result<u64, String> {
+    parse_since_at(s, now_ms())
+}
+
+fn parse_since_at(s: &str, now: u64) -> Result<u64, String> {
+    let bad =
+        || format!("`{s}`: use an age such as 30m, 6h, 2d or a UTC time such as 2026-11-23T14:00");
+    if let Some(unit) = s.chars().last().filter(|c| c.is_ascii_alphabetic()) {
+        let n: f64 = s[..s.len() - 1].parse().map_err(|_| bad())?;
+        let ms = match unit {
+            's' => 1e3,
+            'm' => 60e3,
+            'h' => 3600e3,
+            'd' => 86_400e3,
+            'w' => 7.0 * 86_400e3,
+            _ => return Err(bad()),
+        };
+        if !(n.is_finite() && n >= 0.0) {
+            return Err(bad());
+        }
+        return Ok(now.saturating_sub((n * ms) as u64));
+    }
+    let (date, time) = s.split_once(['T', ' ']).unwrap_or((s, "00:00"));
+    let num = |p: Option<&str>| p.and_then(|p| p.parse::<i64>().ok()).ok_or_else(bad);
+    let mut d = date.split('-');
+    let (y, m, day) = (num(d.next())?, num(d.next())?, num(d.next())?);
+    let mut t = time.split(':');
+    let (hh, mm) = (num(t.next())?, num(t.next())?);
+    let ss = t.next().map(|x| num(Some(x))).transpose()?.unwrap_or(0);
+    if d.next().is_some()
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&day)
+        || hh > 23
+        || mm > 59
+        || ss > 60
+    {
+        return Err(bad());
+    }
+    // Days from civil (H. Hinnant).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs * 1000).map_err(|_| bad())
+}
+
+/// Where lineage is read from.
+pub enum Source {
+    /// The database, opened by this process (no ratchet holds it).
+    Local(LineageStore),
+    /// A running ratchet's control socket.
+    Daemon(PathBuf),
+}
+
+/// How long a read waits for the daemon between two items.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Source {
+    /// Opens `dir` directly, or, while a ratchet holds it, its socket.
+    pub fn open(dir: &Path, config: &Path) -> anyhow::Result<Source> {
+        if !dir.join("db").exists() {
+            anyhow::bail!(
+                "no lineage at {} yet (run `ratchet run` first)",
+                dir.display()
+            );
+        }
+        match LineageStore::open(dir) {
+            Ok(store) => Ok(Source::Local(store)),
+            Err(locked @ LineageError::Locked { .. }) => {
+                let socket = socket_of(dir, config);
+                match std::os::unix::net::UnixStream::connect(&socket) {
+                    Ok(_) => Ok(Source::Daemon(socket)),
+                    Err(e) => Err(anyhow::anyhow!(
+                        "{locked}; and its control socket {} does not answer ({e})",
+                        socket.display()
+                    )),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn read<T: serde::de::DeserializeOwned + 'static>(
+        &self,
+        socket: &Path,
+        read: Read,
+    ) -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<T>>>> {
+        match crate::daemon::control::read::<T>(socket, read, READ_TIMEOUT) {
+            Ok(Ok(items)) => Ok(Box::new(items)),
+            Ok(Err(r)) => anyhow::bail!(
+                "the daemon refused the read: {}",
+                r.error.unwrap_or_default()
+            ),
+            Err(e) => anyhow::bail!("control socket {}: {e}", socket.display()),
+        }
+    }
+
+    pub fn trials(
+        &self,
+        filter: &Filter,
+    ) -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<Trial>>>> {
+        match self {
+            Source::Local(store) => Ok(Box::new(
+                store
+                    .select(filter)?
+                    .map(|t| t.map_err(anyhow::Error::from)),
+            )),
+            Source::Daemon(socket) => self.read(
+                socket,
+                Read::Trials {
+                    filter: filter.clone(),
+                },
+            ),
+        }
+    }
+
+    pub fn trial(&self, id: TrialId) -> anyhow::Result<Option<Trial>> {
+        match self {
+            Source::Local(store) => Ok(store.get(id)?),
+            Source::Daemon(socket) => self.read(socket, Read::Trial { id })?.next().transpose(),
+        }
+    }
+
+    /// Every incumbent, oldest first (the last is the current one).
+    pub fn incumbents(&self) -> anyhow::Result<Vec<Incumbent>> {
+        match self {
+            Source::Local(store) => Ok(store.incumbent_history()?),
+            Source::Daemon(socket) => self.read(socket, Read::Incumbents)?.collect(),
+        }
+    }
+
+    pub fn events(&self) -> anyhow::Result<Vec<Event>> {
+        match self {
+            Source::Local(store) => Ok(store.events()?),
+            Source::Daemon(socket) => self.read(socket, Read::Events)?.collect(),
+        }
+    }
+}
+
+/// The control socket of whatever holds lineage `dir`: the one its
+/// pointer file names, else the one the configuration names, else the
+/// default.
+fn socket_of(dir: &Path, config: &Path) -> PathBuf {
+    let pointer = std::fs::read(crate::daemon::control::pointer_path(dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::daemon::control::Pointer>(&b).ok());
+    match pointer {
+        Some(p) => p.socket,
+        None => crate::config::configured_socket_of(config)
+            .unwrap_or_else(|| crate::config::default_socket(dir)),
+    }
+}
+
+pub fn main(
+    config: &Path,
+    lineage: Option<PathBuf>,
+    command: LineageCommand,
+) -> anyhow::Result<ExitCode> {
+    let explicit = lineage.is_some();
+    let dir = match lineage {
+        Some(d) => d,
+        None => match crate::config::lineage_dir_of(config) {
+            Ok(d) => d,
+            Err(errors) => anyhow::bail!("{errors}"),
+        },
+    };
+    let source = Source::open(&dir, config)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match command {
+        LineageCommand::List { filter, json } => {
+            let f = filter.filter(false)?;
+            // Selected newest first (so --limit takes the newest), shown in
+            // id order.
+            let mut trials = source.trials(&f)?.collect::<anyhow::Result<Vec<_>>>()?;
+            trials.reverse();
+            if !json {
+                writeln!(
+                    out,
+                    "{:>6}  {:<11} {:<15} {:<14} {:>12}  hypothesis",
+                    "id", "status", "outcome", "specialist", "score"
+                )?;
+            }
+            for t in &trials {
+                if json {
+                    serde_json::to_writer(&mut out, t)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(out, "{}", list_row(t))?;
+                }
+            }
+        }
+        LineageCommand::Show { id, no_diff, .. } => {
+            let Some(t) = source.trial(id)? else {
+                anyhow::bail!("no trial {id} in lineage")
+            };
+            show(&mut out, &t)?;
+            if !no_diff {
+                show_diff(&mut out, &t)?;
+            }
+        }
+        LineageCommand::Checkout { id, dir: to } => {
+            let Some(t) = source.trial(id)? else {
+                anyhow::bail!("no trial {id} in lineage")
+            };
+            return checkout(&t, config, &to);
+        }
+        LineageCommand::Events { json } => {
+            for e in source.events()? {
+                if json {
+                    serde_json::to_writer(&mut out, &e)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{}  {:<16} {:<16} {}",
+                        export::utc(e.at_ms),
+                        e.kind,
+                        e.subject,
+                        e.detail
+                    )?;
+                }
+            }
+        }
+        LineageCommand::Best { json } => {
+            let history = source.incumbents()?;
+            let Some(inc) = history.last() else {
+                anyhow::bail!("no incumbent yet: no trial has been kept")
+            };
+            if json {
+                serde_json::to_writer(&mut out, inc)?;
+                writeln!(out)?;
+            } else {
+                best(&mut out, inc, &history)?;
+            }
+        }
+        LineageCommand::Export {
+            format,
+            output,
+            filter,
+            rows,
+        } => {
+            drop(out);
+            let f = filter.filter(true)?;
+            let incumbents = source.incumbents()?;
+            let ctx = context(config, explicit.then_some(&dir), &incumbents);
+            let mut trials = source.trials(&f)?;
+            let mut write = |w: &mut dyn Write| -> anyhow::Result<export::Written> {
+                match format {
+                    Format::Jsonl => export::jsonl(w, &mut trials, &ctx),
+                    Format::Csv => export::csv(w, &mut trials, &ctx),
+                    Format::Html => export::html(
+                        w,
+                        &mut trials,
+                        &incumbents,
+                        &ctx,
+                        HtmlOptions {
+                            rows,
+                            ..Default::default()
+                        },
+                        now_ms(),
+                    ),
+                }
+            };
+            let written = match &output {
+                Some(path) => write_atomically(path, write)?,
+                None => {
+                    let mut w =
+                        std::io::BufWriter::with_capacity(256 * 1024, std::io::stdout().lock());
+                    let n = write(&mut w)?;
+                    w.flush()?;
+                    n
+                }
+            };
+            if let Some(path) = &output {
+                eprintln!(
+                    "{} trial(s) written to {} ({:?}, schema {})",
+                    written.trials,
+                    path.display(),
+                    format,
+                    export::SCHEMA_VERSION
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes through a temporary file beside `path` and renames it into place,
+/// so a reader never sees half an export and a failed one leaves nothing.
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> anyhow::Result<export::Written>,
+) -> anyhow::Result<export::Written> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("{} is not a file name", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let file = std::fs::File::create(&tmp)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+        let mut w = std::io::BufWriter::with_capacity(256 * 1024, file);
+        let n = write(&mut w)?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(n)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The experiment's name, metric, direction and band from the
+/// configuration when it describes this lineage; else what lineage tells.
+fn context(config: &Path, explicit: Option<&PathBuf>, incumbents: &[Incumbent]) -> Context {
+    let mut ctx = Context::from_lineage(incumbents);
+    if let Ok(c) = Config::load(config) {
+        let same =
+            explicit.is_none_or(|d| d.canonicalize().ok() == c.lineage_dir.canonicalize().ok());
+        if same {
+            let exp = &c.experiment.file;
+            ctx = Context {
+                experiment: exp.name.clone(),
+                metric: exp.metric.clone(),
+                direction: Some(exp.direction),
+                band: exp.noise.band,
+            };
+        }
+    }
+    ctx
+}
+
+/// `lineage checkout`: the trial's commit exported into a new directory.
+fn checkout(t: &Trial, config: &Path, out: &Path) -> anyhow::Result<ExitCode> {
+    let id = t.id;
+    let Some(commit) = t.commit.as_deref() else {
+        anyhow::bail!(
+            "trial {id} has no commit: it was {} before its workspace was made",
+            t.status
+        )
+    };
+    if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+        anyhow::bail!(
+            "{} is not empty; give a new or empty directory",
+            out.display()
+        );
+    }
+    let experiment = crate::config::experiment_dir_of(config)?;
+    let p = crate::provenance::Provenance::open(&experiment)?;
+    p.export(git2::Oid::from_str(commit)?, out)?;
+    println!("trial {id} (commit {commit}) written to {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn best(out: &mut impl Write, inc: &Incumbent, history: &[Incumbent]) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "incumbent: trial {} score {}",
+        inc.trial,
+        format_float(inc.score)
+    )?;
+    match &inc.noise {
+        Some(n) => writeln!(
+            out,
+            "noise band: sd {} over {} run(s) (mean {})",
+            format_float(n.confirmed.sd),
+            n.confirmed.n,
+            format_float(n.confirmed.mean)
+        )?,
+        None => writeln!(out, "noise band: not measured")?,
+    }
+    for (k, v) in &inc.config {
+        writeln!(out, "  {k} = {v}")?;
+    }
+    writeln!(out, "history ({} keep(s)):", history.len())?;
+    for h in history {
+        writeln!(out, "  trial {:<6} {}", h.trial, format_float(h.score))?;
+    }
+    Ok(())
+}
+
+fn list_row(t: &Trial) -> String {
+    let mut hyp: String = t.hypothesis.chars().take(70).collect();
+    if hyp.len() < t.hypothesis.len() {
+        hyp.push('…');
+    }
+    let hyp = hyp.replace(['\n', '\r'], " ");
+    let outcome = if t.status.is_terminal() {
+        t.outcome()
+    } else {
+        ""
+    };
+    format!(
+        "{:>6}  {:<11} {:<15} {:<14} {:>12}  {}",
+        t.id.0,
+        t.status.as_str(),
+        outcome,
+        t.specialist,
+        t.score.map(format_float).unwrap_or_else(|| "-".into()),
+        hyp
+    )
+}
+
+fn show_diff(out: &mut impl Write, t: &Trial) -> anyhow::Result<()> {
+    writeln!(out, "diff:")?;
+    match &t.diff {
+        Some(d) if !d.is_empty() => write!(out, "{d}")?,
+        Some(_) => writeln!(out, "  (no change: the parent's files)")?,
+        None if matches!(
+            t.label,
+            Some(FailureLabel::IllegalEdit | FailureLabel::PatchFailed)
+        ) =>
+        {
+            writeln!(
+                out,
+                "  (no commit: its edits were refused before anything ran)"
+            )?
+        }
+        None => writeln!(out, "  (no commit: the trial never reached its workspace)")?,
+    }
+    Ok(())
+}
+
+fn show(out: &mut impl Write, t: &Trial) -> anyhow::Result<()> {
+    writeln!(out, "trial {} (attempt {})", t.id, t.attempt)?;
+    writeln!(
+        out,
+        "specialist: {}  surface: {}",
+        t.specialist,
+        t.surface.as_deref().unwrap_or("-")
+    )?;
+    writeln!(
+        out,
+        "parent: {}",
+        t.parent
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into())
+    )?;
+    writeln!(out, "hypothesis: {}", t.hypothesis)?;
+    writeln!(out, "edit: {}", t.edit_summary())?;
+    if !t.changes.is_empty() {
+        writeln!(out, "proposed values:")?;
+        for (k, v) in &t.changes {
+            writeln!(out, "  {k} = {v}")?;
+        }
+    }
+    writeln!(out, "status: {}", t.status)?;
+    if t.status.is_terminal() {
+        writeln!(out, "outcome: {}", t.outcome())?;
+    }
+    if let Some(c) = &t.commit {
+        writeln!(out, "commit: {c} (branch ratchet/trials/{})", t.id)?;
+    }
+    if let Some(l) = t.label {
+        writeln!(out, "label: {l}")?;
+    }
+    if let Some(d) = t.decision {
+        writeln!(out, "decision: {}", d.as_str())?;
+    }
+    if t.false_peak {
+        writeln!(out, "false peak: won on proxy, not confirmed")?;
+    }
+    if let Some(from) = t.rebased_from {
+        writeln!(out, "rebased from: trial {from}")?;
+    }
+    if let Some(to) = t.rebased_as {
+        writeln!(out, "rebased as: trial {to}")?;
+    }
+    if let Some(s) = t.score {
+        writeln!(
+            out,
+            "score: {}  (compared with: {})",
+            format_float(s),
+            t.parent_score
+                .map(format_float)
+                .unwrap_or_else(|| "-".into())
+        )?;
+    }
+    let opt = |v: Option<f64>| v.map(format_float).unwrap_or_else(|| "-".into());
+    if t.proxy_score.is_some() || t.full_score.is_some() {
+        writeln!(
+            out,
+            "own run (seed 0): proxy {}  full {}",
+            opt(t.proxy_score),
+            opt(t.full_score)
+        )?;
+    }
+    for r in &t.seed_runs {
+        writeln!(
+            out,
+            "seed {}: proxy {}  full {}{}",
+            r.seed,
+            opt(r.proxy_score),
+            opt(r.full_score),
+            r.detail
+                .as_deref()
+                .map(|d| format!("  ({d})"))
+                .unwrap_or_default()
+        )?;
+    }
+    if let Some(n) = &t.noise {
+        writeln!(
+            out,
+            "noise band: {} runs, mean {} sd {} (proxy mean {} sd {})",
+            n.confirmed.n,
+            format_float(n.confirmed.mean),
+            format_float(n.confirmed.sd),
+            format_float(n.proxy.mean),
+            format_float(n.proxy.sd)
+        )?;
+    }
+    if let Some(d) = &t.detail {
+        writeln!(out, "detail: {d}")?;
+    }
+    if let (Some(FailureLabel::ProposerError), Some(reply)) = (t.label, &t.reply) {
+        writeln!(out, "reply (as received, first 20 lines):")?;
+        for line in reply.lines().take(20) {
+            writeln!(out, "  | {line}")?;
+        }
+    }
+    writeln!(out, "history:")?;
+    let start = t.history.first().map(|c| c.at_ms).unwrap_or(0);
+    for c in &t.history {
+        writeln!(
+            out,
+            "  {} UTC  +{:>8.3}s  {}",
+            export::utc(c.at_ms),
+            c.at_ms.saturating_sub(start) as f64 / 1000.0,
+            c.status
+        )?;
+    }
+    for (name, report) in [
+        ("train", &t.train),
+        ("eval", &t.eval),
+        ("full eval", &t.full_eval),
+    ] {
+        let Some(r) = report else { continue };
+        writeln!(
+            out,
+            "{name}: {} in {:.2}s{}",
+            r.describe(),
+            r.duration_ms as f64 / 1000.0,
+            if r.truncated { " (log truncated)" } else { "" }
+        )?;
+        for (k, v) in &r.metrics {
+            writeln!(out, "  {k}={}", format_float(*v))?;
+        }
+        for (stream, path) in [("stdout", &r.stdout), ("stderr", &r.stderr)] {
+            let tail = tail_lines(path, 8);
+            if !tail.is_empty() {
+                writeln!(out, "  {stream} ({}), last lines:", path.display())?;
+                for l in tail {
+                    writeln!(out, "    {l}")?;
+                }
+            }
+        }
+    }
+    writeln!(out, "config:")?;
+    for (k, v) in &t.config {
+        writeln!(out, "  {k} = {v}")?;
+    }
+    Ok(())
+}
+
+/// The last `n` lines of a log file (reads at most its last 64 KiB).
+fn tail_lines(path: &Path, n: usize) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.chars().take(200).collect())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_ages_and_utc_times() {
+        let now = 1_795_430_096_000; // 2026-11-23 10:34:56 UTC
+        assert_eq!(parse_since_at("30m", now), Ok(now - 30 * 60_000));
+        assert_eq!(parse_since_at("2d", now), Ok(now - 2 * 86_400_000));
+        assert_eq!(parse_since_at("1.5h", now), Ok(now - 5_400_000));
+        assert_eq!(
+            export::utc(parse_since_at("2026-11-23", now).unwrap()),
+            "2026-11-23 00:00:00"
+        );
+        assert_eq!(
+            export::utc(parse_since_at("2024-02-29T14:05:09", now).unwrap()),
+            "2024-02-29 14:05:09"
+        );
+        assert_eq!(
+            export::utc(parse_since_at("2026-01-01 08:30", now).unwrap()),
+            "2026-01-01 08:30:00"
+        );
+        for bad in [
+            "yesterday",
+            "3x",
+            "2026-13-01",
+            "2026-11",
+            "-5m",
+            "2026-11-23T25:00",
+        ] {
+            assert!(parse_since_at(bad, now).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_outcome_a_label_filter_accepts_is_one_lineage_gives() {
+        for l in [
+            FailureLabel::Crash,
+            FailureLabel::BudgetOverrun,
+            FailureLabel::SizeFailure,
+            FailureLabel::GateMiss,
+            FailureLabel::MetricMissing,
+            FailureLabel::Diverged,
+            FailureLabel::IllegalEdit,
+            FailureLabel::PatchFailed,
+            FailureLabel::Duplicate,
+            FailureLabel::ProposerError,
+            FailureLabel::Interrupted,
+            FailureLabel::OutOfMemory,
+        ] {
+            assert!(OUTCOMES.contains(&l.as_str()), "{l}");
+        }
+        assert_eq!(OUTCOMES.len(), 12 + 5);
+    }
+}

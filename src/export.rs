@@ -1,0 +1,741 @@
+//! Lineage exports: one row per trial in JSONL or CSV (schema
+//! [`SCHEMA_VERSION`], documented in README "Lineage exports"), and a
+//! self-contained HTML report with the progress plot. Every format streams:
+//! trials are read, written and dropped one by one (the HTML report keeps a
+//! few numbers per trial for its plot, and the newest rows of its table).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::domain::{format_float, Direction, Incumbent, Params, StatusChange, Trial};
+
+/// The version of the row schema. Adding a column keeps it; renaming,
+/// removing or changing the meaning of one bumps it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What an export knows about the experiment beyond lineage.
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub experiment: String,
+    pub metric: String,
+    /// `None` when neither the configuration nor the keeps tell.
+    pub direction: Option<Direction>,
+    /// `noise.band`: a keep's gain must exceed this many incumbent sds.
+    pub band: f64,
+}
+
+impl Context {
+    /// Without a configuration: the direction is read off the keeps (each
+    /// keep improves on the one before).
+    pub fn from_lineage(incumbents: &[Incumbent]) -> Context {
+        let direction = match (incumbents.first(), incumbents.last()) {
+            (Some(a), Some(b)) if b.score < a.score => Some(Direction::Minimize),
+            (Some(a), Some(b)) if b.score > a.score => Some(Direction::Maximize),
+            _ => None,
+        };
+        Context {
+            experiment: "(unknown experiment)".into(),
+            metric: "score".into(),
+            direction,
+            band: 2.0,
+        }
+    }
+}
+
+/// One trial as a row of the export schema. Times are milliseconds since
+/// the Unix epoch; durations are seconds.
+#[derive(Debug, Serialize)]
+pub struct Row<'a> {
+    pub schema_version: u32,
+    pub id: u64,
+    pub attempt: u32,
+    pub specialist: &'a str,
+    pub surface: Option<&'a str>,
+    pub parent: Option<u64>,
+    pub status: &'static str,
+    /// A failure label, or kept/within_noise/regressed/false_peak/rebased,
+    /// or the status of an unfinished trial.
+    pub outcome: &'static str,
+    pub label: Option<&'static str>,
+    pub decision: Option<&'static str>,
+    pub false_peak: bool,
+    /// The deciding score (the mean over seed runs once confirmed).
+    pub score: Option<f64>,
+    pub parent_score: Option<f64>,
+    /// How much better than `parent_score` (negative: worse), in the
+    /// metric's direction.
+    pub gain: Option<f64>,
+    pub proxy_score: Option<f64>,
+    pub full_score: Option<f64>,
+    pub noise_runs: Option<u32>,
+    pub noise_mean: Option<f64>,
+    pub noise_sd: Option<f64>,
+    pub proposed_ms: Option<u64>,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    pub train_secs: Option<f64>,
+    pub eval_secs: Option<f64>,
+    pub train_peak_rss_mb: Option<f64>,
+    pub hypothesis: &'a str,
+    /// The edit in one line (`optimizer.lr=0.001`, `replace model.py`).
+    pub edit: String,
+    /// The parameters it changes (JSON object; JSON text in CSV).
+    pub changes: &'a Params,
+    /// The full configuration it measures.
+    pub config: &'a Params,
+    pub detail: Option<&'a str>,
+    pub commit: Option<&'a str>,
+    pub keep_commit: Option<&'a str>,
+    pub rebased_from: Option<u64>,
+    pub rebased_as: Option<u64>,
+    pub trial_dir: Option<String>,
+    /// Every state change: `[{"status": ..., "at_ms": ...}]`.
+    pub history: &'a [StatusChange],
+    /// The edit as a unified diff against the parent's commit.
+    pub diff: Option<&'a str>,
+}
+
+/// The columns, in order (the CSV header; the keys of a JSONL row).
+pub const COLUMNS: &[&str] = &[
+    "schema_version",
+    "id",
+    "attempt",
+    "specialist",
+    "surface",
+    "parent",
+    "status",
+    "outcome",
+    "label",
+    "decision",
+    "false_peak",
+    "score",
+    "parent_score",
+    "gain",
+    "proxy_score",
+    "full_score",
+    "noise_runs",
+    "noise_mean",
+    "noise_sd",
+    "proposed_ms",
+    "started_ms",
+    "finished_ms",
+    "train_secs",
+    "eval_secs",
+    "train_peak_rss_mb",
+    "hypothesis",
+    "edit",
+    "changes",
+    "config",
+    "detail",
+    "commit",
+    "keep_commit",
+    "rebased_from",
+    "rebased_as",
+    "trial_dir",
+    "history",
+    "diff",
+];
+
+impl<'a> Row<'a> {
+    pub fn new(t: &'a Trial, direction: Option<Direction>) -> Row<'a> {
+        use crate::domain::TrialStatus;
+        let secs = |r: &Option<crate::domain::ProcessReport>| {
+            r.as_ref().map(|r| r.duration_ms as f64 / 1000.0)
+        };
+        Row {
+            schema_version: SCHEMA_VERSION,
+            id: t.id.0,
+            attempt: t.attempt,
+            specialist: &t.specialist,
+            surface: t.surface.as_deref(),
+            parent: t.parent.map(|p| p.0),
+            status: t.status.as_str(),
+            outcome: t.outcome(),
+            label: t.label.map(|l| l.as_str()),
+            decision: t.decision.map(|d| d.as_str()),
+            false_peak: t.false_peak,
+            score: t.score,
+            parent_score: t.parent_score,
+            gain: match (direction, t.score, t.parent_score) {
+                (Some(d), Some(s), Some(p)) => Some(d.gain(s, p)),
+                _ => None,
+            },
+            proxy_score: t.proxy_score,
+            full_score: t.full_score,
+            noise_runs: t.noise.map(|n| n.confirmed.n),
+            noise_mean: t.noise.map(|n| n.confirmed.mean),
+            noise_sd: t.noise.map(|n| n.confirmed.sd),
+            proposed_ms: t.history.first().map(|c| c.at_ms),
+            started_ms: t.time_of(TrialStatus::Running),
+            finished_ms: finished_ms(t),
+            train_secs: secs(&t.train),
+            eval_secs: secs(&t.eval),
+            train_peak_rss_mb: t
+                .train
+                .as_ref()
+                .map(|r| r.peak_rss_bytes as f64 / (1u64 << 20) as f64),
+            hypothesis: &t.hypothesis,
+            edit: t.edit_summary(),
+            changes: &t.changes,
+            config: &t.config,
+            detail: t.detail.as_deref(),
+            commit: t.commit.as_deref(),
+            keep_commit: t.keep_commit.as_deref(),
+            rebased_from: t.rebased_from.map(|p| p.0),
+            rebased_as: t.rebased_as.map(|p| p.0),
+            trial_dir: t.trial_dir.as_ref().map(|d| d.display().to_string()),
+            history: &t.history,
+            diff: t.diff.as_deref(),
+        }
+    }
+
+    /// The cells in [`COLUMNS`] order, as CSV text (empty for none).
+    fn cells(&self) -> [String; 37] {
+        fn o<T: ToString>(v: Option<T>) -> String {
+            v.map(|v| v.to_string()).unwrap_or_default()
+        }
+        fn f(v: Option<f64>) -> String {
+            // Full precision (Rust's shortest round-trip form).
+            v.map(|v| format!("{v:?}")).unwrap_or_default()
+        }
+        let json = |v: &dyn erased::Json| v.json();
+        [
+            self.schema_version.to_string(),
+            self.id.to_string(),
+            self.attempt.to_string(),
+            self.specialist.to_string(),
+            o(self.surface),
+            o(self.parent),
+            self.status.to_string(),
+            self.outcome.to_string(),
+            o(self.label),
+            o(self.decision),
+            self.false_peak.to_string(),
+            f(self.score),
+            f(self.parent_score),
+            f(self.gain),
+            f(self.proxy_score),
+            f(self.full_score),
+            o(self.noise_runs),
+            f(self.noise_mean),
+            f(self.noise_sd),
+            o(self.proposed_ms),
+            o(self.started_ms),
+            o(self.finished_ms),
+            f(self.train_secs),
+            f(self.eval_secs),
+            f(self.train_peak_rss_mb),
+            self.hypothesis.to_string(),
+            self.edit.clone(),
+            json(self.changes),
+            json(self.config),
+            o(self.detail),
+            o(self.commit),
+            o(self.keep_commit),
+            o(self.rebased_from),
+            o(self.rebased_as),
+            o(self.trial_dir.as_deref()),
+            json(&self.history),
+            o(self.diff),
+        ]
+    }
+}
+
+mod erased {
+    /// JSON text of a nested value (a CSV cell).
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).expect("values serialize")
+        }
+    }
+}
+
+fn finished_ms(t: &Trial) -> Option<u64> {
+    t.history
+        .iter()
+        .find(|c| c.status.is_terminal())
+        .map(|c| c.at_ms)
+}
+
+/// A CSV field (RFC 4180): quoted when it holds a comma, a quote, a line
+/// break or leading/trailing space; quotes doubled.
+pub fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
+    let needs = s.contains([',', '"', '\n', '\r']) || s.starts_with(' ') || s.ends_with(' ');
+    if needs {
+        format!("\"{}\"", s.replace('"', "\"\"")).into()
+    } else {
+        s.into()
+    }
+}
+
+/// What an export wrote.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Written {
+    pub trials: u64,
+}
+
+pub type Trials<'a> = &'a mut dyn Iterator<Item = anyhow::Result<Trial>>;
+
+/// One JSON object per line, [`COLUMNS`] as keys.
+pub fn jsonl(out: &mut dyn Write, trials: Trials, ctx: &Context) -> anyhow::Result<Written> {
+    let mut w = Written::default();
+    for t in trials {
+        let t = t?;
+        serde_json::to_writer(&mut *out, &Row::new(&t, ctx.direction))?;
+        out.write_all(b"\n")?;
+        w.trials += 1;
+    }
+    Ok(w)
+}
+
+/// A header line of [`COLUMNS`], then one line per trial; line breaks
+/// inside fields are kept inside quotes.
+pub fn csv(out: &mut dyn Write, trials: Trials, ctx: &Context) -> anyhow::Result<Written> {
+    let mut w = Written::default();
+    out.write_all(COLUMNS.join(",").as_bytes())?;
+    out.write_all(b"\r\n")?;
+    for t in trials {
+        let t = t?;
+        let cells = Row::new(&t, ctx.direction).cells();
+        for (i, c) in cells.iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            out.write_all(csv_field(c).as_bytes())?;
+        }
+        out.write_all(b"\r\n")?;
+        w.trials += 1;
+    }
+    Ok(w)
+}
+
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Per-specialist figures of the report.
+#[derive(Default)]
+struct Agg {
+    trials: u64,
+    keeps: u64,
+    labels: BTreeMap<&'static str, u64>,
+    best_gain: Option<f64>,
+}
+
+/// How the HTML report is made.
+#[derive(Clone, Copy, Debug)]
+pub struct HtmlOptions {
+    /// The trial table shows the newest this many trials (the plot shows all).
+    pub rows: usize,
+    /// Diffs longer than this are cut in the table.
+    pub diff_bytes: usize,
+}
+
+impl Default for HtmlOptions {
+    fn default() -> Self {
+        HtmlOptions {
+            rows: 2000,
+            diff_bytes: 8 * 1024,
+        }
+    }
+}
+
+/// The self-contained report: plot, per-specialist table, trial table. The
+/// plot is drawn by the page's own script from the data embedded in it, so
+/// the file needs nothing but a browser.
+pub fn html(
+    out: &mut dyn Write,
+    trials: Trials,
+    incumbents: &[Incumbent],
+    ctx: &Context,
+    opts: HtmlOptions,
+    generated_ms: u64,
+) -> anyhow::Result<Written> {
+    let mut w = Written::default();
+    let mut outcomes: Vec<&'static str> = Vec::new();
+    let mut specialists: Vec<String> = Vec::new();
+    let mut aggs: BTreeMap<String, Agg> = BTreeMap::new();
+    // [id, outcome index, score or null, specialist index]
+    let mut points: Vec<(u64, usize, Option<f64>, usize)> = Vec::new();
+    let mut rows: VecDeque<String> = VecDeque::new();
+    let mut unfinished = 0u64;
+    for t in trials {
+        let t = t?;
+        w.trials += 1;
+        let agg = aggs.entry(t.specialist.clone()).or_default();
+        agg.trials += 1;
+        if t.status == crate::domain::TrialStatus::Kept {
+            agg.keeps += 1;
+        }
+        if let Some(l) = t.label {
+            *agg.labels.entry(l.as_str()).or_default() += 1;
+        }
+        let gain = match (ctx.direction, t.score, t.parent_score) {
+            (Some(d), Some(s), Some(p)) => Some(d.gain(s, p)),
+            _ => None,
+        };
+        if t.status == crate::domain::TrialStatus::Kept {
+            if let Some(g) = gain {
+                agg.best_gain = Some(agg.best_gain.map_or(g, |b: f64| b.max(g)));
+            }
+        }
+        if t.status.is_terminal() {
+            let o = t.outcome();
+            let oi = outcomes.iter().position(|x| *x == o).unwrap_or_else(|| {
+                outcomes.push(o);
+                outcomes.len() - 1
+            });
+            let si = specialists
+                .iter()
+                .position(|x| *x == t.specialist)
+                .unwrap_or_else(|| {
+                    specialists.push(t.specialist.clone());
+                    specialists.len() - 1
+                });
+            let score = if t.label.is_some() { None } else { t.score };
+            points.push((t.id.0, oi, score.filter(|s| s.is_finite()), si));
+        } else {
+            unfinished += 1;
+        }
+        if opts.rows > 0 {
+            if rows.len() == opts.rows {
+                rows.pop_front();
+            }
+            rows.push_back(trial_row(&t, gain, opts.diff_bytes));
+        }
+    }
+
+    let title = format!("ratchet: {}", ctx.experiment);
+    let best = incumbents.last();
+    let base = incumbents.first();
+    write!(
+        out,
+        r#"<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>{CSS}</style></head>
+<body>
+<h1>{title}</h1>
+<p class="summary">{n} trials, {keeps} keeps, {unfinished} unfinished. Metric <b>{metric}</b> ({dir}). {best} Generated {generated} UTC.</p>
+<figure>
+<svg id="progress" viewBox="0 0 980 460" role="img" aria-label="progress of {metric} per trial"></svg>
+<figcaption id="legend"></figcaption>
+</figure>
+<h2>Specialists</h2>
+<table class="specialists"><thead><tr><th>specialist</th><th>trials</th><th>keeps</th><th>failures by label</th><th>best gain</th></tr></thead><tbody>
+"#,
+        title = html_escape(&title),
+        n = w.trials,
+        keeps = incumbents.len(),
+        metric = html_escape(&ctx.metric),
+        dir = ctx.direction.map_or("direction unknown", |d| d.as_str()),
+        best = match (base, best) {
+            (Some(b), Some(i)) => format!(
+                "Baseline {} (trial {}), best {} (trial {}).",
+                format_float(b.score),
+                b.trial,
+                format_float(i.score),
+                i.trial
+            ),
+            _ => "Nothing kept yet.".into(),
+        },
+        generated = utc(generated_ms),
+    )?;
+    for (name, a) in &aggs {
+        let labels: Vec<String> = a.labels.iter().map(|(l, n)| format!("{l} {n}")).collect();
+        writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            html_escape(name),
+            a.trials,
+            a.keeps,
+            if labels.is_empty() {
+                "-".into()
+            } else {
+                labels.join(", ")
+            },
+            a.best_gain.map(format_float).unwrap_or_else(|| "-".into())
+        )?;
+    }
+    writeln!(out, "</tbody></table>")?;
+    writeln!(
+        out,
+        "<h2>Trials</h2>\n<p>{}</p>\n<table class=\"trials\"><thead><tr><th>id</th><th>specialist</th><th>outcome</th><th>{}</th><th>gain</th><th>hypothesis and edit</th></tr></thead><tbody>",
+        if (rows.len() as u64) < w.trials {
+            format!("The newest {} of {} trials (every trial is in the plot; the JSONL export has them all).", rows.len(), w.trials)
+        } else {
+            "Every trial, oldest first.".into()
+        },
+        html_escape(&ctx.metric)
+    )?;
+    for r in &rows {
+        out.write_all(r.as_bytes())?;
+    }
+    writeln!(out, "</tbody></table>")?;
+
+    let data = serde_json::json!({
+        "metric": ctx.metric,
+        "direction": ctx.direction.map(|d| d.as_str()),
+        "band": ctx.band,
+        "outcomes": outcomes,
+        "specialists": specialists,
+        "points": points.iter().map(|p| serde_json::json!([p.0, p.1, p.2, p.3])).collect::<Vec<_>>(),
+        "incumbents": incumbents.iter().map(|i| serde_json::json!([i.trial.0, i.score, i.noise.map(|n| n.confirmed.sd)])).collect::<Vec<_>>(),
+    });
+    // `<` only occurs inside JSON strings, where `\u003c` means the same:
+    // no hypothesis can close the script element.
+    let data = serde_json::to_string(&data)?.replace('<', "\\u003c");
+    write!(
+        out,
+        "<script type=\"application/json\" id=\"ratchet-data\">{data}</script>\n<script>{SCRIPT}</script>\n</body></html>\n"
+    )?;
+    Ok(w)
+}
+
+fn trial_row(t: &Trial, gain: Option<f64>, diff_bytes: usize) -> String {
+    let diff = match t.diff.as_deref() {
+        Some(d) if !d.is_empty() => {
+            let cut = crate::domain::prefix_at_most(d, diff_bytes);
+            format!(
+                "<details><summary>diff</summary><pre>{}{}</pre></details>",
+                html_escape(cut),
+                if cut.len() < d.len() {
+                    "\n… (cut; `ratchet lineage show --diff` has it whole)"
+                } else {
+                    ""
+                }
+            )
+        }
+        _ => String::new(),
+    };
+    let detail = t
+        .detail
+        .as_deref()
+        .map(|d| format!("<div class=\"detail\">{}</div>", html_escape(d)))
+        .unwrap_or_default();
+    format!(
+        "<tr class=\"o-{outcome}\"><td>{id}</td><td>{spec}</td><td>{outcome}</td><td>{score}</td><td>{gain}</td><td><div>{hyp}</div><code>{edit}</code>{detail}{diff}</td></tr>\n",
+        id = t.id,
+        spec = html_escape(&t.specialist),
+        outcome = t.outcome(),
+        score = t.score.map(format_float).unwrap_or_else(|| "-".into()),
+        gain = gain.map(format_float).unwrap_or_else(|| "-".into()),
+        hyp = html_escape(&t.hypothesis),
+        edit = html_escape(&t.edit_summary()),
+    )
+}
+
+/// `2026-11-23 10:04:05` for ms since the epoch (UTC).
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil from days (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+const CSS: &str = r#"
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:28px 0 8px}
+.summary{color:#444}
+figure{margin:12px 0}svg{width:100%;max-width:980px;height:auto;border:1px solid #ddd;background:#fff}
+figcaption{font-size:13px;color:#333;margin-top:6px}
+figcaption span{display:inline-block;margin-right:14px}
+figcaption i{display:inline-block;width:10px;height:10px;border-radius:50%;margin-right:4px;vertical-align:middle}
+table{border-collapse:collapse;font-size:13px}
+th,td{border-bottom:1px solid #e4e4e4;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f6f6f6}
+tr.o-kept td:nth-child(3){color:#1b7f3b;font-weight:600}
+td code{font-size:12px;color:#555}
+.detail{font-size:12px;color:#8a3b12}
+pre{font-size:12px;background:#f8f8f8;padding:6px;overflow-x:auto;max-width:900px}
+.axis text{font-size:11px;fill:#555}.axis line,.axis path{stroke:#999}
+"#;
+
+/// Draws the plot into `#progress` from `#ratchet-data`. Each terminal
+/// trial is one element of class `pt`: scored ones as dots at their
+/// score, failed ones as crosses in the lane under the plot, by label.
+const SCRIPT: &str = r#"
+(function () {
+  window.addEventListener('error', function (e) {
+    document.body.setAttribute('data-script-errors', String(e.message));
+  });
+  var D = JSON.parse(document.getElementById('ratchet-data').textContent);
+  var NS = 'http://www.w3.org/2000/svg';
+  var svg = document.getElementById('progress');
+  var W = 980, L = 70, R = 20, T = 16, B = 330, LANE = 372;
+  function el(name, attrs, parent) {
+    var e = document.createElementNS(NS, name);
+    for (var k in attrs) e.setAttribute(k, attrs[k]);
+    (parent || svg).appendChild(e);
+    return e;
+  }
+  function fmt(v) {
+    var a = Math.abs(v);
+    return a !== 0 && (a < 1e-3 || a >= 1e6) ? v.toExponential(2) : String(+v.toPrecision(4));
+  }
+  var pts = D.points, inc = D.incumbents;
+  var minimize = D.direction !== 'maximize';
+  var ids = pts.map(function (p) { return p[0]; });
+  var x0 = ids.length ? ids[0] : 0;
+  var x1 = ids.length ? ids[ids.length - 1] : 1;
+  if (x1 <= x0) x1 = x0 + 1;
+  var scores = pts.filter(function (p) { return p[2] !== null; }).map(function (p) { return p[2]; });
+  scores.sort(function (a, b) { return a - b; });
+  var kept = inc.map(function (i) { return i[1]; });
+  var lo, hi;
+  if (scores.length) {
+    // The worst tenth of the scores may lie off the plot (drawn at its edge).
+    var q = function (f) { return scores[Math.min(scores.length - 1, Math.floor(f * (scores.length - 1)))]; };
+    lo = minimize ? q(0) : q(0.1);
+    hi = minimize ? q(0.9) : q(1);
+    kept.concat(inc.map(function (i) { return i[1] + D.band * (i[2] || 0); }),
+                inc.map(function (i) { return i[1] - D.band * (i[2] || 0); })).forEach(function (v) {
+      if (isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    });
+  } else { lo = 0; hi = 1; }
+  if (hi <= lo) { hi = lo + 1; }
+  var pad = (hi - lo) * 0.05; lo -= pad; hi += pad;
+  function X(id) { return L + (id - x0) / (x1 - x0) * (W - L - R); }
+  function Y(v) { return T + (hi - Math.min(hi, Math.max(lo, v))) / (hi - lo) * (B - T); }
+  var axis = el('g', {'class': 'axis'});
+  el('line', {x1: L, y1: B, x2: W - R, y2: B}, axis);
+  el('line', {x1: L, y1: T, x2: L, y2: B}, axis);
+  for (var i = 0; i <= 5; i++) {
+    var v = lo + (hi - lo) * i / 5, y = Y(v);
+    el('line', {x1: L - 4, y1: y, x2: W - R, y2: y, stroke: '#eee'}, axis);
+    el('text', {x: L - 6, y: y + 4, 'text-anchor': 'end'}, axis).textContent = fmt(v);
+  }
+  for (var j = 0; j <= 8; j++) {
+    var id = Math.round(x0 + (x1 - x0) * j / 8), x = X(id);
+    el('line', {x1: x, y1: B, x2: x, y2: B + 4}, axis);
+    el('text', {x: x, y: LANE + 30, 'text-anchor': 'middle'}, axis).textContent = id;
+  }
+  el('text', {x: (L + W) / 2, y: LANE + 52, 'text-anchor': 'middle'}, axis).textContent = 'trial';
+  el('text', {x: 14, y: (T + B) / 2, transform: 'rotate(-90 14 ' + (T + B) / 2 + ')', 'text-anchor': 'middle'}, axis).textContent = D.metric + (minimize ? ' (lower is better)' : ' (higher is better)');
+  el('text', {x: L - 6, y: LANE + 4, 'text-anchor': 'end'}, axis).textContent = 'failed';
+  el('line', {x1: L, y1: LANE, x2: W - R, y2: LANE, stroke: '#eee'}, axis);
+  // The noise band around each incumbent and the running best as a step line.
+  var step = '';
+  inc.forEach(function (c, k) {
+    var xa = X(c[0]), xb = k + 1 < inc.length ? X(inc[k + 1][0]) : W - R;
+    if (c[2] !== null && c[2] > 0) {
+      var ya = Y(c[1] + D.band * c[2]), yb = Y(c[1] - D.band * c[2]);
+      el('rect', {'class': 'band', x: xa, y: Math.min(ya, yb), width: Math.max(0, xb - xa), height: Math.abs(yb - ya), fill: '#2a9d55', 'fill-opacity': 0.13});
+    }
+    step += (k ? 'V' : 'M' + xa + ' ') + Y(c[1]) + 'H' + xb;
+  });
+  if (step) el('path', {'class': 'best', d: step, fill: 'none', stroke: '#2a9d55', 'stroke-width': 2});
+  var palette = ['#d62728', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf', '#bcbd22', '#7f7f7f', '#1f77b4', '#aec7e8'];
+  var colour = {}, counts = {}, failedIdx = 0;
+  D.outcomes.forEach(function (o) {
+    if (o === 'kept') colour[o] = '#2a9d55';
+    else if (o === 'within_noise' || o === 'regressed' || o === 'rebased') colour[o] = '#9a9a9a';
+    else if (o === 'false_peak') colour[o] = '#e6a700';
+    else colour[o] = palette[failedIdx++ % palette.length];
+  });
+  pts.forEach(function (p) {
+    var o = D.outcomes[p[1]], x = X(p[0]), e;
+    counts[o] = (counts[o] || 0) + 1;
+    if (p[2] === null) {
+      e = el('path', {'class': 'pt failed', d: 'M' + (x - 3) + ' ' + (LANE - 3) + 'l6 6m0 -6l-6 6', stroke: colour[o], 'stroke-width': 1.6});
+    } else {
+      var off = p[2] < lo || p[2] > hi;
+      e = el('circle', {'class': 'pt ' + (o === 'kept' ? 'kept' : 'discarded'), cx: x, cy: Y(p[2]), r: o === 'kept' ? 5 : 3,
+        fill: off ? 'none' : colour[o], stroke: colour[o], 'stroke-width': off ? 1.2 : 0});
+    }
+    el('title', {}, e).textContent = '#' + p[0] + ' ' + D.specialists[p[3]] + ': ' + o + (p[2] === null ? '' : ' ' + fmt(p[2]));
+  });
+  // Kept trials last, on top.
+  Array.prototype.forEach.call(svg.querySelectorAll('circle.kept'), function (c) { svg.appendChild(c); });
+  var legend = document.getElementById('legend');
+  Object.keys(counts).forEach(function (o) {
+    var s = document.createElement('span');
+    s.innerHTML = '<i style="background:' + colour[o] + '"></i>';
+    s.appendChild(document.createTextNode(o + ' ' + counts[o]));
+    legend.appendChild(s);
+  });
+  var note = document.createElement('span');
+  note.textContent = 'line: running best; shaded: ±' + D.band + ' sd noise band of each incumbent';
+  legend.appendChild(note);
+  svg.setAttribute('data-points', String(pts.length));
+})();
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_needed() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+        assert_eq!(csv_field(" pad"), "\" pad\"");
+        assert_eq!(csv_field(""), "");
+    }
+
+    #[test]
+    fn utc_dates_are_civil() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_795_430_096_000), "2026-11-23 10:34:56");
+    }
+
+    #[test]
+    fn json_rows_have_the_documented_columns_in_order() {
+        let t: Trial = serde_json::from_value(serde_json::json!({
+            "id": 3, "attempt": 1, "specialist": "s", "surface": null, "parent": null,
+            "hypothesis": "h", "changes": {}, "config": {}, "status": "queued",
+            "label": null, "decision": null, "score": null, "parent_score": null,
+            "detail": null, "history": [], "trial_dir": null, "pgid": null,
+            "train": null, "eval": null
+        }))
+        .unwrap();
+        let row = Row::new(&t, None);
+        let text = serde_json::to_string(&row).unwrap();
+        let mut at = 0;
+        for c in COLUMNS {
+            let pos = text
+                .find(&format!("\"{c}\":"))
+                .unwrap_or_else(|| panic!("{c} missing"));
+            assert!(pos >= at, "{c} out of order");
+            at = pos;
+        }
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), COLUMNS.len());
+        assert_eq!(row.cells().len(), COLUMNS.len());
+    }
+}
