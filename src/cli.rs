@@ -155,6 +155,18 @@ enum TinylmCommand {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// A synthetic lineage of N trials, then list, status and export
+    /// latency, throughput and peak memory, in-process and through the CLI.
+    Lineage {
+        #[arg(long, default_value_t = 100_000)]
+        trials: u64,
+        /// Build it here (default: a new directory under the system's temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Leave the lineage on disk afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Training tokens/s and GFLOP/s of the default tinylm recipe, and the machine's matmul GFLOP/s.
     Tinylm {
         /// Seconds of training to measure.
@@ -300,6 +312,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             command: BenchCommand::Tinylm { secs },
         } => {
             crate::tinylm::bench_command(secs)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCommand::Lineage { trials, dir, keep },
+        } => {
+            crate::bench::lineage_command(trials, dir, keep)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Lineage {

@@ -364,10 +364,14 @@ async fn answer(handle: Handle, command: Command) -> Reply {
         Command::Read { read } => read,
         other => return answer_one(handle, other).await.into(),
     };
-    // Reads run beside the actors, on a blocking thread, and stop when the
-    // reader goes away (the channel closes).
+    stream_read(handle.reader.clone(), read)
+}
+
+/// Answers a lineage read as a stream. It runs beside the actors, on a
+/// blocking thread, and stops when the reader goes away (the channel
+/// closes); the bounded channel keeps a slow reader from filling memory.
+pub fn stream_read(store: LineageStore, read: crate::lineage::query::Read) -> Reply {
     let (tx, rx) = mpsc::channel(256);
-    let store = handle.reader.clone();
     tokio::task::spawn_blocking(move || {
         let r = store.read(&read, &mut |bytes| tx.blocking_send(Ok(bytes)).is_ok());
         if let Err(e) = r {

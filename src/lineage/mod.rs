@@ -527,7 +527,7 @@ impl LineageStore {
     /// The newest trials, outcome counts and the incumbent history.
     pub fn feedback(&self, q: FeedbackQuery) -> Result<Feedback, LineageError> {
         let mut f = Feedback {
-            total: self.trials.len(),
+            total: self.trial_count(),
             incumbents: self.incumbent_history()?,
             ..Default::default()
         };
@@ -563,8 +563,12 @@ impl LineageStore {
         })
     }
 
+    /// Ids are dense from 1, so this is the next id less one (sled's
+    /// `len` would walk the whole tree).
     pub fn trial_count(&self) -> usize {
-        self.trials.len()
+        self.meta.get(NEXT_ID).ok().flatten().map_or(0, |b| {
+            u64::from_be_bytes(b.as_ref().try_into().unwrap_or([0; 8])) - 1
+        }) as usize
     }
 
     pub fn record_event(
@@ -589,10 +593,9 @@ impl LineageStore {
     pub fn summary(&self) -> Result<Summary, LineageError> {
         let now = now_ms();
         let mut s = Summary {
-            trials: self.trials.len() as u64,
+            trials: self.trial_count() as u64,
             active: self.active.len() as u64,
             incumbent: self.incumbent()?,
-            keeps: self.incumbents.len() as u64,
             paused: self.paused()?,
             ..Default::default()
         };
@@ -602,6 +605,9 @@ impl LineageStore {
             s.outcomes
                 .insert(String::from_utf8_lossy(&k).into_owned(), n);
         }
+        // Every kept trial became an incumbent (counting the tree would
+        // walk it).
+        s.keeps = s.outcomes.get("kept").copied().unwrap_or(0);
         for kv in self.incumbents.iter().rev().take(SUMMARY_INCUMBENTS) {
             let (_, v) = kv?;
             if let Ok(inc) = serde_json::from_slice(&v) {
@@ -611,6 +617,81 @@ impl LineageStore {
         const HOUR: u64 = 3_600_000;
         s.finished_last_hour = self.finished_since(now.saturating_sub(HOUR))?;
         Ok(s)
+    }
+
+    /// Records whole trials as given, in batches, with their derived data
+    /// (active set, known configurations, counts, index, incumbents): for
+    /// benchmarks and imports, not for the research loop, whose trials go
+    /// through `propose` and `update`. Ids must be new and increasing;
+    /// kept trials become incumbents in id order.
+    pub fn import(&self, trials: impl IntoIterator<Item = Trial>) -> Result<u64, LineageError> {
+        let mut next = self
+            .meta
+            .get(NEXT_ID)?
+            .map(|b| u64::from_be_bytes(b.as_ref().try_into().unwrap_or([0; 8])))
+            .unwrap_or(1);
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for kv in self.counts.iter() {
+            let (k, v) = kv?;
+            counts.insert(
+                String::from_utf8_lossy(&k).into_owned(),
+                u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
+            );
+        }
+        let mut n = 0;
+        let mut incumbent = None;
+        let mut it = trials.into_iter().peekable();
+        while it.peek().is_some() {
+            // One batch per tree: trials, active, configs, incumbents, index.
+            let mut tb = sled::Batch::default();
+            let mut ab = sled::Batch::default();
+            let mut cb = sled::Batch::default();
+            let mut ib = sled::Batch::default();
+            let mut xb = sled::Batch::default();
+            for t in it.by_ref().take(10_000) {
+                assert!(t.id.0 >= next, "import: trial {} is not new", t.id);
+                next = t.id.0 + 1;
+                let k = key(t.id);
+                if t.status.is_terminal() {
+                    *counts.entry(t.outcome().to_string()).or_default() += 1;
+                } else {
+                    ab.insert(&k, &[]);
+                }
+                cb.insert(config_key(&t.config).as_bytes(), &k);
+                for x in query::index_keys(&t) {
+                    xb.insert(x, &[]);
+                }
+                if t.status == TrialStatus::Kept {
+                    let inc = Incumbent {
+                        trial: t.id,
+                        score: t.score.unwrap_or(f64::NAN),
+                        config: t.config.clone(),
+                        since_ms: t.history.last().map_or(0, |c| c.at_ms),
+                        commit: t.keep_commit.clone().or_else(|| t.commit.clone()),
+                        noise: t.noise,
+                    };
+                    let bytes = encode(&inc);
+                    ib.insert(&k, bytes.clone());
+                    incumbent = Some(bytes);
+                }
+                tb.insert(&k, encode(&t));
+                n += 1;
+            }
+            self.trials.apply_batch(tb)?;
+            self.active.apply_batch(ab)?;
+            self.configs.apply_batch(cb)?;
+            self.incumbents.apply_batch(ib)?;
+            self.index.apply_batch(xb)?;
+        }
+        for (k, v) in counts {
+            self.counts.insert(k.as_bytes(), &v.to_be_bytes())?;
+        }
+        if let Some(inc) = incumbent {
+            self.meta.insert(INCUMBENT, inc)?;
+        }
+        self.meta.insert(NEXT_ID, &next.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(n)
     }
 
     /// Pauses (or resumes) specialists by name; returns the names whose
