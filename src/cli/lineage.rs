@@ -210,6 +210,8 @@ pub enum Source {
 
 /// How long a read waits for the daemon between two items.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a command waits for another command's lock on the database.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 impl Source {
     /// Opens `dir` directly, or, while a ratchet holds it, its socket.
@@ -220,19 +222,29 @@ impl Source {
                 dir.display()
             );
         }
-        match LineageStore::open(dir) {
-            Ok(store) => Ok(Source::Local(store)),
-            Err(locked @ LineageError::Locked { .. }) => {
-                let socket = socket_of(dir, config);
-                match std::os::unix::net::UnixStream::connect(&socket) {
-                    Ok(_) => Ok(Source::Daemon(socket)),
-                    Err(e) => Err(anyhow::anyhow!(
-                        "{locked}; and its control socket {} does not answer ({e})",
-                        socket.display()
-                    )),
+        // Another CLI command holding the database for a moment (sled
+        // locks it whole) is waited out; a ratchet holding it answers on
+        // its socket.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match LineageStore::open(dir) {
+                Ok(store) => return Ok(Source::Local(store)),
+                Err(locked @ LineageError::Locked { .. }) => {
+                    let socket = socket_of(dir, config);
+                    match std::os::unix::net::UnixStream::connect(&socket) {
+                        Ok(_) => return Ok(Source::Daemon(socket)),
+                        Err(_) if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(100))
+                        }
+                        Err(e) => anyhow::bail!(
+                            "{locked}; its control socket {} does not answer ({e}); waited {} s",
+                            socket.display(),
+                            LOCK_WAIT.as_secs()
+                        ),
+                    }
                 }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => Err(e.into()),
         }
     }
 
