@@ -586,3 +586,80 @@ fn sigterm_drains_running_trials_and_a_second_signal_or_the_timeout_cuts_them_sh
     assert!(!group_alive(t["pgid"].as_i64().unwrap()));
     assert!(daemon_log(&dir).contains("drain timeout"));
 }
+
+/// Every `lineage` command works while a daemon holds the database (through
+/// its control socket), and an export taken then is whole and consistent
+/// with the lineage the daemon leaves.
+#[test]
+fn lineage_reads_and_exports_work_while_the_daemon_runs() {
+    let dir = Dir::with_fixture("faulty");
+    config(&dir, 2, &[("x", "search"), ("fault", "fault")], "");
+    let child = start_daemon(&dir, &[]);
+    wait_up(&dir);
+    wait_for("six finished trials", 120, || {
+        let s = live_status(&dir)?;
+        let done: u64 = s["live"]["lineage"]["outcomes"]
+            .as_object()?
+            .values()
+            .filter_map(Value::as_u64)
+            .sum();
+        (done >= 6).then_some(())
+    });
+    // The database is the daemon's: these go through its socket.
+    let out = dir.ratchet(&["lineage", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = dir.trials();
+    assert!(listed.len() >= 6);
+    let newest: Vec<Value> = dir
+        .ratchet_ok(&["lineage", "list", "--json", "--limit", "2"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(newest.len(), 2);
+    assert!(newest[0]["id"].as_u64() < newest[1]["id"].as_u64());
+    assert!(newest[1]["id"].as_u64() >= listed.last().unwrap()["id"].as_u64());
+    let show = dir.ratchet_ok(&["lineage", "show", "1"]);
+    assert!(
+        show.contains("history:") && show.contains("specialist: baseline"),
+        "{show}"
+    );
+    dir.ratchet_ok(&["lineage", "best", "--json"]);
+    dir.ratchet_ok(&["lineage", "events"]);
+    let out = dir.ratchet(&["lineage", "show", "99999"]);
+    assert!(stderr(&out).contains("no trial 99999"), "{}", stderr(&out));
+    for format in ["jsonl", "csv", "html"] {
+        let file = format!("live.{format}");
+        dir.ratchet_ok(&["lineage", "export", "--format", format, "-o", &file]);
+    }
+    let live: Vec<Value> = std::fs::read_to_string(dir.path().join("live.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(live.len() >= listed.len());
+    let ids: Vec<u64> = live.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(
+        ids,
+        (1..=ids.len() as u64).collect::<Vec<_>>(),
+        "ids dense and in order"
+    );
+    assert!(live.iter().all(|r| r["schema_version"] == 1));
+    let csv = std::fs::read_to_string(dir.path().join("live.csv")).unwrap();
+    assert!(csv.starts_with("schema_version,id,"));
+
+    dir.ratchet_ok(&["pause", "--all"]);
+    assert_eq!(terminate(child).code(), Some(0));
+    // What the export saw of each trial is a state the trial passed through.
+    let after = dir.trials();
+    for r in &live {
+        let t = &after[r["id"].as_u64().unwrap() as usize - 1];
+        assert_eq!(r["hypothesis"], t["hypothesis"]);
+        let seen = t["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["status"] == r["status"]);
+        assert!(seen, "trial {} exported as {}", t["id"], r["status"]);
+    }
+    assert!(!daemon_log(&dir).contains("ERROR"), "{}", daemon_log(&dir));
+}
