@@ -488,11 +488,7 @@ fn bench(n: u64, root: &Path) -> anyhow::Result<()> {
         ("ratchet lineage list --limit 50", &list_args[..]),
         ("ratchet status", &status_args[..]),
     ] {
-        let mut walls = Vec::new();
-        for _ in 0..5 {
-            walls.push(checked(run_child(args)?, name)?.wall);
-        }
-        writeln!(out, "  {name:<42} {:>10}", ms(median(walls)))?;
+        children(&mut out, name, args)?;
     }
     let jsonl = root.join("export.jsonl");
     let jsonl_arg = jsonl.to_string_lossy().into_owned();
@@ -528,19 +524,28 @@ fn bench(n: u64, root: &Path) -> anyhow::Result<()> {
         out,
         "CLI opening the database itself (no ratchet running), median of 5:"
     )?;
-    let mut walls = Vec::new();
-    for _ in 0..5 {
-        walls.push(checked(run_child(&list_args)?, "list")?.wall);
-    }
-    writeln!(
-        out,
-        "  {:<42} {:>10}",
-        "ratchet lineage list --limit 50",
-        ms(median(walls))
-    )?;
+    children(&mut out, "ratchet lineage list --limit 50", &list_args)?;
     let c = checked(run_child(&export_args)?, "export")?;
     export_line(&mut out, "export --format jsonl", &c, &jsonl, n)?;
     let _ = std::fs::remove_file(&jsonl);
+    Ok(())
+}
+
+/// Runs the CLI 5 times: the median wall time and the largest peak RSS.
+fn children(out: &mut impl Write, name: &str, args: &[&str]) -> anyhow::Result<()> {
+    let mut walls = Vec::new();
+    let mut rss = 0;
+    for _ in 0..5 {
+        let c = checked(run_child(args)?, name)?;
+        walls.push(c.wall);
+        rss = rss.max(c.max_rss_bytes);
+    }
+    writeln!(
+        out,
+        "  {name:<42} {:>10}  (peak RSS {})",
+        ms(median(walls)),
+        mb(rss)
+    )?;
     Ok(())
 }
 

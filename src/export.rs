@@ -200,7 +200,9 @@ impl<'a> Row<'a> {
             // Full precision (Rust's shortest round-trip form).
             v.map(|v| format!("{v:?}")).unwrap_or_default()
         }
-        let json = |v: &dyn erased::Json| v.json();
+        fn json<T: Serialize + ?Sized>(v: &T) -> String {
+            serde_json::to_string(v).expect("values serialize")
+        }
         [
             self.schema_version.to_string(),
             self.id.to_string(),
@@ -240,18 +242,6 @@ impl<'a> Row<'a> {
             json(&self.history),
             o(self.diff),
         ]
-    }
-}
-
-mod erased {
-    /// JSON text of a nested value (a CSV cell).
-    pub trait Json {
-        fn json(&self) -> String;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> String {
-            serde_json::to_string(self).expect("values serialize")
-        }
     }
 }
 

@@ -240,7 +240,7 @@ fn list_filters_select_what_they_say_and_show_tells_everything() {
         expect(&|t| t["status"] == "kept")
     );
     // --limit: the newest N, shown in id order.
-    let all = ids(&trials);
+    let all = ids(trials);
     assert_eq!(ids(&list(&["--limit", "3"])), all[all.len() - 3..].to_vec());
     assert_eq!(ids(&list(&["--since", "1h"])), all);
     assert!(list(&["--since", "2000-01-01", "--specialist", "nobody"]).is_empty());

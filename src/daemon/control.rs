@@ -87,13 +87,13 @@ pub struct Response {
 /// What a handler answers: one response, or a response followed by the
 /// items a producer sends (`Err` ends the stream with that error).
 pub enum Reply {
-    One(Response),
+    One(Box<Response>),
     Stream(tokio::sync::mpsc::Receiver<Result<Vec<u8>, String>>),
 }
 
 impl From<Response> for Reply {
     fn from(r: Response) -> Reply {
-        Reply::One(r)
+        Reply::One(Box::new(r))
     }
 }
 
@@ -230,10 +230,14 @@ where
         }
         Err(e) => Response::error(format!("cannot check the peer's credentials: {e}")).into(),
     };
-    let line = |v: &dyn erased::Line| v.line();
+    fn json_line<T: Serialize>(v: &T) -> Vec<u8> {
+        let mut v = serde_json::to_vec(v).expect("answers serialize");
+        v.push(b'\n');
+        v
+    }
     match reply {
         Reply::One(response) => {
-            let _ = write.write_all(&line(&response)).await;
+            let _ = write.write_all(&json_line(&*response)).await;
         }
         Reply::Stream(mut items) => {
             let head = Response {
@@ -242,7 +246,7 @@ where
             };
             let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, &mut write);
             let mut end = End::default();
-            let mut gone = out.write_all(&line(&head)).await.is_err();
+            let mut gone = out.write_all(&json_line(&head)).await.is_err();
             while let (false, Some(item)) = (gone, items.recv().await) {
                 match item {
                     Ok(mut bytes) => {
@@ -259,25 +263,12 @@ where
             // A reader that went away drops `items`: the producer stops.
             drop(items);
             if !gone {
-                let _ = out.write_all(&line(&EndLine { end })).await;
+                let _ = out.write_all(&json_line(&EndLine { end })).await;
                 let _ = out.flush().await;
             }
         }
     }
     let _ = write.shutdown().await;
-}
-
-mod erased {
-    pub trait Line {
-        fn line(&self) -> Vec<u8>;
-    }
-    impl<T: serde::Serialize> Line for T {
-        fn line(&self) -> Vec<u8> {
-            let mut v = serde_json::to_vec(self).expect("answers serialize");
-            v.push(b'\n');
-            v
-        }
-    }
 }
 
 async fn request<F, Fut>(value: serde_json::Value, handle: F) -> Reply
@@ -429,7 +420,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_of_another_version_is_refused_with_ours_named() {
         let one = |r: Reply| match r {
-            Reply::One(r) => r,
+            Reply::One(r) => *r,
             Reply::Stream(_) => panic!("a stream"),
         };
         let resp = one(

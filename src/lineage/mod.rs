@@ -151,8 +151,9 @@ const COUNTS_V1: &[u8] = b"counts_v1";
 const INDEX_V1: &[u8] = b"index_v1";
 /// sled's page cache. Its default (1 GiB) would let a long-running daemon
 /// or an export of a large lineage grow to that size; reads of old trials
-/// are sequential scans that gain little from a cache.
-const CACHE_BYTES: u64 = 64 << 20;
+/// are sequential scans that gain little from a cache. (sled's resident
+/// memory is several times this figure: `ratchet bench lineage`.)
+const CACHE_BYTES: u64 = 16 << 20;
 
 /// The whole lineage in figures, without a scan (what `ratchet status` shows).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -180,7 +180,9 @@ impl LineageStore {
             n += 1;
             emit(bytes)
         };
-        let json = |v: &dyn erased_json::Json| v.bytes();
+        fn json<T: Serialize>(v: &T) -> Vec<u8> {
+            serde_json::to_vec(v).expect("lineage records serialize")
+        }
         match read {
             Read::Trials { filter } => {
                 for t in self.select(filter)? {
@@ -278,17 +280,6 @@ impl LineageStore {
             n += 1;
         }
         Ok(n)
-    }
-}
-
-mod erased_json {
-    pub trait Json {
-        fn bytes(&self) -> Vec<u8>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn bytes(&self) -> Vec<u8> {
-            serde_json::to_vec(self).expect("lineage records serialize")
-        }
     }
 }
 
