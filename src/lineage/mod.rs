@@ -149,6 +149,8 @@ const INCUMBENT: &[u8] = b"incumbent";
 const COUNTS_V1: &[u8] = b"counts_v1";
 /// Present once `index` holds every trial.
 const INDEX_V1: &[u8] = b"index_v1";
+/// Present once `configs` is keyed by hashes.
+const CONFIGS_HASHED: &[u8] = b"configs_hashed";
 /// sled's page cache. Its default (1 GiB) would let a long-running daemon
 /// or an export of a large lineage grow to that size; reads of old trials
 /// are sequential scans that gain little from a cache. (sled's resident
@@ -197,6 +199,15 @@ fn from_tx(e: TransactionError<LineageError>) -> LineageError {
         TransactionError::Abort(e) => e,
         TransactionError::Storage(e) => LineageError::Sled(e),
     }
+}
+
+/// The `configs` key of a dedup key: its SHA-1 (20 bytes), not the
+/// configuration's text (hundreds of bytes per trial, which sled would hold
+/// in memory and replay at every open).
+fn known_key(dedup: &str) -> [u8; 20] {
+    let oid = git2::Oid::hash_object(git2::ObjectType::Blob, dedup.as_bytes())
+        .expect("hashing bytes in memory");
+    oid.as_bytes().try_into().expect("SHA-1 is 20 bytes")
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -289,7 +300,30 @@ impl LineageStore {
         if !store.meta.contains_key(COUNTS_V1)? || !store.meta.contains_key(INDEX_V1)? {
             store.rebuild_derived()?;
         }
+        if !store.meta.contains_key(CONFIGS_HASHED)? {
+            store.hash_configs()?;
+        }
         Ok(store)
+    }
+
+    /// Re-keys `configs` from configuration texts to their hashes (once,
+    /// for a lineage written before they were hashed).
+    fn hash_configs(&self) -> Result<(), LineageError> {
+        let old: Vec<(sled::IVec, sled::IVec)> = self.configs.iter().collect::<Result<_, _>>()?;
+        // One transaction with the marker: a crash cannot leave keys
+        // hashed twice.
+        (&self.configs, &self.meta)
+            .transaction(|(configs, meta)| {
+                for (k, v) in &old {
+                    configs.remove(k)?;
+                    configs.insert(&known_key(&String::from_utf8_lossy(k)), v)?;
+                }
+                meta.insert(CONFIGS_HASHED, &[])?;
+                Ok::<_, ConflictableTransactionError<LineageError>>(())
+            })
+            .map_err(from_tx)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Counts the terminal trials by outcome and indexes every trial from
@@ -389,7 +423,7 @@ impl LineageStore {
                         status: TrialStatus::Failed,
                         at_ms: now,
                     });
-                } else if let Some(existing) = configs.get(ck.as_bytes())? {
+                } else if let Some(existing) = configs.get(known_key(&ck))? {
                     trial.status = TrialStatus::Failed;
                     trial.label = Some(FailureLabel::Duplicate);
                     trial.detail = Some(format!(
@@ -401,7 +435,7 @@ impl LineageStore {
                         at_ms: now,
                     });
                 } else {
-                    configs.insert(ck.as_bytes(), &key(id))?;
+                    configs.insert(&known_key(&ck), &key(id))?;
                     active.insert(&key(id), &[])?;
                 }
                 if trial.status.is_terminal() {
@@ -443,9 +477,9 @@ impl LineageStore {
                     // that configuration is known from now on.
                     let config_after = config_key(&trial.config);
                     if config_after != config_before
-                        && configs.get(config_after.as_bytes())?.is_none()
+                        && configs.get(known_key(&config_after))?.is_none()
                     {
-                        configs.insert(config_after.as_bytes(), &key(id))?;
+                        configs.insert(&known_key(&config_after), &key(id))?;
                     }
                     if before.is_terminal() {
                         return abort(LineageError::BadTransition {
@@ -552,7 +586,7 @@ impl LineageStore {
 
     /// Whether this exact configuration was already recorded by any trial.
     pub fn knows(&self, config: &Params) -> Result<bool, LineageError> {
-        Ok(self.configs.contains_key(config_key(config).as_bytes())?)
+        Ok(self.configs.contains_key(known_key(&config_key(config)))?)
     }
 
     /// The newest trials, outcome counts and the incumbent history.
@@ -688,7 +722,7 @@ impl LineageStore {
                 } else {
                     ab.insert(&k, &[]);
                 }
-                cb.insert(config_key(&t.config).as_bytes(), &k);
+                cb.insert(&known_key(&config_key(&t.config)), &k);
                 for x in query::index_keys(&t) {
                     xb.insert(x, &[]);
                 }
@@ -930,6 +964,31 @@ mod tests {
             decode_trial(&key(t.id), &bad),
             Err(LineageError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn configurations_keyed_by_text_are_rekeyed_by_hash_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LineageStore::open(dir.path()).unwrap();
+        let config = new_trial(7).config;
+        // As a lineage from before the hashing stored it.
+        store
+            .configs
+            .insert(config_key(&config).as_bytes(), &key(TrialId(1)))
+            .unwrap();
+        store.meta.remove(CONFIGS_HASHED).unwrap();
+        assert!(!store.knows(&config).unwrap());
+        drop(store);
+        let store = LineageStore::open(dir.path()).unwrap();
+        assert!(store.knows(&config).unwrap());
+        assert!(!store.knows(&new_trial(8).config).unwrap());
+        assert_eq!(store.configs.len(), 1);
+        drop(store);
+        // A second open changes nothing.
+        let store = LineageStore::open(dir.path()).unwrap();
+        assert!(store.knows(&config).unwrap());
+        let dup = store.propose(new_trial(7)).unwrap();
+        assert_eq!(dup.label, Some(FailureLabel::Duplicate));
     }
 
     #[test]
