@@ -548,11 +548,12 @@ fn children(out: &mut impl Write, name: &str, args: &[&str]) -> anyhow::Result<(
         walls.push(c.wall);
         rss = rss.max(c.max_rss_bytes);
     }
+    // A process that ends within the 5 ms poll is never sampled.
+    let rss = if rss == 0 { "-".into() } else { mb(rss) };
     writeln!(
         out,
-        "  {name:<42} {:>10}  (peak RSS {})",
-        ms(median(walls)),
-        mb(rss)
+        "  {name:<42} {:>10}  (peak RSS {rss})",
+        ms(median(walls))
     )?;
     Ok(())
 }
