@@ -2,9 +2,10 @@
 //!
 //! Durability: every write is flushed before the call returns, so a trial is on
 //! disk before its process starts and its outcome before anyone acts on it.
-//! Layout (trees): `trials` id → Trial (JSON), `active` id → () for non-terminal
-//! trials, `configs` canonical config → id, `incumbents` id → Incumbent
-//! (history, newest last), `meta` (`next_id`, `incumbent`, `counts_v1`),
+//! Layout (trees): `trials` id → Trial (deflated JSON), `active` id → () for
+//! non-terminal trials, `configs` SHA-1 of a canonical config → id,
+//! `incumbents` id → Incumbent (history, newest last), `meta` (`next_id`,
+//! `incumbent`, markers of one-time migrations),
 //! `events` seq → Event, `counts` outcome → number of terminal trials with
 //! that outcome (kept in the same transaction as the trial, so `status` does
 //! not scan), `paused` specialist name → since (ms), and `index`: secondary
