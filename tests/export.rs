@@ -352,6 +352,8 @@ fn chromium(page: &Path, extra: &[&str]) -> std::process::Output {
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
+            // Containers often have a small /dev/shm.
+            "--disable-dev-shm-usage",
             "--hide-scrollbars",
             "--enable-logging=stderr",
             "--v=0",
