@@ -328,21 +328,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The control socket of the daemon that uses this configuration: the one
-/// the file names, else the one a running daemon wrote into
-/// `<lineage_dir>/daemon.json`, else the default.
+/// The control socket of the daemon that uses this configuration (see
+/// `lineage::socket_of`).
 fn daemon_socket(config: &Path) -> anyhow::Result<PathBuf> {
-    if let Some(socket) = crate::config::configured_socket_of(config) {
-        return Ok(socket);
-    }
     let lineage = crate::config::lineage_dir_of(config)?;
-    let pointer = std::fs::read(crate::daemon::control::pointer_path(&lineage))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<crate::daemon::control::Pointer>(&b).ok());
-    Ok(match pointer {
-        Some(p) => p.socket,
-        None => crate::config::default_socket(&lineage),
-    })
+    Ok(lineage::socket_of(&lineage, config))
 }
 
 /// A request to the running daemon; `Ok(None)` when none listens.

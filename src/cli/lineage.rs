@@ -248,21 +248,6 @@ impl Source {
         }
     }
 
-    fn read<T: serde::de::DeserializeOwned + 'static>(
-        &self,
-        socket: &Path,
-        read: Read,
-    ) -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<T>>>> {
-        match crate::daemon::control::read::<T>(socket, read, READ_TIMEOUT) {
-            Ok(Ok(items)) => Ok(Box::new(items)),
-            Ok(Err(r)) => anyhow::bail!(
-                "the daemon refused the read: {}",
-                r.error.unwrap_or_default()
-            ),
-            Err(e) => anyhow::bail!("control socket {}: {e}", socket.display()),
-        }
-    }
-
     pub fn trials(
         &self,
         filter: &Filter,
@@ -273,7 +258,7 @@ impl Source {
                     .select(filter)?
                     .map(|t| t.map_err(anyhow::Error::from)),
             )),
-            Source::Daemon(socket) => self.read(
+            Source::Daemon(socket) => remote(
                 socket,
                 Read::Trials {
                     filter: filter.clone(),
@@ -285,7 +270,7 @@ impl Source {
     pub fn trial(&self, id: TrialId) -> anyhow::Result<Option<Trial>> {
         match self {
             Source::Local(store) => Ok(store.get(id)?),
-            Source::Daemon(socket) => self.read(socket, Read::Trial { id })?.next().transpose(),
+            Source::Daemon(socket) => remote(socket, Read::Trial { id })?.next().transpose(),
         }
     }
 
@@ -293,22 +278,38 @@ impl Source {
     pub fn incumbents(&self) -> anyhow::Result<Vec<Incumbent>> {
         match self {
             Source::Local(store) => Ok(store.incumbent_history()?),
-            Source::Daemon(socket) => self.read(socket, Read::Incumbents)?.collect(),
+            Source::Daemon(socket) => remote(socket, Read::Incumbents)?.collect(),
         }
     }
 
     pub fn events(&self) -> anyhow::Result<Vec<Event>> {
         match self {
             Source::Local(store) => Ok(store.events()?),
-            Source::Daemon(socket) => self.read(socket, Read::Events)?.collect(),
+            Source::Daemon(socket) => remote(socket, Read::Events)?.collect(),
         }
     }
 }
 
-/// The control socket of whatever holds lineage `dir`: the one its
-/// pointer file names, else the one the configuration names, else the
+/// A read answered by the ratchet listening on `socket`.
+fn remote<T: serde::de::DeserializeOwned + 'static>(
+    socket: &Path,
+    read: Read,
+) -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<T>>>> {
+    match crate::daemon::control::read::<T>(socket, read, READ_TIMEOUT) {
+        Ok(Ok(items)) => Ok(Box::new(items)),
+        Ok(Err(r)) => anyhow::bail!(
+            "the daemon refused the read: {}",
+            r.error.unwrap_or_default()
+        ),
+        Err(e) => anyhow::bail!("control socket {}: {e}", socket.display()),
+    }
+}
+
+/// The control socket of whatever holds lineage `dir`: the one its pointer
+/// file names (what the running ratchet bound, even after the file's
+/// `socket` was edited), else the one the configuration names, else the
 /// default.
-fn socket_of(dir: &Path, config: &Path) -> PathBuf {
+pub(super) fn socket_of(dir: &Path, config: &Path) -> PathBuf {
     let pointer = std::fs::read(crate::daemon::control::pointer_path(dir))
         .ok()
         .and_then(|b| serde_json::from_slice::<crate::daemon::control::Pointer>(&b).ok());
