@@ -167,6 +167,20 @@ enum BenchCommand {
         #[arg(long)]
         keep: bool,
     },
+    /// The research loop on a no-op experiment: ratchet's own time per
+    /// trial (p50/p99, by stage) and the slot time it leaves idle.
+    Loop {
+        #[arg(long, default_value_t = 1000)]
+        trials: u64,
+        #[arg(long, default_value_t = 2)]
+        slots: usize,
+        /// Run it here (default: a new directory under the system's temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Leave the experiment and its lineage on disk afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Training tokens/s and GFLOP/s of the default tinylm recipe, and the machine's matmul GFLOP/s.
     Tinylm {
         /// Seconds of training to measure.
@@ -318,6 +332,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             command: BenchCommand::Lineage { trials, dir, keep },
         } => {
             crate::bench::lineage_command(trials, dir, keep)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Loop {
+                    trials,
+                    slots,
+                    dir,
+                    keep,
+                },
+        } => {
+            crate::bench::loop_command(trials, slots, dir, keep)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Lineage {

@@ -11,6 +11,7 @@ pub mod edit;
 pub mod export;
 pub mod lineage;
 pub mod llm;
+pub mod probe;
 pub mod process;
 pub mod propose;
 pub mod provenance;

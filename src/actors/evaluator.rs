@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{info, warn};
@@ -34,6 +34,7 @@ use crate::domain::{
 };
 use crate::lineage::actor::LineageMsg;
 use crate::lineage::NewTrial;
+use crate::probe::{self, Stage as Spent};
 use crate::process::{self, GroupGuard, GroupTask};
 use crate::provenance::Provenance;
 use crate::workspace::{secret_env, trial_argv, trial_env, TrialDirs};
@@ -189,112 +190,134 @@ impl Actor for Evaluator {
         msg: EvaluatorMsg,
         state: &mut EvaluatorState,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            EvaluatorMsg::SetExecutor(e) => {
-                let replaced = state.executor.replace(e).is_some();
-                for m in std::mem::take(&mut state.pending) {
-                    tell_executor(state, m);
-                }
-                if replaced {
-                    // The old executor's queue and seed runs died with it.
-                    let active =
-                        ractor::call_t!(state.lineage, LineageMsg::Active, CALL_TIMEOUT_MS)?;
-                    for t in active
-                        .into_iter()
-                        .filter(|t| t.status == TrialStatus::Evaluating && !t.seed_runs.is_empty())
-                    {
-                        confirm(state, t).await?;
-                    }
-                    remeasure(state).await?;
-                }
+        // The evaluator's own time on a run (benchmarks): handling its train
+        // and eval results; and how long an eval's result waited for it.
+        let timed = match &msg {
+            EvaluatorMsg::Evaluate { id, seed, .. } => Some((*id, *seed, false)),
+            EvaluatorMsg::EvalFinished { id, seed, .. } => Some((*id, *seed, true)),
+            _ => None,
+        };
+        if let Some((id, seed, true)) = timed {
+            probe::since_mark(id, seed, Spent::Waiting);
+        }
+        let t0 = Instant::now();
+        let result = handle_msg(myself, msg, state).await;
+        if let Some((id, _, _)) = timed {
+            probe::since(id, Spent::Evaluate, t0);
+        }
+        result
+    }
+}
+
+async fn handle_msg(
+    myself: ActorRef<EvaluatorMsg>,
+    msg: EvaluatorMsg,
+    state: &mut EvaluatorState,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        EvaluatorMsg::SetExecutor(e) => {
+            let replaced = state.executor.replace(e).is_some();
+            for m in std::mem::take(&mut state.pending) {
+                tell_executor(state, m);
             }
-            EvaluatorMsg::Evaluate { id, seed: 0, train } => {
-                let report = train.clone();
-                let trial = update_trial(
-                    &state.lineage,
-                    id,
-                    Box::new(move |t| {
-                        t.status = TrialStatus::Evaluating;
-                        t.train = Some(report.clone());
-                    }),
-                )
-                .await?;
-                if !train.succeeded() {
-                    let verdict = Verdict::Failed(Failure {
-                        label: train.failure_label(),
-                        detail: format!("train: {}", train.describe()),
-                        score: None,
-                    });
-                    return record(state, &trial, verdict, None).await;
+            if replaced {
+                // The old executor's queue and seed runs died with it.
+                let active = ractor::call_t!(state.lineage, LineageMsg::Active, CALL_TIMEOUT_MS)?;
+                for t in active
+                    .into_iter()
+                    .filter(|t| t.status == TrialStatus::Evaluating && !t.seed_runs.is_empty())
+                {
+                    confirm(state, t).await?;
                 }
-                start_eval(&myself, state, &trial, 0, Stage::Proxy);
-            }
-            EvaluatorMsg::Evaluate { id, seed, train } => {
-                let failed = (!train.succeeded()).then(|| {
-                    (
-                        train.failure_label(),
-                        format!("seed {seed} train: {}", train.describe()),
-                    )
-                });
-                let failure = failed.clone();
-                let Some(trial) = update_run(state, id, seed, move |r| {
-                    r.train = Some(train.clone());
-                    if let Some((label, detail)) = &failure {
-                        r.failure = Some(*label);
-                        r.detail = Some(detail.clone());
-                    }
-                })
-                .await
-                else {
-                    return Ok(());
-                };
-                if failed.is_some() {
-                    return seed_finished(state, trial).await;
-                }
-                start_eval(&myself, state, &trial, seed, Stage::Proxy);
-            }
-            EvaluatorMsg::EvalFinished {
-                id,
-                seed,
-                stage,
-                eval,
-            } => {
-                if let Some(done) = state.running.remove(&(id, seed)) {
-                    done.guard.disarm();
-                }
-                let checked = check(&state.config, &eval);
-                if seed == 0 {
-                    return own_eval(&myself, state, id, stage, eval, checked).await;
-                }
-                let full = state.config.experiment.file.eval.full.is_some();
-                let next = stage == Stage::Proxy && full && checked.is_ok();
-                let Some(trial) = update_run(state, id, seed, move |r| {
-                    let (report, score) = match stage {
-                        Stage::Proxy => (&mut r.proxy, &mut r.proxy_score),
-                        Stage::Full => (&mut r.full, &mut r.full_score),
-                    };
-                    *report = Some(eval.clone());
-                    match &checked {
-                        Ok(s) => *score = Some(*s),
-                        Err(f) => {
-                            r.failure = Some(f.label);
-                            r.detail = Some(format!("seed {seed} {}", f.detail));
-                        }
-                    }
-                })
-                .await
-                else {
-                    return Ok(());
-                };
-                if next {
-                    start_eval(&myself, state, &trial, seed, Stage::Full);
-                } else {
-                    seed_finished(state, trial).await?;
-                }
+                remeasure(state).await?;
             }
         }
-        Ok(())
+        EvaluatorMsg::Evaluate { id, seed: 0, train } => {
+            let report = train.clone();
+            let trial = update_trial(
+                &state.lineage,
+                id,
+                Box::new(move |t| {
+                    t.status = TrialStatus::Evaluating;
+                    t.train = Some(report.clone());
+                }),
+            )
+            .await?;
+            if !train.succeeded() {
+                let verdict = Verdict::Failed(Failure {
+                    label: train.failure_label(),
+                    detail: format!("train: {}", train.describe()),
+                    score: None,
+                });
+                return record(state, &trial, verdict, None).await;
+            }
+            start_eval(&myself, state, &trial, 0, Stage::Proxy);
+        }
+        EvaluatorMsg::Evaluate { id, seed, train } => {
+            let failed = (!train.succeeded()).then(|| {
+                (
+                    train.failure_label(),
+                    format!("seed {seed} train: {}", train.describe()),
+                )
+            });
+            let failure = failed.clone();
+            let Some(trial) = update_run(state, id, seed, move |r| {
+                r.train = Some(train.clone());
+                if let Some((label, detail)) = &failure {
+                    r.failure = Some(*label);
+                    r.detail = Some(detail.clone());
+                }
+            })
+            .await
+            else {
+                return Ok(());
+            };
+            if failed.is_some() {
+                return seed_finished(state, trial).await;
+            }
+            start_eval(&myself, state, &trial, seed, Stage::Proxy);
+        }
+        EvaluatorMsg::EvalFinished {
+            id,
+            seed,
+            stage,
+            eval,
+        } => {
+            if let Some(done) = state.running.remove(&(id, seed)) {
+                done.guard.disarm();
+            }
+            let checked = check(&state.config, &eval);
+            if seed == 0 {
+                return own_eval(&myself, state, id, stage, eval, checked).await;
+            }
+            let full = state.config.experiment.file.eval.full.is_some();
+            let next = stage == Stage::Proxy && full && checked.is_ok();
+            let Some(trial) = update_run(state, id, seed, move |r| {
+                let (report, score) = match stage {
+                    Stage::Proxy => (&mut r.proxy, &mut r.proxy_score),
+                    Stage::Full => (&mut r.full, &mut r.full_score),
+                };
+                *report = Some(eval.clone());
+                match &checked {
+                    Ok(s) => *score = Some(*s),
+                    Err(f) => {
+                        r.failure = Some(f.label);
+                        r.detail = Some(format!("seed {seed} {}", f.detail));
+                    }
+                }
+            })
+            .await
+            else {
+                return Ok(());
+            };
+            if next {
+                start_eval(&myself, state, &trial, seed, Stage::Full);
+            } else {
+                seed_finished(state, trial).await?;
+            }
+        }
     }
+    Ok(())
 }
 
 fn tell_executor(state: &mut EvaluatorState, msg: ExecutorMsg) {
@@ -851,6 +874,7 @@ fn start_eval(
             )
         });
     let task = tokio::spawn(async move {
+        let t0 = Instant::now();
         let finished = |eval| EvaluatorMsg::EvalFinished {
             id,
             seed,
@@ -873,13 +897,22 @@ fn start_eval(
                 return;
             }
         }
-        let eval = match process::run(&spec, &task_guard).await {
-            Ok(r) => r,
-            Err(e) => ProcessReport {
-                spawn_error: Some(format!("cannot capture eval output: {e}")),
-                ..Default::default()
-            },
+        let eval = match process::start(&spec, &task_guard).await {
+            Ok(Ok(started)) => {
+                probe::since(id, Spent::Evaluate, t0);
+                let spawned = Instant::now();
+                let finished = process::finish(started, &spec, &task_guard).await;
+                probe::since(id, Spent::Child, spawned);
+                finished
+            }
+            Ok(Err(report)) => Ok(report),
+            Err(e) => Err(e),
         };
+        let eval = eval.unwrap_or_else(|e| ProcessReport {
+            spawn_error: Some(format!("cannot capture eval output: {e}")),
+            ..Default::default()
+        });
+        probe::mark(id, seed);
         let _ = me.cast(finished(eval));
     });
     state.running.insert((id, seed), GroupTask { guard, task });

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use git2::Oid;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -21,6 +21,7 @@ use crate::domain::{now_ms, Params, ProcessReport, Trial, TrialId, TrialStatus};
 use crate::edit::{Rejection, Rules};
 use crate::lineage::actor::{LineageMsg, Observer, RunEvent};
 use crate::lineage::NewTrial;
+use crate::probe::{self, Stage};
 use crate::process::{self, GroupGuard, GroupTask};
 use crate::provenance::{Provenance, ProvenanceError};
 use crate::workspace::{secret_env, trial_argv, trial_env, TrialDirs};
@@ -83,6 +84,13 @@ pub struct ExecutorStatus {
     pub draining: bool,
     /// Trials proposed in this process.
     pub issued: u64,
+    /// Slot-seconds with a run in the slot, since the executor started.
+    #[serde(default)]
+    pub slot_busy_s: f64,
+    /// Slot-seconds with no run in the slot while work was on its way (a
+    /// proposal being made): time the loop itself cost the slots.
+    #[serde(default)]
+    pub slot_starved_s: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -175,7 +183,44 @@ impl ExecutorState {
     }
 }
 
+/// Slot time, integrated between the executor's state changes: busy (a run
+/// in the slot) and starved (a free slot while a proposal was being made).
+/// A free slot with nothing on its way (the baseline being confirmed, the
+/// trial budget spent, everyone exhausted or paused) is neither.
+struct Occupancy {
+    since: Instant,
+    running: usize,
+    free_while_waiting: usize,
+    busy: Duration,
+    starved: Duration,
+}
+
+impl Occupancy {
+    fn new() -> Self {
+        Occupancy {
+            since: Instant::now(),
+            running: 0,
+            free_while_waiting: 0,
+            busy: Duration::ZERO,
+            starved: Duration::ZERO,
+        }
+    }
+
+    /// Accounts the time since the last change at the state then, and
+    /// starts a new interval with this state.
+    fn change(&mut self, running: usize, free_while_waiting: usize) {
+        let now = Instant::now();
+        let dt = now - self.since;
+        self.busy += dt * self.running as u32;
+        self.starved += dt * self.free_while_waiting as u32;
+        self.since = now;
+        self.running = running;
+        self.free_while_waiting = free_while_waiting;
+    }
+}
+
 pub struct ExecutorState {
+    occupancy: Occupancy,
     config: Arc<Config>,
     provenance: Arc<Provenance>,
     base: Oid,
@@ -230,6 +275,7 @@ impl Actor for Executor {
         let unknown =
             ractor::call_t!(args.lineage, LineageMsg::Unknown, CALL_TIMEOUT_MS, defaults)?;
         let mut state = ExecutorState {
+            occupancy: Occupancy::new(),
             baseline_needed: incumbent.is_none() && unknown.first() == Some(&true),
             baseline: None,
             config: args.config,
@@ -345,6 +391,7 @@ impl Actor for Executor {
                         .evaluator
                         .cast(EvaluatorMsg::Evaluate { id, seed, train })?;
                 }
+                probe::since_mark(id, seed, Stage::Reap);
             }
             ExecutorMsg::RunSeeds { trial, seeds } => {
                 for seed in seeds {
@@ -393,6 +440,8 @@ impl Actor for Executor {
             }
             ExecutorMsg::Reconfigure(config) => state.config = config,
             ExecutorMsg::Status(reply) => {
+                let (running, free) = (state.occupancy.running, state.occupancy.free_while_waiting);
+                state.occupancy.change(running, free);
                 let _ = reply.send(status(state));
             }
         }
@@ -411,12 +460,14 @@ async fn queue(
     if trial.status != TrialStatus::Proposed {
         return Ok(());
     }
+    let t0 = Instant::now();
     let queued = update_trial(
         &state.lineage,
         trial.id,
         Box::new(|t| t.status = TrialStatus::Queued),
     )
     .await?;
+    probe::since(trial.id, Stage::Record, t0);
     if priority {
         state.push_priority(queued, 0);
     } else {
@@ -516,6 +567,13 @@ async fn fill(
     } else if !idle {
         state.drained_sent = false;
     }
+    let free = state.config.slots.saturating_sub(state.running.len());
+    let waiting = if state.asked() > 0 && !state.draining {
+        free
+    } else {
+        0
+    };
+    state.occupancy.change(state.running.len(), waiting);
     Ok(())
 }
 
@@ -523,6 +581,7 @@ async fn fill(
 /// `Running` in lineage, then the train command in its own process group; for
 /// a seed re-run, an export of the trial's commit and the train command.
 fn start(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState, job: Job) {
+    let taken = Instant::now();
     let mut info = job.info();
     info.since_ms = now_ms();
     let Job { trial, seed, .. } = job;
@@ -535,10 +594,31 @@ fn start(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState, job: Job) {
     let (provenance, base) = (state.provenance.clone(), state.base);
     let task = tokio::spawn(async move {
         let report = if seed == 0 {
-            run_train(&config, &lineage, &task_guard, trial, provenance, base).await
+            run_train(
+                &config,
+                &lineage,
+                &task_guard,
+                trial,
+                provenance,
+                base,
+                taken,
+            )
+            .await
         } else {
-            Some(run_seed(&config, &lineage, &task_guard, &trial, seed, provenance).await)
+            Some(
+                run_seed(
+                    &config,
+                    &lineage,
+                    &task_guard,
+                    &trial,
+                    seed,
+                    provenance,
+                    taken,
+                )
+                .await,
+            )
         };
+        probe::mark(id, seed);
         let _ = executor.cast(ExecutorMsg::TrainFinished { id, seed, report });
     });
     state.running.insert(
@@ -579,6 +659,8 @@ fn status(state: &ExecutorState) -> ExecutorStatus {
         specialists,
         draining: state.draining,
         issued: state.issued,
+        slot_busy_s: state.occupancy.busy.as_secs_f64(),
+        slot_starved_s: state.occupancy.starved.as_secs_f64(),
     }
 }
 
@@ -616,6 +698,7 @@ async fn run_seed(
     trial: &Trial,
     seed: u64,
     provenance: Arc<Provenance>,
+    taken: Instant,
 ) -> ProcessReport {
     let dirs = TrialDirs::run(&config.lineage_dir, trial.id, seed);
     let spec = train_spec(config, &dirs, trial.id);
@@ -643,6 +726,8 @@ async fn run_seed(
         Ok(Err(report)) => return report,
         Err(e) => return spawn_failed(&spec, format!("cannot write trial logs: {e}")),
     };
+    probe::since(trial.id, Stage::Dispatch, taken);
+    let spawned = Instant::now();
     let pgid = started.pgid;
     // A measurement: the trial may be the kept incumbent being re-measured.
     let recorded = measure_trial(
@@ -658,10 +743,12 @@ async fn run_seed(
     if let Err(e) = recorded {
         warn!(trial = %trial.id, seed, error = %e, "could not record the process group");
     }
-    match process::finish(started, &spec, guard).await {
+    let report = match process::finish(started, &spec, guard).await {
         Ok(r) => r,
         Err(e) => spawn_failed(&spec, format!("cannot capture trial output: {e}")),
-    }
+    };
+    probe::since(trial.id, Stage::Child, spawned);
+    report
 }
 
 /// Commits and exports the trial and runs its train command. `None` when the
@@ -673,6 +760,7 @@ async fn run_train(
     trial: Trial,
     provenance: Arc<Provenance>,
     base: Oid,
+    taken: Instant,
 ) -> Option<ProcessReport> {
     let dirs = TrialDirs::new(&config.lineage_dir, trial.id);
     let spec = train_spec(config, &dirs, trial.id);
@@ -791,14 +879,18 @@ async fn run_train(
         Ok(Err(report)) => return Some(report),
         Err(e) => return Some(failed(format!("cannot write trial logs: {e}"))),
     };
+    probe::since(trial.id, Stage::Dispatch, taken);
+    let spawned = Instant::now();
     let pgid = started.pgid;
     if let Err(e) = update_trial(lineage, trial.id, Box::new(move |t| t.pgid = Some(pgid))).await {
         warn!(trial = %trial.id, error = %e, "could not record the process group");
     }
-    Some(match process::finish(started, &spec, guard).await {
+    let report = match process::finish(started, &spec, guard).await {
         Ok(r) => r,
         Err(e) => failed(format!("cannot capture trial output: {e}")),
-    })
+    };
+    probe::since(trial.id, Stage::Child, spawned);
+    Some(report)
 }
 
 /// What committing a trial gave: its commit (with diff, and the measured

@@ -29,6 +29,7 @@ use crate::domain::{FailureLabel, Params, Trial, TrialId};
 use crate::lineage::actor::LineageMsg;
 use crate::lineage::{FeedbackQuery, NewTrial};
 use crate::llm::{Completion, Failure, LlmClient, LlmError};
+use crate::probe;
 use crate::propose::constraints::FailureModel;
 use crate::propose::rng::Rng;
 use crate::propose::{prompt, reply, search};
@@ -168,6 +169,7 @@ impl Actor for Specialist {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SpecialistMsg::Propose { reply_to } => {
+                let t0 = std::time::Instant::now();
                 let trial = match state.config.kind {
                     SpecialistKind::Search => propose(state).await?,
                     SpecialistKind::Manual => propose_from_inbox(state).await?,
@@ -182,6 +184,9 @@ impl Actor for Specialist {
                         }
                     }
                 };
+                if let Some(t) = &trial {
+                    probe::since(t.id, probe::Stage::Propose, t0);
+                }
                 reply_to.cast(ExecutorMsg::Proposed {
                     specialist: state.config.name.clone(),
                     trial: trial.map(Box::new),
