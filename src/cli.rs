@@ -174,6 +174,9 @@ enum BenchCommand {
         trials: u64,
         #[arg(long, default_value_t = 2)]
         slots: usize,
+        /// `daemon.confirm_first` of the bench's configuration.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        confirm_first: bool,
         /// Run it here (default: a new directory under the system's temp dir).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -339,11 +342,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 BenchCommand::Loop {
                     trials,
                     slots,
+                    confirm_first,
                     dir,
                     keep,
                 },
         } => {
-            crate::bench::loop_command(trials, slots, dir, keep)?;
+            crate::bench::loop_command(trials, slots, confirm_first, dir, keep)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Lineage {

@@ -80,6 +80,16 @@ pub struct DaemonSection {
     /// dying under is recorded `interrupted` instead of queued again.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// While a candidate is being confirmed (its seed re-runs), start no
+    /// new trial: one started then is measured against the incumbent the
+    /// candidate is about to replace. `false` trades that for busy slots
+    /// (worth it with many more slots than `noise.seeds`).
+    #[serde(default = "default_true")]
+    pub confirm_first: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_lineage_dir() -> PathBuf {
@@ -479,6 +489,7 @@ pub struct Config {
     pub socket: PathBuf,
     pub drain_timeout_secs: u64,
     pub max_attempts: u32,
+    pub confirm_first: bool,
     pub specialists: Vec<Specialist>,
     pub experiment: Experiment,
 }
@@ -738,6 +749,7 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
         socket,
         drain_timeout_secs: d.drain_timeout_secs,
         max_attempts: d.max_attempts,
+        confirm_first: d.confirm_first,
         specialists: parsed
             .specialists
             .iter()

@@ -243,7 +243,10 @@ pub async fn finish(
 /// Samples the group's resident memory every 100 ms into `peak`; returns
 /// when it goes over `limit` (never without one).
 async fn watch_memory(pgid: i32, limit: Option<u64>, peak: Arc<AtomicU64>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // The first sample after one period: a process that ends sooner has
+    // no memory to speak of, and a walk of /proc per spawn is not free.
+    let period = Duration::from_millis(100);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

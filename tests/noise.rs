@@ -266,3 +266,52 @@ fn an_incumbent_kept_without_a_band_is_measured_again_at_start_before_any_decisi
     let best = dir.ratchet_ok(&["lineage", "best", "--json"]);
     assert!(best.contains("\"noise\""), "{best}");
 }
+
+/// When the entry of `status` in a trial's history was made (ms).
+fn at(t: &Value, status: &str) -> u64 {
+    t["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["status"] == status)
+        .and_then(|c| c["at_ms"].as_u64())
+        .unwrap_or_else(|| panic!("no `{status}` in {t:#}"))
+}
+
+#[test]
+fn no_new_trial_starts_while_a_candidate_is_confirmed_unless_told_to() {
+    // Four slots, three seed re-runs: `a` wins quickly; b, c and d train
+    // 2 s against the baseline; when they end, two slots go to a's last
+    // seed runs and one is free while a is still being confirmed.
+    let proposals = [
+        ("1-a", json!({"s.a": 0.5})),
+        ("2-b", json!({"s.b": 0.1, "s.slow": 2.0})),
+        ("3-c", json!({"s.b": 0.2, "s.slow": 2.0})),
+        ("4-d", json!({"s.b": 0.3, "s.slow": 2.0})),
+        ("5-e", json!({"s.b": 0.4})),
+    ];
+    for confirm_first in [true, false] {
+        let dir = Dir::with_fixture("noisy");
+        setup(&dir, 4, &proposals);
+        if !confirm_first {
+            let path = dir.path().join("specialists.toml");
+            let text = std::fs::read_to_string(&path).unwrap();
+            let text = text.replace("seed = 1\n", "seed = 1\nconfirm_first = false\n");
+            std::fs::write(&path, text).unwrap();
+        }
+        let trials = run(&dir, proposals.len() + 1);
+        let ctx = format!("confirm_first = {confirm_first}: {trials:#?}");
+        let a = by_hypothesis(&trials, "1-a");
+        let e = by_hypothesis(&trials, "5-e");
+        assert_eq!(str_of(a, "status"), "kept", "{ctx}");
+        let (settled, started) = (at(a, "kept"), at(e, "running"));
+        if confirm_first {
+            assert!(
+                started >= settled,
+                "e started during a's confirmation: {ctx}"
+            );
+        } else {
+            assert!(started < settled, "e waited for a's confirmation: {ctx}");
+        }
+    }
+}

@@ -289,6 +289,10 @@ def main():
     ap.add_argument("--methods", default="ratchet,random,tpe")
     ap.add_argument("--out", default=str(ROOT / "benches" / "peers" / "results"))
     ap.add_argument("--work", default=None, help="scratch directory (default: OUT/work)")
+    ap.add_argument("--reuse", action="append", default=[],
+                    help="a runs.json of an earlier run (repeatable; the first one that has a method "
+                         "wins): its runs of methods not run now join the table and plot, to measure "
+                         "a change of ratchet against the same peer runs. `--methods none` only merges.")
     a = ap.parse_args()
     ratchet = str(Path(a.ratchet).resolve())
     exp, space = load_experiment()
@@ -296,7 +300,7 @@ def main():
     work_root = Path(a.work) if a.work else out / "work"
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in a.seeds.split(",")]
-    methods = a.methods.split(",")
+    methods = [m for m in a.methods.split(",") if m and m != "none"]
     full = exp["eval"]["full"]
     mix = full[full.index("--mix") + 1]
     floor_out = subprocess.run([ratchet, "tinylm", "floor", "--mix", mix], capture_output=True,
@@ -304,13 +308,24 @@ def main():
     floor = float(re.search(r"floor_bpb=(\S+)", floor_out).group(1))
 
     results = {m: [] for m in methods}
+    run_methods = list(methods)  # the ones run now; `methods` gains the reused
     detail = {"trials": a.trials, "budget_secs": a.budget_secs, "seeds": seeds, "floor": floor,
               "runs": []}
+    for path in a.reuse:
+        old = json.loads(Path(path).read_text())
+        if (old["trials"], old["budget_secs"]) != (a.trials, a.budget_secs):
+            sys.exit(f"{path} has other --trials/--budget-secs")
+        taken = set(results)
+        for r in old["runs"]:
+            if r["method"] not in taken and r["seed"] in seeds:
+                results.setdefault(r["method"], []).append(r["curve"])
+                detail["runs"].append(dict(r, reused_from=str(path)))
+    methods += [m for m in ("ratchet", "random", "tpe") if m in results and m not in methods]
     started = time.time()
     # Seed by seed, every method in turn, so a slow stretch of the machine
     # hits all methods alike.
     for seed in seeds:
-        for m in methods:
+        for m in run_methods:
             work = work_root / f"{m}-s{seed}"
             if work.exists():
                 shutil.rmtree(work)

@@ -1098,6 +1098,7 @@ mod tests {
             socket: dir.join("lineage/ratchet.sock"),
             drain_timeout_secs: 1,
             max_attempts: 3,
+            confirm_first: true,
             specialists: Vec::new(),
             experiment,
         }

@@ -91,6 +91,13 @@ pub struct ExecutorStatus {
     /// proposal being made): time the loop itself cost the slots.
     #[serde(default)]
     pub slot_starved_s: f64,
+    /// Slot-seconds with no run in the slot because a candidate was being
+    /// confirmed (`daemon.confirm_first`).
+    #[serde(default)]
+    pub slot_held_s: f64,
+    /// All slot-seconds since the executor started (slots × time).
+    #[serde(default)]
+    pub slot_total_s: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -184,38 +191,75 @@ impl ExecutorState {
 }
 
 /// Slot time, integrated between the executor's state changes: busy (a run
-/// in the slot) and starved (a free slot while a proposal was being made).
-/// A free slot with nothing on its way (the baseline being confirmed, the
-/// trial budget spent, everyone exhausted or paused) is neither.
+/// in the slot), starved (a free slot while a proposal was being made) and
+/// held (a free slot while a candidate is confirmed first). A free slot
+/// with nothing on its way (the baseline being confirmed, the trial budget
+/// spent, everyone exhausted or paused) is none of these.
 struct Occupancy {
     since: Instant,
+    slots: usize,
     running: usize,
     free_while_waiting: usize,
+    free_while_held: usize,
+    total: Duration,
     busy: Duration,
     starved: Duration,
+    held: Duration,
 }
 
 impl Occupancy {
     fn new() -> Self {
         Occupancy {
             since: Instant::now(),
+            slots: 0,
             running: 0,
             free_while_waiting: 0,
+            free_while_held: 0,
+            total: Duration::ZERO,
             busy: Duration::ZERO,
             starved: Duration::ZERO,
+            held: Duration::ZERO,
         }
     }
 
     /// Accounts the time since the last change at the state then, and
     /// starts a new interval with this state.
-    fn change(&mut self, running: usize, free_while_waiting: usize) {
-        let now = Instant::now();
-        let dt = now - self.since;
+    /// Accounts the time since the last change at the state then, and
+    /// starts a new interval with this state: `slots`, runs in them, and
+    /// free ones waiting for a proposal or held.
+    fn change(&mut self, slots: usize, running: usize, waiting: usize, held: usize) {
+        self.change_at(Instant::now(), slots, running, waiting, held);
+    }
+
+    fn change_at(
+        &mut self,
+        now: Instant,
+        slots: usize,
+        running: usize,
+        waiting: usize,
+        held: usize,
+    ) {
+        let dt = now.saturating_duration_since(self.since);
+        self.total += dt * self.slots as u32;
         self.busy += dt * self.running as u32;
         self.starved += dt * self.free_while_waiting as u32;
+        self.held += dt * self.free_while_held as u32;
         self.since = now;
+        self.slots = slots;
         self.running = running;
-        self.free_while_waiting = free_while_waiting;
+        self.free_while_waiting = waiting;
+        self.free_while_held = held;
+    }
+
+    /// Accounts the time up to now without a change of state.
+    fn catch_up(&mut self) {
+        let (s, r, w, h) = (
+            self.slots,
+            self.running,
+            self.free_while_waiting,
+            self.free_while_held,
+        );
+        self.change(s, r, w, h);
     }
 }
 
@@ -243,9 +287,19 @@ pub struct ExecutorState {
     drained_sent: bool,
     paused: BTreeSet<String>,
     draining: bool,
+    /// Candidates (and the baseline) whose seed re-runs were asked for and
+    /// that are not settled: with `confirm_first`, no new trial starts or is
+    /// asked for meanwhile.
+    confirming: BTreeSet<TrialId>,
 }
 
 impl ExecutorState {
+    /// New proposals wait: a candidate is being confirmed and the
+    /// configuration says to confirm first.
+    fn holding(&self) -> bool {
+        self.config.confirm_first && !self.confirming.is_empty()
+    }
+
     fn asked(&self) -> u64 {
         self.specialists.iter().filter(|s| s.asked).count() as u64
     }
@@ -294,6 +348,7 @@ impl Actor for Executor {
             drained_sent: false,
             paused: paused.into_keys().collect(),
             draining: false,
+            confirming: BTreeSet::new(),
         };
         for trial in requeued {
             if trial.specialist == "baseline" {
@@ -394,6 +449,10 @@ impl Actor for Executor {
                 probe::since_mark(id, seed, Stage::Reap);
             }
             ExecutorMsg::RunSeeds { trial, seeds } => {
+                // A kept incumbent re-measured for its band holds nothing.
+                if trial.status == TrialStatus::Evaluating {
+                    state.confirming.insert(trial.id);
+                }
                 for seed in seeds {
                     // Asked again after a restart: a run already here stays.
                     let key = (trial.id, seed);
@@ -409,6 +468,7 @@ impl Actor for Executor {
                 if state.baseline == Some(id) {
                     state.baseline = None;
                 }
+                state.confirming.remove(&id);
             }
             ExecutorMsg::IncumbentChanged => {
                 for s in &mut state.specialists {
@@ -440,8 +500,7 @@ impl Actor for Executor {
             }
             ExecutorMsg::Reconfigure(config) => state.config = config,
             ExecutorMsg::Status(reply) => {
-                let (running, free) = (state.occupancy.running, state.occupancy.free_while_waiting);
-                state.occupancy.change(running, free);
+                state.occupancy.catch_up();
                 let _ = reply.send(status(state));
             }
         }
@@ -509,8 +568,11 @@ async fn fill(
     }
     while state.running.len() < state.config.slots {
         // Draining: only seed re-runs of trials already being evaluated.
+        // Confirming first: only the evaluator's jobs and recovered trials.
         let next = if state.draining {
             state.queue.iter().position(|j| j.seed != 0)
+        } else if state.holding() {
+            state.queue.iter().position(|j| j.priority)
         } else if state.queue.is_empty() {
             None
         } else {
@@ -526,6 +588,7 @@ async fn fill(
         && state.budget_left() > 0
         && state.baseline.is_none()
         && !state.draining
+        && !state.holding()
     {
         let Some(i) = (0..n).map(|k| (state.next + k) % n).find(|&i| {
             let s = &state.specialists[i];
@@ -568,12 +631,18 @@ async fn fill(
         state.drained_sent = false;
     }
     let free = state.config.slots.saturating_sub(state.running.len());
-    let waiting = if state.asked() > 0 && !state.draining {
-        free
+    let (waiting, held) = if state.draining {
+        (0, 0)
+    } else if state.asked() > 0 {
+        (free, 0)
+    } else if state.holding() {
+        (0, free)
     } else {
-        0
+        (0, 0)
     };
-    state.occupancy.change(state.running.len(), waiting);
+    state
+        .occupancy
+        .change(state.config.slots, state.running.len(), waiting, held);
     Ok(())
 }
 
@@ -661,6 +730,8 @@ fn status(state: &ExecutorState) -> ExecutorStatus {
         issued: state.issued,
         slot_busy_s: state.occupancy.busy.as_secs_f64(),
         slot_starved_s: state.occupancy.starved.as_secs_f64(),
+        slot_held_s: state.occupancy.held.as_secs_f64(),
+        slot_total_s: state.occupancy.total.as_secs_f64(),
     }
 }
 
@@ -973,4 +1044,32 @@ async fn recover(
         requeued.push(trial);
     }
     Ok(requeued)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each interval is accounted at the state that held during it.
+    #[test]
+    fn occupancy_integrates_slot_time_by_state() {
+        let mut o = Occupancy::new();
+        let t0 = o.since;
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // Before the first change nothing was known: 0 slots.
+        o.change_at(at(100), 2, 0, 2, 0); // 2 free slots, a proposal coming
+        o.change_at(at(400), 2, 1, 1, 0); // 300 ms: 2 slots starved
+        o.change_at(at(1400), 2, 2, 0, 0); // 1 s: 1 busy, 1 starved
+        o.change_at(at(2400), 2, 0, 0, 0); // 1 s: 2 busy
+        o.change_at(at(3400), 3, 1, 0, 2); // 1 s: nothing running, nothing coming
+        o.change_at(at(3900), 3, 1, 0, 0); // 0.5 s: 1 of 3 busy, 2 held
+        let ms = |d: Duration| d.as_millis();
+        assert_eq!(ms(o.starved), 2 * 300 + 1000);
+        assert_eq!(ms(o.busy), 1000 + 2 * 1000 + 500);
+        assert_eq!(ms(o.held), 2 * 500);
+        assert_eq!(
+            ms(o.total),
+            2 * 300 + 2 * 1000 + 2 * 1000 + 2 * 1000 + 3 * 500
+        );
+    }
 }

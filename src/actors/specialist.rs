@@ -25,23 +25,21 @@ use tracing::{debug, info, warn};
 use super::executor::ExecutorMsg;
 use super::CALL_TIMEOUT_MS;
 use crate::config::{Experiment, ParamSpec, Specialist as SpecialistConfig, SpecialistKind};
-use crate::domain::{FailureLabel, Params, Trial, TrialId};
+use crate::domain::{FailureLabel, Params, Trial, TrialId, TrialStatus};
 use crate::lineage::actor::LineageMsg;
-use crate::lineage::{FeedbackQuery, NewTrial};
+use crate::lineage::{FeedbackQuery, LineageStore, NewTrial};
 use crate::llm::{Completion, Failure, LlmClient, LlmError};
 use crate::probe;
-use crate::propose::constraints::FailureModel;
+use crate::propose::constraints::{self, FailureModel};
+use crate::propose::model::{Observation, Ranker};
 use crate::propose::rng::Rng;
 use crate::propose::{prompt, reply, search};
 use crate::provenance::Provenance;
 
 /// Candidates drawn per proposal; the first one lineage has never seen wins.
 const CANDIDATES: usize = 32;
-/// The trials a search specialist's failure model remembers.
-const SEARCH_MEMORY: FeedbackQuery = FeedbackQuery {
-    recent: 2000,
-    scan: 0,
-};
+/// The outcomes a search specialist's failure model remembers (the newest).
+const SEARCH_MEMORY: usize = 2000;
 /// Trials shown in full in an LLM prompt, and trials its outcome counts cover.
 const FEEDBACK: FeedbackQuery = FeedbackQuery {
     recent: 40,
@@ -87,6 +85,7 @@ pub struct SpecialistArgs {
 }
 
 pub struct SpecialistState {
+    store: LineageStore,
     config: SpecialistConfig,
     experiment: Arc<Experiment>,
     lineage: ActorRef<LineageMsg>,
@@ -104,6 +103,24 @@ pub struct SpecialistState {
     failures: u32,
     wake_scheduled: bool,
     executor: Option<ActorRef<ExecutorMsg>>,
+    /// `search`: what the failure model knows (configuration, failed), the
+    /// newest `SEARCH_MEMORY` outcomes in the order trials finished, and the
+    /// finish-index cursor after them: each proposal reads only what
+    /// finished since the last.
+    outcomes: std::collections::VecDeque<Outcome>,
+    cursor: Vec<u8>,
+    /// `search`: its own kept trials seen in that memory. Until the first,
+    /// it explores its surface more boldly.
+    keeps: u64,
+}
+
+/// A finished trial as a search specialist remembers it.
+struct Outcome {
+    config: Params,
+    /// It failed for its configuration (a crash, a gate, ...).
+    failed: bool,
+    /// Its score, when it ran and was scored.
+    score: Option<f64>,
 }
 
 /// Where a manual specialist's proposals are dropped.
@@ -132,7 +149,12 @@ impl Actor for Specialist {
             (SpecialistKind::Llm, Some(section)) => Some(LlmClient::new(section)?),
             _ => None,
         };
+        // Reads (incumbent, outcomes, which candidates are new) go straight
+        // to the database, not through the lineage actor's mailbox behind
+        // every other actor's writes; proposals are still written by it.
+        let store = ractor::call_t!(args.lineage, LineageMsg::Reader, CALL_TIMEOUT_MS)?;
         Ok(SpecialistState {
+            store,
             config: args.config,
             experiment: args.experiment,
             lineage: args.lineage,
@@ -146,6 +168,9 @@ impl Actor for Specialist {
             failures: 0,
             wake_scheduled: false,
             executor: None,
+            outcomes: Default::default(),
+            cursor: Vec::new(),
+            keeps: 0,
         })
     }
 
@@ -253,7 +278,7 @@ impl Actor for Specialist {
 async fn propose(
     state: &mut SpecialistState,
 ) -> Result<Option<crate::domain::Trial>, ActorProcessingErr> {
-    let incumbent = ractor::call_t!(state.lineage, LineageMsg::Incumbent, CALL_TIMEOUT_MS)?;
+    let incumbent = state.store.incumbent()?;
     let (base, parent) = match incumbent {
         Some(inc) => (inc.config, Some(inc.trial)),
         None => (state.experiment.defaults.clone(), None),
@@ -262,39 +287,95 @@ async fn propose(
         .experiment
         .surface(&state.config.surface)
         .ok_or("surface vanished from the experiment")?;
-    let candidates = search::candidates(&surface.params, &base, &mut state.rng, CANDIDATES);
-    let configs = candidates.iter().map(|c| c.config.clone()).collect();
-    let unknown = ractor::call_t!(state.lineage, LineageMsg::Unknown, CALL_TIMEOUT_MS, configs)?;
-    let fresh: Vec<search::Candidate> = candidates
-        .into_iter()
-        .zip(unknown)
-        .filter(|(_, u)| *u)
-        .map(|(c, _)| c)
-        .collect();
-    // Learn from every specialist's failures: skip candidates whose nearest
-    // measured neighbours mostly failed, unless nothing else is left.
-    let feedback = ractor::call_t!(
-        state.lineage,
-        LineageMsg::Feedback,
-        CALL_TIMEOUT_MS,
-        SEARCH_MEMORY
-    )?;
+    // What finished since the last proposal (any specialist's trials): the
+    // failure model and the model of good values learn from it.
+    let (finished, cursor) = state.store.finished_after(&state.cursor, SEARCH_MEMORY)?;
+    state.cursor = cursor;
+    for t in finished {
+        if t.status == TrialStatus::Kept && t.specialist == state.config.name {
+            state.keeps += 1;
+        }
+        if let Some(failed) = constraints::evidence(&t) {
+            state.outcomes.push_back(Outcome {
+                score: if failed { None } else { t.score },
+                config: t.config,
+                failed,
+            });
+        }
+    }
+    while state.outcomes.len() > SEARCH_MEMORY {
+        state.outcomes.pop_front();
+    }
+    let candidates = search::candidates(
+        &surface.params,
+        &base,
+        &mut state.rng,
+        CANDIDATES,
+        if state.keeps == 0 {
+            search::EXPLORE_SHARE
+        } else {
+            search::GLOBAL_SHARE
+        },
+    );
+    let mut fresh: Vec<search::Candidate> = Vec::with_capacity(candidates.len());
+    for c in candidates {
+        if !state.store.knows(&c.config)? {
+            fresh.push(c);
+        }
+    }
     let space: BTreeMap<String, ParamSpec> = state
         .experiment
         .file
         .params()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let model = FailureModel::new(&space, &feedback.recent);
-    let risks: Vec<f64> = fresh.iter().map(|c| model.risk(&c.config)).collect();
-    let safe = risks.iter().position(|r| *r < 0.5);
-    let index = safe.or_else(|| (0..fresh.len()).min_by(|a, b| risks[*a].total_cmp(&risks[*b])));
+    let model =
+        FailureModel::from_points(&space, state.outcomes.iter().map(|o| (&o.config, o.failed)));
+    // Which values of this surface the best trials so far (anyone's) have:
+    // candidates in the model's order (without a model: as drawn).
+    let ranker = Ranker::new(
+        &surface.params,
+        state.outcomes.iter().map(|o| Observation {
+            config: &o.config,
+            score: o.score,
+        }),
+        state.experiment.file.direction,
+    );
+    let mut order: Vec<usize> = (0..fresh.len()).collect();
+    if let Some(r) = &ranker {
+        let scores: Vec<f64> = fresh.iter().map(|c| r.score(&c.config)).collect();
+        order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
+    }
+    // The first whose nearest measured neighbours did not mostly fail;
+    // when every one's did, the least risky.
+    let mut risks = Vec::with_capacity(order.len());
+    let mut index = None;
+    for &i in &order {
+        let risk = model.risk(&fresh[i].config);
+        if risk < 0.5 {
+            index = Some(i);
+            break;
+        }
+        risks.push((risk, i));
+    }
+    let skipped = risks.len();
+    let index = index.or_else(|| {
+        risks
+            .iter()
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, i)| *i)
+    });
     let Some(index) = index else {
         debug!(specialist = %state.config.name, "no unmeasured configuration near the incumbent");
         return Ok(None);
     };
-    let skipped = safe.unwrap_or(fresh.len());
+    let ranked_among = ranker.is_some().then_some(fresh.len()).filter(|n| *n > 1);
+    let rank = order.iter().position(|i| *i == index).unwrap_or(0) + 1;
     let mut pick = fresh.into_iter().nth(index).expect("index in range");
+    if let Some(n) = ranked_among {
+        pick.hypothesis
+            .push_str(&format!(" (model of good values: rank {rank} of {n})"));
+    }
     if skipped > 0 {
         pick.hypothesis.push_str(&format!(
             " (skipped {skipped} candidate(s) near failed trials; {} failures known)",

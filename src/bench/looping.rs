@@ -59,9 +59,9 @@ name = "b"
 
 const RECIPE: &str = "[a]\nx = 0.9\ny = 0.9\n\n[b]\nx = 0.9\ny = 0.9\n";
 
-fn specialists(slots: usize) -> String {
+fn specialists(slots: usize, confirm_first: bool) -> String {
     format!(
-        "[daemon]\nexperiment = \"experiment\"\nlineage_dir = \"lineage\"\nslots = {slots}\nseed = 0\n\n\
+        "[daemon]\nexperiment = \"experiment\"\nlineage_dir = \"lineage\"\nslots = {slots}\nseed = 0\nconfirm_first = {confirm_first}\n\n\
          [[specialist]]\nname = \"a\"\nsurface = \"a\"\nkind = \"search\"\ninstructions = \"agent.md\"\n\n\
          [[specialist]]\nname = \"b\"\nsurface = \"b\"\nkind = \"search\"\ninstructions = \"agent.md\"\n"
     )
@@ -70,6 +70,7 @@ fn specialists(slots: usize) -> String {
 pub fn loop_command(
     trials: u64,
     slots: usize,
+    confirm_first: bool,
     dir: Option<PathBuf>,
     keep: bool,
 ) -> anyhow::Result<()> {
@@ -89,7 +90,10 @@ pub fn loop_command(
     std::fs::write(root.join("experiment/experiment.toml"), EXPERIMENT)?;
     std::fs::write(root.join("experiment/recipe.toml"), RECIPE)?;
     std::fs::write(root.join("agent.md"), "Search the surface.\n")?;
-    std::fs::write(root.join("specialists.toml"), specialists(slots))?;
+    std::fs::write(
+        root.join("specialists.toml"),
+        specialists(slots, confirm_first),
+    )?;
     let config = Config::load(&root.join("specialists.toml"))
         .map_err(|e| anyhow::anyhow!("the bench's own configuration is invalid: {e}"))?;
     let rt = tokio::runtime::Runtime::new()?;
@@ -112,6 +116,8 @@ struct Measured {
     outcomes: HashMap<TrialId, TrialStatus>,
     slot_busy_s: f64,
     slot_starved_s: f64,
+    slot_held_s: f64,
+    slot_total_s: f64,
 }
 
 async fn drive(config: Config, trials: u64) -> anyhow::Result<Measured> {
@@ -161,6 +167,8 @@ async fn drive(config: Config, trials: u64) -> anyhow::Result<Measured> {
         outcomes: seen,
         slot_busy_s: status.executor.slot_busy_s,
         slot_starved_s: status.executor.slot_starved_s,
+        slot_held_s: status.executor.slot_held_s,
+        slot_total_s: status.executor.slot_total_s,
     })
 }
 
@@ -251,13 +259,15 @@ fn report(m: &Measured, trials: u64, slots: usize, root: &Path) -> anyhow::Resul
             ms(percentile(&v, 0.99))
         )?;
     }
-    let total = wall * slots as f64;
-    let idle_other = (total - m.slot_busy_s - m.slot_starved_s).max(0.0);
+    let total = m.slot_total_s;
+    let idle_other = (total - m.slot_busy_s - m.slot_starved_s - m.slot_held_s).max(0.0);
     writeln!(
         out,
-        "slot time: {total:.2} s; busy {:.2}%, idle while a proposal was on its way {:.3}%, idle with no work to give {:.2}%",
+        "slot time: {total:.2} s; busy {:.2}%, idle while a proposal was on its way {:.3}%, \
+         held while a candidate was confirmed {:.2}%, idle with no work to give (baseline, end) {:.2}%",
         100.0 * m.slot_busy_s / total,
         100.0 * m.slot_starved_s / total,
+        100.0 * m.slot_held_s / total,
         100.0 * idle_other / total
     )?;
     writeln!(

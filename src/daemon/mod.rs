@@ -460,6 +460,21 @@ async fn reload(handle: &Handle) -> Result<crate::actors::supervisor::ReloadRepo
     r.map_err(|e| vec![format!("ratchet does not answer: {e}")])
 }
 
+/// Slot time since the executor started: busy, and idle while a proposal
+/// was on its way (the loop's own cost).
+fn utilization(e: &crate::actors::executor::ExecutorStatus) -> String {
+    if e.slot_total_s < 1.0 {
+        return String::new();
+    }
+    let share = |s: f64| 100.0 * s / e.slot_total_s;
+    format!(
+        "; slot time since start: {:.1}% busy, {:.1}% idle waiting for a proposal, {:.1}% held for confirmations",
+        share(e.slot_busy_s),
+        share(e.slot_starved_s),
+        share(e.slot_held_s)
+    )
+}
+
 /// `ratchet status` as text.
 pub fn render_status(s: &DaemonStatus, now: u64) -> String {
     let e = &s.live.executor;
@@ -472,11 +487,12 @@ pub fn render_status(s: &DaemonStatus, now: u64) -> String {
         s.direction
     );
     out += &format!(
-        "slots: {}/{} busy, {} queued{}\n",
+        "slots: {}/{} busy, {} queued{}{}\n",
         e.running.len(),
         e.slots,
         e.queued.len(),
-        if e.draining { ", draining" } else { "" }
+        if e.draining { ", draining" } else { "" },
+        utilization(e)
     );
     let running: Vec<String> = e
         .running

@@ -42,6 +42,10 @@ pub enum LineageMsg {
     Active(RpcReplyPort<Vec<Trial>>),
     /// What proposers read: the latest trials, label counts, incumbent history.
     Feedback(FeedbackQuery, RpcReplyPort<Feedback>),
+    /// Terminal trials that finished after a cursor (at most the newest N),
+    /// oldest first, and the new cursor: a search specialist's outcome
+    /// memory, read incrementally.
+    FinishedAfter(Vec<u8>, usize, RpcReplyPort<(Vec<Trial>, Vec<u8>)>),
     /// The lineage in figures (`ratchet status`).
     Summary(RpcReplyPort<Summary>),
     /// Pauses (`true`) or resumes specialists; answers the names whose
@@ -169,6 +173,9 @@ impl Actor for Lineage {
             }
             LineageMsg::Active(reply) => {
                 let _ = reply.send(state.store.active()?);
+            }
+            LineageMsg::FinishedAfter(cursor, cap, reply) => {
+                let _ = reply.send(state.store.finished_after(&cursor, cap)?);
             }
             LineageMsg::Feedback(query, reply) => {
                 let _ = reply.send(state.store.feedback(query)?);

@@ -271,6 +271,40 @@ impl LineageStore {
     }
 
     /// How many trials reached their outcome at or after `since` (ms).
+    /// Terminal trials in the order they finished, after `cursor` (a key
+    /// of the finish index; empty: from the first): at most the newest `cap`
+    /// of them, oldest first, and the cursor after the newest. What a
+    /// proposer that keeps its own memory of outcomes reads each time: only
+    /// what is new since it last asked.
+    pub fn finished_after(
+        &self,
+        cursor: &[u8],
+        cap: usize,
+    ) -> Result<(Vec<Trial>, Vec<u8>), LineageError> {
+        let start = if cursor.is_empty() {
+            vec![FINISHED]
+        } else {
+            // The smallest key after `cursor`.
+            let mut k = cursor.to_vec();
+            k.push(0);
+            k
+        };
+        let mut newest = cursor.to_vec();
+        let mut out = Vec::new();
+        for kv in self.index.range(start..vec![FINISHED + 1]).rev().take(cap) {
+            let (k, _) = kv?;
+            if out.is_empty() {
+                newest = k.to_vec();
+            }
+            let id = &k[k.len() - 8..];
+            if let Some(b) = self.trials.get(id)? {
+                out.push(decode_trial(id, &b)?);
+            }
+        }
+        out.reverse();
+        Ok((out, newest))
+    }
+
     pub fn finished_since(&self, since: u64) -> Result<u64, LineageError> {
         let mut start = vec![FINISHED];
         start.extend_from_slice(&since.to_be_bytes());
@@ -305,6 +339,44 @@ mod tests {
 
     fn ids(store: &LineageStore, f: Filter) -> Vec<u64> {
         store.select(&f).unwrap().map(|t| t.unwrap().id.0).collect()
+    }
+
+    /// A reader with a cursor sees every trial that finishes exactly once,
+    /// in finish order (not id order), and never an unfinished one; a cap
+    /// keeps the newest.
+    #[test]
+    fn finished_after_reads_each_outcome_once_in_finish_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LineageStore::open(dir.path()).unwrap();
+        let trials: Vec<Trial> = (0..6).map(|x| propose(&store, "a", x)).collect();
+        let finish = |i: usize| {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            store
+                .update(trials[i].id, |t| t.status = TrialStatus::Kept)
+                .unwrap();
+        };
+        let read = |cursor: &[u8], cap| {
+            let (got, next) = store.finished_after(cursor, cap).unwrap();
+            (got.iter().map(|t| t.id.0).collect::<Vec<_>>(), next)
+        };
+        let (got, cursor) = read(&[], 100);
+        assert!(got.is_empty() && cursor.is_empty());
+        finish(4);
+        finish(1);
+        let (got, cursor) = read(&cursor, 100);
+        assert_eq!(got, [5, 2], "ids are 1-based; trial 5 finished first");
+        let (got, same) = read(&cursor, 100);
+        assert!(got.is_empty());
+        assert_eq!(same, cursor, "no news keeps the cursor");
+        finish(0);
+        finish(3);
+        finish(5);
+        let (got, _) = read(&cursor, 2);
+        assert_eq!(got, [4, 6], "capped to the newest two, oldest first");
+        let (got, _) = read(&cursor, 100);
+        assert_eq!(got, [1, 4, 6]);
+        let (got, _) = read(&[], 100);
+        assert_eq!(got, [5, 2, 1, 4, 6], "from the start: every finished trial");
     }
 
     /// Every filter gives what a scan with `Filter::matches` gives, whichever

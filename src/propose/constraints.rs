@@ -17,6 +17,16 @@ const K: usize = 3;
 /// Beyond this normalized distance a measured point has no say.
 const RADIUS: f64 = 0.2;
 
+/// What a trial says about its configuration: `Some(true)` it failed,
+/// `Some(false)` it ran and was scored, `None` no evidence (a trial that
+/// edited files failed, or not, for its code, not for its parameter values).
+pub fn evidence(t: &Trial) -> Option<bool> {
+    if t.edits.iter().any(|e| e.path().is_some()) {
+        return None;
+    }
+    failed(t)
+}
+
 /// Whether a trial's outcome says something about its configuration.
 fn failed(t: &Trial) -> Option<bool> {
     match (t.status, t.label) {
@@ -46,14 +56,22 @@ pub struct FailureModel<'a> {
 impl<'a> FailureModel<'a> {
     /// `space`: every declared parameter; `trials`: any lineage trials.
     pub fn new(space: &'a BTreeMap<String, ParamSpec>, trials: &'a [Trial]) -> FailureModel<'a> {
-        // A trial that edited files failed (or not) for its code, not for
-        // its parameter values: no evidence about the space.
         let points = trials
             .iter()
-            .filter(|t| t.edits.iter().all(|e| e.path().is_none()))
-            .filter_map(|t| failed(t).map(|f| (&t.config, f)))
+            .filter_map(|t| evidence(t).map(|f| (&t.config, f)))
             .collect();
         FailureModel { space, points }
+    }
+
+    /// From configurations and whether each failed (see [`evidence`]).
+    pub fn from_points(
+        space: &'a BTreeMap<String, ParamSpec>,
+        points: impl IntoIterator<Item = (&'a Params, bool)>,
+    ) -> FailureModel<'a> {
+        FailureModel {
+            space,
+            points: points.into_iter().collect(),
+        }
     }
 
     /// The number of failures the model knows.

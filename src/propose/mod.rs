@@ -2,6 +2,7 @@
 //! space and the configuration to start from, produce candidate edits.
 
 pub mod constraints;
+pub mod model;
 pub mod prompt;
 pub mod reply;
 pub mod rng;

@@ -1,6 +1,8 @@
 //! The built-in `search` strategy: local steps around the incumbent on one or two
-//! parameters of the surface, with occasional global samples of the whole
-//! surface for exploration. Every value stays inside the declared space.
+//! parameters of the surface, and global samples of the whole surface for
+//! exploration (a share the caller sets: high while a surface has no
+//! confirmed improvement yet, low once it has). Every value stays inside the
+//! declared space.
 
 use std::collections::BTreeMap;
 
@@ -8,8 +10,14 @@ use super::rng::Rng;
 use crate::config::ParamSpec;
 use crate::domain::{format_float, ParamValue, Params};
 
-/// Share of candidates drawn uniformly over the whole surface.
-const GLOBAL_SHARE: f64 = 0.2;
+/// Share of candidates drawn uniformly over the whole surface once the
+/// surface has a confirmed improvement: mostly refine around it.
+pub const GLOBAL_SHARE: f64 = 0.2;
+/// The share before that. A noise band only lets through gains larger than
+/// itself, and from a recipe nobody has tuned for this budget the large
+/// gains are far away: local steps from it mostly give gains within the
+/// band (`ratchet bench`: benches/peers/).
+pub const EXPLORE_SHARE: f64 = 0.6;
 /// Local step size as a share of the (log-)range.
 const STEP: f64 = 0.15;
 
@@ -22,12 +30,14 @@ pub struct Candidate {
 }
 
 /// Draws up to `n` distinct candidates that each change at least one parameter of
-/// `space`, starting from the configuration `base`.
+/// `space`, starting from the configuration `base`; each is a global sample
+/// of the surface with probability `global_share`, else a local step.
 pub fn candidates(
     space: &BTreeMap<String, ParamSpec>,
     base: &Params,
     rng: &mut Rng,
     n: usize,
+    global_share: f64,
 ) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = Vec::with_capacity(n);
     let keys: Vec<&String> = space.keys().collect();
@@ -38,7 +48,7 @@ pub fn candidates(
         if out.len() >= n {
             break;
         }
-        let global = rng.unit() < GLOBAL_SHARE;
+        let global = rng.unit() < global_share;
         let mut changes = Params::new();
         if global {
             for (k, spec) in space {
@@ -209,7 +219,7 @@ mod tests {
         let space = space();
         let mut rng = Rng::new(3);
         for _ in 0..200 {
-            for c in candidates(&space, &base(), &mut rng, 8) {
+            for c in candidates(&space, &base(), &mut rng, 8, GLOBAL_SHARE) {
                 assert!(!c.changes.is_empty());
                 for (k, v) in &c.changes {
                     assert!(space[k].contains(v), "{k}={v} outside {:?}", space[k]);
@@ -223,8 +233,8 @@ mod tests {
 
     #[test]
     fn candidates_are_distinct_and_deterministic() {
-        let a = candidates(&space(), &base(), &mut Rng::new(9), 16);
-        let b = candidates(&space(), &base(), &mut Rng::new(9), 16);
+        let a = candidates(&space(), &base(), &mut Rng::new(9), 16, GLOBAL_SHARE);
+        let b = candidates(&space(), &base(), &mut Rng::new(9), 16, GLOBAL_SHARE);
         assert_eq!(a, b);
         for (i, x) in a.iter().enumerate() {
             assert!(a[i + 1..].iter().all(|y| y.config != x.config));
@@ -242,7 +252,7 @@ mod tests {
         );
         let mut b = Params::new();
         b.insert("k".into(), ParamValue::Int(1));
-        let c = candidates(&s, &b, &mut Rng::new(1), 10);
+        let c = candidates(&s, &b, &mut Rng::new(1), 10, GLOBAL_SHARE);
         assert!(c.len() <= 2, "{c:?}");
     }
 }
