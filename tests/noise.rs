@@ -280,19 +280,21 @@ fn at(t: &Value, status: &str) -> u64 {
 
 #[test]
 fn no_new_trial_starts_while_a_candidate_is_confirmed_unless_told_to() {
-    // Four slots, three seed re-runs: `a` wins quickly; b, c and d train
-    // 2 s against the baseline; when they end, two slots go to a's last
-    // seed runs and one is free while a is still being confirmed.
-    let proposals = [
-        ("1-a", json!({"s.a": 0.5})),
-        ("2-b", json!({"s.b": 0.1, "s.slow": 2.0})),
-        ("3-c", json!({"s.b": 0.2, "s.slow": 2.0})),
-        ("4-d", json!({"s.b": 0.3, "s.slow": 2.0})),
-        ("5-e", json!({"s.b": 0.4})),
-    ];
+    // Six slots, three seed re-runs: `a` wins; twenty quick proposals whose
+    // change is far inside the noise band keep the queue full. Once a's
+    // seed runs start, three slots are free for them, unless the executor
+    // confirms first.
+    let mut proposals = vec![("00-a".to_string(), json!({"s.a": 0.5}))];
+    for i in 1..=20 {
+        proposals.push((format!("{i:02}-b"), json!({"s.b": 0.001 * i as f64})));
+    }
+    let proposals: Vec<(&str, Value)> = proposals
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.clone()))
+        .collect();
     for confirm_first in [true, false] {
         let dir = Dir::with_fixture("noisy");
-        setup(&dir, 4, &proposals);
+        setup(&dir, 6, &proposals);
         if !confirm_first {
             let path = dir.path().join("specialists.toml");
             let text = std::fs::read_to_string(&path).unwrap();
@@ -300,18 +302,55 @@ fn no_new_trial_starts_while_a_candidate_is_confirmed_unless_told_to() {
             std::fs::write(&path, text).unwrap();
         }
         let trials = run(&dir, proposals.len() + 1);
-        let ctx = format!("confirm_first = {confirm_first}: {trials:#?}");
-        let a = by_hypothesis(&trials, "1-a");
-        let e = by_hypothesis(&trials, "5-e");
+        // Each trial's history, in ms from the first entry, and its seed runs' starts.
+        let t0 = at(&trials[0], "proposed");
+        let seed_starts = |t: &Value| -> Vec<u64> {
+            t["seed_runs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["train"]["started_ms"].as_u64())
+                .collect()
+        };
+        let timeline: Vec<String> = trials
+            .iter()
+            .map(|t| {
+                let h: Vec<String> = t["history"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| {
+                        let ms = c["at_ms"].as_u64().unwrap() - t0;
+                        format!("{}@{ms}", str_of(c, "status"))
+                    })
+                    .collect();
+                let seeds: Vec<u64> = seed_starts(t).iter().map(|s| s - t0).collect();
+                format!(
+                    "#{} {}: {} seeds@{seeds:?}",
+                    t["id"],
+                    str_of(t, "hypothesis"),
+                    h.join(" ")
+                )
+            })
+            .collect();
+        let ctx = format!("confirm_first = {confirm_first}:\n{}", timeline.join("\n"));
+        let a = by_hypothesis(&trials, "00-a");
         assert_eq!(str_of(a, "status"), "kept", "{ctx}");
-        let (settled, started) = (at(a, "kept"), at(e, "running"));
+        // From a's first seed run to its keep.
+        let from = *seed_starts(a).iter().min().expect("seed runs");
+        let to = at(a, "kept");
+        let inside = trials
+            .iter()
+            .filter(|t| t["id"] != a["id"] && t["specialist"] == "hand")
+            .filter(|t| (from..to).contains(&at(t, "running")))
+            .count();
         if confirm_first {
-            assert!(
-                started >= settled,
-                "e started during a's confirmation: {ctx}"
-            );
+            assert_eq!(inside, 0, "trials started during a's confirmation: {ctx}");
         } else {
-            assert!(started < settled, "e waited for a's confirmation: {ctx}");
+            assert!(
+                inside > 0,
+                "no trial started during a's confirmation: {ctx}"
+            );
         }
     }
 }

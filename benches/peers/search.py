@@ -20,7 +20,7 @@ over after its first k trials:
 
 Setup (Python 3.11; not part of the CI test run):
     python3 -m pip install -r benches/peers/requirements.txt
-Run (release build first; about 25 minutes with the defaults on 2 cores):
+Run (release build first; about 47 minutes with the defaults on 2 cores):
     cargo build --release
     python3 benches/peers/search.py --trials 24 --budget-secs 10 --seeds 0,1,2
 It writes benches/peers/results/{runs.json,table.md,search.svg}.
@@ -350,6 +350,7 @@ def main():
                                    "secs": round(secs), "trials": trial_rows})
             (out / "runs.json").write_text(json.dumps(detail, indent=1) + "\n")
 
+    (out / "runs.json").write_text(json.dumps(detail, indent=1) + "\n")
     ks = sorted({1, a.trials} | set(range(4, a.trials + 1, 4)))
     lines = ["| trials | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     med = {m: median_curve(results[m], a.trials) for m in methods}

@@ -42,10 +42,6 @@ pub enum LineageMsg {
     Active(RpcReplyPort<Vec<Trial>>),
     /// What proposers read: the latest trials, label counts, incumbent history.
     Feedback(FeedbackQuery, RpcReplyPort<Feedback>),
-    /// Terminal trials that finished after a cursor (at most the newest N),
-    /// oldest first, and the new cursor: a search specialist's outcome
-    /// memory, read incrementally.
-    FinishedAfter(Vec<u8>, usize, RpcReplyPort<(Vec<Trial>, Vec<u8>)>),
     /// The lineage in figures (`ratchet status`).
     Summary(RpcReplyPort<Summary>),
     /// Pauses (`true`) or resumes specialists; answers the names whose
@@ -54,7 +50,8 @@ pub enum LineageMsg {
     /// Paused specialists and since when (ms).
     Paused(RpcReplyPort<BTreeMap<String, u64>>),
     /// A handle on the open database for reads that should not queue
-    /// behind writes (the control socket's lineage reads, exports).
+    /// behind writes (the control socket's lineage reads, exports, search
+    /// specialists).
     Reader(RpcReplyPort<LineageStore>),
     /// A daemon event such as a specialist crash.
     Event {
@@ -173,9 +170,6 @@ impl Actor for Lineage {
             }
             LineageMsg::Active(reply) => {
                 let _ = reply.send(state.store.active()?);
-            }
-            LineageMsg::FinishedAfter(cursor, cap, reply) => {
-                let _ = reply.send(state.store.finished_after(&cursor, cap)?);
             }
             LineageMsg::Feedback(query, reply) => {
                 let _ = reply.send(state.store.feedback(query)?);
