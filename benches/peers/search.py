@@ -246,7 +246,7 @@ def svg(results, trials, floor, path: Path):
     x = lambda k: left + (k - 1) / max(trials - 1, 1) * (w - left - right)
     y = lambda v: top + (hi - v) / (hi - lo) * (h - top - bottom)
     colors = {"ratchet": "#1b7837", "random": "#762a83", "tpe": "#e08214"}
-    names = {"ratchet": "ratchet (default specialists)", "random": "random search", "tpe": "Optuna TPE"}
+    names = {"ratchet": "ratchet", "random": "random search", "tpe": "Optuna TPE"}
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
            f'<rect width="{w}" height="{h}" fill="white"/>',
            f'<line x1="{left}" y1="{h-bottom}" x2="{w-right}" y2="{h-bottom}" stroke="black"/>',
@@ -263,7 +263,13 @@ def svg(results, trials, floor, path: Path):
     out.append(f'<line x1="{left}" y1="{y(floor):.1f}" x2="{w-right}" y2="{y(floor):.1f}" stroke="black" stroke-dasharray="6 4"/>')
     out.append(f'<text x="{w-right+6}" y="{y(floor)+4:.1f}">entropy floor {floor:.3f}</text>')
     for i, (m, c) in enumerate(curves.items()):
-        pts = [(x(k + 1), y(v)) for k, v in enumerate(c) if v is not None]
+        pts = []
+        for k, v in enumerate(c):
+            if v is None:
+                continue
+            if pts:  # a step: the best so far holds until it changes
+                pts.append((x(k + 1), pts[-1][1]))
+            pts.append((x(k + 1), y(v)))
         if pts:
             d = " ".join(f"{px:.1f},{py:.1f}" for px, py in pts)
             out.append(f'<polyline points="{d}" fill="none" stroke="{colors[m]}" stroke-width="2"/>')
