@@ -303,16 +303,7 @@ fn mb(bytes: u64) -> String {
 
 pub fn lineage_command(trials: u64, dir: Option<PathBuf>, keep: bool) -> anyhow::Result<()> {
     anyhow::ensure!(trials >= 10, "--trials must be at least 10");
-    let root = match dir {
-        Some(d) => d,
-        None => std::env::temp_dir().join(format!("ratchet-bench-lineage-{}", std::process::id())),
-    };
-    if root.join("lineage").exists() {
-        anyhow::bail!(
-            "{} already holds a lineage; give a new --dir",
-            root.display()
-        );
-    }
+    let root = super::root("lineage", dir)?;
     std::fs::create_dir_all(&root)?;
     let result = bench(trials, &root);
     if keep {

@@ -76,16 +76,7 @@ pub fn loop_command(
 ) -> anyhow::Result<()> {
     anyhow::ensure!(trials >= 10, "--trials must be at least 10");
     anyhow::ensure!(slots >= 1, "--slots must be at least 1");
-    let root = match dir {
-        Some(d) => d,
-        None => std::env::temp_dir().join(format!("ratchet-bench-loop-{}", std::process::id())),
-    };
-    if root.join("lineage").exists() {
-        anyhow::bail!(
-            "{} already holds a lineage; give a new --dir",
-            root.display()
-        );
-    }
+    let root = super::root("loop", dir)?;
     std::fs::create_dir_all(root.join("experiment"))?;
     std::fs::write(root.join("experiment/experiment.toml"), EXPERIMENT)?;
     std::fs::write(root.join("experiment/recipe.toml"), RECIPE)?;

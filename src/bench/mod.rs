@@ -10,3 +10,21 @@ pub mod looping;
 
 pub use lineage::lineage_command;
 pub use looping::loop_command;
+
+use std::path::PathBuf;
+
+/// A benchmark's directory: `dir`, or a new one named `ratchet-bench-<name>-<pid>`
+/// under the system's temp dir; one that holds a lineage already is refused.
+fn root(name: &str, dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let root = match dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("ratchet-bench-{name}-{}", std::process::id())),
+    };
+    if root.join("lineage").exists() {
+        anyhow::bail!(
+            "{} already holds a lineage; give a new --dir",
+            root.display()
+        );
+    }
+    Ok(root)
+}

@@ -72,6 +72,15 @@ impl Dir {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
+
+    /// `ratchet lineage --lineage DIR list --json`, parsed.
+    pub fn trials_in(&self, lineage: &Path) -> Vec<Value> {
+        let l = lineage.to_str().unwrap();
+        self.ratchet_ok(&["lineage", "--lineage", l, "list", "--json"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
 }
 
 pub fn stdout(o: &Output) -> String {
