@@ -223,8 +223,6 @@ impl Occupancy {
     }
 
     /// Accounts the time since the last change at the state then, and
-    /// starts a new interval with this state.
-    /// Accounts the time since the last change at the state then, and
     /// starts a new interval with this state: `slots`, runs in them, and
     /// free ones waiting for a proposal or held.
     fn change(&mut self, slots: usize, running: usize, waiting: usize, held: usize) {
