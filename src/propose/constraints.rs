@@ -117,7 +117,7 @@ impl<'a> FailureModel<'a> {
     }
 }
 
-fn number(v: &ParamValue) -> Option<f64> {
+pub(super) fn number(v: &ParamValue) -> Option<f64> {
     match v {
         ParamValue::Int(i) => Some(*i as f64),
         ParamValue::Float(f) => Some(*f),
@@ -125,23 +125,33 @@ fn number(v: &ParamValue) -> Option<f64> {
     }
 }
 
+/// A numeric parameter's axis: the transform of its values (log for
+/// `log_float`) and the ends of its range, transformed.
+pub(super) type Scale = (fn(f64) -> f64, f64, f64);
+
+/// The axis of a numeric parameter; `None` for a choice.
+pub(super) fn scale(spec: &ParamSpec) -> Option<Scale> {
+    fn same(v: f64) -> f64 {
+        v
+    }
+    fn log(v: f64) -> f64 {
+        v.max(f64::MIN_POSITIVE).ln()
+    }
+    match spec {
+        ParamSpec::Int { min, max } => Some((same, *min as f64, *max as f64)),
+        ParamSpec::Float { min, max } => Some((same, *min, *max)),
+        ParamSpec::LogFloat { min, max } => Some((log, log(*min), log(*max))),
+        ParamSpec::Choice { .. } => None,
+    }
+}
+
 /// Distance along one parameter, normalized to [0, 1].
 fn axis(spec: &ParamSpec, x: &ParamValue, y: &ParamValue) -> f64 {
-    let scaled = |f: fn(f64) -> f64, min: f64, max: f64| match (number(x), number(y)) {
-        (Some(a), Some(b)) => ((f(a) - f(b)) / (f(max) - f(min))).abs().min(1.0),
+    match (scale(spec), number(x), number(y)) {
+        (None, ..) if x == y => 0.0,
+        (None, ..) => 1.0,
+        (Some((f, lo, hi)), Some(a), Some(b)) => ((f(a) - f(b)) / (hi - lo)).abs().min(1.0),
         _ => 1.0,
-    };
-    match spec {
-        ParamSpec::Int { min, max } => scaled(|v| v, *min as f64, *max as f64),
-        ParamSpec::Float { min, max } => scaled(|v| v, *min, *max),
-        ParamSpec::LogFloat { min, max } => scaled(|v| v.max(f64::MIN_POSITIVE).ln(), *min, *max),
-        ParamSpec::Choice { .. } => {
-            if x == y {
-                0.0
-            } else {
-                1.0
-            }
-        }
     }
 }
 

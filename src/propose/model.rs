@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use super::constraints;
 use crate::config::ParamSpec;
 use crate::domain::{Direction, ParamValue, Params};
 
@@ -177,17 +178,8 @@ fn erf(x: f64) -> f64 {
 
 /// A numeric value's position in its range, on a log axis for `log_float`.
 fn unit(spec: &ParamSpec, v: &ParamValue) -> Option<f64> {
-    let x = match v {
-        ParamValue::Int(i) => *i as f64,
-        ParamValue::Float(f) => *f,
-        _ => return None,
-    };
-    let (x, lo, hi) = match spec {
-        ParamSpec::Int { min, max } => (x, *min as f64, *max as f64),
-        ParamSpec::Float { min, max } => (x, *min, *max),
-        ParamSpec::LogFloat { min, max } => (x.max(f64::MIN_POSITIVE).ln(), min.ln(), max.ln()),
-        ParamSpec::Choice { .. } => return None,
-    };
+    let (f, lo, hi) = constraints::scale(spec)?;
+    let x = f(constraints::number(v)?);
     if hi > lo {
         Some(((x - lo) / (hi - lo)).clamp(0.0, 1.0))
     } else {
