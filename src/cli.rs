@@ -91,6 +91,14 @@ enum Command {
         #[command(subcommand)]
         command: TinylmCommand,
     },
+    /// What a Slurm job runs on its node (the Slurm backend writes the
+    /// file): the command with ratchet's log caps, metrics and memory gate,
+    /// its report written next to its logs.
+    #[command(hide = true)]
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
     /// Benchmarks that print figures.
     Bench {
         #[command(subcommand)]
@@ -151,6 +159,12 @@ enum TinylmCommand {
         #[arg(long, default_value = crate::tinylm::DEFAULT_EVAL_MIX)]
         mix: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum JobCommand {
+    /// Run the job file's command; exit with its status.
+    Run { file: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -324,6 +338,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Job {
+            command: JobCommand::Run { file },
+        } => {
+            let code = crate::slurm::run_job_file(&file).map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::from(code))
         }
         Command::Bench {
             command: BenchCommand::Tinylm { secs },

@@ -50,8 +50,76 @@ impl std::error::Error for ConfigErrors {}
 #[serde(deny_unknown_fields)]
 pub struct SpecialistsFile {
     pub daemon: DaemonSection,
+    #[serde(default)]
+    pub executor: ExecutorSection,
     #[serde(default, rename = "specialist")]
     pub specialists: Vec<SpecialistSection>,
+}
+
+/// `[executor]`: where trials run.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorSection {
+    /// `local` (child processes of ratchet, `daemon.slots` at once) or
+    /// `slurm` (batch jobs, `executor.slurm.max_jobs` at once).
+    #[serde(default)]
+    pub backend: BackendKind,
+    pub slurm: Option<SlurmSection>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    #[default]
+    Local,
+    Slurm,
+}
+
+/// `[executor.slurm]`: how trials are submitted to a Slurm cluster.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSection {
+    /// `--partition`; the cluster's default partition when unset.
+    pub partition: Option<String>,
+    /// `--account`.
+    pub account: Option<String>,
+    /// `--gres=gpu:N` for every train job (0: none).
+    #[serde(default)]
+    pub gpus_per_trial: u32,
+    /// More sbatch options, passed as they are (`["--mem=16G", "--qos=high"]`).
+    #[serde(default)]
+    pub sbatch_args: Vec<String>,
+    /// Jobs of this lineage in Slurm at once, queued or running. Default:
+    /// `daemon.slots`.
+    pub max_jobs: Option<usize>,
+    /// How often squeue is asked about the jobs (one call for all of them).
+    #[serde(default = "default_poll_secs")]
+    pub poll_secs: f64,
+    /// Where eval commands run: `local` (in ratchet's process tree, on the
+    /// machine the daemon runs on) or `slurm` (a job of its own, with the
+    /// same options but no GPUs unless `eval_gpus` says so).
+    #[serde(default)]
+    pub eval: EvalWhere,
+    /// `--gres=gpu:N` for eval jobs.
+    #[serde(default)]
+    pub eval_gpus: u32,
+    /// The ratchet binary as the compute nodes see it (it wraps each job's
+    /// command: log caps, metrics, memory gate). Default: this binary,
+    /// which needs a file system shared with the nodes, as the lineage
+    /// directory does.
+    pub ratchet: Option<PathBuf>,
+}
+
+fn default_poll_secs() -> f64 {
+    5.0
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalWhere {
+    #[default]
+    Local,
+    Slurm,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -490,6 +558,8 @@ pub struct Config {
     pub drain_timeout_secs: u64,
     pub max_attempts: u32,
     pub confirm_first: bool,
+    /// The Slurm backend's settings; `None`: trials run locally.
+    pub slurm: Option<SlurmSection>,
     pub specialists: Vec<Specialist>,
     pub experiment: Experiment,
 }
@@ -595,6 +665,55 @@ fn err(
     });
 }
 
+/// The `[executor]` section's semantic checks; the Slurm settings (paths
+/// absolute) when the backend is Slurm.
+fn check_executor(
+    e: &ExecutorSection,
+    base: &Path,
+    err: &mut dyn FnMut(&str, String),
+) -> Option<SlurmSection> {
+    if e.backend != BackendKind::Slurm {
+        return None;
+    }
+    let mut s = e.slurm.clone().unwrap_or_default();
+    if s.max_jobs == Some(0) {
+        err("executor.slurm.max_jobs", "must be at least 1".into());
+    }
+    if !(s.poll_secs.is_finite() && s.poll_secs >= 0.1) {
+        err(
+            "executor.slurm.poll_secs",
+            format!("{} is not a number of seconds of at least 0.1", s.poll_secs),
+        );
+    }
+    if let Some(bad) = s.sbatch_args.iter().find(|a| !a.starts_with('-')) {
+        err(
+            "executor.slurm.sbatch_args",
+            format!("`{bad}` is not an option (each entry is one `--name=value`)"),
+        );
+    }
+    if let Some(p) = &s.ratchet {
+        s.ratchet = Some(base.join(p));
+    }
+    if !on_path("sbatch") {
+        err(
+            "executor.backend",
+            "`slurm` needs Slurm's client commands (sbatch, squeue, scancel) on PATH; sbatch is not there".into(),
+        );
+    }
+    Some(s)
+}
+
+/// Whether `program` is an executable file in a directory of `PATH`.
+fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|d| {
+            std::fs::metadata(d.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
 fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
     let file = absolute(file);
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -624,6 +743,9 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
     if d.max_attempts == 0 {
         err(errors, &file, "daemon.max_attempts", "must be at least 1");
     }
+    let slurm = check_executor(&parsed.executor, &base, &mut |k, m| {
+        err(errors, &file, k, m)
+    });
     let lineage_dir = base.join(&d.lineage_dir);
     let socket = match &d.socket {
         Some(p) => base.join(p),
@@ -744,12 +866,14 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
     let experiment = experiment?;
     Some(Config {
         lineage_dir,
-        slots: d.slots,
+        // Under Slurm, the jobs in the cluster at once take the place of slots.
+        slots: slurm.as_ref().and_then(|s| s.max_jobs).unwrap_or(d.slots),
         seed: d.seed,
         socket,
         drain_timeout_secs: d.drain_timeout_secs,
         max_attempts: d.max_attempts,
         confirm_first: d.confirm_first,
+        slurm,
         specialists: parsed
             .specialists
             .iter()

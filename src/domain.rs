@@ -314,6 +314,18 @@ pub struct ProcessReport {
     /// Killed by ratchet for going over the memory limit.
     #[serde(default)]
     pub memory_exceeded: bool,
+    /// The Slurm job it ran as (the Slurm backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmJob>,
+}
+
+/// A run's Slurm job: its id, the state Slurm ended it in, and its node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlurmJob {
+    pub id: u64,
+    pub state: String,
+    #[serde(default)]
+    pub node: String,
 }
 
 impl ProcessReport {
@@ -337,6 +349,14 @@ impl ProcessReport {
 
     /// A short human description of how the process ended.
     pub fn describe(&self) -> String {
+        let how = self.how();
+        match &self.slurm {
+            Some(j) => format!("{how} (Slurm job {} {})", j.id, j.state),
+            None => how,
+        }
+    }
+
+    fn how(&self) -> String {
         if let Some(e) = &self.spawn_error {
             return format!("failed to start: {e}");
         }
@@ -345,6 +365,9 @@ impl ProcessReport {
                 "killed over the memory limit (resident {} MiB)",
                 self.peak_rss_bytes >> 20
             );
+        }
+        if self.timed_out && self.duration_ms == 0 && self.slurm.is_some() {
+            return "killed by Slurm at the time limit".into();
         }
         if self.timed_out {
             return format!(
@@ -367,6 +390,10 @@ pub struct SeedRun {
     pub seed: u64,
     /// Process group of its running train command, for orphan cleanup.
     pub pgid: Option<i32>,
+    /// Its train command's Slurm job while it runs (the Slurm backend), so
+    /// that a restarted ratchet adopts the job instead of submitting again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm_job: Option<u64>,
     pub train: Option<ProcessReport>,
     pub proxy: Option<ProcessReport>,
     pub full: Option<ProcessReport>,
@@ -459,6 +486,10 @@ pub struct Trial {
     pub trial_dir: Option<PathBuf>,
     /// Process group of the running train command, for orphan cleanup.
     pub pgid: Option<i32>,
+    /// The Slurm job of its running train command (the Slurm backend): a
+    /// restarted ratchet adopts it instead of submitting the trial again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm_job: Option<u64>,
     pub train: Option<ProcessReport>,
     pub eval: Option<ProcessReport>,
     /// The git commit of the trial's files (on `ratchet/trials/<id>`).

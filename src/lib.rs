@@ -16,5 +16,6 @@ pub mod process;
 pub mod propose;
 pub mod provenance;
 pub mod run;
+pub mod slurm;
 pub mod tinylm;
 pub mod workspace;

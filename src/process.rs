@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
@@ -20,7 +21,7 @@ pub const LOG_CAP_BYTES: u64 = 1 << 20;
 const MAX_LINE: usize = 4096;
 
 /// What to run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Spec {
     pub argv: Vec<String>,
     pub cwd: PathBuf,
@@ -34,22 +35,41 @@ pub struct Spec {
     pub stderr: PathBuf,
 }
 
-/// Kills a process group when dropped, unless disarmed: a trial's processes
-/// never outlive the executor state that owns them.
+/// Kills a process group (or cancels a Slurm job) when told to or when the
+/// run holding it is dropped, unless disarmed: a trial's processes never
+/// outlive the executor state that owns them.
 #[derive(Clone, Debug, Default)]
-pub struct GroupGuard(Arc<AtomicI32>);
+pub struct GroupGuard(Arc<Guarded>);
+
+#[derive(Debug, Default)]
+struct Guarded {
+    pgid: AtomicI32,
+    job: AtomicU64,
+}
 
 impl GroupGuard {
     pub fn set(&self, pgid: i32) {
-        self.0.store(pgid, Ordering::SeqCst);
+        self.0.pgid.store(pgid, Ordering::SeqCst);
+    }
+    /// The run is a Slurm job: killing it is `scancel`.
+    pub fn set_job(&self, job: u64) {
+        self.0.job.store(job, Ordering::SeqCst);
     }
     pub fn disarm(&self) {
-        self.0.store(0, Ordering::SeqCst);
+        self.0.pgid.store(0, Ordering::SeqCst);
+        self.0.job.store(0, Ordering::SeqCst);
+    }
+    /// The Slurm job it holds, if any; taking it disarms that part.
+    pub fn take_job(&self) -> Option<u64> {
+        Some(self.0.job.swap(0, Ordering::SeqCst)).filter(|&j| j > 0)
     }
     pub fn kill(&self) {
-        let pgid = self.0.swap(0, Ordering::SeqCst);
+        let pgid = self.0.pgid.swap(0, Ordering::SeqCst);
         if pgid > 0 {
             kill_group(pgid);
+        }
+        if let Some(job) = self.take_job() {
+            crate::slurm::cancel_now(&[job]);
         }
     }
 }

@@ -37,6 +37,7 @@ use crate::lineage::NewTrial;
 use crate::probe::{self, Stage as Spent};
 use crate::process::{self, GroupGuard, GroupTask};
 use crate::provenance::Provenance;
+use crate::slurm::{JobKind, Outcome, Slurm};
 use crate::workspace::{secret_env, trial_argv, trial_env, TrialDirs};
 
 pub enum EvaluatorMsg {
@@ -71,11 +72,15 @@ pub struct EvaluatorArgs {
     pub config: Arc<Config>,
     pub lineage: ActorRef<LineageMsg>,
     pub provenance: Arc<Provenance>,
+    /// The Slurm backend, when evals run as jobs (`executor.slurm.eval`).
+    pub slurm: Option<Arc<Slurm>>,
 }
 
 pub struct EvaluatorState {
     config: Arc<Config>,
     provenance: Arc<Provenance>,
+    /// Set only when evals run as Slurm jobs.
+    slurm: Option<Arc<Slurm>>,
     lineage: ActorRef<LineageMsg>,
     executor: Option<ActorRef<ExecutorMsg>>,
     /// Messages for an executor that is not known yet.
@@ -134,6 +139,7 @@ impl Actor for Evaluator {
         Ok(EvaluatorState {
             config: args.config,
             provenance: args.provenance,
+            slurm: args.slurm.filter(|s| s.evals_on_slurm()),
             lineage: args.lineage,
             executor: None,
             pending: Vec::new(),
@@ -383,7 +389,8 @@ fn missing_seeds(config: &Config, trial: &Trial) -> Vec<u64> {
         .collect()
 }
 
-/// A fresh (empty) run for each of `seeds`, keeping recorded process groups.
+/// A fresh (empty) run for each of `seeds`, keeping recorded process groups
+/// and Slurm jobs (recovery adopts a job that is still running).
 fn add_seed_runs(seeds: Vec<u64>) -> crate::lineage::actor::Change {
     Box::new(move |t: &mut Trial| {
         for &seed in &seeds {
@@ -391,6 +398,7 @@ fn add_seed_runs(seeds: Vec<u64>) -> crate::lineage::actor::Change {
                 *r = SeedRun {
                     seed,
                     pgid: r.pgid,
+                    slurm_job: r.slurm_job,
                     ..Default::default()
                 };
             } else {
@@ -873,6 +881,12 @@ fn start_eval(
                 protected,
             )
         });
+    let slurm = state.slurm.clone();
+    let kind = match stage {
+        Stage::Proxy => JobKind::Eval,
+        Stage::Full => JobKind::Full,
+    };
+    let attempts = state.config.max_attempts;
     let task = tokio::spawn(async move {
         let t0 = Instant::now();
         let finished = |eval| EvaluatorMsg::EvalFinished {
@@ -896,6 +910,30 @@ fn start_eval(
                 let _ = me.cast(finished(eval));
                 return;
             }
+        }
+        if let Some(slurm) = slurm {
+            // A job the cluster lost is submitted again, up to max_attempts.
+            let mut attempt = 1;
+            let eval = loop {
+                let key = (id, seed, kind);
+                match slurm.run_job(&spec, &task_guard, key, |_| async {}).await {
+                    Outcome::Ran(report) => break report,
+                    Outcome::Lost(why) if attempt < attempts => {
+                        warn!(trial = %id, seed, "{why}; submitting the eval again");
+                        attempt += 1;
+                    }
+                    Outcome::Lost(why) => {
+                        break ProcessReport {
+                            spawn_error: Some(format!(
+                                "{why}, at every one of {attempts} attempts"
+                            )),
+                            ..Default::default()
+                        }
+                    }
+                }
+            };
+            let _ = me.cast(finished(eval));
+            return;
         }
         let eval = match process::start(&spec, &task_guard).await {
             Ok(Ok(started)) => {
@@ -1099,6 +1137,7 @@ mod tests {
             drain_timeout_secs: 1,
             max_attempts: 3,
             confirm_first: true,
+            slurm: None,
             specialists: Vec::new(),
             experiment,
         }

@@ -24,6 +24,7 @@ use crate::lineage::NewTrial;
 use crate::probe::{self, Stage};
 use crate::process::{self, GroupGuard, GroupTask};
 use crate::provenance::{Provenance, ProvenanceError};
+use crate::slurm::{Found, JobKind, Outcome, Slurm};
 use crate::workspace::{secret_env, trial_argv, trial_env, TrialDirs};
 
 pub enum ExecutorMsg {
@@ -40,8 +41,7 @@ pub enum ExecutorMsg {
     TrainFinished {
         id: TrialId,
         seed: u64,
-        /// `None`: the trial's edits were refused and it is already terminal.
-        report: Option<ProcessReport>,
+        ran: Ran,
     },
     /// The evaluator wants seed re-runs of a trial (confirmation and noise
     /// band): they go ahead of the queue.
@@ -69,6 +69,18 @@ pub enum ExecutorMsg {
     /// A reloaded configuration (slots; the experiment stays as it started).
     Reconfigure(Arc<Config>),
     Status(RpcReplyPort<ExecutorStatus>),
+}
+
+/// How a train run ended.
+#[derive(Debug)]
+pub enum Ran {
+    /// The trial's edits were refused; it is already terminal.
+    Refused,
+    /// The command ran (or could not start): its report goes to the evaluator.
+    Report(Box<ProcessReport>),
+    /// The cluster lost the run (a Slurm node failure, preemption, or a
+    /// cancellation that was not ratchet's): it is queued again.
+    Lost(String),
 }
 
 /// What the executor is doing, for `ratchet status`.
@@ -131,6 +143,8 @@ pub struct ExecutorArgs {
     pub provenance: Arc<Provenance>,
     /// The commit trials without a parent start from (`ratchet/base`).
     pub base: Oid,
+    /// The Slurm backend; `None`: runs are child processes of ratchet.
+    pub slurm: Option<Arc<Slurm>>,
 }
 
 struct SpecialistSlot {
@@ -266,6 +280,10 @@ pub struct ExecutorState {
     config: Arc<Config>,
     provenance: Arc<Provenance>,
     base: Oid,
+    slurm: Option<Arc<Slurm>>,
+    /// Seed re-runs the cluster lost, by trial and seed: each is queued
+    /// again up to `max_attempts` times.
+    lost: HashMap<(TrialId, u64), u32>,
     lineage: ActorRef<LineageMsg>,
     evaluator: ActorRef<EvaluatorMsg>,
     observer: Option<Observer>,
@@ -317,10 +335,11 @@ impl Actor for Executor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: ExecutorArgs,
     ) -> Result<ExecutorState, ActorProcessingErr> {
-        let requeued = recover(&args.lineage, args.config.max_attempts).await?;
+        let Recovered { requeued, adopted } =
+            recover(&args.lineage, args.config.max_attempts, args.slurm.as_ref()).await?;
         let paused = ractor::call_t!(args.lineage, LineageMsg::Paused, CALL_TIMEOUT_MS)?;
         let incumbent = ractor::call_t!(args.lineage, LineageMsg::Incumbent, CALL_TIMEOUT_MS)?;
         let defaults = vec![args.config.experiment.defaults.clone()];
@@ -333,6 +352,8 @@ impl Actor for Executor {
             config: args.config,
             provenance: args.provenance,
             base: args.base,
+            slurm: args.slurm,
+            lost: HashMap::new(),
             lineage: args.lineage,
             evaluator: args.evaluator,
             observer: args.observer,
@@ -353,6 +374,9 @@ impl Actor for Executor {
                 state.baseline = Some(trial.id);
             }
             state.push_priority(trial, 0);
+        }
+        for (trial, seed, job) in adopted {
+            adopt(&myself, &mut state, trial, seed, job);
         }
         Ok(state)
     }
@@ -435,14 +459,18 @@ impl Actor for Executor {
                     queue(state, *trial, false).await?;
                 }
             }
-            ExecutorMsg::TrainFinished { id, seed, report } => {
+            ExecutorMsg::TrainFinished { id, seed, ran } => {
                 if let Some(done) = state.running.remove(&(id, seed)) {
                     done.task.guard.disarm();
                 }
-                if let Some(train) = report {
-                    state
-                        .evaluator
-                        .cast(EvaluatorMsg::Evaluate { id, seed, train })?;
+                match ran {
+                    Ran::Refused => {}
+                    Ran::Report(train) => state.evaluator.cast(EvaluatorMsg::Evaluate {
+                        id,
+                        seed,
+                        train: *train,
+                    })?,
+                    Ran::Lost(why) => lost(state, id, seed, why).await?,
                 }
                 probe::since_mark(id, seed, Stage::Reap);
             }
@@ -659,34 +687,22 @@ fn start(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState, job: Job) {
     let executor = myself.clone();
     let task_guard = guard.clone();
     let (provenance, base) = (state.provenance.clone(), state.base);
+    let slurm = state.slurm.clone();
     let task = tokio::spawn(async move {
-        let report = if seed == 0 {
-            run_train(
-                &config,
-                &lineage,
-                &task_guard,
-                trial,
-                provenance,
-                base,
-                taken,
-            )
-            .await
+        let launcher = Launcher {
+            config: &config,
+            lineage: &lineage,
+            guard: &task_guard,
+            slurm: slurm.as_ref(),
+            taken,
+        };
+        let ran = if seed == 0 {
+            run_train(&launcher, trial, provenance, base).await
         } else {
-            Some(
-                run_seed(
-                    &config,
-                    &lineage,
-                    &task_guard,
-                    &trial,
-                    seed,
-                    provenance,
-                    taken,
-                )
-                .await,
-            )
+            run_seed(&launcher, &trial, seed, provenance).await
         };
         probe::mark(id, seed);
-        let _ = executor.cast(ExecutorMsg::TrainFinished { id, seed, report });
+        let _ = executor.cast(ExecutorMsg::TrainFinished { id, seed, ran });
     });
     state.running.insert(
         (id, seed),
@@ -757,22 +773,102 @@ fn spawn_failed(spec: &process::Spec, e: String) -> ProcessReport {
     }
 }
 
-/// A seed re-run of a trial: its commit exported into `seed-<s>/work` and
-/// trained with `RATCHET_SEED=<s>`; the process group goes into the trial's
-/// `seed_runs` (the trial stays `evaluating` meanwhile).
-async fn run_seed(
-    config: &Arc<Config>,
-    lineage: &ActorRef<LineageMsg>,
-    guard: &GroupGuard,
-    trial: &Trial,
-    seed: u64,
-    provenance: Arc<Provenance>,
+/// What a run's task needs to start its command and record where it runs.
+struct Launcher<'a> {
+    config: &'a Arc<Config>,
+    lineage: &'a ActorRef<LineageMsg>,
+    guard: &'a GroupGuard,
+    slurm: Option<&'a Arc<Slurm>>,
+    /// When the run left the queue (the dispatch probe).
     taken: Instant,
-) -> ProcessReport {
-    let dirs = TrialDirs::run(&config.lineage_dir, trial.id, seed);
-    let spec = train_spec(config, &dirs, trial.id);
+}
+
+impl Launcher<'_> {
+    /// Runs the train command of trial `id`'s run `seed`: a process group
+    /// of ratchet's, or a Slurm job. Its group or job is recorded in
+    /// lineage (for recovery) before it is waited for.
+    async fn launch(&self, spec: &process::Spec, id: TrialId, seed: u64) -> Ran {
+        let Some(slurm) = self.slurm else {
+            let started = match process::start(spec, self.guard).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(report)) => return Ran::Report(Box::new(report)),
+                Err(e) => {
+                    return Ran::Report(Box::new(spawn_failed(
+                        spec,
+                        format!("cannot write trial logs: {e}"),
+                    )))
+                }
+            };
+            probe::since(id, Stage::Dispatch, self.taken);
+            let spawned = Instant::now();
+            record_handle(self.lineage, id, seed, Handle::Group(started.pgid)).await;
+            let report = match process::finish(started, spec, self.guard).await {
+                Ok(r) => r,
+                Err(e) => spawn_failed(spec, format!("cannot capture trial output: {e}")),
+            };
+            probe::since(id, Stage::Child, spawned);
+            return Ran::Report(Box::new(report));
+        };
+        let recorded = |job| async move {
+            probe::since(id, Stage::Dispatch, self.taken);
+            record_handle(self.lineage, id, seed, Handle::Job(job)).await;
+        };
+        match slurm
+            .run_job(spec, self.guard, (id, seed, JobKind::Train), recorded)
+            .await
+        {
+            Outcome::Ran(report) => Ran::Report(Box::new(report)),
+            Outcome::Lost(why) => Ran::Lost(why),
+        }
+    }
+}
+
+/// Where a run's command runs, for recovery.
+enum Handle {
+    Group(i32),
+    Job(u64),
+}
+
+/// Records a run's process group or Slurm job: the trial's own (seed 0) or
+/// one of its seed runs (a measurement: the trial may be the kept incumbent
+/// being re-measured).
+async fn record_handle(lineage: &ActorRef<LineageMsg>, id: TrialId, seed: u64, handle: Handle) {
+    let set = move |pgid: &mut Option<i32>, job: &mut Option<u64>| match handle {
+        Handle::Group(g) => *pgid = Some(g),
+        Handle::Job(j) => *job = Some(j),
+    };
+    let recorded = if seed == 0 {
+        update_trial(
+            lineage,
+            id,
+            Box::new(move |t| set(&mut t.pgid, &mut t.slurm_job)),
+        )
+        .await
+    } else {
+        measure_trial(
+            lineage,
+            id,
+            Box::new(move |t| {
+                if let Some(r) = t.seed_runs.iter_mut().find(|r| r.seed == seed) {
+                    set(&mut r.pgid, &mut r.slurm_job);
+                }
+            }),
+        )
+        .await
+    };
+    if let Err(e) = recorded {
+        warn!(trial = %id, seed, error = %e, "could not record where the run runs");
+    }
+}
+
+/// A seed re-run of a trial: its commit exported into `seed-<s>/work` and
+/// trained with `RATCHET_SEED=<s>` (the trial stays `evaluating` meanwhile).
+async fn run_seed(l: &Launcher<'_>, trial: &Trial, seed: u64, provenance: Arc<Provenance>) -> Ran {
+    let dirs = TrialDirs::run(&l.config.lineage_dir, trial.id, seed);
+    let spec = train_spec(l.config, &dirs, trial.id);
+    let failed = |e: String| Ran::Report(Box::new(spawn_failed(&spec, e)));
     let Some(commit) = trial.commit.as_deref().and_then(|c| Oid::from_str(c).ok()) else {
-        return spawn_failed(&spec, "the trial has no commit to re-run".into());
+        return failed("the trial has no commit to re-run".into());
     };
     let work = dirs.work.clone();
     let exported = tokio::task::spawn_blocking(move || {
@@ -787,53 +883,18 @@ async fn run_seed(
     .await;
     match exported {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return spawn_failed(&spec, format!("provenance: {e}")),
-        Err(e) => return spawn_failed(&spec, format!("provenance task failed: {e}")),
+        Ok(Err(e)) => return failed(format!("provenance: {e}")),
+        Err(e) => return failed(format!("provenance task failed: {e}")),
     }
-    let started = match process::start(&spec, guard).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(report)) => return report,
-        Err(e) => return spawn_failed(&spec, format!("cannot write trial logs: {e}")),
-    };
-    probe::since(trial.id, Stage::Dispatch, taken);
-    let spawned = Instant::now();
-    let pgid = started.pgid;
-    // A measurement: the trial may be the kept incumbent being re-measured.
-    let recorded = measure_trial(
-        lineage,
-        trial.id,
-        Box::new(move |t| {
-            if let Some(r) = t.seed_runs.iter_mut().find(|r| r.seed == seed) {
-                r.pgid = Some(pgid);
-            }
-        }),
-    )
-    .await;
-    if let Err(e) = recorded {
-        warn!(trial = %trial.id, seed, error = %e, "could not record the process group");
-    }
-    let report = match process::finish(started, &spec, guard).await {
-        Ok(r) => r,
-        Err(e) => spawn_failed(&spec, format!("cannot capture trial output: {e}")),
-    };
-    probe::since(trial.id, Stage::Child, spawned);
-    report
+    l.launch(&spec, trial.id, seed).await
 }
 
-/// Commits and exports the trial and runs its train command. `None` when the
-/// trial never ran because its edits were refused (it is already `Failed`).
-async fn run_train(
-    config: &Arc<Config>,
-    lineage: &ActorRef<LineageMsg>,
-    guard: &GroupGuard,
-    trial: Trial,
-    provenance: Arc<Provenance>,
-    base: Oid,
-    taken: Instant,
-) -> Option<ProcessReport> {
+/// Commits and exports the trial and runs its train command.
+async fn run_train(l: &Launcher<'_>, trial: Trial, provenance: Arc<Provenance>, base: Oid) -> Ran {
+    let (config, lineage) = (l.config, l.lineage);
     let dirs = TrialDirs::new(&config.lineage_dir, trial.id);
     let spec = train_spec(config, &dirs, trial.id);
-    let failed = |e: String| spawn_failed(&spec, e);
+    let failed = |e: String| Ran::Report(Box::new(spawn_failed(&spec, e)));
 
     // The trial's commit, on top of the incumbent commit it was proposed
     // against (the parent's keep commit); the full configuration is written,
@@ -912,12 +973,12 @@ async fn run_train(
             )
             .await;
             return match refused {
-                Ok(_) => None,
-                Err(e) => Some(failed(e)),
+                Ok(_) => Ran::Refused,
+                Err(e) => failed(e),
             };
         }
-        Ok(Err(e)) => return Some(failed(format!("provenance: {e}"))),
-        Err(e) => return Some(failed(format!("provenance task failed: {e}"))),
+        Ok(Err(e)) => return failed(format!("provenance: {e}")),
+        Err(e) => return failed(format!("provenance task failed: {e}")),
     };
     let root = dirs.root.clone();
     if let Err(e) = update_trial(
@@ -941,25 +1002,9 @@ async fn run_train(
     )
     .await
     {
-        return Some(failed(e));
+        return failed(e);
     }
-    let started = match process::start(&spec, guard).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(report)) => return Some(report),
-        Err(e) => return Some(failed(format!("cannot write trial logs: {e}"))),
-    };
-    probe::since(trial.id, Stage::Dispatch, taken);
-    let spawned = Instant::now();
-    let pgid = started.pgid;
-    if let Err(e) = update_trial(lineage, trial.id, Box::new(move |t| t.pgid = Some(pgid))).await {
-        warn!(trial = %trial.id, error = %e, "could not record the process group");
-    }
-    let report = match process::finish(started, &spec, guard).await {
-        Ok(r) => r,
-        Err(e) => failed(format!("cannot capture trial output: {e}")),
-    };
-    probe::since(trial.id, Stage::Child, spawned);
-    Some(report)
+    l.launch(&spec, trial.id, 0).await
 }
 
 /// What committing a trial gave: its commit (with diff, and the measured
@@ -969,38 +1014,92 @@ enum Made {
     Refused(Rejection),
 }
 
+/// What start-up recovery found: trials to queue again, and runs whose
+/// Slurm jobs are still the cluster's (trial, seed, job) to wait for.
+struct Recovered {
+    requeued: Vec<Trial>,
+    adopted: Vec<(Trial, u64, u64)>,
+}
+
 /// Start-up recovery of trials that were proposed, queued or running when
-/// the previous ratchet process died (or stopped with them still queued):
-/// their recorded process groups are killed, and they are returned `Queued`
-/// to run again (same id; `attempt` + 1 for one that had started), or, after
-/// `max_attempts` starts, recorded `interrupted`. (Evaluating trials are
-/// evaluated again by the evaluator; the recorded groups of their seed runs,
-/// and of the incumbent's while it was re-measured, are killed here.)
+/// the previous ratchet process died (or stopped with them still queued).
+/// A run on Slurm whose job the cluster still knows (recorded in lineage,
+/// or found by its name when ratchet died before recording it) is adopted:
+/// waited for, not submitted again; train jobs of this lineage that no
+/// trial needs are cancelled. Otherwise the recorded process groups are
+/// killed, and the trials are returned `Queued` to run again (same id;
+/// `attempt` + 1 for one that had started), or, after `max_attempts`
+/// starts, recorded `interrupted`. (Evaluating trials are evaluated again
+/// by the evaluator; the recorded groups of their seed runs, and of the
+/// incumbent's while it was re-measured, are killed here.)
 async fn recover(
     lineage: &ActorRef<LineageMsg>,
     max_attempts: u32,
-) -> Result<Vec<Trial>, ActorProcessingErr> {
-    // The incumbent's own seed runs (a re-measurement) that were training.
+    slurm: Option<&Arc<Slurm>>,
+) -> Result<Recovered, ActorProcessingErr> {
+    let found = match slurm {
+        Some(s) => s.ours().await.unwrap_or_else(|e| {
+            warn!(error = %e, "recovering: cannot list this lineage's Slurm jobs; adopting only recorded ones");
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
+    let mut out = Recovered {
+        requeued: Vec::new(),
+        adopted: Vec::new(),
+    };
+    // The job of a run: recorded, or the newest of its name.
+    let job_of = |id: TrialId, seed: u64, recorded: Option<u64>| {
+        slurm?;
+        recorded.or_else(|| {
+            found
+                .iter()
+                .filter(|f| (f.trial, f.seed, f.kind) == (id, seed, JobKind::Train))
+                .map(|f| f.job)
+                .max()
+        })
+    };
+    // Seed runs that were training: the incumbent's own (a re-measurement)
+    // and those of evaluating trials; the evaluator asks for them again,
+    // and finds adopted ones running.
+    let mut seeded = Vec::new();
     if let Some(inc) = ractor::call_t!(lineage, LineageMsg::Incumbent, CALL_TIMEOUT_MS)? {
         if let Some(t) = ractor::call_t!(lineage, LineageMsg::Get, CALL_TIMEOUT_MS, inc.trial)? {
-            for run in t.seed_runs.iter().filter(|r| r.train.is_none()) {
-                if let Some(pgid) = run.pgid {
-                    process::kill_group(pgid);
-                }
-            }
+            seeded.push(t);
         }
     }
     let active = ractor::call_t!(lineage, LineageMsg::Active, CALL_TIMEOUT_MS)?;
-    let mut requeued = Vec::new();
+    seeded.extend(
+        active
+            .iter()
+            .filter(|t| t.status == TrialStatus::Evaluating)
+            .cloned(),
+    );
+    for t in seeded {
+        for run in t.seed_runs.iter().filter(|r| r.train.is_none()) {
+            if let Some(job) = job_of(t.id, run.seed, run.slurm_job) {
+                info!(trial = %t.id, seed = run.seed, job, "recovering: adopting the seed run's Slurm job");
+                out.adopted.push((t.clone(), run.seed, job));
+            } else if let Some(pgid) = run.pgid {
+                process::kill_group(pgid);
+            }
+        }
+    }
     for t in active {
         if t.status == TrialStatus::Evaluating {
-            // Its seed re-runs that were training die; the evaluator asks again.
-            for run in t.seed_runs.iter().filter(|r| r.train.is_none()) {
-                if let Some(pgid) = run.pgid {
-                    process::kill_group(pgid);
-                }
-            }
             continue;
+        }
+        if t.status == TrialStatus::Running {
+            if let Some(job) = job_of(t.id, 0, t.slurm_job) {
+                info!(trial = %t.id, job, "recovering: adopting the trial's Slurm job");
+                let t = if t.slurm_job == Some(job) {
+                    t
+                } else {
+                    update_trial(lineage, t.id, Box::new(move |t| t.slurm_job = Some(job))).await?
+                };
+                out.adopted.push((t, 0, job));
+                continue;
+            }
         }
         if let Some(pgid) = t.pgid {
             process::kill_group(pgid);
@@ -1017,18 +1116,7 @@ async fn recover(
             continue;
         }
         warn!(trial = %t.id, status = %t.status, attempt = t.attempt, "recovering: trial was in flight when ratchet stopped; queued again");
-        let trial = update_trial(
-            lineage,
-            t.id,
-            Box::new(move |t| {
-                t.status = TrialStatus::Queued;
-                t.pgid = None;
-                if started {
-                    t.attempt += 1;
-                }
-            }),
-        )
-        .await?;
+        let trial = requeue(lineage, t.id, started).await?;
         if started {
             lineage.cast(LineageMsg::Event {
                 kind: "requeued".into(),
@@ -1039,9 +1127,146 @@ async fn recover(
                 ),
             })?;
         }
-        requeued.push(trial);
+        out.requeued.push(trial);
     }
-    Ok(requeued)
+    // Train jobs of this lineage that nothing waits for any more.
+    let orphans: Vec<u64> = found
+        .iter()
+        .filter(|f: &&Found| f.kind == JobKind::Train && !f.state.is_terminal())
+        .filter(|f| !out.adopted.iter().any(|(_, _, job)| *job == f.job))
+        .map(|f| f.job)
+        .collect();
+    if !orphans.is_empty() {
+        warn!(jobs = ?orphans, "recovering: cancelling Slurm jobs of this lineage that no trial waits for");
+        tokio::task::spawn_blocking(move || crate::slurm::cancel_now(&orphans)).await?;
+    }
+    Ok(out)
+}
+
+/// Records a trial `Queued` to run again (`attempt` + 1 when it had started).
+async fn requeue(
+    lineage: &ActorRef<LineageMsg>,
+    id: TrialId,
+    started: bool,
+) -> Result<Trial, String> {
+    update_trial(
+        lineage,
+        id,
+        Box::new(move |t| {
+            t.status = TrialStatus::Queued;
+            t.pgid = None;
+            t.slurm_job = None;
+            if started {
+                t.attempt += 1;
+            }
+        }),
+    )
+    .await
+}
+
+/// A run the cluster lost: queued again, ahead of proposals, until it has
+/// been started `max_attempts` times; then the trial is recorded
+/// `interrupted` (its own run) or the seed run fails.
+async fn lost(
+    state: &mut ExecutorState,
+    id: TrialId,
+    seed: u64,
+    why: String,
+) -> Result<(), ActorProcessingErr> {
+    let max = state.config.max_attempts;
+    warn!(trial = %id, seed, "{why}");
+    if seed == 0 {
+        let Some(t) = ractor::call_t!(state.lineage, LineageMsg::Get, CALL_TIMEOUT_MS, id)? else {
+            return Ok(());
+        };
+        if t.attempt >= max {
+            let detail = format!("{why}, at every one of {max} attempts");
+            update_trial(
+                &state.lineage,
+                id,
+                Box::new(move |t| {
+                    t.status = TrialStatus::Interrupted;
+                    t.label = Some(crate::domain::FailureLabel::Interrupted);
+                    t.detail = Some(detail.clone());
+                }),
+            )
+            .await?;
+            return Ok(());
+        }
+        let trial = requeue(&state.lineage, id, true).await?;
+        state.lineage.cast(LineageMsg::Event {
+            kind: "requeued".into(),
+            subject: id.to_string(),
+            detail: format!("{why}; attempt {} of {max}", trial.attempt),
+        })?;
+        state.push_priority(trial, 0);
+        return Ok(());
+    }
+    let n = state.lost.entry((id, seed)).or_default();
+    *n += 1;
+    if *n >= max {
+        state.lost.remove(&(id, seed));
+        let train = ProcessReport {
+            spawn_error: Some(format!("{why}, at every one of {max} attempts")),
+            ..Default::default()
+        };
+        state
+            .evaluator
+            .cast(EvaluatorMsg::Evaluate { id, seed, train })?;
+        return Ok(());
+    }
+    let Some(t) = ractor::call_t!(state.lineage, LineageMsg::Get, CALL_TIMEOUT_MS, id)? else {
+        return Ok(());
+    };
+    state.lineage.cast(LineageMsg::Event {
+        kind: "requeued".into(),
+        subject: id.to_string(),
+        detail: format!("seed {seed}: {why}"),
+    })?;
+    state.push_priority(t, seed);
+    Ok(())
+}
+
+/// Puts a run whose Slurm job is still in the cluster into a slot: its
+/// task waits for the job, as if this process had submitted it.
+fn adopt(
+    myself: &ActorRef<ExecutorMsg>,
+    state: &mut ExecutorState,
+    trial: Trial,
+    seed: u64,
+    job: u64,
+) {
+    let Some(slurm) = state.slurm.clone() else {
+        return;
+    };
+    let id = trial.id;
+    let dirs = TrialDirs::run(&state.config.lineage_dir, id, seed);
+    let spec = train_spec(&state.config, &dirs, id);
+    let guard = GroupGuard::default();
+    guard.set_job(job);
+    let task_guard = guard.clone();
+    let executor = myself.clone();
+    let task = tokio::spawn(async move {
+        let ran = match slurm.follow(&spec, &task_guard, job).await {
+            Outcome::Ran(report) => Ran::Report(Box::new(report)),
+            Outcome::Lost(why) => Ran::Lost(why),
+        };
+        let _ = executor.cast(ExecutorMsg::TrainFinished { id, seed, ran });
+    });
+    let info = RunInfo {
+        trial: id,
+        seed,
+        specialist: trial.specialist.clone(),
+        attempt: trial.attempt,
+        since_ms: now_ms(),
+    };
+    state.running.insert(
+        (id, seed),
+        Running {
+            task: GroupTask { guard, task },
+            info,
+        },
+    );
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ use crate::domain::Trial;
 use crate::lineage::actor::{Lineage, LineageArgs, LineageMsg, Observer};
 use crate::lineage::Summary;
 use crate::provenance::{Provenance, ProvenanceError};
+use crate::slurm::{JobKind, Slurm};
 
 pub enum SupervisorMsg {
     RestartSpecialist(String),
@@ -88,6 +89,9 @@ struct Context {
     max_trials: Option<u64>,
     provenance: Arc<Provenance>,
     base: Oid,
+    /// The Slurm backend (one tracker for the executor's and the
+    /// evaluator's jobs); `None`: runs are local.
+    slurm: Option<Arc<Slurm>>,
 }
 
 pub struct SupervisorState {
@@ -301,12 +305,33 @@ async fn prepare(
             Ok((p, base))
         })
         .await??;
+    let slurm = Slurm::of(&args.config);
+    if let Some(slurm) = &slurm {
+        // Evaluations start over after a restart: eval jobs left by the
+        // previous process are cancelled before the evaluator submits any.
+        // (The executor adopts or cancels train jobs itself.)
+        match slurm.ours().await {
+            Ok(found) => {
+                let stale: Vec<u64> = found
+                    .iter()
+                    .filter(|f| f.kind != JobKind::Train && !f.state.is_terminal())
+                    .map(|f| f.job)
+                    .collect();
+                if !stale.is_empty() {
+                    warn!(jobs = ?stale, "cancelling eval jobs left by the previous ratchet");
+                    tokio::task::spawn_blocking(move || crate::slurm::cancel_now(&stale)).await?;
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot list this lineage's Slurm jobs"),
+        }
+    }
     Ok(Context {
         config: args.config,
         observer: args.observer,
         max_trials: args.max_trials,
         provenance: Arc::new(provenance),
         base,
+        slurm,
     })
 }
 
@@ -319,6 +344,7 @@ async fn spawn_evaluator(
         config: ctx.config.clone(),
         lineage: lineage.clone(),
         provenance: ctx.provenance.clone(),
+        slurm: ctx.slurm.clone(),
     };
     Ok(Actor::spawn_linked(None, Evaluator, args, cell).await?.0)
 }
@@ -337,6 +363,7 @@ async fn spawn_executor(
         max_trials: ctx.max_trials,
         provenance: ctx.provenance.clone(),
         base: ctx.base,
+        slurm: ctx.slurm.clone(),
     };
     Ok(Actor::spawn_linked(None, Executor, args, cell).await?.0)
 }
@@ -446,6 +473,10 @@ async fn reload(
     {
         report.at_restart.push("the experiment".into());
     }
+    if new.slurm != old.slurm {
+        // Jobs already in the cluster were submitted with the old settings.
+        report.at_restart.push("executor".into());
+    }
     if new.slots != old.slots {
         report.slots = Some((old.slots, new.slots));
     }
@@ -465,6 +496,7 @@ async fn reload(
         lineage_dir: old.lineage_dir.clone(),
         socket: old.socket.clone(),
         experiment: old.experiment.clone(),
+        slurm: old.slurm.clone(),
         file: old.file.clone(),
         ..new
     };

@@ -168,6 +168,7 @@ fn synthetic(id: u64, n: u64, start: u64, best: &mut f64, rng: &mut Rng) -> Tria
         history,
         trial_dir: Some(dir.clone()),
         pgid: None,
+        slurm_job: None,
         train: Some(report("train", 20, None)),
         eval: score.map(|s| report("eval", 3, Some(s))),
         commit: Some(sha(1)),

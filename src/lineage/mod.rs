@@ -400,6 +400,7 @@ impl LineageStore {
                     }],
                     trial_dir: None,
                     pgid: None,
+                    slurm_job: None,
                     train: None,
                     eval: None,
                     commit: None,
