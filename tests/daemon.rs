@@ -7,10 +7,13 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
-use common::{group_alive, stderr, stdout, str_of, Dir};
+use common::{
+    daemon_log, group_alive, live_status, start_daemon, stderr, stdout, str_of, terminate,
+    wait_for, wait_up, Dir,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -28,60 +31,6 @@ fn config(dir: &Dir, slots: usize, specialists: &[(&str, &str)], extra: &str) {
         ));
     }
     dir.write("specialists.toml", &text);
-}
-
-/// Starts the daemon; its log goes to `<dir>/daemon.log` (appended).
-fn start_daemon(dir: &Dir, env: &[(&str, &str)]) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.path().join("daemon.log"))
-        .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ratchet"));
-    cmd.arg("daemon")
-        .current_dir(dir.path())
-        .env("RATCHET_LOG", "info")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(log);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().unwrap()
-}
-
-fn daemon_log(dir: &Dir) -> String {
-    std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
-}
-
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// `ratchet status --json` of a running daemon (None while it is not up).
-fn live_status(dir: &Dir) -> Option<Value> {
-    let out = dir.ratchet(&["status", "--json"]);
-    if !out.status.success() {
-        return None;
-    }
-    let v: Value = serde_json::from_str(&stdout(&out)).ok()?;
-    v.get("live").is_some().then_some(v)
-}
-
-fn wait_up(dir: &Dir) -> Value {
-    wait_for("the daemon's control socket", 60, || live_status(dir))
-}
-
-fn terminate(mut child: Child) -> std::process::ExitStatus {
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    child.wait().unwrap()
 }
 
 fn spec_state<'a>(status: &'a Value, name: &str) -> &'a str {

@@ -2,7 +2,11 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use serde_json::Value;
 
@@ -130,4 +134,61 @@ pub fn pid_alive(pid: i64) -> bool {
 pub fn str_of<'a>(t: &'a Value, key: &str) -> &'a str {
     t[key].as_str().unwrap_or("")
 }
+// ---------------------------------------------------------------------------
+// A daemon under test
+
+/// Starts the daemon; its log goes to `<dir>/daemon.log` (appended).
+pub fn start_daemon(dir: &Dir, env: &[(&str, &str)]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("daemon.log"))
+        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ratchet"));
+    cmd.arg("daemon")
+        .current_dir(dir.path())
+        .env("RATCHET_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+pub fn daemon_log(dir: &Dir) -> String {
+    std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
+}
+
+pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `ratchet status --json` of a running daemon (None while it is not up).
+pub fn live_status(dir: &Dir) -> Option<Value> {
+    let out = dir.ratchet(&["status", "--json"]);
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&stdout(&out)).ok()?;
+    v.get("live").is_some().then_some(v)
+}
+
+pub fn wait_up(dir: &Dir) -> Value {
+    wait_for("the daemon's control socket", 60, || live_status(dir))
+}
+
+pub fn terminate(mut child: Child) -> std::process::ExitStatus {
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    child.wait().unwrap()
+}
+
 pub mod llm;

@@ -37,7 +37,7 @@ if [[ $cmd == stop ]]; then
 fi
 [[ $cmd == start ]] || { echo "usage: cluster.sh start|stop DIR" >&2; exit 2; }
 
-for p in munged mungekey slurmctld slurmd sbatch squeue scontrol; do
+for p in munged mungekey slurmctld slurmd sbatch squeue sinfo; do
     command -v "$p" >/dev/null || PATH=$PATH:/usr/sbin
     command -v "$p" >/dev/null || {
         echo "cluster.sh: $p not found; install Debian's slurmctld slurmd slurm-client munge" >&2
