@@ -59,13 +59,17 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
-    /// Stop asking specialists for proposals (their running trials finish).
-    /// Stored in lineage: it survives restarts.
+    /// Stop asking specialists for proposals (their running trials finish,
+    /// unless --cancel). Stored in lineage: it survives restarts.
     Pause {
         #[command(flatten)]
         config: ConfigArg,
         #[command(flatten)]
         which: Which,
+        /// Also stop their trials that run or wait for a slot: killed (a
+        /// Slurm job: scancel) and recorded `interrupted`.
+        #[arg(long)]
+        cancel: bool,
     },
     /// Ask paused specialists for proposals again.
     Resume {
@@ -296,8 +300,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             watch,
         } => status_command(&config.config, json, watch),
-        Command::Pause { config, which } => pause_command(&config.config, which.names(), true),
-        Command::Resume { config, which } => pause_command(&config.config, which.names(), false),
+        Command::Pause {
+            config,
+            which,
+            cancel,
+        } => pause_command(&config.config, which.names(), true, cancel),
+        Command::Resume { config, which } => {
+            pause_command(&config.config, which.names(), false, false)
+        }
         Command::Reload { config } => reload_command(&config.config),
         Command::Run { config, trials } => {
             let c = match load_config(&config.config) {
@@ -461,22 +471,31 @@ fn pause_command(
     config: &Path,
     names: Option<Vec<String>>,
     paused: bool,
+    cancel: bool,
 ) -> anyhow::Result<ExitCode> {
     use crate::daemon::control::Command as C;
     let what = if paused { "paused" } else { "resumed" };
     let command = if paused {
         C::Pause {
             names: names.clone(),
+            cancel,
         }
     } else {
         C::Resume {
             names: names.clone(),
         }
     };
+    let mut cancelled = Vec::new();
     let changed = match call_daemon(config, command)? {
-        Some(r) if r.ok => r.changed.unwrap_or_default(),
+        Some(r) if r.ok => {
+            cancelled = r.cancelled;
+            r.changed.unwrap_or_default()
+        }
         Some(r) => anyhow::bail!("{}", r.error.unwrap_or_default()),
         None => {
+            if cancel {
+                println!("no ratchet is running: nothing to cancel");
+            }
             // No daemon: write it into lineage for the next start.
             let c = match load_config(config) {
                 Ok(c) => c,
@@ -490,6 +509,10 @@ fn pause_command(
         println!("nothing changed: already {what}");
     } else {
         println!("{what}: {}", changed.join(", "));
+    }
+    if cancel && !cancelled.is_empty() {
+        let ids: Vec<String> = cancelled.iter().map(|id| format!("#{id}")).collect();
+        println!("cancelled: {}", ids.join(", "));
     }
     Ok(ExitCode::SUCCESS)
 }

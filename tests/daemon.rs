@@ -612,3 +612,47 @@ fn lineage_reads_and_exports_work_while_the_daemon_runs() {
     }
     assert!(!daemon_log(&dir).contains("ERROR"), "{}", daemon_log(&dir));
 }
+
+/// `pause --cancel`: the specialist is paused and its running trial killed
+/// (its whole process group) and recorded `interrupted`.
+#[test]
+fn pause_with_cancel_stops_the_specialists_running_trial() {
+    let dir = slow_dir(0.2, 10);
+    // The baseline is quick; the specialist's trials would take 60 s.
+    let train = std::fs::read_to_string(dir.path().join("experiment/train.py")).unwrap();
+    dir.write(
+        "experiment/train.py",
+        &train.replace(
+            "time.sleep(0.2)",
+            "time.sleep(60 if int(os.environ['RATCHET_TRIAL_ID']) >= 2 else 0.2)",
+        ),
+    );
+    let child = start_daemon(&dir, &[]);
+    let id = wait_for("the specialist's trial in a slot", 60, || {
+        let s = live_status(&dir)?;
+        let run = s["live"]["executor"]["running"]
+            .as_array()?
+            .first()?
+            .clone();
+        (run["specialist"] == "x").then(|| run["trial"].as_u64())?
+    });
+    let pgid = wait_for("its process group", 30, || trial(&dir, id)["pgid"].as_i64());
+    let out = dir.ratchet_ok(&["pause", "x", "--cancel"]);
+    assert!(out.contains(&format!("cancelled: #{id}")), "{out}");
+    let t = trial(&dir, id);
+    assert_eq!(str_of(&t, "status"), "interrupted", "{t:#}");
+    // SIGKILL is delivered asynchronously.
+    wait_for("its process group to die", 10, || {
+        (!group_alive(pgid)).then_some(())
+    });
+    let s = live_status(&dir).unwrap();
+    assert_eq!(spec_state(&s, "x"), "paused");
+    assert!(
+        s["live"]["executor"]["running"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{s}"
+    );
+    assert_eq!(terminate(child).code(), Some(0));
+}

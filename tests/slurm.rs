@@ -215,8 +215,9 @@ fn a_job_slurm_kills_at_its_time_limit_is_a_budget_overrun() {
 }
 
 /// The faulty fixture with a train that notes each start (`start-<job>` in
-/// the trial directory) and then waits for the returned file to exist.
-fn held_fixture() -> (Dir, std::path::PathBuf) {
+/// the trial directory) and then, in trials from `hold_from` on, waits for
+/// the returned file to exist.
+fn held_fixture(hold_from: u64) -> (Dir, std::path::PathBuf) {
     let dir = Dir::with_fixture("faulty");
     let release = dir.path().join("release");
     let train = std::fs::read_to_string(dir.path().join("experiment/train.py")).unwrap();
@@ -226,7 +227,7 @@ fn held_fixture() -> (Dir, std::path::PathBuf) {
             "time.sleep(0.2)",
             &format!(
                 "open(os.path.join(trial_dir, 'start-' + os.environ['SLURM_JOB_ID']), 'w').close()\n\
-                 while not os.path.exists({:?}):\n    time.sleep(0.1)\ntime.sleep(0.2)",
+                 while int(os.environ['RATCHET_TRIAL_ID']) >= {hold_from} and not os.path.exists({:?}):\n    time.sleep(0.1)\ntime.sleep(0.2)",
                 release.to_str().unwrap()
             ),
         ),
@@ -257,7 +258,7 @@ fn state_of(job: u64) -> String {
 #[test]
 fn a_job_cancelled_outside_ratchet_runs_again_and_ratchet_cancels_its_jobs_when_it_stops() {
     cluster();
-    let (dir, _release) = held_fixture();
+    let (dir, _release) = held_fixture(1);
     config(&dir, 1, &[("s", "search")], "");
     let daemon = start_daemon(&dir, &[]);
     wait_up(&dir);
@@ -289,9 +290,39 @@ fn a_job_cancelled_outside_ratchet_runs_again_and_ratchet_cancels_its_jobs_when_
 }
 
 #[test]
+fn pause_with_cancel_cancels_the_specialists_jobs() {
+    cluster();
+    let (dir, _release) = held_fixture(2);
+    config(&dir, 1, &[("s", "search")], "");
+    let daemon = start_daemon(&dir, &[]);
+    wait_up(&dir);
+    let job = running_job(&dir, 2, 1);
+    let out = dir.ratchet_ok(&["pause", "s", "--cancel"]);
+    assert!(
+        out.contains("paused: s") && out.contains("cancelled: #2"),
+        "{out}"
+    );
+    wait_for("the job to be cancelled", 30, || {
+        (state_of(job) == "CANCELLED").then_some(())
+    });
+    let t = dir.trials().into_iter().find(|t| t["id"] == 2).unwrap();
+    assert_eq!(str_of(&t, "status"), "interrupted", "{t}");
+    assert!(str_of(&t, "detail").contains("pause --cancel"), "{t}");
+    let status = wait_up(&dir);
+    let executor = &status["live"]["executor"];
+    assert_eq!(
+        executor["running"].as_array().map(Vec::len),
+        Some(0),
+        "{status}"
+    );
+    assert_eq!(executor["specialists"][0]["state"], "paused", "{status}");
+    assert!(terminate(daemon).success());
+}
+
+#[test]
 fn a_restarted_daemon_adopts_the_running_job_instead_of_submitting_again() {
     cluster();
-    let (dir, release) = held_fixture();
+    let (dir, release) = held_fixture(1);
     config(&dir, 1, &[("s", "search")], "");
     let first = start_daemon(&dir, &[]);
     wait_up(&dir);

@@ -68,6 +68,10 @@ pub enum ExecutorMsg {
     Drain,
     /// A reloaded configuration (slots; the experiment stays as it started).
     Reconfigure(Arc<Config>),
+    /// Stops the named specialists' trials that run or wait for a slot
+    /// (their own runs; a candidate's seed re-runs finish) and records them
+    /// `interrupted`; answers their ids.
+    Cancel(BTreeSet<String>, RpcReplyPort<Vec<TrialId>>),
     Status(RpcReplyPort<ExecutorStatus>),
 }
 
@@ -460,9 +464,11 @@ impl Actor for Executor {
                 }
             }
             ExecutorMsg::TrainFinished { id, seed, ran } => {
-                if let Some(done) = state.running.remove(&(id, seed)) {
-                    done.task.guard.disarm();
-                }
+                let Some(done) = state.running.remove(&(id, seed)) else {
+                    // Cancelled (`pause --cancel`) as it ended: recorded already.
+                    return fill(&myself, state).await;
+                };
+                done.task.guard.disarm();
                 match ran {
                     Ran::Refused => {}
                     Ran::Report(train) => state.evaluator.cast(EvaluatorMsg::Evaluate {
@@ -525,6 +531,9 @@ impl Actor for Executor {
                 state.draining = true;
             }
             ExecutorMsg::Reconfigure(config) => state.config = config,
+            ExecutorMsg::Cancel(names, reply) => {
+                let _ = reply.send(cancel(state, &names).await);
+            }
             ExecutorMsg::Status(reply) => {
                 state.occupancy.catch_up();
                 let _ = reply.send(status(state));
@@ -532,6 +541,39 @@ impl Actor for Executor {
         }
         fill(&myself, state).await
     }
+}
+
+/// `ratchet pause --cancel`: the specialists' trials in slots (their
+/// process groups killed, their Slurm jobs cancelled, by dropping the
+/// runs) and in the queue are recorded `interrupted`.
+async fn cancel(state: &mut ExecutorState, names: &BTreeSet<String>) -> Vec<TrialId> {
+    let theirs = |specialist: &str, seed: u64| seed == 0 && names.contains(specialist);
+    let mut ids: Vec<TrialId> = Vec::new();
+    state.running.retain(|(id, seed), run| {
+        let keep = !theirs(&run.info.specialist, *seed);
+        if !keep {
+            ids.push(*id);
+        }
+        keep
+    });
+    state.queue.retain(|j| {
+        let keep = !theirs(&j.trial.specialist, j.seed);
+        if !keep {
+            ids.push(j.trial.id);
+        }
+        keep
+    });
+    ids.sort();
+    for id in &ids {
+        info!(trial = %id, "cancelled by `ratchet pause --cancel`");
+    }
+    interrupt_all(
+        &state.lineage,
+        ids.clone(),
+        "cancelled by `ratchet pause --cancel`",
+    )
+    .await;
+    ids
 }
 
 /// Records a proposed trial `Queued` and queues its own run: behind the

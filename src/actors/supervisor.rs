@@ -25,7 +25,7 @@ use super::executor::{Executor, ExecutorArgs, ExecutorMsg, ExecutorStatus};
 use super::specialist::{Specialist, SpecialistArgs, SpecialistMsg};
 use super::CALL_TIMEOUT_MS;
 use crate::config::Config;
-use crate::domain::Trial;
+use crate::domain::{Trial, TrialId};
 use crate::lineage::actor::{Lineage, LineageArgs, LineageMsg, Observer};
 use crate::lineage::Summary;
 use crate::provenance::{Provenance, ProvenanceError};
@@ -37,11 +37,14 @@ pub enum SupervisorMsg {
     Status(RpcReplyPort<Result<LiveStatus, String>>),
     /// Pauses (`paused`) or resumes the named specialists, or every
     /// configured one (`names: None`); the state is stored in lineage first.
-    /// Answers the names whose state changed, or an error naming unknown ones.
+    /// Answers the names whose state changed, or an error naming unknown
+    /// ones. With `cancel`, their trials that run or wait for a slot are
+    /// stopped too (answered as the second list).
     Pause {
         names: Option<Vec<String>>,
         paused: bool,
-        reply: RpcReplyPort<Result<Vec<String>, String>>,
+        cancel: bool,
+        reply: RpcReplyPort<PauseAnswer>,
     },
     /// A validated configuration to apply without stopping running trials.
     Reload(Box<Config>, RpcReplyPort<ReloadReport>),
@@ -186,9 +189,10 @@ impl Actor for Supervisor {
             SupervisorMsg::Pause {
                 names,
                 paused,
+                cancel,
                 reply,
             } => {
-                let _ = reply.send(pause(state, names, paused).await);
+                let _ = reply.send(pause(state, names, paused, cancel).await);
             }
             SupervisorMsg::Reload(config, reply) => {
                 let report = reload(state, *config, myself.get_cell()).await?;
@@ -415,12 +419,17 @@ async fn live_status(state: &SupervisorState) -> Result<LiveStatus, String> {
     })
 }
 
+/// The specialists whose pause state changed, and the trials cancelled.
+pub type PauseAnswer = Result<(Vec<String>, Vec<TrialId>), String>;
+
 async fn pause(
     state: &SupervisorState,
     names: Option<Vec<String>>,
     paused: bool,
-) -> Result<Vec<String>, String> {
+    cancel: bool,
+) -> PauseAnswer {
     let names = state.ctx.config.select_specialists(names)?;
+    let selected = names.clone();
     let e = |e: String| format!("lineage unavailable: {e}");
     let changed = ractor::call_t!(
         state.lineage,
@@ -447,7 +456,18 @@ async fn pause(
             detail: String::new(),
         });
     }
-    Ok(changed)
+    let cancelled = if cancel {
+        ractor::call_t!(
+            state.executor,
+            ExecutorMsg::Cancel,
+            CALL_TIMEOUT_MS,
+            selected.into_iter().collect()
+        )
+        .map_err(|x| format!("the executor does not answer: {x}"))?
+    } else {
+        Vec::new()
+    };
+    Ok((changed, cancelled))
 }
 
 /// Applies a new configuration: specialists added, removed or changed are

@@ -52,6 +52,10 @@ pub enum Command {
     /// `names: None`: every configured specialist.
     Pause {
         names: Option<Vec<String>>,
+        /// Also stop their trials that run or wait for a slot (recorded
+        /// `interrupted`; a Slurm job is cancelled with scancel).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cancel: bool,
     },
     Resume {
         names: Option<Vec<String>>,
@@ -77,6 +81,9 @@ pub struct Response {
     /// Pause/resume: the specialists whose state changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed: Option<Vec<String>>,
+    /// Pause with cancel: the trials stopped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cancelled: Vec<crate::domain::TrialId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<ReloadReport>,
     /// Items follow, one per line, then an `end` line.
@@ -385,6 +392,7 @@ mod tests {
             v: PROTOCOL,
             command: Command::Pause {
                 names: Some(vec!["optimizer".into()]),
+                cancel: false,
             },
         };
         assert_eq!(

@@ -399,8 +399,8 @@ async fn answer_one(handle: Handle, command: Command) -> Response {
             },
             Err(e) => Response::error(e),
         },
-        Command::Pause { names } => pause(&handle, names, true).await,
-        Command::Resume { names } => pause(&handle, names, false).await,
+        Command::Pause { names, cancel } => pause(&handle, names, true, cancel).await,
+        Command::Resume { names } => pause(&handle, names, false, false).await,
         Command::Reload => match reload(&handle).await {
             Ok(report) => Response {
                 reload: Some(report),
@@ -414,19 +414,26 @@ async fn answer_one(handle: Handle, command: Command) -> Response {
     }
 }
 
-async fn pause(handle: &Handle, names: Option<Vec<String>>, paused: bool) -> Response {
+async fn pause(
+    handle: &Handle,
+    names: Option<Vec<String>>,
+    paused: bool,
+    cancel: bool,
+) -> Response {
     let r = ractor::call_t!(
         handle.supervisor,
         |reply| SupervisorMsg::Pause {
             names,
             paused,
+            cancel,
             reply
         },
         CONTROL_TIMEOUT_MS
     );
     match r {
-        Ok(Ok(changed)) => Response {
+        Ok(Ok((changed, cancelled))) => Response {
             changed: Some(changed),
+            cancelled,
             ..Response::ok()
         },
         Ok(Err(e)) => Response::error(e),
