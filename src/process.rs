@@ -59,6 +59,10 @@ impl GroupGuard {
         self.0.pgid.store(0, Ordering::SeqCst);
         self.0.job.store(0, Ordering::SeqCst);
     }
+    /// The Slurm job it holds, if any.
+    pub fn job(&self) -> Option<u64> {
+        Some(self.0.job.load(Ordering::SeqCst)).filter(|&j| j > 0)
+    }
     /// The Slurm job it holds, if any; taking it disarms that part.
     pub fn take_job(&self) -> Option<u64> {
         Some(self.0.job.swap(0, Ordering::SeqCst)).filter(|&j| j > 0)

@@ -160,6 +160,8 @@ pub struct Slurm {
 #[derive(Default)]
 struct Tracker {
     waiting: HashMap<u64, Vec<oneshot::Sender<JobEnd>>>,
+    /// Each waited-on job's state at squeue's last answer, for `status`.
+    last: HashMap<u64, String>,
     missing: HashMap<u64, u32>,
     polling: bool,
 }
@@ -311,11 +313,14 @@ impl Slurm {
         loop {
             tokio::time::sleep(period).await;
             let ids: Vec<u64> = {
-                let mut t = self.tracker.lock().expect("tracker lock");
+                let mut guard = self.tracker.lock().expect("tracker lock");
+                let t = &mut *guard;
                 t.waiting.retain(|_, senders| {
                     senders.retain(|s| !s.is_closed());
                     !senders.is_empty()
                 });
+                t.last.retain(|id, _| t.waiting.contains_key(id));
+                t.missing.retain(|id, _| t.waiting.contains_key(id));
                 if t.waiting.is_empty() {
                     t.polling = false;
                     return;
@@ -337,6 +342,7 @@ impl Slurm {
                     match known.get(id) {
                         Some(end) => {
                             t.missing.remove(id);
+                            t.last.insert(*id, end.state.0.clone());
                             if end.state.is_terminal() {
                                 ended.push((*id, end.clone()));
                             }
@@ -358,11 +364,22 @@ impl Slurm {
             let mut t = self.tracker.lock().expect("tracker lock");
             for (id, end) in ended {
                 t.missing.remove(&id);
+                t.last.remove(&id);
                 for tx in t.waiting.remove(&id).unwrap_or_default() {
                     let _ = tx.send(end.clone());
                 }
             }
         }
+    }
+
+    /// A waited-on job's state at squeue's last answer.
+    pub fn last_state(&self, job: u64) -> Option<String> {
+        self.tracker
+            .lock()
+            .expect("tracker lock")
+            .last
+            .get(&job)
+            .cloned()
     }
 
     /// Every job of this lineage that Slurm still lists, by its name.

@@ -347,6 +347,13 @@ fn a_restarted_daemon_adopts_the_running_job_instead_of_submitting_again() {
     let status = wait_up(&dir);
     let running = &status["live"]["executor"]["running"];
     assert_eq!(running[0]["trial"].as_u64(), Some(1), "{status}");
+    assert_eq!(running[0]["job"].as_u64(), Some(job), "{status}");
+    // `status` shows the job and, once squeue has answered, its state.
+    wait_for("the job's state in status", 30, || {
+        let text = dir.ratchet_ok(&["status"]);
+        text.contains(&format!("Slurm job {job} RUNNING"))
+            .then_some(())
+    });
     std::fs::write(&release, "").unwrap();
     let baseline = wait_for("the adopted baseline to be kept", 120, || {
         let t = dir.trials().into_iter().next()?;

@@ -125,6 +125,12 @@ pub struct RunInfo {
     pub attempt: u32,
     /// When it started (ms since the epoch; for queued runs, when queued).
     pub since_ms: u64,
+    /// Its Slurm job, once submitted (the Slurm backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<u64>,
+    /// The job's state at squeue's last answer (`PENDING`, `RUNNING`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_state: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -182,6 +188,8 @@ impl Job {
             specialist: self.trial.specialist.clone(),
             attempt: self.trial.attempt,
             since_ms: self.since_ms,
+            job: None,
+            job_state: None,
         }
     }
 }
@@ -756,7 +764,16 @@ fn start(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState, job: Job) {
 }
 
 fn status(state: &ExecutorState) -> ExecutorStatus {
-    let mut running: Vec<RunInfo> = state.running.values().map(|r| r.info.clone()).collect();
+    let mut running: Vec<RunInfo> = state
+        .running
+        .values()
+        .map(|r| {
+            let mut info = r.info.clone();
+            info.job = r.task.guard.job();
+            info.job_state = info.job.and_then(|j| state.slurm.as_ref()?.last_state(j));
+            info
+        })
+        .collect();
     running.sort_by_key(|r| (r.since_ms, r.trial, r.seed));
     let specialists = state
         .specialists
@@ -1301,6 +1318,8 @@ fn adopt(
         specialist: trial.specialist.clone(),
         attempt: trial.attempt,
         since_ms: now_ms(),
+        job: None,
+        job_state: None,
     };
     state.running.insert(
         (id, seed),

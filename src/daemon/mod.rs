@@ -332,6 +332,10 @@ fn log_event(ev: &RunEvent, metric: &str) {
             trial = %t.id, specialist = %t.specialist, attempt = t.attempt,
             pgid = t.pgid, hypothesis = %t.hypothesis, "trial running"
         ),
+        TrialStatus::Running if t.slurm_job.is_some() => info!(
+            trial = %t.id, specialist = %t.specialist, attempt = t.attempt,
+            slurm_job = t.slurm_job, hypothesis = %t.hypothesis, "trial submitted to Slurm"
+        ),
         s if s.is_terminal() => info!(
             trial = %t.id, specialist = %t.specialist, status = %s,
             outcome = t.outcome(),
@@ -511,7 +515,7 @@ pub fn render_status(s: &DaemonStatus, now: u64) -> String {
                 format!("seed {}", r.seed)
             };
             format!(
-                "  #{:<6} {:<16} {:<12} {:>9}{}",
+                "  #{:<6} {:<16} {:<12} {:>9}{}{}",
                 r.trial.0,
                 r.specialist,
                 what,
@@ -520,6 +524,11 @@ pub fn render_status(s: &DaemonStatus, now: u64) -> String {
                     format!("  attempt {}", r.attempt)
                 } else {
                     String::new()
+                },
+                match (r.job, &r.job_state) {
+                    (Some(j), Some(st)) => format!("  Slurm job {j} {st}"),
+                    (Some(j), None) => format!("  Slurm job {j}"),
+                    _ => String::new(),
                 }
             )
         })
