@@ -284,6 +284,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 c.experiment.defaults.len(),
                 c.lineage_dir.display()
             );
+            match &c.slurm {
+                None => println!("trials run here, {} at once", c.slots),
+                Some(s) => println!(
+                    "trials run as Slurm jobs, {} at once (partition {}, {} GPU(s) per trial, {}-minute limit), evals {}",
+                    c.slots,
+                    s.partition.as_deref().unwrap_or("default"),
+                    s.gpus_per_trial,
+                    crate::slurm::minutes(std::time::Duration::from_secs(
+                        c.experiment.file.timeout_secs
+                    )),
+                    match s.eval {
+                        crate::config::EvalWhere::Local => "here",
+                        crate::config::EvalWhere::Slurm => "as Slurm jobs",
+                    }
+                ),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Daemon { config } => {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 use tokio::sync::oneshot;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::config::{Config, EvalWhere, SlurmSection};
 use crate::domain::{ProcessReport, SlurmJob, TrialId};
@@ -310,6 +310,7 @@ impl Slurm {
 
     async fn poll(self: Arc<Self>) {
         let period = Duration::from_secs_f64(self.settings.poll_secs);
+        let mut failing = false;
         loop {
             tokio::time::sleep(period).await;
             let ids: Vec<u64> = {
@@ -330,10 +331,16 @@ impl Slurm {
             let known = match squeue(&ids).await {
                 Ok(k) => k,
                 Err(e) => {
-                    warn!(error = %e, "squeue failed; asking again at the next poll");
+                    // Once per outage, not at every poll.
+                    if !std::mem::replace(&mut failing, true) {
+                        warn!(error = %e, "squeue failed; asking again at every poll until it answers");
+                    }
                     continue;
                 }
             };
+            if std::mem::replace(&mut failing, false) {
+                info!("squeue answers again");
+            }
             let mut ended: Vec<(u64, JobEnd)> = Vec::new();
             let mut gone = Vec::new();
             {
@@ -434,15 +441,26 @@ impl Slurm {
         F: FnOnce(u64) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
-        let job = match self.submit(spec, trial, seed, kind).await {
-            Ok(job) => job,
-            Err(e) => {
-                return Outcome::Ran(ProcessReport {
-                    spawn_error: Some(format!("sbatch: {e}")),
-                    stdout: spec.stdout.clone(),
-                    stderr: spec.stderr.clone(),
-                    ..Default::default()
-                })
+        // A controller that is down or busy, or a submit limit reached, is
+        // waited out (the run keeps its slot; pause --cancel or a stop ends
+        // it); any other refusal is the run's failure, with sbatch's words.
+        let mut pause = Duration::from_secs_f64(self.settings.poll_secs);
+        let job = loop {
+            match self.submit(spec, trial, seed, kind).await {
+                Ok(job) => break job,
+                Err(e) if transient(&e) => {
+                    warn!(trial = %trial, seed, error = %e, retry_in = ?pause, "sbatch refused for now; submitting again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_SUBMIT_PAUSE);
+                }
+                Err(e) => {
+                    return Outcome::Ran(ProcessReport {
+                        spawn_error: Some(format!("sbatch: {e}")),
+                        stdout: spec.stdout.clone(),
+                        stderr: spec.stderr.clone(),
+                        ..Default::default()
+                    })
+                }
             }
         };
         guard.set_job(job);
@@ -517,6 +535,25 @@ pub fn outcome(job: u64, end: &JobEnd, report: Option<ProcessReport>, spec: &Spe
 fn read_report(path: &Path) -> Option<ProcessReport> {
     let bytes = std::fs::read(path).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// The longest wait between two submissions of a job sbatch refused for now.
+const MAX_SUBMIT_PAUSE: Duration = Duration::from_secs(60);
+
+/// sbatch's refusals that pass: the controller is down, busy or slow, or a
+/// limit on submitted jobs is reached.
+fn transient(error: &str) -> bool {
+    [
+        "Unable to contact slurm controller",
+        "Socket timed out",
+        "temporarily unable",
+        "Resource temporarily unavailable",
+        "MaxSubmit",
+        "did not answer",
+        "Connection refused",
+    ]
+    .iter()
+    .any(|p| error.contains(p))
 }
 
 /// What squeue says of `ids` (finished jobs included, while slurmctld
@@ -826,6 +863,27 @@ mod tests {
         assert_eq!(minutes(Duration::from_secs(60)), 1);
         assert_eq!(minutes(Duration::from_secs(61)), 2);
         assert_eq!(minutes(Duration::ZERO), 1);
+    }
+
+    /// What sbatch says when the controller is down or a submit limit is
+    /// reached is waited out; a configuration it refuses is not.
+    #[test]
+    fn transient_sbatch_refusals() {
+        for e in [
+            "sbatch failed (exit status: 1): sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)",
+            "sbatch failed (exit status: 1): sbatch: error: QOSMaxSubmitJobPerUserLimit",
+            "sbatch did not answer in 60 s",
+            "sbatch failed (exit status: 1): sbatch: error: Slurm temporarily unable to accept job, sleeping and retrying",
+        ] {
+            assert!(transient(e), "{e}");
+        }
+        for e in [
+            "sbatch failed (exit status: 1): sbatch: error: Batch job submission failed: Invalid partition name specified",
+            "sbatch failed (exit status: 1): sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified",
+            "cannot run sbatch: No such file or directory (os error 2)",
+        ] {
+            assert!(!transient(e), "{e}");
+        }
     }
 
     #[test]

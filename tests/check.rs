@@ -173,3 +173,67 @@ fn llm_specialists_are_checked_before_any_request() {
         assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
     }
 }
+
+#[test]
+fn the_slurm_executor_is_checked() {
+    let dir = Dir::with_fixture("faulty");
+    let base = "[daemon]\nexperiment = \"experiment\"\nslots = 2\n\n[[specialist]]\nname = \"x\"\nsurface = \"search\"\nkind = \"search\"\n\n";
+    dir.write(
+        "specialists.toml",
+        &format!("{base}[executor]\nbackend = \"slurm\"\n[executor.slurm]\npartition = \"gpu\"\nmax_jobs = 8\ngpus_per_trial = 1\neval = \"slurm\"\n"),
+    );
+    // sbatch is on PATH where these tests run (.ci/run installs Slurm).
+    let out = common::stdout(&dir.ratchet(&["check"]));
+    assert!(
+        out.contains("trials run as Slurm jobs, 8 at once (partition gpu, 1 GPU(s) per trial, 1-minute limit), evals as Slurm jobs"),
+        "{out}"
+    );
+
+    dir.write(
+        "specialists.toml",
+        &format!("{base}[executor]\nbackend = \"slurm\"\n[executor.slurm]\nmax_jobs = 0\npoll_secs = 0\nsbatch_args = [\"mem=1G\"]\n"),
+    );
+    let out = dir.ratchet(&["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    for expected in [
+        "executor.slurm.max_jobs: must be at least 1",
+        "executor.slurm.poll_secs: 0 is not a number of seconds of at least 0.1",
+        "executor.slurm.sbatch_args: `mem=1G` is not an option",
+    ] {
+        assert!(err.contains(expected), "{expected}: {err}");
+    }
+
+    dir.write(
+        "specialists.toml",
+        &format!("{base}[executor]\nbackend = \"kubernetes\"\n[executor.slurm]\nqueue = \"x\"\n"),
+    );
+    let err = stderr(&dir.ratchet(&["check"]));
+    assert!(
+        err.contains("executor.backend: unknown variant `kubernetes`"),
+        "{err}"
+    );
+    assert!(err.contains("executor.slurm.queue: unknown field"), "{err}");
+
+    // Without Slurm's commands on PATH the backend cannot work: said at once.
+    dir.write(
+        "specialists.toml",
+        &format!("{base}[executor]\nbackend = \"slurm\"\n"),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ratchet"))
+        .arg("check")
+        .current_dir(dir.path())
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("executor.backend: `slurm` needs Slurm's client commands"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The local backend says so.
+    dir.write("specialists.toml", base);
+    assert!(common::stdout(&dir.ratchet(&["check"])).contains("trials run here, 2 at once"));
+}
