@@ -293,6 +293,42 @@ impl Slurm {
             .ok_or_else(|| format!("sbatch answered `{text}`, not a job id"))
     }
 
+    /// Asks sbatch whether it would take a train job with these settings
+    /// (`--test-only`: nothing is submitted), so that a bad partition or
+    /// account stops ratchet at its start instead of failing every trial.
+    /// A controller that does not answer now is not an error.
+    pub async fn check(&self) -> Result<(), String> {
+        let s = &self.settings;
+        let mut cmd = Command::new("sbatch");
+        cmd.args([
+            "--test-only",
+            "--time=1",
+            "--output=/dev/null",
+            "--wrap=true",
+        ])
+        .arg(format!("--job-name={}-check", self.tag));
+        if let Some(p) = &s.partition {
+            cmd.arg(format!("--partition={p}"));
+        }
+        if let Some(a) = &s.account {
+            cmd.arg(format!("--account={a}"));
+        }
+        if s.gpus_per_trial > 0 {
+            cmd.arg(format!("--gres=gpu:{}", s.gpus_per_trial));
+        }
+        cmd.args(&s.sbatch_args);
+        match run(cmd).await {
+            Ok(_) => Ok(()),
+            Err(e) if transient(&e) => {
+                warn!(error = %e, "cannot check the Slurm settings now; going on");
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "the Slurm settings in [executor.slurm] are refused: {e}"
+            )),
+        }
+    }
+
     /// Waits until Slurm is done with `job` (one poller asks squeue about
     /// every waited-on job at once).
     pub async fn wait(self: &Arc<Self>, job: u64) -> JobEnd {

@@ -378,3 +378,20 @@ fn a_restarted_daemon_adopts_the_running_job_instead_of_submitting_again() {
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert!(log.contains("adopting the trial's Slurm job"), "{log}");
 }
+
+/// Settings the cluster refuses stop ratchet at its start, with sbatch's
+/// words, before any trial is recorded.
+#[test]
+fn settings_the_cluster_refuses_stop_ratchet_at_its_start() {
+    cluster();
+    let dir = Dir::with_fixture("faulty");
+    config(&dir, 1, &[("s", "search")], "partition = \"nosuch\"");
+    let out = dir.ratchet(&["run", "--trials", "2"]);
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("[executor.slurm] are refused") && err.contains("nosuch"),
+        "{err}"
+    );
+    assert!(dir.trials().is_empty());
+}

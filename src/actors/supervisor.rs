@@ -311,6 +311,7 @@ async fn prepare(
         .await??;
     let slurm = Slurm::of(&args.config);
     if let Some(slurm) = &slurm {
+        slurm.check().await?;
         // Evaluations start over after a restart: eval jobs left by the
         // previous process are cancelled before the evaluator submits any.
         // (The executor adopts or cancels train jobs itself.)
