@@ -449,6 +449,17 @@ impl Slurm {
             .collect())
     }
 
+    /// The newest job of this run that Slurm has not finished, if any.
+    async fn live_job(&self, trial: TrialId, seed: u64, kind: JobKind) -> Option<u64> {
+        self.ours()
+            .await
+            .ok()?
+            .into_iter()
+            .filter(|f| (f.trial, f.seed, f.kind) == (trial, seed, kind) && !f.state.is_terminal())
+            .map(|f| f.job)
+            .max()
+    }
+
     fn parse_name(&self, name: &str) -> Option<(TrialId, u64, JobKind)> {
         let rest = name.strip_prefix(&self.tag)?.strip_prefix('-')?;
         let mut f = rest.split('-');
@@ -488,6 +499,10 @@ impl Slurm {
                     warn!(trial = %trial, seed, error = %e, retry_in = ?pause, "sbatch refused for now; submitting again");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(MAX_SUBMIT_PAUSE);
+                    // An sbatch that timed out may have submitted after all.
+                    if let Some(job) = self.live_job(trial, seed, kind).await {
+                        break job;
+                    }
                 }
                 Err(e) => {
                     return Outcome::Ran(ProcessReport {

@@ -80,7 +80,10 @@ impl<'a> FailureModel<'a> {
     }
 
     /// The share of failures among the (up to) `K` nearest measured
-    /// configurations within `RADIUS`; 0 when none is that near.
+    /// configurations within `RADIUS`, each weighted by the inverse of its
+    /// distance (the nearest says most: a candidate just inside a crash
+    /// region, beside both a crash and a success, is risky); 0 when none is
+    /// that near.
     pub fn risk(&self, config: &Params) -> f64 {
         let mut near: Vec<(f64, bool)> = self
             .points
@@ -93,7 +96,14 @@ impl<'a> FailureModel<'a> {
         }
         near.sort_by(|a, b| a.0.total_cmp(&b.0));
         near.truncate(K);
-        near.iter().filter(|(_, f)| *f).count() as f64 / near.len() as f64
+        let weight = |d: f64| 1.0 / (d + RADIUS / 20.0);
+        let failed: f64 = near
+            .iter()
+            .filter(|(_, f)| *f)
+            .map(|(d, _)| weight(*d))
+            .sum();
+        let all: f64 = near.iter().map(|(d, _)| weight(*d)).sum();
+        failed / all
     }
 
     /// Root-mean-square of per-parameter distances, each in [0, 1].
@@ -203,5 +213,16 @@ mod tests {
         assert_eq!(m.risk(&at(2.1)), 0.0);
         assert_eq!(m.risk(&at(5.0)), 0.0, "an interruption is no evidence");
         assert_eq!(m.risk(&at(4.5)), 0.0, "nothing measured nearby");
+        // Beside one crash and two successes a little farther off: the
+        // nearest counts most, so the candidate is risky (an unweighted
+        // vote would say 1 in 3).
+        let edge = vec![
+            trial(4.1, TrialStatus::Failed, crash),
+            trial(3.9, TrialStatus::Discarded, None),
+            trial(3.8, TrialStatus::Discarded, None),
+        ];
+        let m = FailureModel::new(&space, &edge);
+        assert!(m.risk(&at(4.06)) > 0.5, "{}", m.risk(&at(4.06)));
+        assert!(m.risk(&at(3.9)) < 0.5, "{}", m.risk(&at(3.9)));
     }
 }
