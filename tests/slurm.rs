@@ -1,7 +1,7 @@
 //! The Slurm backend against a real single-node Slurm: munged, slurmctld and
 //! slurmd on 127.0.0.1, started once per test run by `tests/slurm/cluster.sh`
 //! (Debian's slurmctld, slurmd, slurm-client and munge packages, which
-//! `.ci/run` installs). Trials are submitted with sbatch, tracked with
+//! `.ci/run` installs) and stopped once the test binary has exited. Trials are submitted with sbatch, tracked with
 //! squeue and scored; a job Slurm kills at its time limit is a
 //! `budget_overrun`; a daemon killed while a job runs adopts that job when
 //! it starts again instead of submitting the trial a second time.
@@ -28,6 +28,8 @@ fn cluster() {
             .arg(&script)
             .arg("start")
             .arg(&dir)
+            // Stopped when this test binary has exited.
+            .arg(std::process::id().to_string())
             .output()
             .unwrap();
         assert!(

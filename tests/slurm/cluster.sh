@@ -3,15 +3,17 @@
 # trying the Slurm backend by hand: munged, slurmctld and slurmd, with every
 # file (key, sockets, state, logs, slurm.conf) in one directory.
 #
-#   tests/slurm/cluster.sh start DIR   # prints SLURM_CONF=DIR/slurm.conf once the node is idle
+#   tests/slurm/cluster.sh start DIR [PID]   # prints SLURM_CONF=DIR/slurm.conf once the node is idle;
+#                                            # with PID, the cluster stops when that process has exited
 #   tests/slurm/cluster.sh stop DIR
 #
 # Needs Debian's slurmctld, slurmd, slurm-client and munge packages, and root
 # (slurmd runs jobs as their submitting user). Ports are picked free at start.
 set -euo pipefail
 
-cmd=${1:?usage: cluster.sh start|stop DIR}
-dir=${2:?usage: cluster.sh start|stop DIR}
+cmd=${1:?usage: cluster.sh start|stop DIR [PID]}
+dir=${2:?usage: cluster.sh start|stop DIR [PID]}
+owner=${3:-}
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 
@@ -121,6 +123,11 @@ slurmd -f "$SLURM_CONF"
 for _ in $(seq 150); do
     state=$(sinfo -h -n "$node" -o %T 2>/dev/null || true)
     if [[ $state == idle ]]; then
+        if [[ -n $owner ]]; then
+            # A watcher in its own session, holding none of our output.
+            setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec "$2" stop "$3"' \
+                watch "$owner" "$(realpath "$0")" "$dir" </dev/null >/dev/null 2>&1 &
+        fi
         echo "SLURM_CONF=$SLURM_CONF"
         exit 0
     fi
