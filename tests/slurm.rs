@@ -253,18 +253,25 @@ fn running_job(dir: &Dir, id: u64, attempt: u64) -> u64 {
     })
 }
 
+/// A daemon on a held fixture (trials from `hold_from` on wait), with
+/// trial `id`'s first job running.
+fn daemon_with_a_held_job(hold_from: u64, id: u64) -> (Dir, std::process::Child, u64) {
+    cluster();
+    let (dir, _release) = held_fixture(hold_from);
+    config(&dir, 1, &[("s", "search")], "");
+    let daemon = start_daemon(&dir, &[]);
+    wait_up(&dir);
+    let job = running_job(&dir, id, 1);
+    (dir, daemon, job)
+}
+
 fn state_of(job: u64) -> String {
     jobs().into_iter().find(|(j, _, _)| *j == job).unwrap().2
 }
 
 #[test]
 fn a_job_cancelled_outside_ratchet_runs_again_and_ratchet_cancels_its_jobs_when_it_stops() {
-    cluster();
-    let (dir, _release) = held_fixture(1);
-    config(&dir, 1, &[("s", "search")], "");
-    let daemon = start_daemon(&dir, &[]);
-    wait_up(&dir);
-    let first = running_job(&dir, 1, 1);
+    let (dir, daemon, first) = daemon_with_a_held_job(1, 1);
     // Somebody cancels it: the trial is queued again, as a new job.
     let out = Command::new("scancel")
         .arg(first.to_string())
@@ -293,12 +300,7 @@ fn a_job_cancelled_outside_ratchet_runs_again_and_ratchet_cancels_its_jobs_when_
 
 #[test]
 fn pause_with_cancel_cancels_the_specialists_jobs() {
-    cluster();
-    let (dir, _release) = held_fixture(2);
-    config(&dir, 1, &[("s", "search")], "");
-    let daemon = start_daemon(&dir, &[]);
-    wait_up(&dir);
-    let job = running_job(&dir, 2, 1);
+    let (dir, daemon, job) = daemon_with_a_held_job(2, 2);
     let out = dir.ratchet_ok(&["pause", "s", "--cancel"]);
     assert!(
         out.contains("paused: s") && out.contains("cancelled: #2"),
