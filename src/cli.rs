@@ -285,7 +285,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 c.lineage_dir.display()
             );
             match &c.slurm {
-                None => println!("trials run here, {} at once", c.slots),
+                None => {
+                    // The same decision a start makes, nvidia-smi asked.
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    match rt.block_on(crate::gpu::place(c.gpus.as_ref())) {
+                        Ok(p) => println!("{}", p.describe(c.slots)),
+                        Err(e) => {
+                            eprintln!("error: {}: {e}", c.file.display());
+                            return Ok(ExitCode::from(2));
+                        }
+                    }
+                }
                 Some(s) => println!(
                     "trials run as Slurm jobs, {} at once (partition {}, {} GPU(s) per trial, {}-minute limit), evals {}",
                     c.slots,

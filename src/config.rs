@@ -65,6 +65,60 @@ pub struct ExecutorSection {
     #[serde(default)]
     pub backend: BackendKind,
     pub slurm: Option<SlurmSection>,
+    /// GPU slots for local runs: `"auto"` (every GPU nvidia-smi lists; CPU
+    /// slots when there is none) or a list of GPU indices. Unset: CPU
+    /// slots (`daemon.slots`), and trials see whatever GPUs ratchet sees.
+    pub gpus: Option<GpuChoice>,
+    /// GPUs each trial gets (default 1); a slot is a fixed set of this many.
+    pub gpus_per_trial: Option<usize>,
+    /// How often nvidia-smi is asked for utilization and memory while
+    /// trials run on GPUs (default 1 s).
+    pub gpu_poll_secs: Option<f64>,
+}
+
+/// `executor.gpus`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GpuChoice {
+    Auto,
+    List(Vec<u32>),
+}
+
+impl<'de> Deserialize<'de> for GpuChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = GpuChoice;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"auto\" or a list of GPU indices such as [0, 1]")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<GpuChoice, E> {
+                if v == "auto" {
+                    Ok(GpuChoice::Auto)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<GpuChoice, A::Error> {
+                let mut list = Vec::new();
+                while let Some(i) = seq.next_element::<u32>()? {
+                    list.push(i);
+                }
+                Ok(GpuChoice::List(list))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// The resolved GPU settings (`executor.gpus` set).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GpuSettings {
+    pub choice: GpuChoice,
+    pub per_trial: usize,
+    pub poll: std::time::Duration,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -560,6 +614,12 @@ pub struct Config {
     pub confirm_first: bool,
     /// The Slurm backend's settings; `None`: trials run locally.
     pub slurm: Option<SlurmSection>,
+    /// `executor.gpus` and its companions, as configured.
+    pub gpus: Option<GpuSettings>,
+    /// Set at start when trials run on GPU slots (`slots` is then the
+    /// number of slots): eval commands see no GPU, so none shares a
+    /// running trial's devices.
+    pub gpu_slots: bool,
     pub specialists: Vec<Specialist>,
     pub experiment: Experiment,
 }
@@ -675,6 +735,12 @@ fn check_executor(
     if e.backend != BackendKind::Slurm {
         return None;
     }
+    if e.gpus.is_some() {
+        err(
+            "executor.gpus",
+            "GPU slots are for local runs; under Slurm, trials get GPUs with executor.slurm.gpus_per_trial".into(),
+        );
+    }
     let mut s = e.slurm.clone().unwrap_or_default();
     if s.max_jobs == Some(0) {
         err("executor.slurm.max_jobs", "must be at least 1".into());
@@ -701,6 +767,49 @@ fn check_executor(
         );
     }
     Some(s)
+}
+
+/// The `executor.gpus*` keys' checks; the settings when `gpus` is set.
+fn check_gpus(e: &ExecutorSection, err: &mut dyn FnMut(&str, String)) -> Option<GpuSettings> {
+    let Some(choice) = e.gpus.clone() else {
+        for (key, set) in [
+            ("executor.gpus_per_trial", e.gpus_per_trial.is_some()),
+            ("executor.gpu_poll_secs", e.gpu_poll_secs.is_some()),
+        ] {
+            if set {
+                err(key, "only takes effect with executor.gpus".into());
+            }
+        }
+        return None;
+    };
+    if let GpuChoice::List(list) = &choice {
+        if list.is_empty() {
+            err(
+                "executor.gpus",
+                "lists no GPU (leave it out for CPU slots, or say \"auto\")".into(),
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(dup) = list.iter().find(|i| !seen.insert(**i)) {
+            err("executor.gpus", format!("lists GPU {dup} twice"));
+        }
+    }
+    let per_trial = e.gpus_per_trial.unwrap_or(1);
+    if per_trial == 0 {
+        err("executor.gpus_per_trial", "must be at least 1".into());
+    }
+    let poll = e.gpu_poll_secs.unwrap_or(1.0);
+    if !(poll.is_finite() && (0.1..=3600.0).contains(&poll)) {
+        err(
+            "executor.gpu_poll_secs",
+            format!("{poll} is not a number of seconds between 0.1 and 3600"),
+        );
+    }
+    Some(GpuSettings {
+        choice,
+        per_trial,
+        poll: std::time::Duration::from_secs_f64(poll.clamp(0.1, 3600.0)),
+    })
 }
 
 /// Whether `program` is an executable file in a directory of `PATH`.
@@ -746,6 +855,7 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
     let slurm = check_executor(&parsed.executor, &base, &mut |k, m| {
         err(errors, &file, k, m)
     });
+    let gpus = check_gpus(&parsed.executor, &mut |k, m| err(errors, &file, k, m));
     let lineage_dir = base.join(&d.lineage_dir);
     let socket = match &d.socket {
         Some(p) => base.join(p),
@@ -874,6 +984,8 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
         max_attempts: d.max_attempts,
         confirm_first: d.confirm_first,
         slurm,
+        gpus,
+        gpu_slots: false,
         specialists: parsed
             .specialists
             .iter()

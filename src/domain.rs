@@ -96,6 +96,8 @@ pub enum FailureLabel {
     Interrupted,
     /// Killed for going over the experiment's memory limit (`gates.max_memory_mb`).
     OutOfMemory,
+    /// Failed with its GPU out of memory (the run's log says so).
+    GpuOutOfMemory,
 }
 
 impl FailureLabel {
@@ -113,6 +115,7 @@ impl FailureLabel {
             Self::ProposerError => "proposer_error",
             Self::Interrupted => "interrupted",
             Self::OutOfMemory => "out_of_memory",
+            Self::GpuOutOfMemory => "gpu_out_of_memory",
         }
     }
 }
@@ -317,6 +320,62 @@ pub struct ProcessReport {
     /// The Slurm job it ran as (the Slurm backend).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slurm: Option<SlurmJob>,
+    /// The GPUs it ran on and what it used of them (`executor.gpus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuUse>,
+}
+
+/// One GPU, as nvidia-smi lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuDevice {
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    /// Total memory, MiB.
+    pub memory_mib: u64,
+}
+
+/// The GPUs a run saw (its `CUDA_VISIBLE_DEVICES`) and what it used of
+/// them, from nvidia-smi samples taken while it ran.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuUse {
+    pub devices: Vec<GpuDevice>,
+    /// Samples taken while it ran.
+    pub samples: u32,
+    /// The most memory in use on any one of its devices, MiB.
+    pub peak_memory_mib: Option<u64>,
+    /// Utilization averaged over its devices and samples, percent.
+    pub mean_util_pct: Option<f64>,
+    /// It failed with a device out of memory (its log says so).
+    #[serde(default)]
+    pub out_of_memory: bool,
+    /// A line of its log saying that the device failed, not the program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_error: Option<String>,
+}
+
+impl GpuUse {
+    /// `0,1` and the telemetry, for `lineage show` and logs.
+    pub fn describe(&self) -> String {
+        let devices: Vec<String> = self
+            .devices
+            .iter()
+            .map(|d| format!("{} {} ({})", d.index, d.name, d.uuid))
+            .collect();
+        let mut s = format!("GPU {}", devices.join(", "));
+        match (self.peak_memory_mib, self.mean_util_pct) {
+            (Some(m), Some(u)) => s += &format!(": peak memory {m} MiB, mean utilization {u:.0}%"),
+            (Some(m), None) => s += &format!(": peak memory {m} MiB"),
+            _ => s += ": no samples",
+        }
+        s
+    }
+
+    /// The devices' UUIDs, comma-separated (`CUDA_VISIBLE_DEVICES`).
+    pub fn visible(&self) -> String {
+        let ids: Vec<&str> = self.devices.iter().map(|d| d.uuid.as_str()).collect();
+        ids.join(",")
+    }
 }
 
 /// A run's Slurm job: its id, the state Slurm ended it in, and its node.
@@ -335,6 +394,8 @@ impl ProcessReport {
             FailureLabel::OutOfMemory
         } else if self.timed_out {
             FailureLabel::BudgetOverrun
+        } else if self.gpu.as_ref().is_some_and(|g| g.out_of_memory) {
+            FailureLabel::GpuOutOfMemory
         } else {
             FailureLabel::Crash
         }

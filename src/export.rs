@@ -95,6 +95,12 @@ pub struct Row<'a> {
     pub history: &'a [StatusChange],
     /// The edit as a unified diff against the parent's commit.
     pub diff: Option<&'a str>,
+    /// The GPUs its train command ran on (UUIDs, comma-separated).
+    pub gpus: Option<String>,
+    /// The most GPU memory its train command used on any one device, MiB.
+    pub gpu_peak_memory_mib: Option<u64>,
+    /// Its train command's GPU utilization, mean over devices and samples.
+    pub gpu_mean_util_pct: Option<f64>,
 }
 
 /// The columns, in order (the CSV header; the keys of a JSONL row).
@@ -136,11 +142,15 @@ pub const COLUMNS: &[&str] = &[
     "trial_dir",
     "history",
     "diff",
+    "gpus",
+    "gpu_peak_memory_mib",
+    "gpu_mean_util_pct",
 ];
 
 impl<'a> Row<'a> {
     pub fn new(t: &'a Trial, direction: Option<Direction>) -> Row<'a> {
         use crate::domain::TrialStatus;
+        let gpu = t.train.as_ref().and_then(|r| r.gpu.as_ref());
         let secs = |r: &Option<crate::domain::ProcessReport>| {
             r.as_ref().map(|r| r.duration_ms as f64 / 1000.0)
         };
@@ -188,11 +198,14 @@ impl<'a> Row<'a> {
             trial_dir: t.trial_dir.as_ref().map(|d| d.display().to_string()),
             history: &t.history,
             diff: t.diff.as_deref(),
+            gpus: gpu.map(|g| g.visible()),
+            gpu_peak_memory_mib: gpu.and_then(|g| g.peak_memory_mib),
+            gpu_mean_util_pct: gpu.and_then(|g| g.mean_util_pct),
         }
     }
 
     /// The cells in [`COLUMNS`] order, as CSV text (empty for none).
-    fn cells(&self) -> [String; 37] {
+    fn cells(&self) -> [String; 40] {
         fn o<T: ToString>(v: Option<T>) -> String {
             v.map(|v| v.to_string()).unwrap_or_default()
         }
@@ -241,6 +254,9 @@ impl<'a> Row<'a> {
             o(self.trial_dir.as_deref()),
             json(&self.history),
             o(self.diff),
+            o(self.gpus.as_deref()),
+            o(self.gpu_peak_memory_mib),
+            f(self.gpu_mean_util_pct),
         ]
     }
 }

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod domain;
 pub mod edit;
 pub mod export;
+pub mod gpu;
 pub mod lineage;
 pub mod llm;
 pub mod probe;

@@ -31,12 +31,16 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
     let exp = &config.experiment.file;
     let out = std::io::stdout();
     println!(
-        "ratchet: experiment `{}` ({} {}), {} specialist(s), {} slot(s), budget {}s per trial{}",
+        "ratchet: experiment `{}` ({} {}), {} specialist(s), {}, budget {}s per trial{}",
         exp.name,
         exp.metric,
         exp.direction.as_str(),
         config.specialists.len(),
-        config.slots,
+        match &config.gpus {
+            // Decided once the GPUs are found (logged then).
+            Some(_) => "GPU slots".to_string(),
+            None => format!("{} slot(s)", config.slots),
+        },
         exp.budget_secs,
         max_trials
             .map(|n| format!(", {n} trial(s)"))

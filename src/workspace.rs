@@ -101,6 +101,11 @@ pub fn trial_env(config: &Config, dirs: &TrialDirs, id: TrialId) -> Vec<(String,
             env.push((var.into(), share.clone()));
         }
     }
+    if config.gpu_slots {
+        // On GPU slots every device belongs to a slot: a command sees only
+        // the ones its run was given (the executor sets them for train).
+        env.push(("CUDA_VISIBLE_DEVICES".into(), String::new()));
+    }
     env
 }
 

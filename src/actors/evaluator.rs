@@ -1138,6 +1138,8 @@ mod tests {
             max_attempts: 3,
             confirm_first: true,
             slurm: None,
+            gpus: None,
+            gpu_slots: false,
             specialists: Vec::new(),
             experiment,
         }

@@ -19,6 +19,7 @@ use super::{interrupt, interrupt_all, measure_trial, update_trial, CALL_TIMEOUT_
 use crate::config::Config;
 use crate::domain::{now_ms, Params, ProcessReport, Trial, TrialId, TrialStatus};
 use crate::edit::{Rejection, Rules};
+use crate::gpu::{self, GpuSlot, Gpus, Lease, LeaseView};
 use crate::lineage::actor::{LineageMsg, Observer, RunEvent};
 use crate::lineage::NewTrial;
 use crate::probe::{self, Stage};
@@ -83,7 +84,8 @@ pub enum Ran {
     /// The command ran (or could not start): its report goes to the evaluator.
     Report(Box<ProcessReport>),
     /// The cluster lost the run (a Slurm node failure, preemption, or a
-    /// cancellation that was not ratchet's): it is queued again.
+    /// cancellation that was not ratchet's), or it failed on a GPU that
+    /// is gone: it is queued again.
     Lost(String),
 }
 
@@ -97,6 +99,10 @@ pub struct ExecutorStatus {
     pub queued: Vec<RunInfo>,
     /// Every specialist the executor asks, in order, with its state.
     pub specialists: Vec<SpecialistInfo>,
+    /// GPU slots (`executor.gpus`): devices, the run holding each, and why
+    /// one is out of rotation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuSlot>,
     pub draining: bool,
     /// Trials proposed in this process.
     pub issued: u64,
@@ -155,6 +161,8 @@ pub struct ExecutorArgs {
     pub base: Oid,
     /// The Slurm backend; `None`: runs are child processes of ratchet.
     pub slurm: Option<Arc<Slurm>>,
+    /// GPU slots; `None`: `config.slots` CPU slots.
+    pub gpus: Option<Arc<Gpus>>,
 }
 
 struct SpecialistSlot {
@@ -194,10 +202,14 @@ impl Job {
     }
 }
 
-/// A run in a slot: dropping it kills its process group.
+/// A run in a slot: dropping it kills its process group and frees its GPUs.
 struct Running {
     task: GroupTask,
     info: RunInfo,
+    /// Declared after `task`, so the group is killed before the GPUs are
+    /// free for another run. Held, never read: dropping it frees them.
+    #[allow(dead_code)]
+    lease: Option<Lease>,
 }
 
 impl ExecutorState {
@@ -293,6 +305,7 @@ pub struct ExecutorState {
     provenance: Arc<Provenance>,
     base: Oid,
     slurm: Option<Arc<Slurm>>,
+    gpus: Option<Arc<Gpus>>,
     /// Seed re-runs the cluster lost, by trial and seed: each is queued
     /// again up to `max_attempts` times.
     lost: HashMap<(TrialId, u64), u32>,
@@ -322,6 +335,14 @@ pub struct ExecutorState {
 }
 
 impl ExecutorState {
+    /// Slots in use: GPU slots in rotation, or the configured CPU slots.
+    fn slots(&self) -> usize {
+        match &self.gpus {
+            Some(g) => g.slots(),
+            None => self.config.slots,
+        }
+    }
+
     /// New proposals wait: a candidate is being confirmed and the
     /// configuration says to confirm first.
     fn holding(&self) -> bool {
@@ -365,6 +386,7 @@ impl Actor for Executor {
             provenance: args.provenance,
             base: args.base,
             slurm: args.slurm,
+            gpus: args.gpus,
             lost: HashMap::new(),
             lineage: args.lineage,
             evaluator: args.evaluator,
@@ -642,7 +664,8 @@ async fn fill(
         })?;
         return Ok(());
     }
-    while state.running.len() < state.config.slots {
+    // On GPU slots, a run starts when a set of devices is free.
+    while state.gpus.is_some() || state.running.len() < state.config.slots {
         // Draining: only seed re-runs of trials already being evaluated.
         // Confirming first: only the evaluator's jobs and recovered trials.
         let next = if state.draining {
@@ -654,13 +677,23 @@ async fn fill(
         } else {
             Some(0)
         };
-        let Some(job) = next.and_then(|i| state.queue.remove(i)) else {
+        let Some((i, job)) = next.and_then(|i| Some((i, state.queue.remove(i)?))) else {
             break;
         };
-        start(myself, state, job);
+        let lease = match &state.gpus {
+            None => None,
+            Some(g) => match g.lease(job.trial.id, job.seed) {
+                Some(l) => Some(l),
+                None => {
+                    state.queue.insert(i, job);
+                    break;
+                }
+            },
+        };
+        start(myself, state, job, lease);
     }
     let n = state.specialists.len();
-    while (state.queue.len() as u64 + state.asked()) < state.config.slots as u64
+    while (state.queue.len() as u64 + state.asked()) < state.slots() as u64
         && state.budget_left() > 0
         && state.baseline.is_none()
         && !state.draining
@@ -706,7 +739,8 @@ async fn fill(
     } else if !idle {
         state.drained_sent = false;
     }
-    let free = state.config.slots.saturating_sub(state.running.len());
+    let slots = state.slots();
+    let free = slots.saturating_sub(state.running.len());
     let (waiting, held) = if state.draining {
         (0, 0)
     } else if state.asked() > 0 {
@@ -718,14 +752,19 @@ async fn fill(
     };
     state
         .occupancy
-        .change(state.config.slots, state.running.len(), waiting, held);
+        .change(slots, state.running.len(), waiting, held);
     Ok(())
 }
 
 /// Starts one run in its own task: for a trial's own run, workspace,
 /// `Running` in lineage, then the train command in its own process group; for
 /// a seed re-run, an export of the trial's commit and the train command.
-fn start(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState, job: Job) {
+fn start(
+    myself: &ActorRef<ExecutorMsg>,
+    state: &mut ExecutorState,
+    job: Job,
+    lease: Option<Lease>,
+) {
     let taken = Instant::now();
     let mut info = job.info();
     info.since_ms = now_ms();
@@ -738,12 +777,14 @@ fn start(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState, job: Job) {
     let task_guard = guard.clone();
     let (provenance, base) = (state.provenance.clone(), state.base);
     let slurm = state.slurm.clone();
+    let gpus = lease.as_ref().map(Lease::view);
     let task = tokio::spawn(async move {
         let launcher = Launcher {
             config: &config,
             lineage: &lineage,
             guard: &task_guard,
             slurm: slurm.as_ref(),
+            gpus: gpus.as_ref(),
             taken,
         };
         let ran = if seed == 0 {
@@ -759,6 +800,7 @@ fn start(myself: &ActorRef<ExecutorMsg>, state: &mut ExecutorState, job: Job) {
         Running {
             task: GroupTask { guard, task },
             info,
+            lease,
         },
     );
 }
@@ -795,7 +837,8 @@ fn status(state: &ExecutorState) -> ExecutorStatus {
         })
         .collect();
     ExecutorStatus {
-        slots: state.config.slots,
+        slots: state.slots(),
+        gpus: state.gpus.as_ref().map(|g| g.status()).unwrap_or_default(),
         running,
         queued: state.queue.iter().map(Job::info).collect(),
         specialists,
@@ -838,6 +881,8 @@ struct Launcher<'a> {
     lineage: &'a ActorRef<LineageMsg>,
     guard: &'a GroupGuard,
     slurm: Option<&'a Arc<Slurm>>,
+    /// The GPUs the run was given.
+    gpus: Option<&'a LeaseView>,
     /// When the run left the queue (the dispatch probe).
     taken: Instant,
 }
@@ -848,6 +893,16 @@ impl Launcher<'_> {
     /// lineage (for recovery) before it is waited for.
     async fn launch(&self, spec: &process::Spec, id: TrialId, seed: u64) -> Ran {
         let Some(slurm) = self.slurm else {
+            let on_gpus;
+            let spec = match self.gpus {
+                Some(g) => {
+                    let mut s = spec.clone();
+                    s.env.push(("CUDA_VISIBLE_DEVICES".into(), g.visible()));
+                    on_gpus = s;
+                    &on_gpus
+                }
+                None => spec,
+            };
             let started = match process::start(spec, self.guard).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(report)) => return Ran::Report(Box::new(report)),
@@ -861,11 +916,16 @@ impl Launcher<'_> {
             probe::since(id, Stage::Dispatch, self.taken);
             let spawned = Instant::now();
             record_handle(self.lineage, id, seed, Handle::Group(started.pgid)).await;
-            let report = match process::finish(started, spec, self.guard).await {
+            let mut report = match process::finish(started, spec, self.guard).await {
                 Ok(r) => r,
                 Err(e) => spawn_failed(spec, format!("cannot capture trial output: {e}")),
             };
             probe::since(id, Stage::Child, spawned);
+            if let Some(g) = self.gpus {
+                if let Some(why) = on_gpu(&mut report, g).await {
+                    return Ran::Lost(why);
+                }
+            }
             return Ran::Report(Box::new(report));
         };
         let recorded = |job| async move {
@@ -880,6 +940,30 @@ impl Launcher<'_> {
             Outcome::Lost(why) => Ran::Lost(why),
         }
     }
+}
+
+/// Adds the GPU telemetry to a finished run's report and, for a failed
+/// run, what its logs say about the device (out of memory, a device
+/// error, counted towards the slot's health). A run that failed on a
+/// device that is gone is the device's loss, not the trial's: the reason.
+async fn on_gpu(report: &mut ProcessReport, gpus: &LeaseView) -> Option<String> {
+    let mut usage = gpus.usage();
+    if !report.succeeded() && report.spawn_error.is_none() {
+        let logs = [report.stderr.clone(), report.stdout.clone()];
+        let verdict = tokio::task::spawn_blocking(move || {
+            gpu::read_logs(&[logs[0].as_path(), logs[1].as_path()])
+        })
+        .await
+        .unwrap_or_default();
+        usage.out_of_memory = verdict.out_of_memory;
+        usage.device_error = verdict.device_error;
+        if let Some(why) = gpus.vanished() {
+            return Some(format!("{why}; the run on it failed"));
+        }
+    }
+    gpus.finished(usage.device_error.as_deref());
+    report.gpu = Some(usage);
+    None
 }
 
 /// Where a run's command runs, for recovery.
@@ -1326,6 +1410,7 @@ fn adopt(
         Running {
             task: GroupTask { guard, task },
             info,
+            lease: None,
         },
     );
 }

@@ -26,6 +26,7 @@ use super::specialist::{Specialist, SpecialistArgs, SpecialistMsg};
 use super::CALL_TIMEOUT_MS;
 use crate::config::Config;
 use crate::domain::{Trial, TrialId};
+use crate::gpu::{self, Gpus, Placement};
 use crate::lineage::actor::{Lineage, LineageArgs, LineageMsg, Observer};
 use crate::lineage::Summary;
 use crate::provenance::{Provenance, ProvenanceError};
@@ -95,6 +96,8 @@ struct Context {
     /// The Slurm backend (one tracker for the executor's and the
     /// evaluator's jobs); `None`: runs are local.
     slurm: Option<Arc<Slurm>>,
+    /// GPU slots (`executor.gpus`, devices found); `None`: CPU slots.
+    gpus: Option<Arc<Gpus>>,
 }
 
 pub struct SupervisorState {
@@ -330,13 +333,38 @@ async fn prepare(
             Err(e) => warn!(error = %e, "cannot list this lineage's Slurm jobs"),
         }
     }
+    let mut config = args.config;
+    // GPU slots are for local runs; under Slurm, the cluster hands out GPUs.
+    let placement = match slurm {
+        Some(_) => Placement::Cpu { why: None },
+        None => gpu::place(config.gpus.as_ref()).await?,
+    };
+    if placement != (Placement::Cpu { why: None }) {
+        info!("{}", placement.describe(config.slots));
+    }
+    let gpus = match placement {
+        Placement::Cpu { .. } => None,
+        Placement::Gpus { sets, .. } => {
+            let poll = config
+                .gpus
+                .as_ref()
+                .map_or(Duration::from_secs(1), |g| g.poll);
+            config = Arc::new(Config {
+                slots: sets.len(),
+                gpu_slots: true,
+                ..(*config).clone()
+            });
+            Some(Gpus::start(sets, poll))
+        }
+    };
     Ok(Context {
-        config: args.config,
+        config,
         observer: args.observer,
         max_trials: args.max_trials,
         provenance: Arc::new(provenance),
         base,
         slurm,
+        gpus,
     })
 }
 
@@ -369,6 +397,7 @@ async fn spawn_executor(
         provenance: ctx.provenance.clone(),
         base: ctx.base,
         slurm: ctx.slurm.clone(),
+        gpus: ctx.gpus.clone(),
     };
     Ok(Actor::spawn_linked(None, Executor, args, cell).await?.0)
 }
@@ -494,10 +523,17 @@ async fn reload(
     {
         report.at_restart.push("the experiment".into());
     }
-    if new.slurm != old.slurm {
-        // Jobs already in the cluster were submitted with the old settings.
+    if new.slurm != old.slurm || new.gpus != old.gpus {
+        // Jobs already in the cluster were submitted with the old settings;
+        // GPUs are discovered and grouped into slots at start.
         report.at_restart.push("executor".into());
     }
+    // On GPU slots, the slots are the device sets found at start.
+    let new = Config {
+        slots: if old.gpu_slots { old.slots } else { new.slots },
+        gpu_slots: old.gpu_slots,
+        ..new
+    };
     if new.slots != old.slots {
         report.slots = Some((old.slots, new.slots));
     }
@@ -518,6 +554,7 @@ async fn reload(
         socket: old.socket.clone(),
         experiment: old.experiment.clone(),
         slurm: old.slurm.clone(),
+        gpus: old.gpus.clone(),
         file: old.file.clone(),
         ..new
     };

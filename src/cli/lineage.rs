@@ -140,6 +140,7 @@ const OUTCOMES: &[&str] = &[
     "proposer_error",
     "interrupted",
     "out_of_memory",
+    "gpu_out_of_memory",
 ];
 
 fn parse_status(s: &str) -> Result<TrialStatus, String> {
@@ -675,6 +676,9 @@ fn show(out: &mut impl Write, t: &Trial) -> anyhow::Result<()> {
                 .map(|d| format!("  ({d})"))
                 .unwrap_or_default()
         )?;
+        if let Some(g) = r.train.as_ref().and_then(|t| t.gpu.as_ref()) {
+            writeln!(out, "  {}", g.describe())?;
+        }
     }
     if let Some(n) = &t.noise {
         writeln!(
@@ -720,6 +724,12 @@ fn show(out: &mut impl Write, t: &Trial) -> anyhow::Result<()> {
             r.duration_ms as f64 / 1000.0,
             if r.truncated { " (log truncated)" } else { "" }
         )?;
+        if let Some(g) = &r.gpu {
+            writeln!(out, "  {}", g.describe())?;
+            if let Some(e) = &g.device_error {
+                writeln!(out, "  device error: {e}")?;
+            }
+        }
         for (k, v) in &r.metrics {
             writeln!(out, "  {k}={}", format_float(*v))?;
         }
@@ -807,9 +817,10 @@ mod tests {
             FailureLabel::ProposerError,
             FailureLabel::Interrupted,
             FailureLabel::OutOfMemory,
+            FailureLabel::GpuOutOfMemory,
         ] {
             assert!(OUTCOMES.contains(&l.as_str()), "{l}");
         }
-        assert_eq!(OUTCOMES.len(), 12 + 5);
+        assert_eq!(OUTCOMES.len(), 13 + 5);
     }
 }

@@ -302,8 +302,9 @@ pub fn status_line(s: &LiveStatus, metric: &str) -> String {
         .iter()
         .filter(|n| s.lineage.paused.contains_key(*n))
         .count();
+    let gpus_out = s.executor.gpus.iter().filter(|g| g.out.is_some()).count();
     format!(
-        "{}/{} slots busy, {} queued; {} trials, {} kept, {}/h{inc}{}{}",
+        "{}/{} slots busy, {} queued; {} trials, {} kept, {}/h{inc}{}{}{}",
         s.executor.running.len(),
         s.executor.slots,
         s.executor.queued.len(),
@@ -319,6 +320,11 @@ pub fn status_line(s: &LiveStatus, metric: &str) -> String {
             "; draining"
         } else {
             ""
+        },
+        if gpus_out > 0 {
+            format!("; {gpus_out} GPU slot(s) out of rotation")
+        } else {
+            String::new()
         }
     )
 }
@@ -486,6 +492,12 @@ fn utilization(e: &crate::actors::executor::ExecutorStatus) -> String {
     )
 }
 
+/// `0,1`: a GPU slot's device indices.
+fn gpu_indices(g: &crate::gpu::GpuSlot) -> String {
+    let ix: Vec<String> = g.devices.iter().map(|d| d.index.to_string()).collect();
+    ix.join(",")
+}
+
 /// `ratchet status` as text.
 pub fn render_status(s: &DaemonStatus, now: u64) -> String {
     let e = &s.live.executor;
@@ -505,6 +517,36 @@ pub fn render_status(s: &DaemonStatus, now: u64) -> String {
         if e.draining { ", draining" } else { "" },
         utilization(e)
     );
+    if !e.gpus.is_empty() {
+        let out_of_rotation = e.gpus.iter().filter(|g| g.out.is_some()).count();
+        out += &format!(
+            "gpu slots: {} in rotation{}\n",
+            e.gpus.len() - out_of_rotation,
+            if out_of_rotation > 0 {
+                format!(", {out_of_rotation} out of rotation")
+            } else {
+                String::new()
+            }
+        );
+        for g in &e.gpus {
+            let names: Vec<String> = g
+                .devices
+                .iter()
+                .map(|d| format!("{} ({})", d.name, d.uuid))
+                .collect();
+            let state = match (&g.out, g.running) {
+                (Some(why), _) => format!("out of rotation: {why}"),
+                (None, Some((t, 0))) => format!("#{} training", t.0),
+                (None, Some((t, seed))) => format!("#{} seed {seed}", t.0),
+                (None, None) => "free".into(),
+            };
+            out += &format!(
+                "  GPU {:<6} {state}  [{}]\n",
+                gpu_indices(g),
+                names.join(", ")
+            );
+        }
+    }
     let running: Vec<String> = e
         .running
         .iter()
@@ -515,7 +557,7 @@ pub fn render_status(s: &DaemonStatus, now: u64) -> String {
                 format!("seed {}", r.seed)
             };
             format!(
-                "  #{:<6} {:<16} {:<12} {:>9}{}{}",
+                "  #{:<6} {:<16} {:<12} {:>9}{}{}{}",
                 r.trial.0,
                 r.specialist,
                 what,
@@ -529,7 +571,12 @@ pub fn render_status(s: &DaemonStatus, now: u64) -> String {
                     (Some(j), Some(st)) => format!("  Slurm job {j} {st}"),
                     (Some(j), None) => format!("  Slurm job {j}"),
                     _ => String::new(),
-                }
+                },
+                e.gpus
+                    .iter()
+                    .find(|g| g.running == Some((r.trial, r.seed)))
+                    .map(|g| format!("  GPU {}", gpu_indices(g)))
+                    .unwrap_or_default()
             )
         })
         .chain(

@@ -40,7 +40,8 @@ fn failed(t: &Trial) -> Option<bool> {
                 | FailureLabel::GateMiss
                 | FailureLabel::Diverged
                 | FailureLabel::MetricMissing
-                | FailureLabel::OutOfMemory,
+                | FailureLabel::OutOfMemory
+                | FailureLabel::GpuOutOfMemory,
             ),
         ) => Some(true),
         // Interrupted, refused edits, proposer errors, duplicates: no evidence.

@@ -1,0 +1,843 @@
+//! GPU slots for local runs (`[executor] gpus`). The devices nvidia-smi
+//! lists are grouped into fixed sets of `gpus_per_trial`; each set is one
+//! slot, leased to one run at a time and handed to it as
+//! `CUDA_VISIBLE_DEVICES` (UUIDs, so a renumbering cannot move a trial onto
+//! another run's device). While any set is leased, one sampler asks
+//! nvidia-smi for every device's utilization and memory each `poll`, and
+//! each lease keeps its own peak and mean. A set leaves the rotation when
+//! one of its devices is gone from nvidia-smi, or after repeated runs on it
+//! failed with a device error; `ratchet status` shows why.
+//!
+//! ratchet never opens a device itself: nvidia-smi talks to the driver
+//! (NVML, no CUDA context), and only trial commands use CUDA.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::process::Command;
+use tracing::{info, warn};
+
+use crate::config::{GpuChoice, GpuSettings};
+use crate::domain::{GpuDevice, GpuUse, TrialId};
+
+/// The discovery query (`--format=csv,noheader`: memory as `81559 MiB`).
+pub const DISCOVER: [&str; 2] = [
+    "--query-gpu=index,uuid,name,memory.total",
+    "--format=csv,noheader",
+];
+
+/// The sampler's query: every device, one line each.
+const SAMPLE: [&str; 2] = [
+    "--query-gpu=uuid,utilization.gpu,memory.used",
+    "--format=csv,noheader,nounits",
+];
+
+/// Runs in a row on one set that failed with a device error before the set
+/// leaves the rotation.
+pub const DEVICE_ERRORS: u32 = 3;
+
+/// Samples in a row without one of a set's devices before the set leaves
+/// the rotation.
+const MISSING: u32 = 2;
+
+/// How long one nvidia-smi call may take (a wedged driver hangs it).
+const SMI_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where trials run, as decided at start.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Placement {
+    /// CPU slots (`daemon.slots`); `why` when GPUs were asked for and none
+    /// can be used (`gpus = "auto"` without nvidia-smi or without devices).
+    Cpu { why: Option<String> },
+    /// One slot per set of devices; `idle`: devices left over.
+    Gpus {
+        sets: Vec<Vec<GpuDevice>>,
+        idle: Vec<GpuDevice>,
+    },
+}
+
+impl Placement {
+    /// One line for `ratchet check` and the log.
+    pub fn describe(&self, cpu_slots: usize) -> String {
+        match self {
+            Placement::Cpu { why: None } => format!("trials run here, {cpu_slots} at once"),
+            Placement::Cpu { why: Some(why) } => {
+                format!("{why}: trials run here on CPU slots, {cpu_slots} at once")
+            }
+            Placement::Gpus { sets, idle } => {
+                let per = sets.first().map_or(0, Vec::len);
+                let list: Vec<String> = sets
+                    .iter()
+                    .flatten()
+                    .map(|d| format!("{} {} ({} MiB)", d.index, d.name, d.memory_mib))
+                    .collect();
+                let mut s = format!(
+                    "trials run here on GPUs, {} at once, {per} GPU(s) each: {}",
+                    sets.len(),
+                    list.join(", ")
+                );
+                if !idle.is_empty() {
+                    let ix: Vec<String> = idle.iter().map(|d| d.index.to_string()).collect();
+                    s += &format!(" (GPU {} left idle)", ix.join(", "));
+                }
+                s
+            }
+        }
+    }
+}
+
+/// Decides where trials run: the configured GPUs, grouped into slots, or
+/// CPU slots. `Err` for a configuration that cannot be honoured: listed
+/// GPUs that nvidia-smi cannot show, fewer GPUs than one trial takes.
+pub async fn place(settings: Option<&GpuSettings>) -> Result<Placement, String> {
+    let Some(settings) = settings else {
+        return Ok(Placement::Cpu { why: None });
+    };
+    let found = match (discover().await, &settings.choice) {
+        (Ok(found), _) => found,
+        (Err(Discovery::NoTool), GpuChoice::Auto) => {
+            return Ok(Placement::Cpu {
+                why: Some("executor.gpus = \"auto\", but no nvidia-smi is on PATH".into()),
+            })
+        }
+        (Err(Discovery::Failed(e)), GpuChoice::Auto) => {
+            return Ok(Placement::Cpu {
+                why: Some(format!("executor.gpus = \"auto\", but {e}")),
+            })
+        }
+        (Err(Discovery::NoTool), GpuChoice::List(_)) => {
+            return Err("executor.gpus lists GPUs, but no nvidia-smi is on PATH".into())
+        }
+        (Err(Discovery::Failed(e)), GpuChoice::List(_)) => {
+            return Err(format!("executor.gpus lists GPUs, but {e}"))
+        }
+    };
+    let chosen: Vec<GpuDevice> = match &settings.choice {
+        GpuChoice::Auto => found,
+        GpuChoice::List(indices) => {
+            let mut chosen = Vec::new();
+            for i in indices {
+                match found.iter().find(|d| d.index == *i) {
+                    Some(d) => chosen.push(d.clone()),
+                    None => {
+                        let have: Vec<String> = found.iter().map(|d| d.index.to_string()).collect();
+                        return Err(format!(
+                            "executor.gpus: GPU {i} is not among the GPUs nvidia-smi lists ({})",
+                            have.join(", ")
+                        ));
+                    }
+                }
+            }
+            chosen
+        }
+    };
+    let per = settings.per_trial;
+    if chosen.len() < per {
+        return Err(format!(
+            "executor.gpus_per_trial = {per}, but there are only {} GPU(s) to use",
+            chosen.len()
+        ));
+    }
+    let whole = chosen.len() / per * per;
+    let idle = chosen[whole..].to_vec();
+    let sets = chosen[..whole].chunks(per).map(<[_]>::to_vec).collect();
+    Ok(Placement::Gpus { sets, idle })
+}
+
+/// Why no device list came back.
+#[derive(Debug, PartialEq)]
+pub enum Discovery {
+    /// No nvidia-smi on PATH.
+    NoTool,
+    /// nvidia-smi failed or listed nothing usable (the reason).
+    Failed(String),
+}
+
+/// The GPUs nvidia-smi lists.
+pub async fn discover() -> Result<Vec<GpuDevice>, Discovery> {
+    let text = smi(&DISCOVER).await?;
+    match parse_devices(&text) {
+        Ok(d) if d.is_empty() => Err(Discovery::Failed("nvidia-smi lists no GPU".into())),
+        Ok(d) => Ok(d),
+        Err(e) => Err(Discovery::Failed(e)),
+    }
+}
+
+/// Runs nvidia-smi with `args`; its stdout.
+async fn smi(args: &[&str]) -> Result<String, Discovery> {
+    let mut cmd = Command::new("nvidia-smi");
+    cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
+    let out = match tokio::time::timeout(SMI_TIMEOUT, cmd.output()).await {
+        Err(_) => {
+            return Err(Discovery::Failed(format!(
+                "nvidia-smi did not answer in {} s",
+                SMI_TIMEOUT.as_secs()
+            )))
+        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return Err(Discovery::NoTool),
+        Ok(Err(e)) => return Err(Discovery::Failed(format!("cannot run nvidia-smi: {e}"))),
+        Ok(Ok(out)) => out,
+    };
+    if !out.status.success() {
+        // nvidia-smi explains itself on stdout ("... couldn't communicate
+        // with the NVIDIA driver").
+        let said = format!(
+            "{} {}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let said: String = said.trim().chars().take(300).collect();
+        return Err(Discovery::Failed(format!(
+            "nvidia-smi failed ({}): {said}",
+            out.status
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `0, GPU-8f6c..., NVIDIA H100 80GB HBM3, 81559 MiB` per line.
+pub fn parse_devices(text: &str) -> Result<Vec<GpuDevice>, String> {
+    let mut devices = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let bad = || format!("cannot read nvidia-smi's line `{line}`");
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if fields.len() < 4 {
+            return Err(bad());
+        }
+        let index = fields[0].parse().map_err(|_| bad())?;
+        let uuid = fields[1].to_string();
+        if uuid.is_empty() || uuid.contains(char::is_whitespace) {
+            return Err(bad());
+        }
+        // A name with a comma in it spans the middle fields.
+        let name = fields[2..fields.len() - 1].join(", ");
+        let memory_mib = leading_number(fields[fields.len() - 1]).ok_or_else(bad)? as u64;
+        devices.push(GpuDevice {
+            index,
+            uuid,
+            name,
+            memory_mib,
+        });
+    }
+    Ok(devices)
+}
+
+/// One device in one sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub uuid: String,
+    /// Percent; `None` where the device does not report it (`[N/A]`).
+    pub util: Option<f64>,
+    /// MiB in use.
+    pub memory: Option<u64>,
+}
+
+/// `GPU-8f6c..., 97, 40211` per line; unreadable lines are left out.
+pub fn parse_samples(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split(',').map(str::trim);
+            let uuid = f.next().filter(|u| !u.is_empty())?.to_string();
+            let util = f.next().and_then(leading_number);
+            let memory = f.next().and_then(leading_number).map(|m| m as u64);
+            Some(Sample { uuid, util, memory })
+        })
+        .collect()
+}
+
+/// The number a field starts with (`81559 MiB`, `97 %`); `None` for `[N/A]`.
+fn leading_number(field: &str) -> Option<f64> {
+    let n = field.split_whitespace().next()?;
+    n.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0)
+}
+
+// ---------------------------------------------------------------------------
+// The pool of GPU slots.
+
+/// The GPU slots of one ratchet process, shared by the executor (leases)
+/// and the runs' tasks (telemetry, health). Its sampler task ends when the
+/// pool is dropped.
+pub struct Gpus {
+    pool: Mutex<Pool>,
+}
+
+struct Pool {
+    sets: Vec<Set>,
+    /// The sampler's last failure, so it is logged once, not every poll.
+    smi_error: Option<String>,
+}
+
+struct Set {
+    devices: Vec<GpuDevice>,
+    /// The run holding it: trial and seed.
+    holder: Option<(TrialId, u64)>,
+    /// Why it is out of rotation.
+    out: Option<String>,
+    /// Out because a device is gone (a run failing on it then is the
+    /// device's fault, not the trial's).
+    vanished: bool,
+    /// Runs in a row that failed with a device error.
+    errors: u32,
+    /// Samples in a row that lacked one of its devices.
+    missing: u32,
+    usage: Usage,
+}
+
+/// Telemetry of the current lease.
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    samples: u32,
+    util_sum: f64,
+    util_n: u32,
+    peak: Option<u64>,
+}
+
+/// A GPU slot, for `ratchet status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuSlot {
+    pub devices: Vec<GpuDevice>,
+    /// The trial and seed of the run that holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<(TrialId, u64)>,
+    /// Why it is out of rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out: Option<String>,
+}
+
+impl Gpus {
+    /// The pool of `sets`, its sampler asking nvidia-smi every `poll`
+    /// while a set is leased.
+    pub fn start(sets: Vec<Vec<GpuDevice>>, poll: Duration) -> Arc<Gpus> {
+        let gpus = Arc::new(Gpus {
+            pool: Mutex::new(Pool {
+                sets: sets
+                    .into_iter()
+                    .map(|devices| Set {
+                        devices,
+                        holder: None,
+                        out: None,
+                        vanished: false,
+                        errors: 0,
+                        missing: 0,
+                        usage: Usage::default(),
+                    })
+                    .collect(),
+                smi_error: None,
+            }),
+        });
+        tokio::spawn(sampler(Arc::downgrade(&gpus), poll));
+        gpus
+    }
+
+    fn pool(&self) -> MutexGuard<'_, Pool> {
+        // The pool's invariants hold between statements: a panic elsewhere
+        // leaves nothing half-done.
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Slots in rotation.
+    pub fn slots(&self) -> usize {
+        self.pool().sets.iter().filter(|s| s.out.is_none()).count()
+    }
+
+    /// A free set in rotation for trial `id`'s run `seed`; dropping the
+    /// lease frees it.
+    pub fn lease(self: &Arc<Self>, id: TrialId, seed: u64) -> Option<Lease> {
+        let mut pool = self.pool();
+        let (set, s) = pool
+            .sets
+            .iter_mut()
+            .enumerate()
+            .find(|(_, s)| s.holder.is_none() && s.out.is_none())?;
+        s.holder = Some((id, seed));
+        s.usage = Usage::default();
+        Some(Lease {
+            gpus: self.clone(),
+            set,
+            holder: (id, seed),
+            devices: s.devices.clone(),
+        })
+    }
+
+    pub fn status(&self) -> Vec<GpuSlot> {
+        self.pool()
+            .sets
+            .iter()
+            .map(|s| GpuSlot {
+                devices: s.devices.clone(),
+                running: s.holder,
+                out: s.out.clone(),
+            })
+            .collect()
+    }
+
+    fn busy(&self) -> bool {
+        self.pool().sets.iter().any(|s| s.holder.is_some())
+    }
+
+    /// Takes one nvidia-smi answer (or its failure) into every leased set's
+    /// telemetry, and takes sets whose devices are gone out of rotation.
+    fn sampled(&self, answer: Result<Vec<Sample>, String>) {
+        let mut pool = self.pool();
+        let samples = match answer {
+            Ok(s) => s,
+            Err(e) => {
+                // No verdict on the devices from a tool that does not answer.
+                if pool.smi_error.as_ref() != Some(&e) {
+                    warn!(error = %e, "cannot sample GPU telemetry");
+                    pool.smi_error = Some(e);
+                }
+                return;
+            }
+        };
+        if pool.smi_error.take().is_some() {
+            info!("nvidia-smi answers again");
+        }
+        for set in &mut pool.sets {
+            let mut gone = None;
+            let leased = set.holder.is_some();
+            if leased {
+                set.usage.samples += 1;
+            }
+            for d in &set.devices {
+                let Some(s) = samples.iter().find(|s| s.uuid == d.uuid) else {
+                    gone = Some(d);
+                    continue;
+                };
+                if leased {
+                    if let Some(u) = s.util {
+                        set.usage.util_sum += u;
+                        set.usage.util_n += 1;
+                    }
+                    if let Some(m) = s.memory {
+                        set.usage.peak = Some(set.usage.peak.map_or(m, |p| p.max(m)));
+                    }
+                }
+            }
+            match gone {
+                None => set.missing = 0,
+                Some(d) => {
+                    set.missing += 1;
+                    if set.missing >= MISSING && !set.vanished {
+                        let why = format!("GPU {} ({}) is gone from nvidia-smi", d.index, d.uuid);
+                        warn!(reason = %why, "GPU slot taken out of rotation");
+                        set.out = Some(why);
+                        set.vanished = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Asks nvidia-smi about every device each `poll` while a set is leased.
+async fn sampler(gpus: Weak<Gpus>, poll: Duration) {
+    loop {
+        tokio::time::sleep(poll).await;
+        match gpus.upgrade() {
+            None => return,
+            Some(g) if !g.busy() => continue,
+            Some(_) => {}
+        }
+        let answer = match smi(&SAMPLE).await {
+            Ok(text) => Ok(parse_samples(&text)),
+            Err(Discovery::NoTool) => Err("nvidia-smi is no longer on PATH".to_string()),
+            Err(Discovery::Failed(e)) => Err(e),
+        };
+        match gpus.upgrade() {
+            None => return,
+            Some(g) => g.sampled(answer),
+        }
+    }
+}
+
+/// A set of GPUs held by one run; dropping it frees the set. The run's
+/// task works through a [`LeaseView`].
+pub struct Lease {
+    gpus: Arc<Gpus>,
+    set: usize,
+    holder: (TrialId, u64),
+    devices: Vec<GpuDevice>,
+}
+
+impl Lease {
+    pub fn view(&self) -> LeaseView {
+        LeaseView {
+            gpus: self.gpus.clone(),
+            set: self.set,
+            holder: self.holder,
+            devices: self.devices.clone(),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut pool = self.gpus.pool();
+        if let Some(s) = pool.sets.get_mut(self.set) {
+            if s.holder == Some(self.holder) {
+                s.holder = None;
+            }
+        }
+    }
+}
+
+/// What a run's task sees of its lease: the devices, the telemetry so far,
+/// and the set's health. Once the lease is gone (the run was cancelled),
+/// it reads and changes nothing of the set's next holder.
+#[derive(Clone)]
+pub struct LeaseView {
+    gpus: Arc<Gpus>,
+    set: usize,
+    holder: (TrialId, u64),
+    devices: Vec<GpuDevice>,
+}
+
+impl LeaseView {
+    /// `CUDA_VISIBLE_DEVICES` for the run.
+    pub fn visible(&self) -> String {
+        let ids: Vec<&str> = self.devices.iter().map(|d| d.uuid.as_str()).collect();
+        ids.join(",")
+    }
+
+    /// What the run used of its devices so far.
+    pub fn usage(&self) -> GpuUse {
+        let pool = self.gpus.pool();
+        let u = pool
+            .sets
+            .get(self.set)
+            .filter(|s| s.holder == Some(self.holder))
+            .map(|s| s.usage)
+            .unwrap_or_default();
+        GpuUse {
+            devices: self.devices.clone(),
+            samples: u.samples,
+            peak_memory_mib: u.peak,
+            mean_util_pct: (u.util_n > 0).then(|| u.util_sum / f64::from(u.util_n)),
+            out_of_memory: false,
+            device_error: None,
+        }
+    }
+
+    /// Why the set left the rotation, if one of its devices is gone.
+    pub fn vanished(&self) -> Option<String> {
+        let pool = self.gpus.pool();
+        let s = pool.sets.get(self.set)?;
+        s.vanished.then(|| s.out.clone()).flatten()
+    }
+
+    /// Counts a finished run towards the set's health: `error`, the log
+    /// line of a device error, or `None` for a run without one. After
+    /// [`DEVICE_ERRORS`] in a row the set leaves the rotation, unless it is
+    /// the last one in rotation (then the fault is more likely the
+    /// experiment's than every device's).
+    pub fn finished(&self, error: Option<&str>) {
+        let mut pool = self.gpus.pool();
+        let others = pool
+            .sets
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| *i != self.set && s.out.is_none())
+            .count();
+        let Some(s) = pool.sets.get_mut(self.set) else {
+            return;
+        };
+        if s.holder != Some(self.holder) {
+            return;
+        }
+        let Some(line) = error else {
+            s.errors = 0;
+            return;
+        };
+        s.errors += 1;
+        if s.errors < DEVICE_ERRORS || s.out.is_some() {
+            return;
+        }
+        let ix: Vec<String> = s.devices.iter().map(|d| d.index.to_string()).collect();
+        if others == 0 {
+            warn!(
+                gpus = %ix.join(","), error = %line,
+                "runs on the last GPU slot in rotation keep failing with device errors; it stays in rotation"
+            );
+            return;
+        }
+        let why = format!(
+            "{} runs in a row failed with a device error: {line}",
+            s.errors
+        );
+        warn!(gpus = %ix.join(","), reason = %why, "GPU slot taken out of rotation");
+        s.out = Some(why);
+    }
+}
+
+/// What a failed run's logs say about its GPU: out of memory, or a line
+/// that blames the device rather than the program.
+#[derive(Debug, Default, PartialEq)]
+pub struct LogVerdict {
+    pub out_of_memory: bool,
+    pub device_error: Option<String>,
+}
+
+/// Lower-case phrases of frameworks' device out-of-memory errors (PyTorch,
+/// CUDA runtime and driver, cuBLAS, candle through cudarc, XLA).
+const OOM: &[&str] = &[
+    "cuda out of memory",
+    "outofmemoryerror",
+    "cuda_error_out_of_memory",
+    "cudaerrormemoryallocation",
+    "cuda error: out of memory",
+    "cublas_status_alloc_failed",
+    "resource_exhausted: out of memory",
+];
+
+/// Lower-case phrases that blame the device or its driver.
+const DEVICE: &[&str] = &[
+    "uncorrectable ecc error",
+    "cuda_error_ecc_uncorrectable",
+    "fallen off the bus",
+    "gpu is lost",
+    "no cuda-capable device is detected",
+    "cuda_error_no_device",
+    "busy or unavailable",
+    "cuda_error_devices_unavailable",
+    "driver/library version mismatch",
+    "cuda_error_system_not_ready",
+    "cuda_error_hardware_stack_error",
+];
+
+/// Reads the last 64 KiB of a failed run's logs for device errors.
+pub fn read_logs(paths: &[&Path]) -> LogVerdict {
+    let mut verdict = LogVerdict::default();
+    for path in paths {
+        let text = tail(path, 64 * 1024);
+        for line in text.lines() {
+            let lower = line.to_lowercase();
+            if OOM.iter().any(|p| lower.contains(p)) {
+                verdict.out_of_memory = true;
+            } else if verdict.device_error.is_none() && DEVICE.iter().any(|p| lower.contains(p)) {
+                verdict.device_error = Some(line.trim().chars().take(200).collect());
+            }
+        }
+    }
+    verdict
+}
+
+/// The last `n` bytes of a file, as text; empty when it cannot be read.
+fn tail(path: &Path, n: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(n)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(index: u32) -> GpuDevice {
+        GpuDevice {
+            index,
+            uuid: format!("GPU-{index:08}"),
+            name: "Fake".into(),
+            memory_mib: 1000,
+        }
+    }
+
+    #[test]
+    fn nvidia_smi_lines_are_read() {
+        let text =
+            "0, GPU-8f6c1b2a-0000-1111-2222-333344445555, NVIDIA H100 80GB HBM3, 81559 MiB\n\
+                    1, GPU-aa, Odd, Name, 40960 MiB\n\n";
+        let d = parse_devices(text).unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].index, 0);
+        assert_eq!(d[0].uuid, "GPU-8f6c1b2a-0000-1111-2222-333344445555");
+        assert_eq!(d[0].name, "NVIDIA H100 80GB HBM3");
+        assert_eq!(d[0].memory_mib, 81559);
+        assert_eq!(d[1].name, "Odd, Name");
+        assert_eq!(d[1].memory_mib, 40960);
+        let e = parse_devices("No devices were found\n").unwrap_err();
+        assert!(e.contains("No devices were found"), "{e}");
+        assert!(parse_devices("x, GPU-1, a, 1 MiB").is_err());
+
+        let s = parse_samples("GPU-a, 97, 40211\nGPU-b, [N/A], 12\n\n");
+        assert_eq!(
+            s,
+            vec![
+                Sample {
+                    uuid: "GPU-a".into(),
+                    util: Some(97.0),
+                    memory: Some(40211)
+                },
+                Sample {
+                    uuid: "GPU-b".into(),
+                    util: None,
+                    memory: Some(12)
+                }
+            ]
+        );
+    }
+
+    fn sample(uuid: &str, util: f64, memory: u64) -> Sample {
+        Sample {
+            uuid: uuid.into(),
+            util: Some(util),
+            memory: Some(memory),
+        }
+    }
+
+    #[tokio::test]
+    async fn leases_are_exclusive_and_keep_their_own_telemetry() {
+        let gpus = Gpus::start(
+            vec![vec![device(0), device(1)], vec![device(2), device(3)]],
+            Duration::from_secs(3600),
+        );
+        assert_eq!(gpus.slots(), 2);
+        let a = gpus.lease(TrialId(1), 0).unwrap();
+        let b = gpus.lease(TrialId(2), 0).unwrap();
+        assert!(gpus.lease(TrialId(3), 0).is_none(), "two sets, two leases");
+        assert_eq!(a.view().visible(), "GPU-00000000,GPU-00000001");
+        assert_eq!(b.view().visible(), "GPU-00000002,GPU-00000003");
+
+        let all = |m: u64| {
+            Ok((0..4)
+                .map(|i| sample(&format!("GPU-{i:08}"), 10.0 * f64::from(i as u32), m + i))
+                .collect())
+        };
+        gpus.sampled(all(100));
+        gpus.sampled(all(500));
+        let u = a.view().usage();
+        assert_eq!(u.samples, 2);
+        assert_eq!(u.peak_memory_mib, Some(501), "the most on any one device");
+        assert_eq!(u.mean_util_pct, Some(5.0), "(0 + 10) / 2 over both samples");
+        assert_eq!(b.view().usage().mean_util_pct, Some(25.0));
+
+        // A new lease starts its own telemetry; the old view reads nothing of it.
+        let view = a.view();
+        drop(a);
+        let c = gpus.lease(TrialId(3), 0).unwrap();
+        assert_eq!(c.view().visible(), "GPU-00000000,GPU-00000001");
+        assert_eq!(c.view().usage().samples, 0);
+        assert_eq!(view.usage().samples, 0);
+        view.finished(Some("uncorrectable ECC error"));
+        assert_eq!(gpus.status()[0].running, Some((TrialId(3), 0)));
+        assert_eq!(gpus.status()[0].out, None);
+    }
+
+    #[tokio::test]
+    async fn a_device_gone_twice_takes_its_set_out_of_rotation() {
+        let gpus = Gpus::start(
+            vec![vec![device(0)], vec![device(1)]],
+            Duration::from_secs(3600),
+        );
+        let a = gpus.lease(TrialId(1), 0).unwrap();
+        let only0 = || Ok(vec![sample("GPU-00000000", 50.0, 10)]);
+        gpus.sampled(only0());
+        assert_eq!(gpus.slots(), 2, "one miss is not enough");
+        gpus.sampled(Err("nvidia-smi did not answer".into()));
+        assert_eq!(gpus.slots(), 2, "no verdict from a failed call");
+        gpus.sampled(only0());
+        assert_eq!(gpus.slots(), 1);
+        let st = gpus.status();
+        assert!(st[1]
+            .out
+            .as_deref()
+            .unwrap()
+            .contains("GPU 1 (GPU-00000001) is gone"));
+        assert!(a.view().vanished().is_none());
+        let b = gpus.lease(TrialId(2), 0);
+        assert!(b.is_none(), "the vanished set is not leased");
+    }
+
+    #[tokio::test]
+    async fn repeated_device_errors_take_a_set_out_but_never_the_last() {
+        let gpus = Gpus::start(
+            vec![vec![device(0)], vec![device(1)]],
+            Duration::from_secs(3600),
+        );
+        let run = |id: u64| gpus.lease(TrialId(id), 0).unwrap();
+        // Errors interrupted by a clean run start counting again.
+        for (id, err) in [(1, true), (2, true), (3, false), (4, true), (5, true)] {
+            let l = run(id);
+            l.view()
+                .finished(err.then_some("GPU has fallen off the bus"));
+        }
+        assert_eq!(gpus.slots(), 2);
+        let l = run(6);
+        l.view().finished(Some("GPU has fallen off the bus"));
+        drop(l);
+        assert_eq!(gpus.slots(), 1);
+        assert!(gpus.status()[0]
+            .out
+            .as_deref()
+            .unwrap()
+            .contains("3 runs in a row"));
+        // Set 1 is now the last in rotation: it stays.
+        for id in 7..12 {
+            let l = run(id);
+            assert_eq!(l.view().visible(), "GPU-00000001");
+            l.view().finished(Some("GPU has fallen off the bus"));
+        }
+        assert_eq!(gpus.slots(), 1);
+    }
+
+    #[test]
+    fn logs_tell_device_out_of_memory_and_device_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let torch = write(
+            "a",
+            "step 1\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n",
+        );
+        let candle = write(
+            "b",
+            "Error: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")\n",
+        );
+        let ecc = write(
+            "c",
+            "RuntimeError: CUDA error: uncorrectable ECC error encountered\n",
+        );
+        let bug = write("d", "IndexError: index 7 is out of bounds\nKilled\n");
+        let v = read_logs(&[&torch]);
+        assert!(v.out_of_memory && v.device_error.is_none(), "{v:?}");
+        assert!(read_logs(&[&bug, &candle]).out_of_memory);
+        let v = read_logs(&[&ecc]);
+        assert!(!v.out_of_memory);
+        assert_eq!(
+            v.device_error.as_deref(),
+            Some("RuntimeError: CUDA error: uncorrectable ECC error encountered")
+        );
+        assert_eq!(
+            read_logs(&[&bug, &dir.path().join("missing")]),
+            LogVerdict::default()
+        );
+    }
+
+    #[test]
+    fn placements_describe_themselves() {
+        let p = Placement::Gpus {
+            sets: vec![vec![device(0), device(1)]],
+            idle: vec![device(2)],
+        };
+        let s = p.describe(1);
+        assert!(s.contains("1 at once, 2 GPU(s) each"), "{s}");
+        assert!(s.contains("GPU 2 left idle"), "{s}");
+        let s = Placement::Cpu {
+            why: Some("no nvidia-smi".into()),
+        }
+        .describe(3);
+        assert_eq!(s, "no nvidia-smi: trials run here on CPU slots, 3 at once");
+    }
+}
