@@ -339,8 +339,11 @@ async fn prepare(
         Some(_) => Placement::Cpu { why: None },
         None => gpu::place(config.gpus.as_ref()).await?,
     };
-    if placement != (Placement::Cpu { why: None }) {
-        info!("{}", placement.describe(config.slots));
+    match &placement {
+        Placement::Cpu { why: None } => {}
+        // GPUs were asked for and cannot be had: worth a warning.
+        Placement::Cpu { why: Some(_) } => warn!("{}", placement.describe(config.slots)),
+        Placement::Gpus { .. } => info!("{}", placement.describe(config.slots)),
     }
     let gpus = match placement {
         Placement::Cpu { .. } => None,
