@@ -390,3 +390,36 @@ fn gpu_settings_that_cannot_be_honoured_are_refused() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_gpu_whose_runs_keep_failing_with_device_errors_leaves_the_rotation() {
+    let (dir, smi) = setup(2);
+    specialists(&dir, 1, "gpus = \"auto\"\ngpu_poll_secs = 0.2");
+    // Every run on GPU 0 dies at once of a hardware fault.
+    std::fs::write(
+        smi.join(format!("fail-{}", uuid(0))),
+        "RuntimeError: CUDA error: uncorrectable ECC error encountered",
+    )
+    .unwrap();
+    let out = ratchet(&dir, &smi, &path_with(&smi), &["run", "--trials", "8"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let log = stderr(&out);
+    assert!(
+        log.contains("3 runs in a row failed with a device error: RuntimeError: CUDA error: uncorrectable ECC error encountered"),
+        "{log}"
+    );
+    let rows = export(&dir);
+    assert_eq!(rows.len(), 8);
+    let on = |i: u32| -> Vec<&Value> {
+        rows.iter()
+            .filter(|r| r["gpus"].as_str() == Some(uuid(i).as_str()))
+            .collect()
+    };
+    // Three failures on GPU 0, then nothing more runs there.
+    assert_eq!(on(0).len(), 3, "{rows:#?}");
+    for r in on(0) {
+        assert_eq!(r["label"], "crash", "{r:#}");
+    }
+    assert_eq!(on(1).len(), 5, "{rows:#?}");
+    assert!(on(1).iter().all(|r| r["label"] != "crash"), "{rows:#?}");
+}
