@@ -322,7 +322,7 @@ pub struct ProcessReport {
     pub slurm: Option<SlurmJob>,
     /// The GPUs it ran on and what it used of them (`executor.gpus`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpu: Option<GpuUse>,
+    pub gpu: Option<Box<GpuUse>>,
 }
 
 /// One GPU, as nvidia-smi lists it.

@@ -150,7 +150,7 @@ pub const COLUMNS: &[&str] = &[
 impl<'a> Row<'a> {
     pub fn new(t: &'a Trial, direction: Option<Direction>) -> Row<'a> {
         use crate::domain::TrialStatus;
-        let gpu = t.train.as_ref().and_then(|r| r.gpu.as_ref());
+        let gpu = t.train.as_ref().and_then(|r| r.gpu.as_deref());
         let secs = |r: &Option<crate::domain::ProcessReport>| {
             r.as_ref().map(|r| r.duration_ms as f64 / 1000.0)
         };

@@ -338,9 +338,14 @@ impl Gpus {
         self.pool.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Slots in rotation.
+    /// Slots: the sets in rotation, and those out of it whose run has not
+    /// ended yet.
     pub fn slots(&self) -> usize {
-        self.pool().sets.iter().filter(|s| s.out.is_none()).count()
+        self.pool()
+            .sets
+            .iter()
+            .filter(|s| s.out.is_none() || s.holder.is_some())
+            .count()
     }
 
     /// A free set in rotation for trial `id`'s run `seed`; dropping the
@@ -396,6 +401,7 @@ impl Gpus {
         if pool.smi_error.take().is_some() {
             info!("nvidia-smi answers again");
         }
+        let mut went_out = false;
         for set in &mut pool.sets {
             let mut gone = None;
             let leased = set.holder.is_some();
@@ -426,9 +432,15 @@ impl Gpus {
                         warn!(reason = %why, "GPU slot taken out of rotation");
                         set.out = Some(why);
                         set.vanished = true;
+                        went_out = true;
                     }
                 }
             }
+        }
+        if went_out && pool.sets.iter().all(|s| s.vanished) {
+            tracing::error!(
+                "every GPU slot is out of rotation: no trial starts until ratchet is restarted"
+            );
         }
     }
 }
@@ -745,7 +757,7 @@ mod tests {
         gpus.sampled(Err("nvidia-smi did not answer".into()));
         assert_eq!(gpus.slots(), 2, "no verdict from a failed call");
         gpus.sampled(only0());
-        assert_eq!(gpus.slots(), 1);
+        assert_eq!(gpus.slots(), 1, "set 1 is out, and free");
         let st = gpus.status();
         assert!(st[1]
             .out
@@ -755,6 +767,16 @@ mod tests {
         assert!(a.view().vanished().is_none());
         let b = gpus.lease(TrialId(2), 0);
         assert!(b.is_none(), "the vanished set is not leased");
+
+        // Now GPU 0 goes too, under its run: the run's view knows, and the
+        // set counts as a slot until the run ends.
+        gpus.sampled(Ok(Vec::new()));
+        gpus.sampled(Ok(Vec::new()));
+        assert!(a.view().vanished().unwrap().contains("GPU 0"));
+        assert_eq!(gpus.slots(), 1);
+        drop(a);
+        assert_eq!(gpus.slots(), 0);
+        assert!(gpus.lease(TrialId(3), 0).is_none());
     }
 
     #[tokio::test]

@@ -104,7 +104,7 @@ impl JobEnd {
 #[derive(Debug)]
 pub enum Outcome {
     /// The command ran (or was killed by a limit): its report.
-    Ran(ProcessReport),
+    Ran(Box<ProcessReport>),
     /// The job was lost to the cluster (node failure, preemption, a
     /// cancellation that was not ratchet's): the run should be queued again.
     Lost(String),
@@ -505,12 +505,12 @@ impl Slurm {
                     }
                 }
                 Err(e) => {
-                    return Outcome::Ran(ProcessReport {
+                    return Outcome::Ran(Box::new(ProcessReport {
                         spawn_error: Some(format!("sbatch: {e}")),
                         stdout: spec.stdout.clone(),
                         stderr: spec.stderr.clone(),
                         ..Default::default()
-                    })
+                    }))
                 }
             }
         };
@@ -580,7 +580,7 @@ pub fn outcome(job: u64, end: &JobEnd, report: Option<ProcessReport>, spec: &Spe
         }
     };
     r.slurm = Some(slurm);
-    Outcome::Ran(r)
+    Outcome::Ran(Box::new(r))
 }
 
 fn read_report(path: &Path) -> Option<ProcessReport> {
@@ -782,7 +782,7 @@ mod tests {
 
     fn ran(o: Outcome) -> ProcessReport {
         match o {
-            Outcome::Ran(r) => r,
+            Outcome::Ran(r) => *r,
             Outcome::Lost(why) => panic!("lost: {why}"),
         }
     }

@@ -917,7 +917,7 @@ fn start_eval(
             let eval = loop {
                 let key = (id, seed, kind);
                 match slurm.run_job(&spec, &task_guard, key, |_| async {}).await {
-                    Outcome::Ran(report) => break report,
+                    Outcome::Ran(report) => break *report,
                     Outcome::Lost(why) if attempt < attempts => {
                         warn!(trial = %id, seed, "{why}; submitting the eval again");
                         attempt += 1;

@@ -936,7 +936,7 @@ impl Launcher<'_> {
             .run_job(spec, self.guard, (id, seed, JobKind::Train), recorded)
             .await
         {
-            Outcome::Ran(report) => Ran::Report(Box::new(report)),
+            Outcome::Ran(report) => Ran::Report(report),
             Outcome::Lost(why) => Ran::Lost(why),
         }
     }
@@ -962,7 +962,7 @@ async fn on_gpu(report: &mut ProcessReport, gpus: &LeaseView) -> Option<String> 
         }
     }
     gpus.finished(usage.device_error.as_deref());
-    report.gpu = Some(usage);
+    report.gpu = Some(Box::new(usage));
     None
 }
 
@@ -1391,7 +1391,7 @@ fn adopt(
     let executor = myself.clone();
     let task = tokio::spawn(async move {
         let ran = match slurm.follow(&spec, &task_guard, job).await {
-            Outcome::Ran(report) => Ran::Report(Box::new(report)),
+            Outcome::Ran(report) => Ran::Report(report),
             Outcome::Lost(why) => Ran::Lost(why),
         };
         let _ = executor.cast(ExecutorMsg::TrainFinished { id, seed, ran });
