@@ -116,7 +116,19 @@ pub async fn place(settings: Option<&GpuSettings>) -> Result<Placement, String> 
         }
     };
     let chosen: Vec<GpuDevice> = match &settings.choice {
-        GpuChoice::Auto => found,
+        GpuChoice::Auto => {
+            let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+            let found = restrict(found, visible.as_deref())?;
+            if found.is_empty() {
+                return Ok(Placement::Cpu {
+                    why: Some(
+                        "executor.gpus = \"auto\", but ratchet's CUDA_VISIBLE_DEVICES is empty"
+                            .into(),
+                    ),
+                });
+            }
+            found
+        }
         GpuChoice::List(indices) => {
             let mut chosen = Vec::new();
             for i in indices {
@@ -145,6 +157,42 @@ pub async fn place(settings: Option<&GpuSettings>) -> Result<Placement, String> 
     let idle = chosen[whole..].to_vec();
     let sets = chosen[..whole].chunks(per).map(<[_]>::to_vec).collect();
     Ok(Placement::Gpus { sets, idle })
+}
+
+/// `gpus = "auto"` under an inherited `CUDA_VISIBLE_DEVICES` (a unit or
+/// a scheduler that gave ratchet some of the machine's GPUs): only those,
+/// named by index or UUID (or a UUID's unique prefix, as CUDA takes them).
+pub fn restrict(found: Vec<GpuDevice>, visible: Option<&str>) -> Result<Vec<GpuDevice>, String> {
+    let Some(visible) = visible else {
+        return Ok(found);
+    };
+    let mut kept: Vec<GpuDevice> = Vec::new();
+    for entry in visible.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let matches: Vec<&GpuDevice> = match entry.parse::<u32>() {
+            Ok(i) => found.iter().filter(|d| d.index == i).collect(),
+            Err(_) if entry.starts_with("GPU-") => {
+                found.iter().filter(|d| d.uuid.starts_with(entry)).collect()
+            }
+            Err(_) => {
+                return Err(format!(
+                    "ratchet's CUDA_VISIBLE_DEVICES has `{entry}`, which is neither a GPU index nor a GPU UUID (MIG instances are not slots)"
+                ))
+            }
+        };
+        match matches.as_slice() {
+            [d] if !kept.contains(d) => kept.push((*d).clone()),
+            [_] => {}
+            [] => {
+                return Err(format!(
+                    "ratchet's CUDA_VISIBLE_DEVICES names `{entry}`, which nvidia-smi does not list"
+                ))
+            }
+            _ => return Err(format!(
+                "ratchet's CUDA_VISIBLE_DEVICES names `{entry}`, which matches more than one GPU"
+            )),
+        }
+    }
+    Ok(kept)
 }
 
 /// Why no device list came back.
@@ -845,6 +893,25 @@ mod tests {
             read_logs(&[&bug, &dir.path().join("missing")]),
             LogVerdict::default()
         );
+    }
+
+    #[test]
+    fn an_inherited_cuda_visible_devices_restricts_auto() {
+        let found = || (0..4).map(device).collect::<Vec<_>>();
+        let ix = |v: Vec<GpuDevice>| v.iter().map(|d| d.index).collect::<Vec<_>>();
+        assert_eq!(ix(restrict(found(), None).unwrap()), [0, 1, 2, 3]);
+        assert_eq!(ix(restrict(found(), Some("")).unwrap()), Vec::<u32>::new());
+        assert_eq!(ix(restrict(found(), Some("2, 0")).unwrap()), [2, 0]);
+        assert_eq!(
+            ix(restrict(found(), Some("GPU-00000003,1,GPU-00000003")).unwrap()),
+            [3, 1]
+        );
+        let e = restrict(found(), Some("5")).unwrap_err();
+        assert!(e.contains("`5`, which nvidia-smi does not list"), "{e}");
+        let e = restrict(found(), Some("GPU-0000000")).unwrap_err();
+        assert!(e.contains("more than one GPU"), "{e}");
+        let e = restrict(found(), Some("MIG-abc")).unwrap_err();
+        assert!(e.contains("neither a GPU index nor a GPU UUID"), "{e}");
     }
 
     #[test]

@@ -375,11 +375,30 @@ fn gpu_settings_that_cannot_be_honoured_are_refused() {
         ("gpus = []", "lists no GPU"),
         ("gpus = \"auto\"\ngpus_per_trial = 0", "must be at least 1"),
         ("gpus_per_trial = 2", "only takes effect with executor.gpus"),
+        (
+            "backend = \"slurm\"\ngpus = \"auto\"",
+            "GPU slots are for local runs",
+        ),
     ] {
         let out = check(bad);
         assert_eq!(out.status.code(), Some(2), "{bad}");
         assert!(stderr(&out).contains(says), "{bad}: {}", stderr(&out));
     }
+    // Under an inherited CUDA_VISIBLE_DEVICES, "auto" takes only those.
+    specialists(&dir, 1, "gpus = \"auto\"");
+    let out = Command::new(env!("CARGO_BIN_EXE_ratchet"))
+        .arg("check")
+        .current_dir(dir.path())
+        .env("PATH", &path)
+        .env("CUDA_VISIBLE_DEVICES", format!("3,{}", &uuid(1)[..12]))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("2 at once, 1 GPU(s) each: 3 Fake GPU 3 (81559 MiB), 1 Fake GPU 1"),
+        "{}",
+        stdout(&out)
+    );
     // The daemon refuses to start on listed GPUs it cannot see.
     specialists(&dir, 1, "gpus = [9]");
     let out = ratchet(&dir, &smi, &path, &["run", "--trials", "1"]);

@@ -98,10 +98,24 @@ pub struct TrainOptions {
     pub log_every: u64,
 }
 
+/// The first CUDA device this process can see (with the `cuda` feature:
+/// on GPU slots, its slot's), else the CPU. A run given GPUs that trains
+/// on the CPU says why on stderr: it is wasting them.
 pub fn device() -> Device {
+    let given = std::env::var("CUDA_VISIBLE_DEVICES").is_ok_and(|v| !v.trim().is_empty());
     #[cfg(feature = "cuda")]
-    if let Ok(d) = Device::new_cuda(0) {
-        return d;
+    match Device::new_cuda(0) {
+        Ok(d) => return d,
+        Err(e) if given => {
+            eprintln!("tinylm: cannot use the GPU it was given ({e}); training on the CPU")
+        }
+        Err(_) => {}
+    }
+    #[cfg(not(feature = "cuda"))]
+    if given {
+        eprintln!(
+            "tinylm: built without the `cuda` feature, so it trains on the CPU although GPUs are visible (build with --features cuda)"
+        );
     }
     Device::Cpu
 }
