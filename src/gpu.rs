@@ -187,9 +187,11 @@ pub fn restrict(found: Vec<GpuDevice>, visible: Option<&str>) -> Result<Vec<GpuD
                     "ratchet's CUDA_VISIBLE_DEVICES names `{entry}`, which nvidia-smi does not list"
                 ))
             }
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "ratchet's CUDA_VISIBLE_DEVICES names `{entry}`, which matches more than one GPU"
-            )),
+            ))
+            }
         }
     }
     Ok(kept)
@@ -294,6 +296,25 @@ pub fn parse_samples(text: &str) -> Vec<Sample> {
             Some(Sample { uuid, util, memory })
         })
         .collect()
+}
+
+/// A sampler answer: its samples, or, when not one line can be read (a
+/// warning instead of the table, a changed format), a failure, which says
+/// nothing about the devices. Reading no line at all must not take every
+/// set out of rotation.
+fn answer_of(text: &str) -> Result<Vec<Sample>, String> {
+    let samples = parse_samples(text);
+    if samples
+        .iter()
+        .any(|s| s.memory.is_some() || s.util.is_some())
+    {
+        return Ok(samples);
+    }
+    let first = text.lines().next().unwrap_or("").trim();
+    Err(format!(
+        "nvidia-smi's answer has no readable line: `{}`",
+        first.chars().take(200).collect::<String>()
+    ))
 }
 
 /// The number a field starts with (`81559 MiB`, `97 %`); `None` for `[N/A]`.
@@ -503,7 +524,7 @@ async fn sampler(gpus: Weak<Gpus>, poll: Duration) {
             Some(_) => {}
         }
         let answer = match smi(&SAMPLE).await {
-            Ok(text) => Ok(parse_samples(&text)),
+            Ok(text) => answer_of(&text),
             Err(Discovery::NoTool) => Err("nvidia-smi is no longer on PATH".to_string()),
             Err(Discovery::Failed(e)) => Err(e),
         };
@@ -728,6 +749,10 @@ mod tests {
         assert!(e.contains("No devices were found"), "{e}");
         assert!(parse_devices("x, GPU-1, a, 1 MiB").is_err());
 
+        assert!(answer_of("").is_err());
+        let e = answer_of("WARNING: infoROM is corrupted at gpu 0000:01:00.0\n").unwrap_err();
+        assert!(e.contains("infoROM"), "{e}");
+        assert_eq!(answer_of("GPU-a, 3, 4\n").unwrap().len(), 1);
         let s = parse_samples("GPU-a, 97, 40211\nGPU-b, [N/A], 12\n\n");
         assert_eq!(
             s,

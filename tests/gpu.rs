@@ -442,3 +442,43 @@ fn a_gpu_whose_runs_keep_failing_with_device_errors_leaves_the_rotation() {
     assert_eq!(on(1).len(), 5, "{rows:#?}");
     assert!(on(1).iter().all(|r| r["label"] != "crash"), "{rows:#?}");
 }
+
+#[test]
+fn seed_runs_take_gpu_slots_of_their_own() {
+    let (dir, smi) = setup(2);
+    let exp = dir.path().join("experiment/experiment.toml");
+    let text = std::fs::read_to_string(&exp).unwrap();
+    std::fs::write(&exp, format!("{text}\n[noise]\nseeds = 2\n")).unwrap();
+    specialists(&dir, 1, "gpus = \"auto\"\ngpu_poll_secs = 0.2");
+    let out = ratchet(&dir, &smi, &path_with(&smi), &["run", "--trials", "1"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let trials = dir.trials();
+    let t = &trials[0];
+    assert_eq!(str_of(t, "status"), "kept", "{t:#}");
+    let root = Path::new(t["trial_dir"].as_str().unwrap());
+    let seeds = t["seed_runs"].as_array().unwrap();
+    assert_eq!(seeds.len(), 2, "{t:#}");
+    // The two seed runs train at once, one on each GPU, and each records it.
+    let runs: Vec<Run> = seeds
+        .iter()
+        .map(|s| {
+            let seed = s["seed"].as_u64().unwrap();
+            let run = run_of(&root.join(format!("seed-{seed}")), 1);
+            let gpu = &s["train"]["gpu"];
+            assert_eq!(
+                gpu["devices"][0]["uuid"].as_str(),
+                run.visible.as_deref(),
+                "{s:#}"
+            );
+            assert_eq!(gpu["peak_memory_mib"], 1001, "{s:#}");
+            run
+        })
+        .collect();
+    assert_ne!(runs[0].visible, runs[1].visible);
+    assert!(
+        runs[0].start < runs[1].end && runs[1].start < runs[0].end,
+        "they overlap"
+    );
+    let show = dir.ratchet_ok(&["lineage", "show", "1"]);
+    assert_eq!(show.matches("peak memory 1001 MiB").count(), 3, "{show}");
+}
