@@ -74,6 +74,9 @@ pub struct ExecutorSection {
     /// How often nvidia-smi is asked for utilization and memory while
     /// trials run on GPUs (default 1 s).
     pub gpu_poll_secs: Option<f64>,
+    /// Eval commands take a GPU slot too (the first free one, ahead of
+    /// train runs). Default false: evals run with no GPU visible.
+    pub evals_on_gpus: Option<bool>,
 }
 
 /// `executor.gpus`.
@@ -119,6 +122,7 @@ pub struct GpuSettings {
     pub choice: GpuChoice,
     pub per_trial: usize,
     pub poll: std::time::Duration,
+    pub evals: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -775,6 +779,7 @@ fn check_gpus(e: &ExecutorSection, err: &mut dyn FnMut(&str, String)) -> Option<
         for (key, set) in [
             ("executor.gpus_per_trial", e.gpus_per_trial.is_some()),
             ("executor.gpu_poll_secs", e.gpu_poll_secs.is_some()),
+            ("executor.evals_on_gpus", e.evals_on_gpus.is_some()),
         ] {
             if set {
                 err(key, "only takes effect with executor.gpus".into());
@@ -809,6 +814,7 @@ fn check_gpus(e: &ExecutorSection, err: &mut dyn FnMut(&str, String)) -> Option<
         choice,
         per_trial,
         poll: std::time::Duration::from_secs_f64(poll.clamp(0.1, 3600.0)),
+        evals: e.evals_on_gpus.unwrap_or(false),
     })
 }
 

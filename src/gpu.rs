@@ -21,7 +21,7 @@ use tokio::process::Command;
 use tracing::{info, warn};
 
 use crate::config::{GpuChoice, GpuSettings};
-use crate::domain::{GpuDevice, GpuUse, TrialId};
+use crate::domain::{GpuDevice, GpuUse, ProcessReport, TrialId};
 
 /// The discovery query (`--format=csv,noheader`: memory as `81559 MiB`).
 pub const DISCOVER: [&str; 2] = [
@@ -331,18 +331,23 @@ fn leading_number(field: &str) -> Option<f64> {
 /// pool is dropped.
 pub struct Gpus {
     pool: Mutex<Pool>,
+    /// Called when an eval's lease frees a set (the executor, whose queued
+    /// runs may wait for one).
+    waker: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 
 struct Pool {
     sets: Vec<Set>,
+    /// Evals waiting for a set: while any waits, train runs get none.
+    waiting_evals: usize,
     /// The sampler's last failure, so it is logged once, not every poll.
     smi_error: Option<String>,
 }
 
 struct Set {
     devices: Vec<GpuDevice>,
-    /// The run holding it: trial and seed.
-    holder: Option<(TrialId, u64)>,
+    /// The run holding it.
+    holder: Option<Holder>,
     /// Why it is out of rotation.
     out: Option<String>,
     /// Out because a device is gone (a run failing on it then is the
@@ -364,13 +369,23 @@ struct Usage {
     peak: Option<u64>,
 }
 
+/// Who holds a set: a train run (a trial's own, seed 0, or a seed re-run)
+/// or an eval of one (`evals_on_gpus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub trial: TrialId,
+    pub seed: u64,
+    #[serde(default)]
+    pub eval: bool,
+}
+
 /// A GPU slot, for `ratchet status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GpuSlot {
     pub devices: Vec<GpuDevice>,
-    /// The trial and seed of the run that holds it.
+    /// The run that holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub running: Option<(TrialId, u64)>,
+    pub running: Option<Holder>,
     /// Why it is out of rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub out: Option<String>,
@@ -395,7 +410,9 @@ impl Gpus {
                     })
                     .collect(),
                 smi_error: None,
+                waiting_evals: 0,
             }),
+            waker: Mutex::new(None),
         });
         tokio::spawn(sampler(Arc::downgrade(&gpus), poll));
         gpus
@@ -417,23 +434,78 @@ impl Gpus {
             .count()
     }
 
-    /// A free set in rotation for trial `id`'s run `seed`; dropping the
-    /// lease frees it.
+    /// A free set in rotation for trial `id`'s train run `seed`; none
+    /// while an eval waits for one. Dropping the lease frees it.
     pub fn lease(self: &Arc<Self>, id: TrialId, seed: u64) -> Option<Lease> {
         let mut pool = self.pool();
+        if pool.waiting_evals > 0 {
+            return None;
+        }
+        self.take(&mut pool, id, seed, false)
+    }
+
+    fn take(
+        self: &Arc<Self>,
+        pool: &mut Pool,
+        id: TrialId,
+        seed: u64,
+        eval: bool,
+    ) -> Option<Lease> {
         let (set, s) = pool
             .sets
             .iter_mut()
             .enumerate()
             .find(|(_, s)| s.holder.is_none() && s.out.is_none())?;
-        s.holder = Some((id, seed));
+        let holder = Holder {
+            trial: id,
+            seed,
+            eval,
+        };
+        s.holder = Some(holder);
         s.usage = Usage::default();
         Some(Lease {
             gpus: self.clone(),
             set,
-            holder: (id, seed),
+            holder,
             devices: s.devices.clone(),
         })
+    }
+
+    /// A set for an eval of trial `id`'s run `seed`, as soon as one is
+    /// free, ahead of train runs; `None` when no set is in rotation at all.
+    pub async fn lease_eval(self: &Arc<Self>, id: TrialId, seed: u64) -> Option<Lease> {
+        /// Counts an eval as waiting for as long as it waits (also when
+        /// its task is aborted meanwhile).
+        struct Waiting<'a>(&'a Gpus);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.pool().waiting_evals -= 1;
+            }
+        }
+        let mut waiting = None;
+        loop {
+            {
+                let mut pool = self.pool();
+                if let Some(lease) = self.take(&mut pool, id, seed, true) {
+                    drop(pool);
+                    drop(waiting);
+                    return Some(lease);
+                }
+                if pool.sets.iter().all(|s| s.out.is_some()) {
+                    return None;
+                }
+                if waiting.is_none() {
+                    pool.waiting_evals += 1;
+                    waiting = Some(Waiting(self));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Who to call when an eval frees a set.
+    pub fn set_waker(&self, waker: Box<dyn Fn() + Send + Sync>) {
+        *self.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(waker);
     }
 
     pub fn status(&self) -> Vec<GpuSlot> {
@@ -540,7 +612,7 @@ async fn sampler(gpus: Weak<Gpus>, poll: Duration) {
 pub struct Lease {
     gpus: Arc<Gpus>,
     set: usize,
-    holder: (TrialId, u64),
+    holder: Holder,
     devices: Vec<GpuDevice>,
 }
 
@@ -557,10 +629,17 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let mut pool = self.gpus.pool();
-        if let Some(s) = pool.sets.get_mut(self.set) {
-            if s.holder == Some(self.holder) {
-                s.holder = None;
+        {
+            let mut pool = self.gpus.pool();
+            if let Some(s) = pool.sets.get_mut(self.set) {
+                if s.holder == Some(self.holder) {
+                    s.holder = None;
+                }
+            }
+        }
+        if self.holder.eval {
+            if let Some(wake) = &*self.gpus.waker.lock().unwrap_or_else(|p| p.into_inner()) {
+                wake();
             }
         }
     }
@@ -573,7 +652,7 @@ impl Drop for Lease {
 pub struct LeaseView {
     gpus: Arc<Gpus>,
     set: usize,
-    holder: (TrialId, u64),
+    holder: Holder,
     devices: Vec<GpuDevice>,
 }
 
@@ -601,6 +680,29 @@ impl LeaseView {
             out_of_memory: false,
             device_error: None,
         }
+    }
+
+    /// Adds the run's telemetry to its finished report and, for a failed
+    /// run, what its logs say about the device: out of memory (the label),
+    /// or a device error, counted towards the set's health. `Some(why)`:
+    /// the run failed on a device that is gone, which is the device's
+    /// loss, not the trial's.
+    pub async fn finish(&self, report: &mut ProcessReport) -> Option<String> {
+        let mut usage = self.usage();
+        if !report.succeeded() && report.spawn_error.is_none() {
+            let logs = [report.stderr.clone(), report.stdout.clone()];
+            let verdict = tokio::task::spawn_blocking(move || read_logs(&[&logs[0], &logs[1]]))
+                .await
+                .unwrap_or_default();
+            usage.out_of_memory = verdict.out_of_memory;
+            usage.device_error = verdict.device_error;
+            if let Some(why) = self.vanished() {
+                return Some(format!("{why}; the run on it failed"));
+            }
+        }
+        self.finished(usage.device_error.as_deref());
+        report.gpu = Some(Box::new(usage));
+        None
     }
 
     /// Why the set left the rotation, if one of its devices is gone.
@@ -813,8 +915,65 @@ mod tests {
         assert_eq!(c.view().usage().samples, 0);
         assert_eq!(view.usage().samples, 0);
         view.finished(Some("uncorrectable ECC error"));
-        assert_eq!(gpus.status()[0].running, Some((TrialId(3), 0)));
+        assert_eq!(
+            gpus.status()[0].running,
+            Some(Holder {
+                trial: TrialId(3),
+                seed: 0,
+                eval: false
+            })
+        );
         assert_eq!(gpus.status()[0].out, None);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_eval_gets_the_next_free_set_ahead_of_train_runs() {
+        let gpus = Gpus::start(
+            vec![vec![device(0)], vec![device(1)]],
+            Duration::from_secs(3600),
+        );
+        let woken = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let w = woken.clone();
+        gpus.set_waker(Box::new(move || {
+            w.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        let a = gpus.lease(TrialId(1), 0).unwrap();
+        let b = gpus.lease(TrialId(2), 0).unwrap();
+        let waiter = {
+            let gpus = gpus.clone();
+            tokio::spawn(async move { gpus.lease_eval(TrialId(1), 0).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished());
+        drop(b);
+        // The freed set is the eval's: a train run gets none meanwhile.
+        assert!(gpus.lease(TrialId(3), 0).is_none());
+        let eval = waiter.await.unwrap().expect("a set for the eval");
+        assert_eq!(eval.view().visible(), "GPU-00000001");
+        let h = gpus.status()[1].running.unwrap();
+        assert!(h.eval && h.trial == TrialId(1));
+        assert_eq!(woken.load(std::sync::atomic::Ordering::SeqCst), 0);
+        drop(eval);
+        assert_eq!(
+            woken.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the executor is told"
+        );
+        let c = gpus.lease(TrialId(3), 0).expect("no eval waits now");
+        assert_eq!(c.view().visible(), "GPU-00000001");
+        drop(a);
+
+        // An eval that is given up while it waits stops holding train runs back.
+        let d = gpus.lease(TrialId(4), 0).unwrap();
+        let waiter = {
+            let gpus = gpus.clone();
+            tokio::spawn(async move { gpus.lease_eval(TrialId(5), 0).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waiter.abort();
+        let _ = waiter.await;
+        drop(d);
+        assert!(gpus.lease(TrialId(6), 0).is_some());
     }
 
     #[tokio::test]
@@ -850,6 +1009,10 @@ mod tests {
         drop(a);
         assert_eq!(gpus.slots(), 0);
         assert!(gpus.lease(TrialId(3), 0).is_none());
+        assert!(
+            gpus.lease_eval(TrialId(3), 0).await.is_none(),
+            "no set to wait for"
+        );
     }
 
     #[tokio::test]

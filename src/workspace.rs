@@ -103,7 +103,8 @@ pub fn trial_env(config: &Config, dirs: &TrialDirs, id: TrialId) -> Vec<(String,
     }
     if config.gpu_slots {
         // On GPU slots every device belongs to a slot: a command sees only
-        // the ones its run was given (the executor sets them for train).
+        // the ones its run was given (set after this, for train runs and
+        // for evals with `evals_on_gpus`), or none.
         env.push(("CUDA_VISIBLE_DEVICES".into(), String::new()));
     }
     env

@@ -482,3 +482,30 @@ fn seed_runs_take_gpu_slots_of_their_own() {
     let show = dir.ratchet_ok(&["lineage", "show", "1"]);
     assert_eq!(show.matches("peak memory 1001 MiB").count(), 3, "{show}");
 }
+
+#[test]
+fn with_evals_on_gpus_an_eval_gets_a_gpu_slot_of_its_own() {
+    let (dir, smi) = setup(2);
+    specialists(
+        &dir,
+        1,
+        "gpus = \"auto\"\ngpu_poll_secs = 0.2\nevals_on_gpus = true",
+    );
+    let out = ratchet(&dir, &smi, &path_with(&smi), &["run", "--trials", "3"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let evaluated: Vec<Value> = dir
+        .trials()
+        .into_iter()
+        .filter(|t| t["eval"].is_object())
+        .collect();
+    assert!(!evaluated.is_empty());
+    for t in &evaluated {
+        let gpu = &t["eval"]["gpu"];
+        let uuid = gpu["devices"][0]["uuid"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{t:#}"));
+        let root = Path::new(t["trial_dir"].as_str().unwrap());
+        let saw = std::fs::read_to_string(root.join("work/eval_visible.txt")).unwrap();
+        assert_eq!(saw, format!("'{uuid}'"), "{t:#}");
+    }
+}

@@ -32,6 +32,7 @@ use crate::domain::{
     format_float, Decision, Direction, FailureLabel, Incumbent, NoiseBand, ProcessReport, SeedRun,
     Spread, Trial, TrialId, TrialStatus,
 };
+use crate::gpu::{Gpus, Lease};
 use crate::lineage::actor::LineageMsg;
 use crate::lineage::NewTrial;
 use crate::probe::{self, Stage as Spent};
@@ -74,6 +75,8 @@ pub struct EvaluatorArgs {
     pub provenance: Arc<Provenance>,
     /// The Slurm backend, when evals run as jobs (`executor.slurm.eval`).
     pub slurm: Option<Arc<Slurm>>,
+    /// GPU slots, when evals take one too (`executor.evals_on_gpus`).
+    pub gpus: Option<Arc<Gpus>>,
 }
 
 pub struct EvaluatorState {
@@ -81,6 +84,8 @@ pub struct EvaluatorState {
     provenance: Arc<Provenance>,
     /// Set only when evals run as Slurm jobs.
     slurm: Option<Arc<Slurm>>,
+    /// Set only when evals take a GPU slot.
+    gpus: Option<Arc<Gpus>>,
     lineage: ActorRef<LineageMsg>,
     executor: Option<ActorRef<ExecutorMsg>>,
     /// Messages for an executor that is not known yet.
@@ -140,6 +145,7 @@ impl Actor for Evaluator {
             config: args.config,
             provenance: args.provenance,
             slurm: args.slurm.filter(|s| s.evals_on_slurm()),
+            gpus: args.gpus,
             lineage: args.lineage,
             executor: None,
             pending: Vec::new(),
@@ -882,6 +888,7 @@ fn start_eval(
             )
         });
     let slurm = state.slurm.clone();
+    let gpus = state.gpus.clone();
     let kind = match stage {
         Stage::Proxy => JobKind::Eval,
         Stage::Full => JobKind::Full,
@@ -935,6 +942,16 @@ fn start_eval(
             let _ = me.cast(finished(eval));
             return;
         }
+        // Held until the task ends (or is aborted with the run).
+        let mut spec = spec;
+        let lease = match &gpus {
+            Some(g) => g.lease_eval(id, seed).await,
+            None => None,
+        };
+        let view = lease.as_ref().map(Lease::view);
+        if let Some(v) = &view {
+            spec.env.push(("CUDA_VISIBLE_DEVICES".into(), v.visible()));
+        }
         let eval = match process::start(&spec, &task_guard).await {
             Ok(Ok(started)) => {
                 probe::since(id, Spent::Evaluate, t0);
@@ -946,10 +963,15 @@ fn start_eval(
             Ok(Err(report)) => Ok(report),
             Err(e) => Err(e),
         };
-        let eval = eval.unwrap_or_else(|e| ProcessReport {
+        let mut eval = eval.unwrap_or_else(|e| ProcessReport {
             spawn_error: Some(format!("cannot capture eval output: {e}")),
             ..Default::default()
         });
+        if let Some(v) = &view {
+            // An eval on a GPU that vanished fails as any failed eval does.
+            let _ = v.finish(&mut eval).await;
+        }
+        drop(lease);
         probe::mark(id, seed);
         let _ = me.cast(finished(eval));
     });

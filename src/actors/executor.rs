@@ -19,7 +19,7 @@ use super::{interrupt, interrupt_all, measure_trial, update_trial, CALL_TIMEOUT_
 use crate::config::Config;
 use crate::domain::{now_ms, Params, ProcessReport, Trial, TrialId, TrialStatus};
 use crate::edit::{Rejection, Rules};
-use crate::gpu::{self, GpuSlot, Gpus, Lease, LeaseView};
+use crate::gpu::{GpuSlot, Gpus, Lease, LeaseView};
 use crate::lineage::actor::{LineageMsg, Observer, RunEvent};
 use crate::lineage::NewTrial;
 use crate::probe::{self, Stage};
@@ -74,6 +74,8 @@ pub enum ExecutorMsg {
     /// `interrupted`; answers their ids.
     Cancel(BTreeSet<String>, RpcReplyPort<Vec<TrialId>>),
     Status(RpcReplyPort<ExecutorStatus>),
+    /// An eval freed a GPU slot: a queued run may start.
+    GpuFreed,
 }
 
 /// How a train run ended.
@@ -373,6 +375,13 @@ impl Actor for Executor {
     ) -> Result<ExecutorState, ActorProcessingErr> {
         let Recovered { requeued, adopted } =
             recover(&args.lineage, args.config.max_attempts, args.slurm.as_ref()).await?;
+        if let Some(g) = &args.gpus {
+            // Evals (`evals_on_gpus`) free sets outside this actor.
+            let me = myself.clone();
+            g.set_waker(Box::new(move || {
+                let _ = me.cast(ExecutorMsg::GpuFreed);
+            }));
+        }
         let paused = ractor::call_t!(args.lineage, LineageMsg::Paused, CALL_TIMEOUT_MS)?;
         let incumbent = ractor::call_t!(args.lineage, LineageMsg::Incumbent, CALL_TIMEOUT_MS)?;
         let defaults = vec![args.config.experiment.defaults.clone()];
@@ -568,6 +577,7 @@ impl Actor for Executor {
                 state.occupancy.catch_up();
                 let _ = reply.send(status(state));
             }
+            ExecutorMsg::GpuFreed => {}
         }
         fill(&myself, state).await
     }
@@ -922,7 +932,7 @@ impl Launcher<'_> {
             };
             probe::since(id, Stage::Child, spawned);
             if let Some(g) = self.gpus {
-                if let Some(why) = on_gpu(&mut report, g).await {
+                if let Some(why) = g.finish(&mut report).await {
                     return Ran::Lost(why);
                 }
             }
@@ -940,30 +950,6 @@ impl Launcher<'_> {
             Outcome::Lost(why) => Ran::Lost(why),
         }
     }
-}
-
-/// Adds the GPU telemetry to a finished run's report and, for a failed
-/// run, what its logs say about the device (out of memory, a device
-/// error, counted towards the slot's health). A run that failed on a
-/// device that is gone is the device's loss, not the trial's: the reason.
-async fn on_gpu(report: &mut ProcessReport, gpus: &LeaseView) -> Option<String> {
-    let mut usage = gpus.usage();
-    if !report.succeeded() && report.spawn_error.is_none() {
-        let logs = [report.stderr.clone(), report.stdout.clone()];
-        let verdict = tokio::task::spawn_blocking(move || {
-            gpu::read_logs(&[logs[0].as_path(), logs[1].as_path()])
-        })
-        .await
-        .unwrap_or_default();
-        usage.out_of_memory = verdict.out_of_memory;
-        usage.device_error = verdict.device_error;
-        if let Some(why) = gpus.vanished() {
-            return Some(format!("{why}; the run on it failed"));
-        }
-    }
-    gpus.finished(usage.device_error.as_deref());
-    report.gpu = Some(Box::new(usage));
-    None
 }
 
 /// Where a run's command runs, for recovery.

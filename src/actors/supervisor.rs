@@ -381,6 +381,10 @@ async fn spawn_evaluator(
         lineage: lineage.clone(),
         provenance: ctx.provenance.clone(),
         slurm: ctx.slurm.clone(),
+        gpus: ctx
+            .gpus
+            .clone()
+            .filter(|_| ctx.config.gpus.as_ref().is_some_and(|g| g.evals)),
     };
     Ok(Actor::spawn_linked(None, Evaluator, args, cell).await?.0)
 }

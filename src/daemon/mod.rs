@@ -536,8 +536,12 @@ pub fn render_status(s: &DaemonStatus, now: u64) -> String {
                 .collect();
             let state = match (&g.out, g.running) {
                 (Some(why), _) => format!("out of rotation: {why}"),
-                (None, Some((t, 0))) => format!("#{} training", t.0),
-                (None, Some((t, seed))) => format!("#{} seed {seed}", t.0),
+                (None, Some(h)) => match (h.seed, h.eval) {
+                    (0, false) => format!("#{} training", h.trial.0),
+                    (0, true) => format!("#{} eval", h.trial.0),
+                    (s, false) => format!("#{} seed {s}", h.trial.0),
+                    (s, true) => format!("#{} seed {s} eval", h.trial.0),
+                },
                 (None, None) => "free".into(),
             };
             out += &format!(
@@ -574,7 +578,10 @@ pub fn render_status(s: &DaemonStatus, now: u64) -> String {
                 },
                 e.gpus
                     .iter()
-                    .find(|g| g.running == Some((r.trial, r.seed)))
+                    .find(|g| {
+                        g.running
+                            .is_some_and(|h| (h.trial, h.seed, h.eval) == (r.trial, r.seed, false))
+                    })
                     .map(|g| format!("  GPU {}", gpu_indices(g)))
                     .unwrap_or_default()
             )
