@@ -471,6 +471,14 @@ fn daemon_with_a_running_trial(dir: &Dir) -> (Child, u64) {
         let s = live_status(dir)?;
         s["live"]["executor"]["running"].as_array()?.first()?["trial"].as_u64()
     });
+    // In a slot is not yet started: its process group is recorded once
+    // its commit is made and exported and its command runs.
+    wait_for("the trial's process group", 60, || {
+        dir.trials()
+            .into_iter()
+            .find(|t| t["id"].as_u64() == Some(id))?["pgid"]
+            .as_i64()
+    });
     (child, id)
 }
 
