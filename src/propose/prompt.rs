@@ -256,6 +256,16 @@ fn rows(input: &PromptInput<'_>) -> Vec<String> {
                 one_line(&t.hypothesis, 300),
                 one_line(&t.edit_summary(), 300)
             );
+            // How close a trial on GPUs came to their memory (batch sizes,
+            // widths and out-of-memory failures are read against it).
+            if let Some(g) = t.train.as_ref().and_then(|r| r.gpu.as_deref()) {
+                if let (Some(peak), Some(total)) = (
+                    g.peak_memory_mib,
+                    g.devices.iter().map(|d| d.memory_mib).min(),
+                ) {
+                    let _ = write!(line, " — GPU memory peak {peak} of {total} MiB");
+                }
+            }
             if t.false_peak {
                 // Which stage did not confirm the proxy's win, by how much.
                 if let Some(d) = &t.detail {
@@ -406,7 +416,26 @@ mod tests {
         stale.decision = Some(Decision::Rebased);
         stale.rebased_as = Some(TrialId(8));
         f.recent.extend([peak, stale]);
+        f.recent[1].train = Some(crate::domain::ProcessReport {
+            gpu: Some(Box::new(crate::domain::GpuUse {
+                devices: vec![crate::domain::GpuDevice {
+                    index: 0,
+                    uuid: "GPU-1".into(),
+                    name: "H100".into(),
+                    memory_mib: 81559,
+                }],
+                samples: 3,
+                peak_memory_mib: Some(70123),
+                mean_util_pct: Some(90.0),
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
         let (system, user) = prompt(&f, 8000);
+        assert!(
+            user.contains("\"slower lr\" — edit: (no change) — GPU memory peak 70123 of 81559 MiB"),
+            "{user}"
+        );
         assert!(
             user.contains("#5 [opt] discarded (within_noise, false peak)")
                 && user.contains("not on full 1.49"),
