@@ -244,6 +244,21 @@ fn a_gpu_that_vanishes_leaves_the_rotation_and_its_failed_trial_runs_again() {
     assert_eq!(slots[0]["devices"][0]["uuid"], uuid(0).as_str());
     assert!(slots[0].get("running").is_some(), "{status:#}");
 
+    // The GPU slots are made at start: a reload neither regroups them nor
+    // lets `daemon.slots` take their place.
+    specialists(
+        &dir,
+        3,
+        "gpus = \"auto\"\ngpus_per_trial = 2\ngpu_poll_secs = 0.2",
+    );
+    let out = dir.ratchet_ok(&["reload"]);
+    assert!(
+        out.contains("takes effect at the next start: executor"),
+        "{out}"
+    );
+    assert!(!out.contains("slots:"), "{out}");
+    assert_eq!(live_status(&dir).unwrap()["live"]["executor"]["slots"], 2);
+
     // GPU 0 falls off the bus: nvidia-smi stops listing it.
     std::fs::write(
         smi.join("devices"),

@@ -134,7 +134,10 @@ pub async fn daemon(config: Config) -> anyhow::Result<()> {
     info!(
         experiment = %exp.name,
         specialists = config.specialists.len(),
-        slots = config.slots,
+        slots = %match config.gpus {
+            Some(_) => "GPU slots".to_string(),
+            None => config.slots.to_string(),
+        },
         socket = %config.socket.display(),
         lineage = %config.lineage_dir.display(),
         "ratchet daemon starting"
