@@ -617,6 +617,20 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// The set goes on to an eval of the same run (`evals_on_gpus`): it
+    /// is shown as an eval's, its telemetry starts over, and freeing it
+    /// wakes the executor.
+    pub fn to_eval(&mut self) {
+        let mut pool = self.gpus.pool();
+        if let Some(s) = pool.sets.get_mut(self.set) {
+            if s.holder == Some(self.holder) {
+                self.holder.eval = true;
+                s.holder = Some(self.holder);
+                s.usage = Usage::default();
+            }
+        }
+    }
+
     pub fn view(&self) -> LeaseView {
         LeaseView {
             gpus: self.gpus.clone(),
@@ -959,8 +973,16 @@ mod tests {
             1,
             "the executor is told"
         );
-        let c = gpus.lease(TrialId(3), 0).expect("no eval waits now");
+        let mut c = gpus.lease(TrialId(3), 0).expect("no eval waits now");
         assert_eq!(c.view().visible(), "GPU-00000001");
+        // A train run's lease handed on to its eval.
+        gpus.sampled(Ok(vec![sample("GPU-00000001", 10.0, 99)]));
+        assert_eq!(c.view().usage().samples, 1);
+        c.to_eval();
+        assert!(gpus.status()[1].running.unwrap().eval);
+        assert_eq!(c.view().usage().samples, 0, "the eval's own telemetry");
+        drop(c);
+        assert_eq!(woken.load(std::sync::atomic::Ordering::SeqCst), 2);
         drop(a);
 
         // An eval that is given up while it waits stops holding train runs back.

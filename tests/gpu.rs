@@ -522,5 +522,58 @@ fn with_evals_on_gpus_an_eval_gets_a_gpu_slot_of_its_own() {
         let root = Path::new(t["trial_dir"].as_str().unwrap());
         let saw = std::fs::read_to_string(root.join("work/eval_visible.txt")).unwrap();
         assert_eq!(saw, format!("'{uuid}'"), "{t:#}");
+        // The train run handed its GPU on to its eval.
+        assert_eq!(
+            t["train"]["gpu"]["devices"][0]["uuid"].as_str(),
+            Some(uuid),
+            "{t:#}"
+        );
+    }
+}
+
+#[test]
+fn a_gpu_handed_to_an_eval_that_never_runs_is_freed_for_the_next_trial() {
+    // One GPU; the baseline's train fails, so the GPU it handed on to its
+    // eval is freed without an eval: the next trials must still get it.
+    let (dir, smi) = setup(1);
+    dir.write("experiment/recipe.toml", "[search]\nx = 5.8\n");
+    specialists(
+        &dir,
+        1,
+        "gpus = \"auto\"\ngpu_poll_secs = 0.2\nevals_on_gpus = true",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ratchet"))
+        .args(["run", "--trials", "3"])
+        .current_dir(dir.path())
+        .env("PATH", path_with(&smi))
+        .env("FAKE_SMI_DIR", &smi)
+        .env("FAKE_TRAIN_SECS", "0.5")
+        .env_remove("CUDA_VISIBLE_DEVICES")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ended = wait_for_or_kill(&mut child, 60);
+    assert!(ended.success());
+    let trials = dir.trials();
+    assert_eq!(trials.len(), 3);
+    assert_eq!(str_of(&trials[0], "label"), "gpu_out_of_memory");
+    assert!(trials[1..].iter().all(|t| t["train"]["gpu"].is_object()));
+}
+
+/// Waits for `child` to exit; kills it (leaving no ratchet behind) and
+/// fails the test after `secs`.
+fn wait_for_or_kill(child: &mut std::process::Child, secs: u64) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ratchet did not finish in {secs} s: a GPU was never freed?");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

@@ -47,6 +47,8 @@ pub enum EvaluatorMsg {
         id: TrialId,
         seed: u64,
         train: ProcessReport,
+        /// The run's GPUs, handed on to its evals (`evals_on_gpus`).
+        lease: Option<Lease>,
     },
     /// An eval command of a run ended (from its task).
     EvalFinished {
@@ -54,6 +56,8 @@ pub enum EvaluatorMsg {
         seed: u64,
         stage: Stage,
         eval: ProcessReport,
+        /// The GPUs it ran on, for the run's next eval.
+        lease: Option<Lease>,
     },
     /// Where to send seed runs and report outcomes (sent again after an
     /// executor restart: seed runs it lost are asked for again).
@@ -86,6 +90,10 @@ pub struct EvaluatorState {
     slurm: Option<Arc<Slurm>>,
     /// Set only when evals take a GPU slot.
     gpus: Option<Arc<Gpus>>,
+    /// GPU leases handed on by a finished train run or eval, for the same
+    /// run's next eval; what no eval takes is dropped (the GPUs freed) at
+    /// the end of the message that brought it.
+    leases: HashMap<(TrialId, u64), Lease>,
     lineage: ActorRef<LineageMsg>,
     executor: Option<ActorRef<ExecutorMsg>>,
     /// Messages for an executor that is not known yet.
@@ -146,6 +154,7 @@ impl Actor for Evaluator {
             provenance: args.provenance,
             slurm: args.slurm.filter(|s| s.evals_on_slurm()),
             gpus: args.gpus,
+            leases: HashMap::new(),
             lineage: args.lineage,
             executor: None,
             pending: Vec::new(),
@@ -175,6 +184,7 @@ impl Actor for Evaluator {
                     id: t.id,
                     seed: 0,
                     train: t.train.unwrap_or_default(),
+                    lease: None,
                 })?;
             } else {
                 confirm(state, t).await?;
@@ -214,6 +224,7 @@ impl Actor for Evaluator {
         }
         let t0 = Instant::now();
         let result = handle_msg(myself, msg, state).await;
+        state.leases.clear();
         if let Some((id, _, _)) = timed {
             probe::since(id, Spent::Evaluate, t0);
         }
@@ -244,7 +255,15 @@ async fn handle_msg(
                 remeasure(state).await?;
             }
         }
-        EvaluatorMsg::Evaluate { id, seed: 0, train } => {
+        EvaluatorMsg::Evaluate {
+            id,
+            seed: 0,
+            train,
+            lease,
+        } => {
+            if let Some(l) = lease {
+                state.leases.insert((id, 0), l);
+            }
             let report = train.clone();
             let trial = update_trial(
                 &state.lineage,
@@ -265,7 +284,15 @@ async fn handle_msg(
             }
             start_eval(&myself, state, &trial, 0, Stage::Proxy);
         }
-        EvaluatorMsg::Evaluate { id, seed, train } => {
+        EvaluatorMsg::Evaluate {
+            id,
+            seed,
+            train,
+            lease,
+        } => {
+            if let Some(l) = lease {
+                state.leases.insert((id, seed), l);
+            }
             let failed = (!train.succeeded()).then(|| {
                 (
                     train.failure_label(),
@@ -294,7 +321,11 @@ async fn handle_msg(
             seed,
             stage,
             eval,
+            lease,
         } => {
+            if let Some(l) = lease {
+                state.leases.insert((id, seed), l);
+            }
             if let Some(done) = state.running.remove(&(id, seed)) {
                 done.guard.disarm();
             }
@@ -889,6 +920,7 @@ fn start_eval(
         });
     let slurm = state.slurm.clone();
     let gpus = state.gpus.clone();
+    let handed = state.leases.remove(&(trial.id, seed));
     let kind = match stage {
         Stage::Proxy => JobKind::Eval,
         Stage::Full => JobKind::Full,
@@ -896,11 +928,12 @@ fn start_eval(
     let attempts = state.config.max_attempts;
     let task = tokio::spawn(async move {
         let t0 = Instant::now();
-        let finished = |eval| EvaluatorMsg::EvalFinished {
+        let finished = |eval, lease| EvaluatorMsg::EvalFinished {
             id,
             seed,
             stage,
             eval,
+            lease,
         };
         if let Some((provenance, commit, work, paths)) = restore {
             let task = move || provenance.restore(commit, &work, &paths);
@@ -914,7 +947,7 @@ fn start_eval(
                     spawn_error: Some(format!("cannot restore protected files: {e}")),
                     ..Default::default()
                 };
-                let _ = me.cast(finished(eval));
+                let _ = me.cast(finished(eval, handed));
                 return;
             }
         }
@@ -939,14 +972,20 @@ fn start_eval(
                     }
                 }
             };
-            let _ = me.cast(finished(eval));
+            let _ = me.cast(finished(eval, handed));
             return;
         }
-        // Held until the task ends (or is aborted with the run).
+        // The GPUs its train run (or its previous eval) handed on, or the
+        // first free ones; held until the task ends or is aborted, then
+        // handed back with the result.
         let mut spec = spec;
-        let lease = match &gpus {
-            Some(g) => g.lease_eval(id, seed).await,
-            None => None,
+        let lease = match (handed, &gpus) {
+            (Some(mut l), _) => {
+                l.to_eval();
+                Some(l)
+            }
+            (None, Some(g)) => g.lease_eval(id, seed).await,
+            (None, None) => None,
         };
         let view = lease.as_ref().map(Lease::view);
         if let Some(v) = &view {
@@ -971,9 +1010,8 @@ fn start_eval(
             // An eval on a GPU that vanished fails as any failed eval does.
             let _ = v.finish(&mut eval).await;
         }
-        drop(lease);
         probe::mark(id, seed);
-        let _ = me.cast(finished(eval));
+        let _ = me.cast(finished(eval, lease));
     });
     state.running.insert((id, seed), GroupTask { guard, task });
 }

@@ -209,8 +209,8 @@ struct Running {
     task: GroupTask,
     info: RunInfo,
     /// Declared after `task`, so the group is killed before the GPUs are
-    /// free for another run. Held, never read: dropping it frees them.
-    #[allow(dead_code)]
+    /// free for another run. Dropping it frees them; with `evals_on_gpus`
+    /// a finished run hands it to its eval.
     lease: Option<Lease>,
 }
 
@@ -508,12 +508,20 @@ impl Actor for Executor {
                     return fill(&myself, state).await;
                 };
                 done.task.guard.disarm();
+                // With `evals_on_gpus`, the run's GPUs go on to its eval.
+                let evals_on_gpus = state.config.gpus.as_ref().is_some_and(|g| g.evals);
+                let lease = done.lease.filter(|_| evals_on_gpus).map(|mut l| {
+                    // From here on, freeing it (wherever) wakes the executor.
+                    l.to_eval();
+                    l
+                });
                 match ran {
                     Ran::Refused => {}
                     Ran::Report(train) => state.evaluator.cast(EvaluatorMsg::Evaluate {
                         id,
                         seed,
                         train: *train,
+                        lease,
                     })?,
                     Ran::Lost(why) => lost(state, id, seed, why).await?,
                 }
@@ -1339,9 +1347,12 @@ async fn lost(
             spawn_error: Some(format!("{why}, at every one of {max} attempts")),
             ..Default::default()
         };
-        state
-            .evaluator
-            .cast(EvaluatorMsg::Evaluate { id, seed, train })?;
+        state.evaluator.cast(EvaluatorMsg::Evaluate {
+            id,
+            seed,
+            train,
+            lease: None,
+        })?;
         return Ok(());
     }
     let Some(t) = ractor::call_t!(state.lineage, LineageMsg::Get, CALL_TIMEOUT_MS, id)? else {
