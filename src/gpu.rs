@@ -809,7 +809,7 @@ const DEVICE: &[&str] = &[
 pub fn read_logs(paths: &[&Path]) -> LogVerdict {
     let mut verdict = LogVerdict::default();
     for path in paths {
-        let text = tail(path, 64 * 1024);
+        let text = crate::process::log_tail(path, 64 * 1024);
         for line in text.lines() {
             let lower = line.to_lowercase();
             if OOM.iter().any(|p| lower.contains(p)) {
@@ -820,19 +820,6 @@ pub fn read_logs(paths: &[&Path]) -> LogVerdict {
         }
     }
     verdict
-}
-
-/// The last `n` bytes of a file, as text; empty when it cannot be read.
-fn tail(path: &Path, n: u64) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(n)));
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
 }
 
 #[cfg(test)]

@@ -78,6 +78,20 @@ impl GroupGuard {
     }
 }
 
+/// The last `bytes` of a log file as text (a cut character is replaced);
+/// empty when it cannot be read. Reads only that much of the file.
+pub fn log_tail(path: &std::path::Path, bytes: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(bytes)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// Whether any process of the group is still alive (zombies aside).
 pub fn group_alive(pgid: i32) -> bool {
     // No process at all in the group (the usual case once its leader is

@@ -222,6 +222,20 @@ impl Actor for Evaluator {
         if let Some((id, seed, true)) = timed {
             probe::since_mark(id, seed, Spent::Waiting);
         }
+        // A run's GPUs that came with the message wait for its next eval
+        // in `leases`; what no eval took is freed once it is handled.
+        let mut msg = msg;
+        if let EvaluatorMsg::Evaluate {
+            id, seed, lease, ..
+        }
+        | EvaluatorMsg::EvalFinished {
+            id, seed, lease, ..
+        } = &mut msg
+        {
+            if let Some(l) = lease.take() {
+                state.leases.insert((*id, *seed), l);
+            }
+        }
         let t0 = Instant::now();
         let result = handle_msg(myself, msg, state).await;
         state.leases.clear();
@@ -256,14 +270,8 @@ async fn handle_msg(
             }
         }
         EvaluatorMsg::Evaluate {
-            id,
-            seed: 0,
-            train,
-            lease,
+            id, seed: 0, train, ..
         } => {
-            if let Some(l) = lease {
-                state.leases.insert((id, 0), l);
-            }
             let report = train.clone();
             let trial = update_trial(
                 &state.lineage,
@@ -285,14 +293,8 @@ async fn handle_msg(
             start_eval(&myself, state, &trial, 0, Stage::Proxy);
         }
         EvaluatorMsg::Evaluate {
-            id,
-            seed,
-            train,
-            lease,
+            id, seed, train, ..
         } => {
-            if let Some(l) = lease {
-                state.leases.insert((id, seed), l);
-            }
             let failed = (!train.succeeded()).then(|| {
                 (
                     train.failure_label(),
@@ -321,11 +323,8 @@ async fn handle_msg(
             seed,
             stage,
             eval,
-            lease,
+            ..
         } => {
-            if let Some(l) = lease {
-                state.leases.insert((id, seed), l);
-            }
             if let Some(done) = state.running.remove(&(id, seed)) {
                 done.guard.disarm();
             }

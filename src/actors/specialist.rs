@@ -652,11 +652,7 @@ fn stderr_tails(trials: &[Trial]) -> std::collections::BTreeMap<TrialId, String>
             (_, Some(tr)) => tr,
             _ => continue,
         };
-        let Ok(text) = std::fs::read(&report.stderr) else {
-            continue;
-        };
-        let start = text.len().saturating_sub(4096);
-        let text = String::from_utf8_lossy(&text[start..]);
+        let text = crate::process::log_tail(&report.stderr, 4096);
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
         if !tail.is_empty() {
