@@ -426,30 +426,46 @@ pub struct ExperimentFile {
     pub noise: NoiseSection,
 }
 
-/// How the noise band is measured and used (see the evaluator).
+/// How runs are repeated and judged (see `judge.rs` and the evaluator).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoiseSection {
-    /// Re-runs with `RATCHET_SEED` = 1..=seeds of a candidate that passed the
-    /// screens (and of the baseline): their spread is the noise band of the
-    /// incumbent they make, and a keep needs the mean over all of them.
+    /// The most seed re-runs (`RATCHET_SEED` = 1..=seeds) a decision may
+    /// take: a candidate gets one more only while the evidence is
+    /// ambiguous. The baseline gets all of them (the first spread), and so
+    /// does every incumbent once kept (the seeds later candidates pair with).
     #[serde(default)]
     pub seeds: u32,
-    /// A keep needs a gain larger than `band` × the incumbent's spread (the
-    /// sample standard deviation of its seed runs).
-    #[serde(default = "default_band")]
-    pub band: f64,
+    /// The most a candidate that is no better than the incumbent may be
+    /// kept (a probability): the keep rule's stated error rate.
+    #[serde(default = "default_false_keep_rate")]
+    pub false_keep_rate: f64,
+    /// The multiplier of the keep rule before `false_keep_rate`: refused
+    /// with an error that names the replacement.
+    #[serde(default)]
+    pub band: Option<toml::Value>,
 }
 
-fn default_band() -> f64 {
-    2.0
+fn default_false_keep_rate() -> f64 {
+    0.05
 }
 
 impl Default for NoiseSection {
     fn default() -> Self {
         NoiseSection {
             seeds: 0,
-            band: default_band(),
+            false_keep_rate: default_false_keep_rate(),
+            band: None,
+        }
+    }
+}
+
+impl NoiseSection {
+    /// The keep rule these settings make.
+    pub fn rule(&self) -> crate::judge::Rule {
+        crate::judge::Rule {
+            false_keep_rate: self.false_keep_rate,
+            max_runs: self.seeds + 1,
         }
     }
 }
@@ -1162,12 +1178,22 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
     if exp.eval.full.as_ref().is_some_and(|f| f.is_empty()) {
         err(errors, &file, "eval.full", "needs a program");
     }
-    if !(exp.noise.band.is_finite() && exp.noise.band >= 0.0) {
+    if exp.noise.band.is_some() {
         err(
             errors,
             &file,
             "noise.band",
-            "must be a finite number of at least 0",
+            "was replaced by noise.false_keep_rate: the most a change that is no better may be \
+             kept (for example 0.05); a keep now needs a gain clear of the pooled noise at that rate",
+        );
+    }
+    let rate = exp.noise.false_keep_rate;
+    if !(rate.is_finite() && rate > 0.0 && rate < 0.5) {
+        err(
+            errors,
+            &file,
+            "noise.false_keep_rate",
+            "must be a probability above 0 and below 0.5 (for example 0.05)",
         );
     }
     if exp.noise.seeds > 64 {

@@ -509,6 +509,65 @@ impl Spread {
     }
 }
 
+/// What one look of the keep rule (`judge.rs`) concludes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Call {
+    /// Clearly better: keep it.
+    Keep,
+    /// Ahead, not yet clearly: one more run.
+    Continue,
+    /// Not on course to be kept (or no runs left): a decision not to keep.
+    Stop,
+}
+
+/// What a decision rested on, as lineage stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Runs of the candidate the estimate is over.
+    pub runs: u32,
+    /// The mean paired gain (positive is better, in the metric's units).
+    pub gain: f64,
+    /// Its standard error; 0 when no spread is known.
+    pub se: f64,
+    /// A keep needs `gain` above this.
+    pub bound: f64,
+    /// Another run needs `gain` above this.
+    pub futility: f64,
+    /// Degrees of freedom of the spread estimate.
+    pub df: f64,
+    /// The false-keep rate of the whole sequence.
+    pub rate: f64,
+    pub call: Call,
+}
+
+impl Evidence {
+    /// The decision a look that stops makes: clearly worse is a
+    /// regression, anything else is within the noise.
+    pub fn decision(&self) -> Decision {
+        match self.call {
+            Call::Keep => Decision::Improved,
+            _ if self.se > 0.0 && self.gain < -self.bound => Decision::Regressed,
+            _ if self.se == 0.0 && self.gain < 0.0 => Decision::Regressed,
+            _ => Decision::WithinNoise,
+        }
+    }
+
+    /// One line for `lineage show` and details.
+    pub fn describe(&self) -> String {
+        format!(
+            "gain {} ± {} (se) over {} run(s); keep above {}, continue above {}; {} df, false-keep rate {}",
+            format_float(self.gain),
+            format_float(self.se),
+            self.runs,
+            format_float(self.bound),
+            format_float(self.futility),
+            format_float(self.df),
+            format_float(self.rate),
+        )
+    }
+}
+
 /// A trial's noise band: the spread of its proxy scores and of its deciding
 /// scores (full, or proxy without a full eval) over its seed runs. The
 /// incumbent's band is what a candidate's gain must exceed (times `noise.band`).
@@ -594,6 +653,9 @@ pub struct Trial {
     /// The trial that re-applies this one's change onto a newer incumbent.
     #[serde(default)]
     pub rebased_as: Option<TrialId>,
+    /// What its last look of the keep rule rested on (runs, estimate, bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
 }
 
 impl Trial {

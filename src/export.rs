@@ -22,7 +22,7 @@ pub struct Context {
     pub metric: String,
     /// `None` when neither the configuration nor the keeps tell.
     pub direction: Option<Direction>,
-    /// `noise.band`: a keep's gain must exceed this many incumbent sds.
+    /// How many of an incumbent's sds the report's plot shades around it.
     pub band: f64,
 }
 
@@ -72,6 +72,12 @@ pub struct Row<'a> {
     pub noise_runs: Option<u32>,
     pub noise_mean: Option<f64>,
     pub noise_sd: Option<f64>,
+    /// What the keep rule's last look rested on: the candidate's runs, its
+    /// mean paired gain, that gain's standard error, and the gain a keep needed.
+    pub decision_runs: Option<u32>,
+    pub decision_gain: Option<f64>,
+    pub decision_se: Option<f64>,
+    pub decision_bound: Option<f64>,
     pub proposed_ms: Option<u64>,
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
@@ -124,6 +130,10 @@ pub const COLUMNS: &[&str] = &[
     "noise_runs",
     "noise_mean",
     "noise_sd",
+    "decision_runs",
+    "decision_gain",
+    "decision_se",
+    "decision_bound",
     "proposed_ms",
     "started_ms",
     "finished_ms",
@@ -177,6 +187,10 @@ impl<'a> Row<'a> {
             noise_runs: t.noise.map(|n| n.confirmed.n),
             noise_mean: t.noise.map(|n| n.confirmed.mean),
             noise_sd: t.noise.map(|n| n.confirmed.sd),
+            decision_runs: t.evidence.map(|e| e.runs),
+            decision_gain: t.evidence.map(|e| e.gain),
+            decision_se: t.evidence.map(|e| e.se),
+            decision_bound: t.evidence.map(|e| e.bound),
             proposed_ms: t.history.first().map(|c| c.at_ms),
             started_ms: t.time_of(TrialStatus::Running),
             finished_ms: finished_ms(t),
@@ -205,7 +219,7 @@ impl<'a> Row<'a> {
     }
 
     /// The cells in [`COLUMNS`] order, as CSV text (empty for none).
-    fn cells(&self) -> [String; 40] {
+    fn cells(&self) -> [String; 44] {
         fn o<T: ToString>(v: Option<T>) -> String {
             v.map(|v| v.to_string()).unwrap_or_default()
         }
@@ -236,6 +250,10 @@ impl<'a> Row<'a> {
             o(self.noise_runs),
             f(self.noise_mean),
             f(self.noise_sd),
+            o(self.decision_runs),
+            f(self.decision_gain),
+            f(self.decision_se),
+            f(self.decision_bound),
             o(self.proposed_ms),
             o(self.started_ms),
             o(self.finished_ms),
@@ -693,7 +711,7 @@ const SCRIPT: &str = r#"
     legend.appendChild(s);
   });
   var note = document.createElement('span');
-  note.textContent = 'line: running best; shaded: ±' + D.band + ' sd noise band of each incumbent';
+  note.textContent = 'line: running best; shaded: ±' + D.band + ' sd of each incumbent over its runs';
   legend.appendChild(note);
   svg.setAttribute('data-points', String(pts.length));
 })();

@@ -10,6 +10,7 @@ pub mod domain;
 pub mod edit;
 pub mod export;
 pub mod gpu;
+pub mod judge;
 pub mod lineage;
 pub mod llm;
 pub mod probe;

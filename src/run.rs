@@ -85,6 +85,10 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
     let mut seen: HashMap<TrialId, TrialStatus> = HashMap::new();
     let mut drained = false;
     let mut confirming = std::collections::HashSet::new();
+    // The incumbent while it is trained with the seeds it lacks (a keep
+    // that was clear early): the run ends once its runs are in.
+    let mut measuring: Option<TrialId> = None;
+    let full = exp.eval.full.is_some();
     let mut baseline: Option<f64> = None;
     let mut incumbent: Option<(TrialId, f64)> = None;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -92,12 +96,21 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
     let mut supervisor_gone = false;
 
     loop {
-        if drained && seen.values().all(|s| s.is_terminal()) {
+        if drained && measuring.is_none() && seen.values().all(|s| s.is_terminal()) {
             break;
         }
         tokio::select! {
             ev = rx.recv() => match ev {
                 Some(RunEvent::Trial(t)) => {
+                    // Kept ids grow (a keep is proposed against the last one).
+                    if t.status == TrialStatus::Kept && incumbent.is_none_or(|(i, _)| i <= t.id) {
+                        let open = t.seed_runs.iter().any(|r| !r.finished(full));
+                        measuring = open.then_some(t.id);
+                        if incumbent.is_some_and(|(i, _)| i == t.id) {
+                            // Its mean over the seeds added since.
+                            incumbent = t.score.map(|s| (t.id, s));
+                        }
+                    }
                     let changed = seen.insert(t.id, t.status) != Some(t.status);
                     if t.status == TrialStatus::Evaluating
                         && !t.seed_runs.is_empty()

@@ -237,3 +237,39 @@ fn the_slurm_executor_is_checked() {
     dir.write("specialists.toml", base);
     assert!(common::stdout(&dir.ratchet(&["check"])).contains("trials run here, 2 at once"));
 }
+
+/// `noise.band` (the keep rule's multiplier before the stated error rate)
+/// is refused with the name of its replacement; a rate that is no
+/// probability is refused too.
+#[test]
+fn the_old_noise_band_is_refused_with_its_replacement_named() {
+    let dir = Dir::with_fixture("faulty");
+    dir.specialists(1, &[("x", "search")]);
+    let exp = std::fs::read_to_string(dir.path().join("experiment/experiment.toml")).unwrap();
+    dir.write(
+        "experiment/experiment.toml",
+        &format!("{exp}\n[noise]\nseeds = 2\nband = 2.0\n"),
+    );
+    let out = dir.ratchet(&["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("experiment.toml: noise.band: was replaced by noise.false_keep_rate"),
+        "{err}"
+    );
+    dir.write(
+        "experiment/experiment.toml",
+        &format!("{exp}\n[noise]\nseeds = 2\nfalse_keep_rate = 1.5\n"),
+    );
+    let err = stderr(&dir.ratchet(&["check"]));
+    assert!(
+        err.contains("noise.false_keep_rate: must be a probability above 0 and below 0.5"),
+        "{err}"
+    );
+    dir.write(
+        "experiment/experiment.toml",
+        &format!("{exp}\n[noise]\nseeds = 2\nfalse_keep_rate = 0.1\n"),
+    );
+    let out = dir.ratchet(&["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

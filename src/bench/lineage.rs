@@ -189,6 +189,7 @@ fn synthetic(id: u64, n: u64, start: u64, best: &mut f64, rng: &mut Rng) -> Tria
         false_peak: false,
         rebased_from: None,
         rebased_as: None,
+        evidence: None,
     }
 }
 

@@ -42,7 +42,7 @@ timeout_secs = 30
 
 [noise]
 seeds = 2
-band = 2.0
+false_keep_rate = 0.05
 
 [[surface]]
 name = "a"

@@ -502,7 +502,7 @@ fn context(config: &Path, explicit: Option<&PathBuf>, incumbents: &[Incumbent]) 
                 experiment: exp.name.clone(),
                 metric: exp.metric.clone(),
                 direction: Some(exp.direction),
-                band: exp.noise.band,
+                band: 2.0,
             };
         }
     }
@@ -690,6 +690,9 @@ fn show(out: &mut impl Write, t: &Trial) -> anyhow::Result<()> {
             format_float(n.proxy.mean),
             format_float(n.proxy.sd)
         )?;
+    }
+    if let Some(e) = &t.evidence {
+        writeln!(out, "decision rested on: {}", e.describe())?;
     }
     if let Some(d) = &t.detail {
         writeln!(out, "detail: {d}")?;

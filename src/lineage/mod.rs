@@ -49,7 +49,7 @@ pub enum LineageError {
         status: TrialStatus,
         to: TrialStatus,
     },
-    #[error("trial {0}: a measurement may add seed runs and a noise band, nothing else")]
+    #[error("trial {0}: a measurement may add seed runs, a noise band and their mean score, nothing else")]
     NotAMeasurement(TrialId),
 }
 
@@ -416,6 +416,7 @@ impl LineageStore {
                     false_peak: false,
                     rebased_from: new.rebased_from,
                     rebased_as: None,
+                    evidence: None,
                 };
                 if let Some((label, detail)) = &new.rejected {
                     trial.status = TrialStatus::Failed;
@@ -523,9 +524,10 @@ impl LineageStore {
     }
 
     /// Adds measurements to a trial in any status, terminal included: only
-    /// its `seed_runs` and `noise` may change (the incumbent, re-measured
-    /// after a start that found it without a band for `noise.seeds`). A
-    /// change of the incumbent's band is written to the incumbent too.
+    /// its `seed_runs`, `noise` and `score` (the mean over its runs) may
+    /// change (an incumbent completed with the seeds later candidates pair
+    /// with). A change of the incumbent's band and score is written to the
+    /// incumbent too.
     pub fn measure(&self, id: TrialId, change: impl Fn(&mut Trial)) -> Result<Trial, LineageError> {
         (&self.trials, &self.meta, &self.incumbents)
             .transaction(|(trials, meta, incumbents)| {
@@ -541,6 +543,7 @@ impl LineageStore {
                 let mut rest = after.clone();
                 rest.seed_runs = before.seed_runs.clone();
                 rest.noise = before.noise;
+                rest.score = before.score;
                 if rest != before {
                     return abort(LineageError::NotAMeasurement(id));
                 }
@@ -550,6 +553,9 @@ impl LineageStore {
                     if let Ok(mut inc) = serde_json::from_slice::<Incumbent>(&b) {
                         if inc.trial == id {
                             inc.noise = after.noise;
+                            if let Some(score) = after.score {
+                                inc.score = score;
+                            }
                             tree.insert(k, encode(&inc))?;
                         }
                     }

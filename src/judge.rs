@@ -1,0 +1,445 @@
+//! The keep rule: a sequential, paired test with a stated false-keep rate.
+//! Pure (no actors, no I/O); the evaluator feeds it scores by seed and acts
+//! on the call it returns.
+//!
+//! - **Paired**: a candidate's run with `RATCHET_SEED = s` is compared with
+//!   its reference's run with the same seed (same initialisation and data
+//!   order), and the estimate is the mean of those per-seed gains. A seed
+//!   the reference has no run of is compared with the reference's mean.
+//! - **Pooled spread**: the run-to-run variance of a recipe is estimated
+//!   from every recipe measured with several seeds (within-recipe squares,
+//!   pooled by degrees of freedom), and a recipe's own runs move it only as
+//!   far as their number warrants (shrinkage toward the pool, the pool
+//!   counting as at most [`PRIOR_DF`] degrees of freedom). The error rate
+//!   does not count on pairing cancelling anything: the variance of one
+//!   gain is taken as the sum of the two recipes' variances.
+//! - **Sequential**: after each run (look) the candidate is kept as soon as
+//!   the lower bound of its gain is above zero, and stopped as soon as it is
+//!   not on course (its gain at most half of what the last look would need);
+//!   otherwise it gets one more run, up to `max_runs`. The looks split
+//!   `false_keep_rate` between them (the early ones share [`EARLY_SHARE`]
+//!   of it, the last one has the rest; Bonferroni), with Student-t
+//!   quantiles on the pooled degrees of freedom, so a candidate that is no
+//!   better than its reference is kept with probability at most
+//!   `false_keep_rate`, however many looks it gets.
+
+use std::collections::BTreeMap;
+
+use statrs::distribution::{ContinuousCDF, StudentsT};
+
+use crate::domain::{Call, Direction, Evidence};
+
+/// The most degrees of freedom the pool counts for when a recipe's own
+/// spread is shrunk toward it: recipes differ in how noisy they are (a high
+/// learning rate is noisier), so many runs of other recipes must not drown
+/// a recipe's own evidence.
+pub const PRIOR_DF: f64 = 10.0;
+
+/// The share of the false-keep rate the looks before the last one spend
+/// together: most of it is kept for the last look, where most of the
+/// evidence is, so a modest gain is kept after every run and a large one
+/// after the first.
+pub const EARLY_SHARE: f64 = 0.2;
+
+/// A candidate continues only while its gain is above this share of the
+/// bound the last look would need.
+pub const ON_COURSE: f64 = 0.5;
+
+/// The within-recipe spread pooled over recipes: the sum of squared
+/// deviations from each recipe's mean, and its degrees of freedom.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Pool {
+    pub sum_sq: f64,
+    pub df: u32,
+}
+
+impl Pool {
+    /// Adds one recipe's scores over its runs (fewer than two add nothing).
+    pub fn add(&mut self, values: &[f64]) {
+        if let Some((ss, df)) = squares(values) {
+            self.sum_sq += ss;
+            self.df += df;
+        }
+    }
+
+    /// The pooled variance, once any recipe has several runs.
+    pub fn variance(&self) -> Option<f64> {
+        (self.df > 0).then(|| self.sum_sq / self.df as f64)
+    }
+
+    /// A recipe's variance: its own runs' shrunk toward the pool, and the
+    /// degrees of freedom that estimate has. `None` with no pool and fewer
+    /// than two runs of its own.
+    pub fn shrunk(&self, own: &[f64]) -> Option<(f64, f64)> {
+        let prior = self.variance().map(|v| (v, (self.df as f64).min(PRIOR_DF)));
+        match (prior, squares(own)) {
+            (Some((v, k)), Some((ss, df))) => {
+                let df = df as f64;
+                Some(((k * v + ss) / (k + df), k + df))
+            }
+            (Some((v, k)), None) => Some((v, k)),
+            (None, Some((ss, df))) => Some((ss / df as f64, df as f64)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Sum of squared deviations from the mean and its degrees of freedom.
+fn squares(values: &[f64]) -> Option<(f64, u32)> {
+    if values.len() < 2 {
+        return None;
+    }
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let ss = values.iter().map(|v| (v - mean) * (v - mean)).sum();
+    Some((ss, values.len() as u32 - 1))
+}
+
+/// The settings of the rule (`[noise]` in experiment.toml).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rule {
+    /// The most a candidate no better than its reference may be kept.
+    pub false_keep_rate: f64,
+    /// The most runs a decision may take (its own and `noise.seeds` re-runs).
+    pub max_runs: u32,
+}
+
+impl Rule {
+    /// The false-keep rate spent at the look after `runs` runs: the early
+    /// looks share [`EARLY_SHARE`] of it (a keep there must be very clear),
+    /// the last look has the rest. The shares add up to the rate, so the
+    /// rate holds over the whole sequence (Bonferroni).
+    pub fn level(&self, runs: u32, last: bool) -> f64 {
+        let early = self.max_runs.saturating_sub(1);
+        if early == 0 {
+            self.false_keep_rate
+        } else if last || runs >= self.max_runs {
+            self.false_keep_rate * (1.0 - EARLY_SHARE)
+        } else {
+            self.false_keep_rate * EARLY_SHARE / early as f64
+        }
+    }
+}
+
+/// The mean gain of a candidate over a reference, seed by seed; a seed the
+/// reference lacks is compared with the reference's mean. `None` without
+/// candidate runs or reference runs.
+pub fn paired_gain(
+    direction: Direction,
+    candidate: &BTreeMap<u64, f64>,
+    reference: &BTreeMap<u64, f64>,
+) -> Option<f64> {
+    if candidate.is_empty() || reference.is_empty() {
+        return None;
+    }
+    let mean = reference.values().sum::<f64>() / reference.len() as f64;
+    let sum: f64 = candidate
+        .iter()
+        .map(|(s, c)| direction.gain(*c, reference.get(s).copied().unwrap_or(mean)))
+        .sum();
+    Some(sum / candidate.len() as f64)
+}
+
+/// One look at a candidate's runs against its reference's. `last` forces a
+/// decision (no more runs may be had). Without any spread estimate (no
+/// seed re-runs configured) the candidate must strictly beat its reference.
+pub fn look(
+    rule: Rule,
+    pool: &Pool,
+    direction: Direction,
+    candidate: &BTreeMap<u64, f64>,
+    reference: &BTreeMap<u64, f64>,
+    last: bool,
+) -> Option<Evidence> {
+    let gain = paired_gain(direction, candidate, reference)?;
+    let runs = candidate.len() as u32;
+    let last = last || runs >= rule.max_runs;
+    let mine: Vec<f64> = candidate.values().copied().collect();
+    let theirs: Vec<f64> = reference.values().copied().collect();
+    let spread = pool.shrunk(&mine).zip(pool.shrunk(&theirs));
+    let Some(((vc, dfc), (vr, dfr))) = spread else {
+        let call = if gain > 0.0 { Call::Keep } else { Call::Stop };
+        return Some(Evidence {
+            runs,
+            gain,
+            se: 0.0,
+            bound: 0.0,
+            futility: 0.0,
+            df: 0.0,
+            rate: rule.false_keep_rate,
+            call,
+        });
+    };
+    let df = dfc.min(dfr);
+    let per_run = (vc + vr).sqrt();
+    let se = per_run / (runs as f64).sqrt();
+    let max_runs = rule.max_runs.max(runs);
+    let bound = quantile(1.0 - rule.level(runs, last), df) * se;
+    let last_bound =
+        quantile(1.0 - rule.level(max_runs, true), df) * per_run / (max_runs as f64).sqrt();
+    let futility = ON_COURSE * last_bound;
+    let call = if gain > bound {
+        Call::Keep
+    } else if last || gain <= futility {
+        Call::Stop
+    } else {
+        Call::Continue
+    };
+    Some(Evidence {
+        runs,
+        gain,
+        se,
+        bound,
+        futility,
+        df,
+        rate: rule.false_keep_rate,
+        call,
+    })
+}
+
+/// The `p` quantile of Student's t with `df` degrees of freedom.
+fn quantile(p: f64, df: f64) -> f64 {
+    match StudentsT::new(0.0, 1.0, df.max(1.0)) {
+        Ok(t) => t.inverse_cdf(p),
+        // Unreachable for df ≥ 1; a normal quantile's worst case instead.
+        Err(_) => 10.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Decision;
+    use crate::propose::rng::Rng;
+
+    fn by(v: &[(u64, f64)]) -> BTreeMap<u64, f64> {
+        v.iter().copied().collect()
+    }
+
+    #[test]
+    fn gains_are_paired_by_seed_and_fall_back_to_the_reference_mean() {
+        // Seed 1 is a bad seed for both: paired, the candidate gains 0.1 everywhere.
+        let reference = by(&[(0, 1.0), (1, 2.0), (2, 1.0)]);
+        let candidate = by(&[(0, 0.9), (1, 1.9), (2, 0.9)]);
+        let g = paired_gain(Direction::Minimize, &candidate, &reference).unwrap();
+        assert!((g - 0.1).abs() < 1e-12, "{g}");
+        // Seed 3 is not in the reference: compared with its mean (4/3).
+        let g = paired_gain(Direction::Minimize, &by(&[(3, 1.0)]), &reference).unwrap();
+        assert!((g - 1.0 / 3.0).abs() < 1e-12, "{g}");
+        let g = paired_gain(Direction::Maximize, &by(&[(0, 2.0)]), &by(&[(0, 1.5)])).unwrap();
+        assert!((g - 0.5).abs() < 1e-12, "{g}");
+        assert_eq!(paired_gain(Direction::Minimize, &by(&[]), &reference), None);
+    }
+
+    #[test]
+    fn a_recipe_spread_is_shrunk_toward_the_pool() {
+        let mut pool = Pool::default();
+        assert_eq!(pool.variance(), None);
+        pool.add(&[1.0]);
+        assert_eq!(pool.variance(), None, "one run says nothing of the spread");
+        pool.add(&[1.0, 1.2, 1.4]); // ss 0.08, 2 df
+        pool.add(&[2.0, 2.2]); // ss 0.02, 1 df
+        let v = pool.variance().unwrap();
+        assert!((v - 0.1 / 3.0).abs() < 1e-12, "{v}");
+        // Two runs of a wild recipe: 1 df of its own against the pool's 3.
+        let (v, df) = pool.shrunk(&[0.0, 1.0]).unwrap();
+        assert!((v - (0.1 + 0.5) / 4.0).abs() < 1e-12, "{v}");
+        assert_eq!(df, 4.0);
+        // One run: the pool's estimate.
+        assert_eq!(pool.shrunk(&[5.0]), Some((0.1 / 3.0, 3.0)));
+        // The pool counts for at most PRIOR_DF.
+        for _ in 0..50 {
+            pool.add(&[1.0, 1.1]);
+        }
+        let (_, df) = pool.shrunk(&[0.0, 1.0, 2.0]).unwrap();
+        assert_eq!(df, PRIOR_DF + 2.0);
+    }
+
+    #[test]
+    fn a_look_keeps_continues_or_stops() {
+        let rule = Rule {
+            false_keep_rate: 0.05,
+            max_runs: 3,
+        };
+        let mut pool = Pool::default();
+        for _ in 0..10 {
+            pool.add(&[1.0, 1.1, 0.9]); // sd 0.1
+        }
+        let reference = by(&[(0, 1.0), (1, 1.0), (2, 1.0)]);
+        let at = |c: &[(u64, f64)]| {
+            look(rule, &pool, Direction::Minimize, &by(c), &reference, false).unwrap()
+        };
+        let far = at(&[(0, 0.2)]);
+        assert_eq!(far.call, Call::Keep, "{far:?}");
+        assert_eq!(far.decision(), Decision::Improved);
+        let ahead = at(&[(0, 0.8)]);
+        assert_eq!(ahead.call, Call::Continue, "{ahead:?}");
+        assert!(ahead.describe().contains("over 1 run(s)"));
+        let level = at(&[(0, 1.0)]);
+        assert_eq!(level.call, Call::Stop);
+        assert_eq!(level.decision(), Decision::WithinNoise);
+        let worse = at(&[(0, 1.6)]);
+        assert_eq!(worse.decision(), Decision::Regressed, "{worse:?}");
+        // The same gain of 0.2, seen three times, is clear.
+        let three = at(&[(0, 0.8), (1, 0.8), (2, 0.8)]);
+        assert_eq!(three.call, Call::Keep, "{three:?}");
+        // The last look decides: ahead but not clearly is not kept.
+        let last = at(&[(0, 0.9), (1, 0.9), (2, 0.9)]);
+        assert_eq!(last.call, Call::Stop, "{last:?}");
+        // No spread known (no seed re-runs): it must strictly beat it.
+        let none = Pool::default();
+        let strict = |c: f64| {
+            look(
+                rule,
+                &none,
+                Direction::Minimize,
+                &by(&[(0, c)]),
+                &by(&[(0, 1.0)]),
+                false,
+            )
+            .unwrap()
+            .call
+        };
+        assert_eq!(strict(0.99), Call::Keep);
+        assert_eq!(strict(1.0), Call::Stop);
+    }
+
+    /// One simulated decision: a candidate with true gain `gain` against a
+    /// reference measured `ref_runs` times, each run `N(true, sd²)` with a
+    /// shift per seed shared by both (what a seed fixes) of `seed_sd`.
+    /// Returns (kept, runs the candidate used).
+    #[allow(clippy::too_many_arguments)]
+    fn decision(
+        rng: &mut Rng,
+        rule: Rule,
+        pool: &mut Pool,
+        gain: f64,
+        sd_c: f64,
+        sd_r: f64,
+        seed_sd: f64,
+        ref_runs: u64,
+    ) -> (bool, u32) {
+        let shifts: Vec<f64> = (0..rule.max_runs as u64 + ref_runs)
+            .map(|_| seed_sd * rng.normal())
+            .collect();
+        let reference: BTreeMap<u64, f64> = (0..ref_runs)
+            .map(|s| (s, 10.0 + shifts[s as usize] + sd_r * rng.normal()))
+            .collect();
+        let mut candidate = BTreeMap::new();
+        for s in 0..rule.max_runs as u64 {
+            candidate.insert(s, 10.0 - gain + shifts[s as usize] + sd_c * rng.normal());
+            let e = look(
+                rule,
+                pool,
+                Direction::Minimize,
+                &candidate,
+                &reference,
+                false,
+            )
+            .unwrap();
+            match e.call {
+                Call::Continue => continue,
+                Call::Keep | Call::Stop => {
+                    let mine: Vec<f64> = candidate.values().copied().collect();
+                    pool.add(&mine);
+                    return (e.call == Call::Keep, e.runs);
+                }
+            }
+        }
+        unreachable!("the last look decides")
+    }
+
+    /// The rule's error rate on a synthetic objective with known true gains
+    /// and known noise, over many decisions: the share of keeps that are no
+    /// true improvement stays at or below the configured rate, also when
+    /// recipes differ in how noisy they are. Prints the figures (README).
+    #[test]
+    fn simulated_decisions_keep_the_stated_false_keep_rate() {
+        let seed = 20261201;
+        let mut rng = Rng::new(seed);
+        println!("seed {seed}");
+        for rate in [0.05, 0.1] {
+            for max_runs in [3u32, 4] {
+                let rule = Rule {
+                    false_keep_rate: rate,
+                    max_runs,
+                };
+                // The baseline measured over every seed starts the pool.
+                let sd = 1.0;
+                let mut pool = Pool::default();
+                let base: Vec<f64> = (0..max_runs).map(|_| sd * rng.normal()).collect();
+                pool.add(&base);
+                let n = 4000;
+                // Null candidates (no gain), some with twice the noise.
+                let (mut false_keeps, mut null_runs) = (0, 0);
+                for i in 0..n {
+                    let sd_c = if i % 3 == 0 { 2.0 * sd } else { sd };
+                    let (kept, runs) = decision(
+                        &mut rng,
+                        rule,
+                        &mut pool,
+                        0.0,
+                        sd_c,
+                        sd,
+                        0.5,
+                        max_runs as u64,
+                    );
+                    false_keeps += kept as u32;
+                    null_runs += runs;
+                }
+                let null_rate = false_keeps as f64 / n as f64;
+                // True improvements of one noise sd, and of two.
+                let mut power = Vec::new();
+                for g in [1.0, 2.0] {
+                    let (mut kept, mut runs) = (0, 0);
+                    for _ in 0..n {
+                        let (k, r) =
+                            decision(&mut rng, rule, &mut pool, g, sd, sd, 0.5, max_runs as u64);
+                        kept += k as u32;
+                        runs += r;
+                    }
+                    power.push((kept as f64 / n as f64, runs as f64 / n as f64));
+                }
+                // A search-like mix: most candidates worse, some level, a few better.
+                let (mut keeps, mut wrong, mut mix_runs) = (0, 0, 0);
+                for i in 0..n {
+                    let g = match i % 10 {
+                        0 => 1.0,
+                        1 => 2.0,
+                        2..=4 => 0.0,
+                        _ => -1.0 - (i % 7) as f64 * 0.5,
+                    };
+                    let (k, r) =
+                        decision(&mut rng, rule, &mut pool, g, sd, sd, 0.5, max_runs as u64);
+                    keeps += k as u32;
+                    wrong += (k && g <= 0.0) as u32;
+                    mix_runs += r;
+                }
+                let share = wrong as f64 / keeps.max(1) as f64;
+                println!(
+                    "rate {rate}, at most {max_runs} runs: no-gain candidates kept {null_rate:.4} \
+                     ({:.2} runs each); 1-sd gains kept {:.3} ({:.2} runs), 2-sd gains kept {:.3} \
+                     ({:.2} runs); search mix: {keeps} keeps, {share:.4} of them no true gain, \
+                     {:.2} runs per decision",
+                    null_runs as f64 / n as f64,
+                    power[0].0,
+                    power[0].1,
+                    power[1].0,
+                    power[1].1,
+                    mix_runs as f64 / n as f64,
+                );
+                assert!(
+                    null_rate <= rate,
+                    "seed {seed}: no-gain candidates kept at {null_rate} > {rate}"
+                );
+                assert!(
+                    share <= rate,
+                    "seed {seed}: {share} of keeps were no true gain > {rate}"
+                );
+                assert!(
+                    power[1].0 > power[0].0 && power[0].0 > null_rate,
+                    "seed {seed}: larger gains must be kept more often: {power:?}"
+                );
+            }
+        }
+    }
+}
