@@ -93,6 +93,33 @@ fn a_three_second_train_scores_between_the_floor_and_eight_bits() {
     );
     assert!(metric(&e, "artifact_bytes") > 0.0);
     assert_eq!(metric(&e, "tokens_seen"), metric(&t, "tokens_seen"));
+
+    // The progress contract: `train_loss=<bits> at=<secs>` at fixed
+    // positions (multiples of 0.5 s of budget), in order, while it trains.
+    let progress: Vec<(f64, f64)> = t
+        .lines()
+        .filter_map(|l| {
+            let (loss, at) = l.strip_prefix("train_loss=")?.split_once(" at=")?;
+            Some((loss.parse().ok()?, at.parse().ok()?))
+        })
+        .collect();
+    assert!(progress.len() >= 3, "progress lines in 3 s: {t}");
+    for w in progress.windows(2) {
+        assert!(w[1].1 > w[0].1, "positions grow: {progress:?}");
+    }
+    for (loss, at) in &progress {
+        assert!(loss.is_finite() && *loss > 0.0, "{progress:?}");
+        assert_eq!(
+            (at * 2.0).fract(),
+            0.0,
+            "at a multiple of 0.5 s: {progress:?}"
+        );
+        assert!(*at > 0.0 && *at <= 3.0, "{progress:?}");
+    }
+    assert!(
+        progress.last().unwrap().0 < progress[0].0,
+        "the loss falls: {progress:?}"
+    );
 }
 
 #[test]

@@ -18,6 +18,9 @@ TRAIN_SEED = 1
 N_TRAIN = 512
 
 
+# How often (seconds of budget) training prints its progress line.
+PROGRESS_SECS = 0.25
+
 def target(x):
     return math.sin(3.0 * x) + 0.5 * math.cos(7.0 * x) + 0.3 * x
 
@@ -64,14 +67,19 @@ def main():
     rng = random.Random(int(os.environ.get("RATCHET_SEED", "0")))
     start = time.monotonic()
     epochs = 0
+    # Progress at fixed positions of the budget (`train_mse=<v> at=<secs>`):
+    # the squared error of the last epoch's samples, before each step.
+    next_progress = PROGRESS_SECS
     while epochs < max_epochs and time.monotonic() - start < budget:
         rng.shuffle(order)
+        sq = 0.0
         for i in range(0, N_TRAIN, batch):
             grad = [0.0] * dim
             idx = order[i:i + batch]
             for j in idx:
                 f = feats[j]
                 err = sum(a * b for a, b in zip(w, f)) - ys[j]
+                sq += err * err
                 for k in range(dim):
                     grad[k] += err * f[k]
             scale = 2.0 / len(idx)
@@ -79,6 +87,11 @@ def main():
                 v[k] = mom * v[k] - lr * (grad[k] * scale + wd * w[k])
                 w[k] += v[k]
         epochs += 1
+        now = time.monotonic() - start
+        if now >= next_progress and math.isfinite(sq):
+            at = math.floor(now / PROGRESS_SECS) * PROGRESS_SECS
+            print(f"train_mse={sq / N_TRAIN:.6g} at={at:.2f}", flush=True)
+            next_progress = at + PROGRESS_SECS
     mse = math.nan
     if all(math.isfinite(x) for x in w):
         errs = [sum(a * b for a, b in zip(w, f)) - y for f, y in zip(feats, ys)]

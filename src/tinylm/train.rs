@@ -42,6 +42,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     }
 }
 
+/// How often (seconds of budget) training prints its progress line,
+/// `train_loss=<bits per byte> at=<seconds>`.
+pub const PROGRESS_SECS: f64 = 0.5;
+
 /// What a training run did.
 #[derive(Clone, Debug, Default)]
 pub struct TrainReport {
@@ -234,6 +238,7 @@ pub fn train(recipe: &Recipe, out: &Path, opts: &TrainOptions) -> Result<TrainRe
     let mut session_tokens = 0u64;
     let mut diverged = false;
     let mut phases = Phases::default();
+    let mut next_progress = ((base_elapsed / PROGRESS_SECS).floor() + 1.0) * PROGRESS_SECS;
     loop {
         let elapsed = base_elapsed + session.elapsed().as_secs_f64();
         let progress = if o.max_steps > 0 {
@@ -270,6 +275,18 @@ pub fn train(recipe: &Recipe, out: &Path, opts: &TrainOptions) -> Result<TrainRe
         } else {
             loss_value
         };
+        // The progress contract: the training loss (bits per byte, its
+        // running mean) at fixed positions of the budget, every
+        // PROGRESS_SECS, so curves of different runs line up.
+        let now = base_elapsed + session.elapsed().as_secs_f64();
+        if opts.log_every > 0 && now >= next_progress {
+            let at = (now / PROGRESS_SECS).floor() * PROGRESS_SECS;
+            println!(
+                "train_loss={:.5} at={at:.1}",
+                state.loss_ema / std::f64::consts::LN_2
+            );
+            next_progress = at + PROGRESS_SECS;
+        }
         if opts.log_every > 0 && state.step % opts.log_every == 0 {
             let secs = session.elapsed().as_secs_f64().max(1e-9);
             println!(
