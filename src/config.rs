@@ -424,6 +424,64 @@ pub struct ExperimentFile {
     pub protected: Vec<String>,
     #[serde(default)]
     pub noise: NoiseSection,
+    /// Early stopping of runs that are clearly behind the incumbent
+    /// (off without this table).
+    #[serde(default)]
+    pub prune: Option<PruneSection>,
+}
+
+/// `[prune]`: a trial's own run is stopped when its progress line `metric`
+/// is clearly behind the incumbent's curve at the same position.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneSection {
+    /// The `NAME` of the progress lines (`NAME=value at=POSITION`) compared.
+    pub metric: String,
+    /// Whether a lower or higher progress value is better (default: the
+    /// experiment's direction).
+    #[serde(default)]
+    pub direction: Option<Direction>,
+    /// The most a run whose curve is not behind the incumbent's may be
+    /// stopped (a probability, over all looks).
+    #[serde(default = "default_false_prune_rate")]
+    pub false_prune_rate: f64,
+    /// Where the curve is looked at: shares of the incumbent's curve length.
+    #[serde(default = "default_prune_looks")]
+    pub looks: Vec<f64>,
+    /// The surfaces whose trials may be stopped (default: all). A surface
+    /// that changes what the progress metric measures (the training data
+    /// mix, for a training loss) does not belong here.
+    #[serde(default)]
+    pub surfaces: Option<Vec<String>>,
+}
+
+fn default_false_prune_rate() -> f64 {
+    0.05
+}
+
+fn default_prune_looks() -> Vec<f64> {
+    vec![0.25, 0.5, 0.75]
+}
+
+impl PruneSection {
+    /// The rule these settings make, for an experiment optimizing `direction`.
+    pub fn rule(&self, direction: Direction) -> crate::judge::PruneRule {
+        crate::judge::PruneRule {
+            metric: self.metric.clone(),
+            direction: self.direction.unwrap_or(direction),
+            false_prune_rate: self.false_prune_rate,
+            looks: self.looks.clone(),
+        }
+    }
+
+    /// Whether a trial of `surface` may be stopped early.
+    pub fn covers(&self, surface: Option<&str>) -> bool {
+        match (&self.surfaces, surface) {
+            (None, _) => true,
+            (Some(list), Some(s)) => list.iter().any(|l| l == s),
+            (Some(_), None) => false,
+        }
+    }
 }
 
 /// How runs are repeated and judged (see `judge.rs` and the evaluator).
@@ -1195,6 +1253,49 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
             "noise.false_keep_rate",
             "must be a probability above 0 and below 0.5 (for example 0.05)",
         );
+    }
+    if let Some(prune) = &exp.prune {
+        let rate = prune.false_prune_rate;
+        if !(rate.is_finite() && rate > 0.0 && rate < 0.5) {
+            err(
+                errors,
+                &file,
+                "prune.false_prune_rate",
+                "must be a probability above 0 and below 0.5 (for example 0.05)",
+            );
+        }
+        if prune.looks.is_empty()
+            || prune
+                .looks
+                .iter()
+                .any(|f| !(f.is_finite() && *f > 0.0 && *f < 1.0))
+            || prune.looks.windows(2).any(|w| w[0] >= w[1])
+        {
+            err(
+                errors,
+                &file,
+                "prune.looks",
+                "must be increasing shares of the curve between 0 and 1 (for example [0.25, 0.5, 0.75])",
+            );
+        }
+        if crate::process::parse_metric(&format!("{}=0", prune.metric)).is_none() {
+            err(
+                errors,
+                &file,
+                "prune.metric",
+                "must be the NAME of progress lines NAME=value at=POSITION",
+            );
+        }
+        for s in prune.surfaces.iter().flatten() {
+            if !exp.surfaces.iter().any(|d| &d.name == s) {
+                err(
+                    errors,
+                    &file,
+                    "prune.surfaces",
+                    format!("names surface {s:?}, which the experiment does not declare"),
+                );
+            }
+        }
     }
     if exp.noise.seeds > 64 {
         err(errors, &file, "noise.seeds", "at most 64 seed re-runs");

@@ -140,6 +140,10 @@ pub enum Decision {
     /// its change was re-applied onto the new incumbent as another trial
     /// (`rebased_as`), which is measured and judged on its own.
     Rebased,
+    /// Stopped while it trained: clearly behind the incumbent's curve at
+    /// the same position (`train.pruned` says where). A decision, not a
+    /// failure: its configuration counts as a bad score.
+    Pruned,
 }
 
 impl Decision {
@@ -149,6 +153,7 @@ impl Decision {
             Self::WithinNoise => "within_noise",
             Self::Regressed => "regressed",
             Self::Rebased => "rebased",
+            Self::Pruned => "pruned",
         }
     }
 }
@@ -323,6 +328,68 @@ pub struct ProcessReport {
     /// The GPUs it ran on and what it used of them (`executor.gpus`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<Box<GpuUse>>,
+    /// Progress lines (`NAME=value at=POSITION`, finite values) by name:
+    /// (position, value) in the order printed, thinned to at most
+    /// `process::PROGRESS_POINTS` each.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub progress: BTreeMap<String, Vec<(f64, f64)>>,
+    /// Stopped early (`[prune]`): where its curve stood against the
+    /// incumbent's when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<Box<Pruning>>,
+}
+
+/// Where a run stood when it was stopped early: its progress value at a
+/// look against the incumbent's curve there, and the bound it was behind by
+/// more than.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pruning {
+    /// The trial whose curve it was compared with (the incumbent).
+    pub against: TrialId,
+    /// The progress line's name.
+    pub metric: String,
+    /// The run's position when it was looked at, and its value there.
+    pub at: f64,
+    pub value: f64,
+    /// The incumbent's mean curve at that position, over its runs.
+    pub reference: f64,
+    /// How far behind it was (positive: behind, in the metric's units).
+    pub behind: f64,
+    /// A stop needs `behind` above this (`t · se`).
+    pub bound: f64,
+    pub se: f64,
+    pub df: f64,
+    /// The look (1-based) of how many.
+    pub look: u32,
+    pub looks: u32,
+    /// The false-prune rate of all looks together.
+    pub rate: f64,
+    /// The last position of the incumbent's curve (how far a run goes).
+    pub end: f64,
+    /// Slot time not spent: the incumbent's mean train time minus this run's.
+    pub saved_ms: u64,
+}
+
+impl Pruning {
+    /// One line for `lineage show`, the detail and the exports.
+    pub fn describe(&self) -> String {
+        format!(
+            "stopped at position {} of {}: {} {} against #{}'s {} (behind by {}; a stop needs more than {}, se {}, {} df; look {} of {}, false-prune rate {})",
+            format_float(self.at),
+            format_float(self.end),
+            self.metric,
+            format_float(self.value),
+            self.against,
+            format_float(self.reference),
+            format_float(self.behind),
+            format_float(self.bound),
+            format_float(self.se),
+            format_float(self.df),
+            self.look,
+            self.looks,
+            format_float(self.rate),
+        )
+    }
 }
 
 /// One GPU, as nvidia-smi lists it.
@@ -420,6 +487,12 @@ impl ProcessReport {
     fn how(&self) -> String {
         if let Some(e) = &self.spawn_error {
             return format!("failed to start: {e}");
+        }
+        if self.pruned.is_some() {
+            return format!(
+                "stopped early by ratchet in {:.2}s (pruned)",
+                self.duration_ms as f64 / 1000.0
+            );
         }
         if self.memory_exceeded {
             return format!(

@@ -78,6 +78,14 @@ pub struct Row<'a> {
     pub decision_gain: Option<f64>,
     pub decision_se: Option<f64>,
     pub decision_bound: Option<f64>,
+    /// A run stopped early (`[prune]`): its position and progress value at
+    /// the look that stopped it, the incumbent's mean curve there, the
+    /// distance behind a stop needed, and the slot-seconds it saved.
+    pub pruned_at: Option<f64>,
+    pub pruned_value: Option<f64>,
+    pub pruned_reference: Option<f64>,
+    pub pruned_bound: Option<f64>,
+    pub pruned_saved_secs: Option<f64>,
     pub proposed_ms: Option<u64>,
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
@@ -134,6 +142,11 @@ pub const COLUMNS: &[&str] = &[
     "decision_gain",
     "decision_se",
     "decision_bound",
+    "pruned_at",
+    "pruned_value",
+    "pruned_reference",
+    "pruned_bound",
+    "pruned_saved_secs",
     "proposed_ms",
     "started_ms",
     "finished_ms",
@@ -161,6 +174,7 @@ impl<'a> Row<'a> {
     pub fn new(t: &'a Trial, direction: Option<Direction>) -> Row<'a> {
         use crate::domain::TrialStatus;
         let gpu = t.train.as_ref().and_then(|r| r.gpu.as_deref());
+        let pruned = t.train.as_ref().and_then(|r| r.pruned.as_deref());
         let secs = |r: &Option<crate::domain::ProcessReport>| {
             r.as_ref().map(|r| r.duration_ms as f64 / 1000.0)
         };
@@ -191,6 +205,11 @@ impl<'a> Row<'a> {
             decision_gain: t.evidence.map(|e| e.gain),
             decision_se: t.evidence.map(|e| e.se),
             decision_bound: t.evidence.map(|e| e.bound),
+            pruned_at: pruned.map(|p| p.at),
+            pruned_value: pruned.map(|p| p.value),
+            pruned_reference: pruned.map(|p| p.reference),
+            pruned_bound: pruned.map(|p| p.bound),
+            pruned_saved_secs: pruned.map(|p| p.saved_ms as f64 / 1000.0),
             proposed_ms: t.history.first().map(|c| c.at_ms),
             started_ms: t.time_of(TrialStatus::Running),
             finished_ms: finished_ms(t),
@@ -219,7 +238,7 @@ impl<'a> Row<'a> {
     }
 
     /// The cells in [`COLUMNS`] order, as CSV text (empty for none).
-    fn cells(&self) -> [String; 44] {
+    fn cells(&self) -> [String; 49] {
         fn o<T: ToString>(v: Option<T>) -> String {
             v.map(|v| v.to_string()).unwrap_or_default()
         }
@@ -254,6 +273,11 @@ impl<'a> Row<'a> {
             f(self.decision_gain),
             f(self.decision_se),
             f(self.decision_bound),
+            f(self.pruned_at),
+            f(self.pruned_value),
+            f(self.pruned_reference),
+            f(self.pruned_bound),
+            f(self.pruned_saved_secs),
             o(self.proposed_ms),
             o(self.started_ms),
             o(self.finished_ms),
@@ -668,7 +692,7 @@ const SCRIPT: &str = r#"
   }
   el('text', {x: (L + W) / 2, y: LANE + 52, 'text-anchor': 'middle'}, axis).textContent = 'trial';
   el('text', {x: 14, y: (T + B) / 2, transform: 'rotate(-90 14 ' + (T + B) / 2 + ')', 'text-anchor': 'middle'}, axis).textContent = D.metric + (minimize ? ' (lower is better)' : ' (higher is better)');
-  el('text', {x: L - 6, y: LANE + 4, 'text-anchor': 'end'}, axis).textContent = 'failed';
+  el('text', {x: L - 6, y: LANE + 4, 'text-anchor': 'end'}, axis).textContent = 'no score';
   el('line', {x1: L, y1: LANE, x2: W - R, y2: LANE, stroke: '#eee'}, axis);
   // The noise band around each incumbent and the running best as a step line.
   var step = '';
@@ -687,6 +711,7 @@ const SCRIPT: &str = r#"
     if (o === 'kept') colour[o] = '#2a9d55';
     else if (o === 'within_noise' || o === 'regressed' || o === 'rebased') colour[o] = '#9a9a9a';
     else if (o === 'false_peak') colour[o] = '#e6a700';
+    else if (o === 'pruned') colour[o] = '#5b7fb5';
     else colour[o] = palette[failedIdx++ % palette.length];
   });
   pts.forEach(function (p) {

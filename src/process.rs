@@ -19,6 +19,15 @@ use crate::domain::ProcessReport;
 pub const LOG_CAP_BYTES: u64 = 1 << 20;
 /// Lines longer than this are not parsed as metrics.
 const MAX_LINE: usize = 4096;
+/// A report keeps at most this many points of each progress curve (every
+/// other one is dropped when it is full) ...
+pub const PROGRESS_POINTS: usize = 512;
+/// ... and at most this many curves.
+const PROGRESS_NAMES: usize = 16;
+
+/// The latest progress point (position, value) of each progress line name,
+/// as a running command prints them.
+pub type Latest = BTreeMap<String, (f64, f64)>;
 
 /// What to run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -156,6 +165,8 @@ pub struct Started {
     started_ms: u64,
     out: tokio::task::JoinHandle<std::io::Result<Captured>>,
     err: tokio::task::JoinHandle<std::io::Result<Captured>>,
+    /// Its progress lines as they come (finite values only).
+    pub progress: tokio::sync::watch::Receiver<Latest>,
 }
 
 /// Starts `spec` in a new process group; `guard` learns the group at once.
@@ -203,15 +214,16 @@ pub async fn start(
     };
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
     guard.set(pgid);
+    let (latest, progress) = tokio::sync::watch::channel(Latest::new());
     let out = tokio::spawn(capture(
         child.stdout.take().expect("piped"),
         spec.stdout.clone(),
-        true,
+        Some(latest),
     ));
     let err = tokio::spawn(capture(
         child.stderr.take().expect("piped"),
         spec.stderr.clone(),
-        false,
+        None,
     ));
     Ok(Ok(Started {
         child,
@@ -220,17 +232,27 @@ pub async fn start(
         started_ms,
         out,
         err,
+        progress,
     }))
 }
 
 /// Waits for a started child until `spec.timeout` after its start, then kills
 /// its whole group (always: grandchildren left behind by a leader that exited
 /// die too) and collects the report.
-pub async fn finish(
+pub async fn finish(s: Started, spec: &Spec, guard: &GroupGuard) -> std::io::Result<ProcessReport> {
+    let (report, _) = finish_unless(s, spec, guard, std::future::pending::<()>()).await?;
+    Ok(report)
+}
+
+/// [`finish`], except that the group is killed as soon as `stop` resolves
+/// (early stopping): then its output comes back with the report.
+pub async fn finish_unless<T>(
     mut s: Started,
     spec: &Spec,
     guard: &GroupGuard,
-) -> std::io::Result<ProcessReport> {
+    stop: impl std::future::Future<Output = T>,
+) -> std::io::Result<(ProcessReport, Option<T>)> {
+    let mut stopped = None;
     let mut report = ProcessReport {
         stdout: spec.stdout.clone(),
         stderr: spec.stderr.clone(),
@@ -239,16 +261,22 @@ pub async fn finish(
     let deadline = tokio::time::Instant::from_std(s.started + spec.timeout);
     let peak = Arc::new(AtomicU64::new(0));
     let status = tokio::select! {
+        // A child that ended is never reported as stopped.
+        biased;
         st = s.child.wait() => Ok(st?),
-        _ = tokio::time::sleep_until(deadline) => Err(false),
-        _ = watch_memory(s.pgid, spec.memory_limit, peak.clone()) => Err(true),
+        _ = tokio::time::sleep_until(deadline) => Err(Some(false)),
+        _ = watch_memory(s.pgid, spec.memory_limit, peak.clone()) => Err(Some(true)),
+        why = stop => {
+            stopped = Some(why);
+            Err(None)
+        }
     };
     kill_group(s.pgid);
     let status = match status {
         Ok(st) => st,
         Err(over_memory) => {
-            report.timed_out = !over_memory;
-            report.memory_exceeded = over_memory;
+            report.timed_out = over_memory == Some(false);
+            report.memory_exceeded = over_memory == Some(true);
             s.child.wait().await?
         }
     };
@@ -269,13 +297,14 @@ pub async fn finish(
                 if is_stdout {
                     report.metrics = c.metrics;
                     report.non_finite = c.non_finite;
+                    report.progress = c.progress;
                 }
             }
             Ok(Ok(Err(e))) => return Err(e),
             Ok(Err(_)) | Err(_) => report.truncated = true,
         }
     }
-    Ok(report)
+    Ok((report, stopped))
 }
 
 /// Samples the group's resident memory every 100 ms into `peak`; returns
@@ -349,15 +378,18 @@ pub struct Captured {
     truncated: bool,
     metrics: BTreeMap<String, f64>,
     non_finite: Vec<String>,
+    progress: BTreeMap<String, Vec<(f64, f64)>>,
 }
 
 /// Copies a stream into `path` up to the cap, reads the rest to keep the child
-/// unblocked, and parses metric lines from all of it.
+/// unblocked, and parses metric and progress lines from all of it (stdout:
+/// with `latest`, which hears every finite progress point as it comes).
 async fn capture(
     mut from: impl AsyncRead + Unpin,
     path: PathBuf,
-    parse: bool,
+    latest: Option<tokio::sync::watch::Sender<Latest>>,
 ) -> std::io::Result<Captured> {
+    let parse = latest.is_some();
     let mut file = tokio::fs::File::create(&path).await?;
     let mut written = 0u64;
     let mut out = Captured::default();
@@ -383,7 +415,7 @@ async fn capture(
             for &b in chunk {
                 if b == b'\n' {
                     if !overlong {
-                        parse_line(&line, &mut out);
+                        parse_line(&line, &mut out, latest.as_ref());
                     }
                     line.clear();
                     overlong = false;
@@ -396,16 +428,44 @@ async fn capture(
         }
     }
     if parse && !overlong {
-        parse_line(&line, &mut out);
+        parse_line(&line, &mut out, latest.as_ref());
     }
     file.flush().await?;
     Ok(out)
 }
 
-fn parse_line(line: &[u8], out: &mut Captured) {
+fn parse_line(
+    line: &[u8],
+    out: &mut Captured,
+    latest: Option<&tokio::sync::watch::Sender<Latest>>,
+) {
     let Ok(text) = std::str::from_utf8(line) else {
         return;
     };
+    if let Some((name, value, at)) = parse_progress(text) {
+        if !(value.is_finite() && at.is_finite()) {
+            return;
+        }
+        let known = out.progress.contains_key(name);
+        if !known && out.progress.len() >= PROGRESS_NAMES {
+            return;
+        }
+        let curve = out.progress.entry(name.to_string()).or_default();
+        if curve.len() >= PROGRESS_POINTS {
+            let mut i = 0;
+            curve.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+        }
+        curve.push((at, value));
+        if let Some(tx) = latest {
+            tx.send_modify(|m| {
+                m.insert(name.to_string(), (at, value));
+            });
+        }
+        return;
+    }
     if let Some((name, value)) = parse_metric(text) {
         if value.is_finite() {
             out.metrics.insert(name.to_string(), value);
@@ -441,6 +501,19 @@ pub fn parse_metric(line: &str) -> Option<(&str, f64)> {
                 _ => None,
             })?;
     Some((name, parsed))
+}
+
+/// Parses one progress line `NAME=value at=POSITION` (see [`parse_metric`]
+/// for NAME and value; POSITION is a float: seconds of budget or a step).
+pub fn parse_progress(line: &str) -> Option<(&str, f64, f64)> {
+    let mut parts = line.split_whitespace();
+    let (first, second) = (parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let (name, value) = parse_metric(first)?;
+    let at = second.strip_prefix("at=")?.parse::<f64>().ok()?;
+    Some((name, value, at))
 }
 
 #[cfg(test)]
@@ -527,6 +600,65 @@ mod tests {
         let r = run(&s, &GroupGuard::default()).await.unwrap();
         assert!(r.succeeded(), "{r:?}");
         assert!(r.peak_rss_bytes > 60 << 20, "{}", r.peak_rss_bytes);
+    }
+
+    #[test]
+    fn progress_lines_parse_and_are_not_metrics() {
+        assert_eq!(
+            parse_progress("train_loss=3.25 at=4.5"),
+            Some(("train_loss", 3.25, 4.5))
+        );
+        assert_eq!(
+            parse_progress("  loss=1 at=100 "),
+            Some(("loss", 1.0, 100.0))
+        );
+        assert_eq!(parse_progress("loss=1 at=x"), None);
+        assert_eq!(parse_progress("loss=1 step=3"), None);
+        assert_eq!(parse_progress("loss=1 at=3 more"), None);
+        assert_eq!(parse_progress("loss=1"), None);
+        assert_eq!(parse_metric("loss=1 at=3"), None);
+    }
+
+    #[tokio::test]
+    async fn progress_is_heard_while_it_runs_and_a_stop_kills_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        // 600 points (more than a report keeps), then a long sleep.
+        let s = spec(
+            dir.path(),
+            "for i in $(seq 1 600); do echo \"loss=$((1000 - i)) at=$i\"; done; \
+             echo loss=0.5; echo other=1 at=1; sleep 300",
+            30_000,
+        );
+        let guard = GroupGuard::default();
+        let started = start(&s, &guard).await.unwrap().unwrap();
+        let pgid = started.pgid;
+        let mut rx = started.progress.clone();
+        let stop = async move {
+            loop {
+                let seen = rx.borrow_and_update().get("other").copied();
+                if let Some(p) = seen {
+                    return p;
+                }
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let (r, stopped) = finish_unless(started, &s, &guard, stop).await.unwrap();
+        assert_eq!(stopped, Some((1.0, 1.0)));
+        assert!(!r.timed_out && r.duration_ms < 30_000, "{r:?}");
+        assert!(!group_alive(pgid));
+        assert_eq!(r.metrics.get("loss"), Some(&0.5));
+        let curve = &r.progress["loss"];
+        assert!(
+            curve.len() <= PROGRESS_POINTS && curve.len() > 200,
+            "{}",
+            curve.len()
+        );
+        assert_eq!(curve.first(), Some(&(1.0, 999.0)));
+        assert_eq!(curve.last(), Some(&(600.0, 400.0)));
+        assert!(curve.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(r.progress["other"], vec![(1.0, 1.0)]);
     }
 
     #[tokio::test]

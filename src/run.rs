@@ -24,6 +24,10 @@ pub struct RunSummary {
     pub discarded: u64,
     pub failed: BTreeMap<String, u64>,
     pub interrupted: bool,
+    /// Discarded trials whose run was stopped early (`[prune]`), and the
+    /// slot time that saved.
+    pub pruned: u64,
+    pub saved_ms: u64,
 }
 
 pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunSummary> {
@@ -125,7 +129,13 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
                         summary.trials += 1;
                         match t.status {
                             TrialStatus::Kept => summary.kept += 1,
-                            TrialStatus::Discarded => summary.discarded += 1,
+                            TrialStatus::Discarded => {
+                                summary.discarded += 1;
+                                if let Some(p) = t.train.as_ref().and_then(|r| r.pruned.as_ref()) {
+                                    summary.pruned += 1;
+                                    summary.saved_ms += p.saved_ms;
+                                }
+                            }
                             _ => *summary.failed.entry(t.label.map(|l| l.to_string()).unwrap_or_else(|| t.status.to_string())).or_default() += 1,
                         }
                         if t.status == TrialStatus::Kept {
@@ -167,11 +177,20 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
         }
     }
     println!(
-        "done: {} trial(s) in {:.1}s: {} kept, {} discarded, {} failed{}",
+        "done: {} trial(s) in {:.1}s: {} kept, {} discarded{}, {} failed{}",
         summary.trials,
         started.elapsed().as_secs_f64(),
         summary.kept,
         summary.discarded,
+        if summary.pruned > 0 {
+            format!(
+                " ({} stopped early, {:.0} slot-seconds saved)",
+                summary.pruned,
+                summary.saved_ms as f64 / 1000.0
+            )
+        } else {
+            String::new()
+        },
         summary.failed.values().sum::<u64>(),
         if summary.failed.is_empty() {
             String::new()
@@ -231,6 +250,21 @@ fn progress_line(t: &Trial, metric: &str, incumbent: Option<(TrialId, f64)>) -> 
             t.parent.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             t.rebased_as.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
         ),
+        TrialStatus::Discarded if t.decision == Some(Decision::Pruned) => {
+            match t.train.as_ref().and_then(|r| r.pruned.as_ref()) {
+                Some(p) => format!(
+                    "{head} pruned      {}={} at {} of {}, behind #{}'s {} by more than {}",
+                    p.metric,
+                    format_float(p.value),
+                    format_float(p.at),
+                    format_float(p.end),
+                    p.against,
+                    format_float(p.reference),
+                    format_float(p.bound),
+                ),
+                None => format!("{head} pruned"),
+            }
+        }
         TrialStatus::Discarded => format!(
             "{head} discarded   {metric}={}  {}{} (incumbent {})",
             t.score.map(format_float).unwrap_or_default(),

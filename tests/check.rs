@@ -273,3 +273,48 @@ fn the_old_noise_band_is_refused_with_its_replacement_named() {
     let out = dir.ratchet(&["check"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+/// `[prune]` is checked whole: a rate that is no probability, looks that
+/// are not increasing shares, a metric that is no progress line name and
+/// a surface the experiment does not declare are each named; a good one
+/// passes.
+#[test]
+fn a_bad_prune_section_is_refused_key_by_key() {
+    let dir = Dir::with_fixture("curves");
+    dir.write(
+        "specialists.toml",
+        "[daemon]\nexperiment = \"experiment\"\nlineage_dir = \"lineage\"\n\n\
+         [[specialist]]\nname = \"x\"\nsurface = \"s\"\nkind = \"search\"\n",
+    );
+    let ok = common::stdout(&dir.ratchet(&["check"]));
+    assert!(ok.contains("ok:"), "the fixture's [prune] passes: {ok}");
+    let exp = std::fs::read_to_string(dir.path().join("experiment/experiment.toml")).unwrap();
+    let good = "[prune]\nmetric = \"train_loss\"\nfalse_prune_rate = 0.05\n";
+    assert!(exp.contains(good));
+    dir.write(
+        "experiment/experiment.toml",
+        &exp.replace(
+            good,
+            "[prune]\nmetric = \"1 bad\"\nfalse_prune_rate = 0.7\nlooks = [0.5, 0.25]\nsurfaces = [\"nope\"]\n",
+        ),
+    );
+    let out = dir.ratchet(&["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    for key in [
+        "prune.false_prune_rate: must be a probability",
+        "prune.looks: must be increasing shares",
+        "prune.metric: must be the NAME of progress lines",
+        "prune.surfaces: names surface \"nope\"",
+    ] {
+        assert!(err.contains(key), "{key} missing in {err}");
+    }
+    dir.write(
+        "experiment/experiment.toml",
+        &exp.replace(
+            good,
+            "[prune]\nmetric = \"train_loss\"\nlooks = [0.5, 1.0]\n",
+        ),
+    );
+    assert!(stderr(&dir.ratchet(&["check"])).contains("prune.looks"));
+}

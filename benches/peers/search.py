@@ -520,9 +520,9 @@ def main():
     ap.add_argument("--work", default=None, help="scratch directory (default: OUT/work)")
     ap.add_argument("--reuse", action="append", default=[],
                     help="a runs.json of an earlier run (repeatable; the first one that has a method "
-                         "of an experiment wins): its runs of methods not run now join the table and "
-                         "plot, to measure a change of ratchet against the same peer runs. "
-                         "`--methods none` only merges.")
+                         "and seed of an experiment wins): its runs of (method, seed) pairs not run now "
+                         "join the table and plot, to measure a change of ratchet against the same peer "
+                         "runs, or to add seeds. `--methods none` only merges.")
     a = ap.parse_args()
     ratchet = str(Path(a.ratchet).resolve())
     names = [n for n in a.experiment.split(",") if n]
@@ -562,11 +562,14 @@ def main():
             if (o["trials"], o["budget_secs"], o.get("confirm_seeds")) != \
                     (a.trials, budget[n], list(CONFIRM_SEEDS)):
                 sys.exit(f"{path} has other --trials/--budget-secs/confirmation seeds for {n}")
-            taken = set(results[n])
+            have = {(r["method"], r["seed"]) for r in detail[n]["runs"]}
             for r in o["runs"]:
-                if r["method"] not in taken and r["seed"] in seeds:
-                    results[n].setdefault(r["method"], []).append(r)
-                    detail[n]["runs"].append(dict(r, reused_from=str(path)))
+                key = (r["method"], r["seed"])
+                if key in have or (r["method"] in methods and r["seed"] in seeds):
+                    continue  # run now, or taken from an earlier --reuse
+                have.add(key)
+                results[n].setdefault(r["method"], []).append(r)
+                detail[n]["runs"].append(dict(r, reused_from=str(path)))
 
     def save():
         (out / "runs.json").write_text(json.dumps(detail, indent=1) + "\n")
@@ -591,6 +594,7 @@ def main():
                                                          "confirmed", "confirm_scores")}
                                   | {"score": t["full_score"] if t.get("full_score") is not None
                                      else t.get("score"),
+                                     "pruned": t.get("decision") == "pruned",
                                      "seed_runs": len(t.get("seed_runs") or [])} for t in rows]
                     rec.update(keeps=keeps, false_keeps=false_keeps)
                 else:
@@ -650,6 +654,8 @@ def main():
              lambda m: fmt(s[m]["at_time"])),
             ("slot seconds (median)", lambda m: f"{s[m]['slot_secs']:.0f}"),
             ("training runs (median)", lambda m: f"{s[m]['runs']:g}"),
+            ("of them stopped early (median)",
+             lambda m: f"{median(sum(bool(t.get('pruned')) for t in r['trials']) for r in res[m]):g}"),
             ("confirmation runs (median)",
              lambda m: f"{median(r['confirm_runs'] for r in res[m]):g}"),
             ("false_keep_rate", lambda m: "–" if s[m]["false_keep_rate"] is None

@@ -135,6 +135,10 @@ pub enum Verdict {
         /// What the keep rule's look rested on.
         evidence: Option<Evidence>,
     },
+    /// Stopped while it trained, clearly behind the incumbent's curve.
+    Pruned {
+        detail: String,
+    },
     /// Re-applied onto the moved incumbent as trial `to`.
     Rebased {
         to: TrialId,
@@ -157,8 +161,8 @@ impl Actor for Evaluator {
         let store = ractor::call_t!(args.lineage, LineageMsg::Reader, CALL_TIMEOUT_MS)?;
         let full = args.config.experiment.file.eval.full.is_some();
         let skip = incumbent.as_ref().map(|i| i.trial);
+        let mut pools = Pools::new(&args.config);
         let pools = tokio::task::spawn_blocking(move || {
-            let mut pools = Pools::default();
             for t in store.iter().flatten() {
                 if t.status.is_terminal() && Some(t.id) != skip {
                     pools.add(&t, full);
@@ -209,6 +213,7 @@ impl Actor for Evaluator {
                 confirm(state, t).await?;
             }
         }
+        announce_bars(state).await?;
         remeasure(state).await
     }
 
@@ -285,6 +290,7 @@ async fn handle_msg(
                 {
                     confirm(state, t).await?;
                 }
+                announce_bars(state).await?;
                 remeasure(state).await?;
             }
         }
@@ -301,6 +307,10 @@ async fn handle_msg(
                 }),
             )
             .await?;
+            if let Some(p) = &train.pruned {
+                let detail = format!("pruned: {}", p.describe());
+                return record(state, &trial, Verdict::Pruned { detail }, None).await;
+            }
             if !train.succeeded() {
                 let verdict = Verdict::Failed(Failure {
                     label: train.failure_label(),
@@ -536,6 +546,7 @@ async fn remeasured(state: &mut EvaluatorState, trial: Trial) -> Result<(), Acto
         }
     }
     state.remeasuring = None;
+    announce_bars(state).await?;
     resume_parked(state).await
 }
 
@@ -718,14 +729,28 @@ pub fn scores_by_seed(trial: &Trial, full: bool, deciding: bool) -> BTreeMap<u64
 
 /// The spreads the keep rule pools: every recipe measured with several
 /// seeds, except the current incumbent (whose runs are still being added;
-/// they join at each decision, and for good when it is replaced).
-#[derive(Clone, Copy, Debug, Default)]
+/// they join at each decision, and for good when it is replaced); and, with
+/// `[prune]`, the spread of their progress curves at each look.
+#[derive(Clone, Debug, Default)]
 pub struct Pools {
     pub proxy: Pool,
     pub deciding: Pool,
+    /// By look of `[prune]` (empty without it).
+    pub curve: Vec<Pool>,
+    prune: Option<judge::PruneRule>,
 }
 
 impl Pools {
+    pub fn new(config: &Config) -> Pools {
+        let exp = &config.experiment.file;
+        let prune = exp.prune.as_ref().map(|p| p.rule(exp.direction));
+        Pools {
+            curve: vec![Pool::default(); prune.as_ref().map_or(0, |p| p.looks.len())],
+            prune,
+            ..Default::default()
+        }
+    }
+
     /// Adds a recipe's runs.
     pub fn add(&mut self, trial: &Trial, full: bool) {
         let values = |deciding| {
@@ -735,6 +760,12 @@ impl Pools {
         };
         self.proxy.add(&values(false));
         self.deciding.add(&values(true));
+        if let Some(rule) = &self.prune {
+            let curves = curves(trial, &rule.metric);
+            for (k, vals) in judge::look_values(&curves, &rule.looks).iter().enumerate() {
+                self.curve[k].add(vals);
+            }
+        }
     }
 
     /// The pool for a decision against `reference`, with the incumbent's
@@ -755,6 +786,44 @@ impl Pools {
         }
         pool
     }
+
+    /// What the incumbent's runs hold a running trial to (`[prune]`), with
+    /// its mean train time (the slot time a stopped run saves is reckoned
+    /// from it). `None` without `[prune]` or without curves and a spread.
+    pub fn bars(&self, incumbent: &Trial) -> Option<(judge::Bars, u64)> {
+        let rule = self.prune.as_ref()?;
+        let curves = curves(incumbent, &rule.metric);
+        let bars = judge::Bars::new(rule, incumbent.id, &curves, &self.curve)?;
+        let times: Vec<u64> = std::iter::once(incumbent.train.as_ref())
+            .chain(incumbent.seed_runs.iter().map(|r| r.train.as_ref()))
+            .flatten()
+            .filter(|t| t.pruned.is_none() && t.succeeded())
+            .map(|t| t.duration_ms)
+            .collect();
+        let mean = times.iter().sum::<u64>() / times.len().max(1) as u64;
+        Some((bars, mean))
+    }
+}
+
+/// The progress curves `metric` of a trial's finished runs (seed 0 and its
+/// seed runs; a failed or stopped run has none that counts).
+fn curves<'a>(trial: &'a Trial, metric: &str) -> Vec<&'a [(f64, f64)]> {
+    let own = (trial.label.is_none() && trial.decision != Some(Decision::Pruned))
+        .then_some(trial.train.as_ref())
+        .flatten();
+    own.into_iter()
+        .chain(
+            trial
+                .seed_runs
+                .iter()
+                .filter(|r| r.failure.is_none())
+                .filter_map(|r| r.train.as_ref()),
+        )
+        .filter(|t| t.succeeded() && t.pruned.is_none())
+        .filter_map(|t| t.progress.get(metric))
+        .filter(|c| !c.is_empty())
+        .map(|c| c.as_slice())
+        .collect()
 }
 
 /// A look of the keep rule at the trial's runs so far (the deciding eval's
@@ -1202,6 +1271,11 @@ async fn record(
                         t.noise = *noise;
                     }
                 }
+                Verdict::Pruned { detail } => {
+                    t.status = TrialStatus::Discarded;
+                    t.decision = Some(Decision::Pruned);
+                    t.detail = Some(detail.clone());
+                }
                 Verdict::Rebased { to, score, detail } => {
                     t.status = TrialStatus::Discarded;
                     t.decision = Some(Decision::Rebased);
@@ -1266,15 +1340,47 @@ async fn record(
                     warn!(trial = %trial.id, error = %e, "could not move ratchet/incumbent");
                 }
             }
+            // The bars first: the next trial starts when the executor hears `Settled`.
+            announce_bars(state).await?;
             tell_executor(state, ExecutorMsg::IncumbentChanged);
             tell_executor(state, ExecutorMsg::Settled(trial.id));
             // Kept before every seed was run: the rest, for later pairs.
             return remeasure(state).await;
         }
         Verdict::Failed(f) => info!(trial = %trial.id, label = %f.label, "trial failed"),
+        Verdict::Pruned { detail } => info!(trial = %trial.id, "{detail}"),
         Verdict::Scored { .. } | Verdict::Rebased { .. } => {}
     }
+    if trial_had_curves(&state.config, &updated) {
+        announce_bars(state).await?;
+    }
     tell_executor(state, ExecutorMsg::Settled(trial.id));
+    Ok(())
+}
+
+/// Whether a finished trial adds to the curve pools (`[prune]`: several runs with curves).
+fn trial_had_curves(config: &Config, trial: &Trial) -> bool {
+    config
+        .experiment
+        .file
+        .prune
+        .as_ref()
+        .is_some_and(|p| curves(trial, &p.metric).len() > 1)
+}
+
+/// Tells the executor what a running trial is held to (`[prune]`): the
+/// incumbent's curves and the spreads at each look; `None` when there is
+/// nothing to compare with yet.
+async fn announce_bars(state: &mut EvaluatorState) -> Result<(), ActorProcessingErr> {
+    if state.config.experiment.file.prune.is_none() {
+        return Ok(());
+    }
+    let bars = match &state.incumbent {
+        Some(inc) => ractor::call_t!(state.lineage, LineageMsg::Get, CALL_TIMEOUT_MS, inc.trial)?
+            .and_then(|t| state.pools.bars(&t)),
+        None => None,
+    };
+    tell_executor(state, ExecutorMsg::Bars(bars.map(Arc::new)));
     Ok(())
 }
 

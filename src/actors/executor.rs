@@ -17,9 +17,10 @@ use super::evaluator::EvaluatorMsg;
 use super::specialist::SpecialistMsg;
 use super::{interrupt, interrupt_all, measure_trial, update_trial, CALL_TIMEOUT_MS};
 use crate::config::Config;
-use crate::domain::{now_ms, Params, ProcessReport, Trial, TrialId, TrialStatus};
+use crate::domain::{now_ms, Params, ProcessReport, Pruning, Trial, TrialId, TrialStatus};
 use crate::edit::{Rejection, Rules};
 use crate::gpu::{GpuSlot, Gpus, Lease, LeaseView};
+use crate::judge::Bars;
 use crate::lineage::actor::{LineageMsg, Observer, RunEvent};
 use crate::lineage::NewTrial;
 use crate::probe::{self, Stage};
@@ -76,6 +77,10 @@ pub enum ExecutorMsg {
     Status(RpcReplyPort<ExecutorStatus>),
     /// An eval freed a GPU slot: a queued run may start.
     GpuFreed,
+    /// What a trial's own run is held to while it trains (`[prune]`, from
+    /// the evaluator whenever the incumbent or the pooled spreads change):
+    /// the incumbent's curves, and its mean train time.
+    Bars(Option<Arc<(Bars, u64)>>),
 }
 
 /// How a train run ended.
@@ -122,6 +127,13 @@ pub struct ExecutorStatus {
     /// All slot-seconds since the executor started (slots × time).
     #[serde(default)]
     pub slot_total_s: f64,
+    /// Runs stopped early since the executor started (`[prune]`) ...
+    #[serde(default)]
+    pub pruned: u64,
+    /// ... and the slot-seconds that saved (the incumbent's train time
+    /// less theirs).
+    #[serde(default)]
+    pub slot_saved_s: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -334,6 +346,10 @@ pub struct ExecutorState {
     /// that are not settled: with `confirm_first`, no new trial starts or is
     /// asked for meanwhile.
     confirming: BTreeSet<TrialId>,
+    /// What trials' own runs are held to (`[prune]`).
+    bars: Option<Arc<(Bars, u64)>>,
+    pruned: u64,
+    saved_ms: u64,
 }
 
 impl ExecutorState {
@@ -411,6 +427,9 @@ impl Actor for Executor {
             paused: paused.into_keys().collect(),
             draining: false,
             confirming: BTreeSet::new(),
+            bars: None,
+            pruned: 0,
+            saved_ms: 0,
         };
         for trial in requeued {
             if trial.specialist == "baseline" {
@@ -517,6 +536,16 @@ impl Actor for Executor {
                 });
                 match ran {
                     Ran::Refused => {}
+                    Ran::Report(train) if train.pruned.is_some() => {
+                        state.pruned += 1;
+                        state.saved_ms += train.pruned.as_ref().map_or(0, |p| p.saved_ms);
+                        state.evaluator.cast(EvaluatorMsg::Evaluate {
+                            id,
+                            seed,
+                            train: *train,
+                            lease,
+                        })?
+                    }
                     Ran::Report(train) => state.evaluator.cast(EvaluatorMsg::Evaluate {
                         id,
                         seed,
@@ -586,6 +615,7 @@ impl Actor for Executor {
                 let _ = reply.send(status(state));
             }
             ExecutorMsg::GpuFreed => {}
+            ExecutorMsg::Bars(bars) => state.bars = bars,
         }
         fill(&myself, state).await
     }
@@ -796,6 +826,7 @@ fn start(
     let (provenance, base) = (state.provenance.clone(), state.base);
     let slurm = state.slurm.clone();
     let gpus = lease.as_ref().map(Lease::view);
+    let bars = prunable(state, &trial, seed);
     let task = tokio::spawn(async move {
         let launcher = Launcher {
             config: &config,
@@ -804,6 +835,7 @@ fn start(
             slurm: slurm.as_ref(),
             gpus: gpus.as_ref(),
             taken,
+            bars,
         };
         let ran = if seed == 0 {
             run_train(&launcher, trial, provenance, base).await
@@ -821,6 +853,40 @@ fn start(
             lease,
         },
     );
+}
+
+/// The bars a run is held to while it trains: a trial's own run (not the
+/// baseline's, not a seed run: those are measurements a decision asked
+/// for), proposed against the incumbent the bars are made of, on a
+/// surface `[prune]` covers, run locally (a Slurm job's output is read
+/// only when it ends).
+fn prunable(state: &ExecutorState, trial: &Trial, seed: u64) -> Option<Arc<(Bars, u64)>> {
+    let prune = state.config.experiment.file.prune.as_ref()?;
+    let bars = state.bars.as_ref()?;
+    (seed == 0
+        && state.slurm.is_none()
+        && trial.specialist != "baseline"
+        && trial.parent == Some(bars.0.against)
+        && prune.covers(trial.surface.as_deref()))
+    .then(|| bars.clone())
+}
+
+/// Resolves when the run's progress is clearly behind the bars: where it stood.
+async fn behind(
+    mut progress: tokio::sync::watch::Receiver<process::Latest>,
+    bars: &Bars,
+) -> Pruning {
+    let mut next = 0;
+    while next < bars.bars.len() && progress.changed().await.is_ok() {
+        let point = progress.borrow_and_update().get(&bars.metric).copied();
+        if let Some((at, value)) = point {
+            if let Some(p) = bars.look(&mut next, at, value) {
+                return p;
+            }
+        }
+    }
+    // Every look made, or the output ended: the run finishes as it will.
+    std::future::pending().await
 }
 
 fn status(state: &ExecutorState) -> ExecutorStatus {
@@ -866,6 +932,8 @@ fn status(state: &ExecutorState) -> ExecutorStatus {
         slot_starved_s: state.occupancy.starved.as_secs_f64(),
         slot_held_s: state.occupancy.held.as_secs_f64(),
         slot_total_s: state.occupancy.total.as_secs_f64(),
+        pruned: state.pruned,
+        slot_saved_s: state.saved_ms as f64 / 1000.0,
     }
 }
 
@@ -903,6 +971,8 @@ struct Launcher<'a> {
     gpus: Option<&'a LeaseView>,
     /// When the run left the queue (the dispatch probe).
     taken: Instant,
+    /// What the run is held to while it trains (`[prune]`).
+    bars: Option<Arc<(Bars, u64)>>,
 }
 
 impl Launcher<'_> {
@@ -934,8 +1004,24 @@ impl Launcher<'_> {
             probe::since(id, Stage::Dispatch, self.taken);
             let spawned = Instant::now();
             record_handle(self.lineage, id, seed, Handle::Group(started.pgid)).await;
-            let mut report = match process::finish(started, spec, self.guard).await {
-                Ok(r) => r,
+            let finished = match &self.bars {
+                Some(bars) => {
+                    let stop = behind(started.progress.clone(), &bars.0);
+                    process::finish_unless(started, spec, self.guard, stop).await
+                }
+                None => process::finish(started, spec, self.guard)
+                    .await
+                    .map(|r| (r, None)),
+            };
+            let mut report = match finished {
+                Ok((mut r, stopped)) => {
+                    if let (Some(mut p), Some(bars)) = (stopped, &self.bars) {
+                        p.saved_ms = bars.1.saturating_sub(r.duration_ms);
+                        info!(trial = %id, "stopped early: {}", p.describe());
+                        r.pruned = Some(Box::new(p));
+                    }
+                    r
+                }
                 Err(e) => spawn_failed(spec, format!("cannot capture trial output: {e}")),
             };
             probe::since(id, Stage::Child, spawned);

@@ -694,6 +694,28 @@ fn show(out: &mut impl Write, t: &Trial) -> anyhow::Result<()> {
     if let Some(e) = &t.evidence {
         writeln!(out, "decision rested on: {}", e.describe())?;
     }
+    if let Some(p) = t.train.as_ref().and_then(|r| r.pruned.as_ref()) {
+        writeln!(out, "pruned: {}", p.describe())?;
+        if let Some(curve) = t.train.as_ref().and_then(|r| r.progress.get(&p.metric)) {
+            let step = curve.len().div_ceil(12).max(1);
+            let points: Vec<String> = curve
+                .iter()
+                .step_by(step)
+                .map(|(at, v)| format!("{}: {}", format_float(*at), format_float(*v)))
+                .collect();
+            writeln!(
+                out,
+                "  its {} curve (position: value): {}",
+                p.metric,
+                points.join(", ")
+            )?;
+        }
+        writeln!(
+            out,
+            "  slot time saved: {:.1}s (the incumbent's train time less this run's)",
+            p.saved_ms as f64 / 1000.0
+        )?;
+    }
     if let Some(d) = &t.detail {
         writeln!(out, "detail: {d}")?;
     }

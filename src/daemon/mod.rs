@@ -487,8 +487,16 @@ fn utilization(e: &crate::actors::executor::ExecutorStatus) -> String {
         return String::new();
     }
     let share = |s: f64| 100.0 * s / e.slot_total_s;
+    let pruned = if e.pruned > 0 {
+        format!(
+            "; {} run(s) stopped early, {:.0} slot-seconds saved",
+            e.pruned, e.slot_saved_s
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "; slot time since start: {:.1}% busy, {:.1}% idle waiting for a proposal, {:.1}% held for confirmations",
+        "; slot time since start: {:.1}% busy, {:.1}% idle waiting for a proposal, {:.1}% held for confirmations{pruned}",
         share(e.slot_busy_s),
         share(e.slot_starved_s),
         share(e.slot_held_s)
