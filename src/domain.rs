@@ -733,7 +733,7 @@ pub struct Trial {
 
 impl Trial {
     /// What became of it, in one word: a failure label, or
-    /// `kept`/`false_peak`/`within_noise`/`regressed`/`rebased` for scored
+    /// `kept`/`false_peak`/`within_noise`/`regressed`/`rebased`/`pruned` for decided
     /// trials, or the status of unfinished ones.
     pub fn outcome(&self) -> &'static str {
         match (self.label, self.decision) {

@@ -78,14 +78,6 @@ pub struct Row<'a> {
     pub decision_gain: Option<f64>,
     pub decision_se: Option<f64>,
     pub decision_bound: Option<f64>,
-    /// A run stopped early (`[prune]`): its position and progress value at
-    /// the look that stopped it, the incumbent's mean curve there, the
-    /// distance behind a stop needed, and the slot-seconds it saved.
-    pub pruned_at: Option<f64>,
-    pub pruned_value: Option<f64>,
-    pub pruned_reference: Option<f64>,
-    pub pruned_bound: Option<f64>,
-    pub pruned_saved_secs: Option<f64>,
     pub proposed_ms: Option<u64>,
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
@@ -115,6 +107,14 @@ pub struct Row<'a> {
     pub gpu_peak_memory_mib: Option<u64>,
     /// Its train command's GPU utilization, mean over devices and samples.
     pub gpu_mean_util_pct: Option<f64>,
+    /// A run stopped early (`[prune]`): its position and progress value at
+    /// the look that stopped it, the incumbent's mean curve there, the
+    /// distance behind a stop needed, and the slot-seconds it saved.
+    pub pruned_at: Option<f64>,
+    pub pruned_value: Option<f64>,
+    pub pruned_reference: Option<f64>,
+    pub pruned_bound: Option<f64>,
+    pub pruned_saved_secs: Option<f64>,
 }
 
 /// The columns, in order (the CSV header; the keys of a JSONL row).
@@ -142,11 +142,6 @@ pub const COLUMNS: &[&str] = &[
     "decision_gain",
     "decision_se",
     "decision_bound",
-    "pruned_at",
-    "pruned_value",
-    "pruned_reference",
-    "pruned_bound",
-    "pruned_saved_secs",
     "proposed_ms",
     "started_ms",
     "finished_ms",
@@ -168,6 +163,11 @@ pub const COLUMNS: &[&str] = &[
     "gpus",
     "gpu_peak_memory_mib",
     "gpu_mean_util_pct",
+    "pruned_at",
+    "pruned_value",
+    "pruned_reference",
+    "pruned_bound",
+    "pruned_saved_secs",
 ];
 
 impl<'a> Row<'a> {
@@ -273,11 +273,6 @@ impl<'a> Row<'a> {
             f(self.decision_gain),
             f(self.decision_se),
             f(self.decision_bound),
-            f(self.pruned_at),
-            f(self.pruned_value),
-            f(self.pruned_reference),
-            f(self.pruned_bound),
-            f(self.pruned_saved_secs),
             o(self.proposed_ms),
             o(self.started_ms),
             o(self.finished_ms),
@@ -299,6 +294,11 @@ impl<'a> Row<'a> {
             o(self.gpus.as_deref()),
             o(self.gpu_peak_memory_mib),
             f(self.gpu_mean_util_pct),
+            f(self.pruned_at),
+            f(self.pruned_value),
+            f(self.pruned_reference),
+            f(self.pruned_bound),
+            f(self.pruned_saved_secs),
         ]
     }
 }

@@ -232,6 +232,13 @@ pub fn curve_at(curve: &[(f64, f64)], at: f64) -> Option<f64> {
     (at <= last.0).then_some(last.1)
 }
 
+/// The value a run reports at a look: its first point at or after `at`
+/// (what a running curve is judged on, so the spreads are of the same
+/// kind: single points, not interpolations that average two of them).
+pub fn curve_from(curve: &[(f64, f64)], at: f64) -> Option<f64> {
+    curve.iter().find(|p| p.0 >= at).map(|p| p.1)
+}
+
 /// Where a recipe's runs are all looked at: `share` of the shortest curve.
 fn look_positions(curves: &[&[(f64, f64)]], looks: &[f64]) -> Option<(Vec<f64>, f64)> {
     let end = curves
@@ -250,7 +257,7 @@ pub fn look_values(curves: &[&[(f64, f64)]], looks: &[f64]) -> Vec<Vec<f64>> {
         return vec![Vec::new(); looks.len()];
     };
     at.iter()
-        .map(|&a| curves.iter().filter_map(|c| curve_at(c, a)).collect())
+        .map(|&a| curves.iter().filter_map(|c| curve_from(c, a)).collect())
         .collect()
 }
 
@@ -316,7 +323,7 @@ impl Bars {
             .iter()
             .enumerate()
             .map(|(k, &a)| {
-                let own: Vec<f64> = curves.iter().filter_map(|c| curve_at(c, a)).collect();
+                let own: Vec<f64> = curves.iter().filter_map(|c| curve_from(c, a)).collect();
                 let pool = pools.get(k).copied().unwrap_or_default();
                 let (vr, dfr) = pool.shrunk(&own)?;
                 // One run of the candidate: the pool's spread, else the incumbent's.
@@ -666,8 +673,12 @@ mod tests {
         }
     }
 
+    fn bars_min(refs: &[&[(f64, f64)]]) -> Bars {
+        Bars::new(&rule(0.05), TrialId(7), refs, &[]).unwrap()
+    }
+
     #[test]
-    fn a_run_far_behind_is_stopped_at_the_first_look_and_one_level_is_not() {
+    fn a_run_far_behind_is_stopped_and_one_level_is_not() {
         let inc: Vec<Vec<(f64, f64)>> = (0..3)
             .map(|s| {
                 (1..=20)
@@ -685,8 +696,12 @@ mod tests {
         let mut next = 0;
         assert_eq!(bars.look(&mut next, 4.0, 100.0), None);
         assert_eq!(next, 0);
-        // At par at the first look: on; far behind at the second: stopped.
-        assert_eq!(bars.look(&mut next, 5.0, 3.5), None);
+        // Just inside the bound at the first look: on; far behind at the
+        // second: stopped. The bound is t·se at the rate over 3 looks.
+        let t = quantile(1.0 - 0.05 / 3.0, first.df);
+        assert!((first.bound - t * first.se).abs() < 1e-12, "{first:?}");
+        let mean5 = curve_at(&bars.mean, 5.0).unwrap();
+        assert_eq!(bars.look(&mut next, 5.0, mean5 + 0.99 * first.bound), None);
         assert_eq!(next, 1);
         let p = bars.look(&mut next, 10.0, 9.0).expect("far behind");
         assert_eq!((p.look, p.looks, p.against), (2, 3, TrialId(7)));
@@ -699,6 +714,24 @@ mod tests {
         let mut next = 0;
         assert!(bars.look(&mut next, 5.0, 9.0).is_none());
         assert!(bars.look(&mut next, 10.0, -5.0).is_some());
+        // Just outside it: stopped at the first look.
+        let mut next = 0;
+        let mean5 = curve_at(&bars_min(&refs).mean, 5.0).unwrap();
+        let p = bars_min(&refs)
+            .look(&mut next, 5.0, mean5 + 1.01 * first.bound)
+            .expect("just behind the bound");
+        assert_eq!(p.look, 1);
+        // A pool of many recipes narrows the bars (more df, a spread of its own).
+        let mut pool = Pool::default();
+        for _ in 0..20 {
+            pool.add(&[0.0, 0.01, 0.02]);
+        }
+        let pooled = Bars::new(&rule(0.05), TrialId(7), &refs, &[pool; 3]).unwrap();
+        let b = pooled.bars[0].unwrap();
+        assert!(
+            b.df > first.df && b.bound < first.bound,
+            "{b:?} vs {first:?}"
+        );
         // One run of the incumbent and no pool: no spread, no bars.
         assert!(Bars::new(&rule(0.05), TrialId(7), &refs[..1], &[]).is_none());
         // A curve without points: none either.

@@ -260,8 +260,7 @@ pub async fn finish_unless<T>(
     };
     let deadline = tokio::time::Instant::from_std(s.started + spec.timeout);
     let peak = Arc::new(AtomicU64::new(0));
-    let status = tokio::select! {
-        // A child that ended is never reported as stopped.
+    let mut status = tokio::select! {
         biased;
         st = s.child.wait() => Ok(st?),
         _ = tokio::time::sleep_until(deadline) => Err(Some(false)),
@@ -271,6 +270,13 @@ pub async fn finish_unless<T>(
             Err(None)
         }
     };
+    // A child that ended as it was told to stop is not reported stopped.
+    if stopped.is_some() {
+        if let Ok(Some(st)) = s.child.try_wait() {
+            stopped = None;
+            status = Ok(st);
+        }
+    }
     kill_group(s.pgid);
     let status = match status {
         Ok(st) => st,

@@ -97,25 +97,45 @@ fn a_hopeless_run_is_stopped_early_and_a_good_one_finishes() {
         "{list}"
     );
     let show = dir.ratchet_ok(&["lineage", "show", &id]);
-    assert!(show.contains("pruned: stopped at position"), "{show}");
+    assert!(
+        show.lines()
+            .any(|l| l.starts_with("pruned: stopped at position")),
+        "{show}"
+    );
+    assert!(show.contains("slot time saved:"), "{show}");
     assert!(
         show.contains(&format!("against #{}'s", baseline["id"])),
         "{show}"
     );
     assert!(show.contains("its train_loss curve"), "{show}");
+    dir.ratchet_ok(&["lineage", "export", "--format", "jsonl", "-o", "t.jsonl"]);
+    let rows: Vec<Value> = std::fs::read_to_string(dir.path().join("t.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let row = rows
+        .iter()
+        .find(|r| r["id"] == bad["id"])
+        .expect("the pruned trial's row");
+    assert_eq!(row["decision"], "pruned", "{row:#}");
+    assert_eq!(row["pruned_at"].as_f64(), Some(at), "{row:#}");
+    assert_eq!(row["pruned_bound"].as_f64(), Some(bound), "{row:#}");
+    assert!(row["pruned_saved_secs"].as_f64().unwrap() > 0.5, "{row:#}");
+    assert!(rows
+        .iter()
+        .all(|r| r["id"] == bad["id"] || r["pruned_at"].is_null()));
+    // CSV: the same columns, last.
     dir.ratchet_ok(&["lineage", "export", "--format", "csv", "-o", "t.csv"]);
     let csv = std::fs::read_to_string(dir.path().join("t.csv")).unwrap();
-    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
-    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let row = csv
-        .lines()
-        .find(|l| l.split(',').nth(1) == Some(id.as_str()))
-        .expect("the pruned trial's row");
-    let cells: Vec<&str> = row.split(',').collect();
-    assert_eq!(cells[col("decision")], "pruned", "{row}");
-    let cell_at: f64 = cells[col("pruned_at")].parse().unwrap();
-    assert_eq!(cell_at, at);
-    assert!(!cells[col("pruned_bound")].is_empty(), "{row}");
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap()
+            .ends_with("pruned_at,pruned_value,pruned_reference,pruned_bound,pruned_saved_secs"),
+        "{csv}"
+    );
+    assert!(csv.contains(&format!(",{at:?},")), "{csv}");
     dir.ratchet_ok(&["lineage", "export", "--format", "html", "-o", "r.html"]);
     let html = std::fs::read_to_string(dir.path().join("r.html")).unwrap();
     assert!(

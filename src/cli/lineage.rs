@@ -84,7 +84,7 @@ pub struct FilterArgs {
     specialist: Option<String>,
     /// Only trials with this outcome: a failure label (crash,
     /// budget_overrun, gate_miss, ...) or kept, within_noise, regressed,
-    /// false_peak, rebased.
+    /// false_peak, rebased, pruned.
     #[arg(long)]
     label: Option<String>,
     /// Only trials in this state (proposed, queued, running, evaluating,
@@ -128,6 +128,7 @@ const OUTCOMES: &[&str] = &[
     "regressed",
     "false_peak",
     "rebased",
+    "pruned",
     "crash",
     "budget_overrun",
     "size_failure",
@@ -838,6 +839,6 @@ mod tests {
         ] {
             assert!(OUTCOMES.contains(&l.as_str()), "{l}");
         }
-        assert_eq!(OUTCOMES.len(), 13 + 5);
+        assert_eq!(OUTCOMES.len(), 13 + 6);
     }
 }

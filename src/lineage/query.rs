@@ -17,7 +17,7 @@ pub struct Filter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub specialist: Option<String>,
     /// An outcome (`Trial::outcome`): a failure label such as `crash`, or
-    /// `kept`, `within_noise`, `regressed`, `false_peak`, `rebased`.
+    /// `kept`, `within_noise`, `regressed`, `false_peak`, `rebased`, `pruned`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -266,8 +266,9 @@ fn rows(input: &PromptInput<'_>) -> Vec<String> {
                     let _ = write!(line, " — GPU memory peak {peak} of {total} MiB");
                 }
             }
-            if t.false_peak {
-                // Which stage did not confirm the proxy's win, by how much.
+            if t.false_peak || t.decision == Some(Decision::Pruned) {
+                // Which stage did not confirm the proxy's win, by how much;
+                // where a stopped run's curve stood against the incumbent's.
                 if let Some(d) = &t.detail {
                     let _ = write!(line, " — {}", one_line(d, MAX_DETAIL));
                 }
