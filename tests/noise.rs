@@ -12,26 +12,9 @@ use common::{str_of, Dir};
 use git2::{Oid, Repository};
 use serde_json::{json, Value};
 
-/// One manual specialist on surface `s`; the inbox gets one proposal per
-/// `(name, values)`, taken in name order.
+/// One manual specialist on surface `s` with these proposals.
 fn setup(dir: &Dir, slots: usize, proposals: &[(&str, Value)]) {
-    dir.write(
-        "specialists.toml",
-        &format!(
-            "[daemon]\nexperiment = \"experiment\"\nlineage_dir = \"lineage\"\nslots = {slots}\nseed = 1\n\n\
-             [[specialist]]\nname = \"hand\"\nsurface = \"s\"\nkind = \"manual\"\n"
-        ),
-    );
-    for (name, values) in proposals {
-        let proposal = json!({
-            "hypothesis": format!("{name}: {values}"),
-            "edits": [{"kind": "set", "values": values}],
-        });
-        dir.write(
-            &format!("lineage/inbox/hand/{name}.json"),
-            &proposal.to_string(),
-        );
-    }
+    dir.manual(slots, proposals);
 }
 
 /// `ratchet run --trials <proposals>` (the baseline counts as one).

@@ -7,25 +7,6 @@ mod common;
 use common::{str_of, Dir};
 use serde_json::{json, Value};
 
-/// One manual specialist on surface `s` with proposals taken in name order.
-fn setup(dir: &Dir, proposals: &[(&str, Value)]) {
-    dir.write(
-        "specialists.toml",
-        "[daemon]\nexperiment = \"experiment\"\nlineage_dir = \"lineage\"\nslots = 1\nseed = 1\n\n\
-         [[specialist]]\nname = \"hand\"\nsurface = \"s\"\nkind = \"manual\"\n",
-    );
-    for (name, values) in proposals {
-        let proposal = json!({
-            "hypothesis": format!("{name}: {values}"),
-            "edits": [{"kind": "set", "values": values}],
-        });
-        dir.write(
-            &format!("lineage/inbox/hand/{name}.json"),
-            &proposal.to_string(),
-        );
-    }
-}
-
 fn by_hypothesis<'a>(trials: &'a [Value], prefix: &str) -> &'a Value {
     trials
         .iter()
@@ -36,8 +17,8 @@ fn by_hypothesis<'a>(trials: &'a [Value], prefix: &str) -> &'a Value {
 #[test]
 fn a_hopeless_run_is_stopped_early_and_a_good_one_finishes() {
     let dir = Dir::with_fixture("curves");
-    setup(
-        &dir,
+    dir.manual(
+        1,
         &[
             ("1-hopeless", json!({"s.worse": 1.0})),
             ("2-good", json!({"s.better": 1.0})),

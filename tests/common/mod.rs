@@ -47,6 +47,29 @@ impl Dir {
         self.write("specialists.toml", &text)
     }
 
+    /// specialists.toml with one manual specialist `hand` on surface `s`,
+    /// and its inbox with one `set` proposal per `(name, values)`, taken in
+    /// name order.
+    pub fn manual(&self, slots: usize, proposals: &[(&str, Value)]) {
+        self.write(
+            "specialists.toml",
+            &format!(
+                "[daemon]\nexperiment = \"experiment\"\nlineage_dir = \"lineage\"\nslots = {slots}\nseed = 1\n\n\
+                 [[specialist]]\nname = \"hand\"\nsurface = \"s\"\nkind = \"manual\"\n"
+            ),
+        );
+        for (name, values) in proposals {
+            let proposal = serde_json::json!({
+                "hypothesis": format!("{name}: {values}"),
+                "edits": [{"kind": "set", "values": values}],
+            });
+            self.write(
+                &format!("lineage/inbox/hand/{name}.json"),
+                &proposal.to_string(),
+            );
+        }
+    }
+
     /// Runs the ratchet binary in this directory.
     pub fn ratchet(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_ratchet"))
