@@ -808,7 +808,10 @@ impl Pools {
 /// The progress curves `metric` of a trial's finished runs (seed 0 and its
 /// seed runs; a failed or stopped run has none that counts).
 fn curves<'a>(trial: &'a Trial, metric: &str) -> Vec<&'a [(f64, f64)]> {
-    let own = (trial.label.is_none() && trial.decision != Some(Decision::Pruned))
+    // A stopped run's report carries `pruned`, filtered below.
+    let own = trial
+        .label
+        .is_none()
         .then_some(trial.train.as_ref())
         .flatten();
     own.into_iter()

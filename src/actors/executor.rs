@@ -536,9 +536,11 @@ impl Actor for Executor {
                 });
                 match ran {
                     Ran::Refused => {}
-                    Ran::Report(train) if train.pruned.is_some() => {
-                        state.pruned += 1;
-                        state.saved_ms += train.pruned.as_ref().map_or(0, |p| p.saved_ms);
+                    Ran::Report(train) => {
+                        if let Some(p) = &train.pruned {
+                            state.pruned += 1;
+                            state.saved_ms += p.saved_ms;
+                        }
                         state.evaluator.cast(EvaluatorMsg::Evaluate {
                             id,
                             seed,
@@ -546,12 +548,6 @@ impl Actor for Executor {
                             lease,
                         })?
                     }
-                    Ran::Report(train) => state.evaluator.cast(EvaluatorMsg::Evaluate {
-                        id,
-                        seed,
-                        train: *train,
-                        lease,
-                    })?,
                     Ran::Lost(why) => lost(state, id, seed, why).await?,
                 }
                 probe::since_mark(id, seed, Stage::Reap);
