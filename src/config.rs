@@ -502,6 +502,32 @@ pub struct NoiseSection {
     /// with an error that names the replacement.
     #[serde(default)]
     pub band: Option<toml::Value>,
+    /// What the keep rule compares: the scores (`linear`), or their
+    /// natural log (`log`), for a metric whose noise grows with its level
+    /// (an error or loss that falls by orders of magnitude as recipes get
+    /// better): the spread pooled over recipes is then a relative one.
+    #[serde(default)]
+    pub scale: Scale,
+}
+
+/// `noise.scale`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scale {
+    #[default]
+    Linear,
+    Log,
+}
+
+impl Scale {
+    /// A score as the keep rule sees it (`None`: a score the scale cannot
+    /// take, a non-positive one on `log`).
+    pub fn judged(self, score: f64) -> Option<f64> {
+        match self {
+            Scale::Linear => Some(score),
+            Scale::Log => (score > 0.0).then(|| score.ln()),
+        }
+    }
 }
 
 fn default_false_keep_rate() -> f64 {
@@ -514,6 +540,7 @@ impl Default for NoiseSection {
             seeds: 0,
             false_keep_rate: default_false_keep_rate(),
             band: None,
+            scale: Scale::Linear,
         }
     }
 }

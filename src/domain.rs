@@ -612,6 +612,10 @@ pub struct Evidence {
     /// The false-keep rate of the whole sequence.
     pub rate: f64,
     pub call: Call,
+    /// Gains and bounds are of the metric's natural log (`noise.scale =
+    /// "log"`): a gain of 0.05 is about 5% better.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub log: bool,
 }
 
 impl Evidence {
@@ -629,7 +633,8 @@ impl Evidence {
     /// One line for `lineage show` and details.
     pub fn describe(&self) -> String {
         format!(
-            "gain {} ± {} (se) over {} run(s); keep above {}, continue above {}; {} df, false-keep rate {}",
+            "{} {} ± {} (se) over {} run(s); keep above {}, continue above {}; {} df, false-keep rate {}",
+            if self.log { "gain in ln" } else { "gain" },
             format_float(self.gain),
             format_float(self.se),
             self.runs,

@@ -545,7 +545,12 @@ pub fn html(
         "outcomes": outcomes,
         "specialists": specialists,
         "points": points.iter().map(|p| serde_json::json!([p.0, p.1, p.2, p.3])).collect::<Vec<_>>(),
-        "incumbents": incumbents.iter().map(|i| serde_json::json!([i.trial.0, i.score, i.noise.map(|n| n.confirmed.sd)])).collect::<Vec<_>>(),
+        // Where each incumbent's step starts: at its trial, or at the one it
+        // replaced when that has the higher id (a keep of an older proposal).
+        "incumbents": incumbents.iter().scan(0, |x, i| {
+            *x = i.trial.0.max(*x);
+            Some(serde_json::json!([*x, i.score, i.noise.map(|n| n.confirmed.sd)]))
+        }).collect::<Vec<_>>(),
     });
     // `<` only occurs inside JSON strings, where `\u003c` means the same:
     // no hypothesis can close the script element.

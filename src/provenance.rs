@@ -284,72 +284,35 @@ impl Provenance {
         recipe: &str,
     ) -> Result<Result<(Oid, String), String>, ProvenanceError> {
         let repo = self.repo()?;
-        let commit = repo.find_commit(trial)?;
-        let Ok(parent) = commit.parent(0) else {
+        let Ok(parent) = repo.find_commit(trial)?.parent(0) else {
             return Ok(Err("the trial's commit has no parent to rebase from".into()));
         };
-        let (base, theirs, ours) = (
-            parent.tree()?,
-            commit.tree()?,
-            repo.find_commit(onto)?.tree()?,
-        );
-        let entry = |tree: &git2::Tree<'_>, path: &str| {
-            tree.get_path(Path::new(path))
-                .ok()
-                .map(|e| (e.id(), e.filemode()))
+        merge_tree(&repo, parent.id(), trial, onto, recipe)
+    }
+
+    /// The displaced incumbent's recipe combined with the trial that
+    /// replaced it: what changed from the kept trial's parent to
+    /// `displaced` (every keep in between) applied onto `kept`, as
+    /// `rebase_tree` does. `Ok(Err(..))` on a conflict, or when `kept`
+    /// already has all of it (nothing to combine).
+    pub fn combine_tree(
+        &self,
+        displaced: Oid,
+        kept: Oid,
+        recipe: &str,
+    ) -> Result<Result<(Oid, String), String>, ProvenanceError> {
+        let repo = self.repo()?;
+        let Ok(parent) = repo.find_commit(kept)?.parent(0) else {
+            return Ok(Err("the kept commit has no parent to combine from".into()));
         };
-        let text = |tree: &git2::Tree<'_>, path: &str| -> Result<String, ProvenanceError> {
-            Ok(match tree.get_path(Path::new(path)) {
-                Ok(e) => String::from_utf8_lossy(repo.find_blob(e.id())?.content()).into_owned(),
-                Err(_) => String::new(),
-            })
+        let merged = merge_tree(&repo, parent.id(), displaced, kept, recipe)?;
+        let same = |tree: &Oid| -> Result<bool, ProvenanceError> {
+            Ok(*tree == repo.find_commit(kept)?.tree_id())
         };
-        let diff = repo.diff_tree_to_tree(Some(&base), Some(&theirs), None)?;
-        let mut paths = Vec::new();
-        for delta in diff.deltas() {
-            let file = delta.new_file().path().or(delta.old_file().path());
-            if let Some(p) = file.and_then(|p| p.to_str()) {
-                paths.push(p.to_string());
-            }
-        }
-        let mut update = TreeUpdateBuilder::new();
-        for path in &paths {
-            let (was, want, now) = (entry(&base, path), entry(&theirs, path), entry(&ours, path));
-            if now == want {
-                continue;
-            }
-            if now == was {
-                match want {
-                    Some((id, mode)) => {
-                        let mode = if mode == i32::from(FileMode::BlobExecutable) {
-                            FileMode::BlobExecutable
-                        } else {
-                            FileMode::Blob
-                        };
-                        update.upsert(path, id, mode);
-                    }
-                    None => {
-                        update.remove(path);
-                    }
-                }
-                continue;
-            }
-            if path != recipe {
-                return Ok(Err(format!("`{path}` was changed by both")));
-            }
-            let merged = match crate::edit::merge_recipe(
-                &text(&base, path)?,
-                &text(&theirs, path)?,
-                &text(&ours, path)?,
-            ) {
-                Ok(m) => m,
-                Err(e) => return Ok(Err(format!("{recipe}: {e}"))),
-            };
-            update.upsert(path, repo.blob(merged.as_bytes())?, FileMode::Blob);
-        }
-        let tree = repo.find_tree(update.create_updated(&repo, &ours)?)?;
-        let recipe_text = text(&tree, recipe)?;
-        Ok(Ok((tree.id(), recipe_text)))
+        Ok(match merged {
+            Ok((tree, _)) if same(&tree)? => Err("the kept trial already has every change".into()),
+            m => m,
+        })
     }
 
     /// Commits a rebased tree (from `rebase_tree`) on `ratchet/trials/<id>`,
@@ -540,6 +503,79 @@ fn diff_text(
         out.push_str("\n[diff cut at 64 KiB]\n");
     }
     Ok(out)
+}
+
+/// Three-way merge of commits' trees: the changes from `base` to
+/// `theirs` applied onto `ours`.
+fn merge_tree(
+    repo: &Repository,
+    base: Oid,
+    theirs: Oid,
+    ours: Oid,
+    recipe: &str,
+) -> Result<Result<(Oid, String), String>, ProvenanceError> {
+    let (base, theirs, ours) = (
+        repo.find_commit(base)?.tree()?,
+        repo.find_commit(theirs)?.tree()?,
+        repo.find_commit(ours)?.tree()?,
+    );
+    let entry = |tree: &git2::Tree<'_>, path: &str| {
+        tree.get_path(Path::new(path))
+            .ok()
+            .map(|e| (e.id(), e.filemode()))
+    };
+    let text = |tree: &git2::Tree<'_>, path: &str| -> Result<String, ProvenanceError> {
+        Ok(match tree.get_path(Path::new(path)) {
+            Ok(e) => String::from_utf8_lossy(repo.find_blob(e.id())?.content()).into_owned(),
+            Err(_) => String::new(),
+        })
+    };
+    let diff = repo.diff_tree_to_tree(Some(&base), Some(&theirs), None)?;
+    let mut paths = Vec::new();
+    for delta in diff.deltas() {
+        let file = delta.new_file().path().or(delta.old_file().path());
+        if let Some(p) = file.and_then(|p| p.to_str()) {
+            paths.push(p.to_string());
+        }
+    }
+    let mut update = TreeUpdateBuilder::new();
+    for path in &paths {
+        let (was, want, now) = (entry(&base, path), entry(&theirs, path), entry(&ours, path));
+        if now == want {
+            continue;
+        }
+        if now == was {
+            match want {
+                Some((id, mode)) => {
+                    let mode = if mode == i32::from(FileMode::BlobExecutable) {
+                        FileMode::BlobExecutable
+                    } else {
+                        FileMode::Blob
+                    };
+                    update.upsert(path, id, mode);
+                }
+                None => {
+                    update.remove(path);
+                }
+            }
+            continue;
+        }
+        if path != recipe {
+            return Ok(Err(format!("`{path}` was changed by both")));
+        }
+        let merged = match crate::edit::merge_recipe(
+            &text(&base, path)?,
+            &text(&theirs, path)?,
+            &text(&ours, path)?,
+        ) {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(format!("{recipe}: {e}"))),
+        };
+        update.upsert(path, repo.blob(merged.as_bytes())?, FileMode::Blob);
+    }
+    let tree = repo.find_tree(update.create_updated(repo, &ours)?)?;
+    let recipe_text = text(&tree, recipe)?;
+    Ok(Ok((tree.id(), recipe_text)))
 }
 
 #[cfg(test)]

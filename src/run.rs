@@ -106,11 +106,15 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
         tokio::select! {
             ev = rx.recv() => match ev {
                 Some(RunEvent::Trial(t)) => {
-                    // Kept ids grow (a keep is proposed against the last one).
-                    if t.status == TrialStatus::Kept && incumbent.is_none_or(|(i, _)| i <= t.id) {
+                    // The incumbent: the trial kept last (its id may be
+                    // lower than the one it replaced), updated as seed runs
+                    // are added to it.
+                    let current = incumbent.is_some_and(|(i, _)| i == t.id);
+                    let newly = seen.get(&t.id) != Some(&TrialStatus::Kept);
+                    if t.status == TrialStatus::Kept && (newly || current) {
                         let open = t.seed_runs.iter().any(|r| !r.finished(full));
                         measuring = open.then_some(t.id);
-                        if incumbent.is_some_and(|(i, _)| i == t.id) {
+                        if current {
                             // Its mean over the seeds added since.
                             incumbent = t.score.map(|s| (t.id, s));
                         }

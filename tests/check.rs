@@ -272,6 +272,24 @@ fn the_old_noise_band_is_refused_with_its_replacement_named() {
     );
     let out = dir.ratchet(&["check"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // noise.scale: linear or log, nothing else.
+    dir.write(
+        "experiment/experiment.toml",
+        &format!("{exp}\n[noise]\nseeds = 2\nscale = \"log\"\n"),
+    );
+    let out = dir.ratchet(&["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    dir.write(
+        "experiment/experiment.toml",
+        &format!("{exp}\n[noise]\nseeds = 2\nscale = \"cubic\"\n"),
+    );
+    let out = dir.ratchet(&["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("noise.scale") && err.contains("linear") && err.contains("log"),
+        "{err}"
+    );
 }
 
 /// `[prune]` is checked whole: a rate that is no probability, looks that

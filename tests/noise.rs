@@ -205,13 +205,14 @@ fn a_winner_proposed_before_the_incumbent_moved_is_rebased_and_confirmed_again()
     // Two slots: `a` and `c` start together against the baseline; `a` is
     // quick and kept first (a gain of 0.3 is clear after two runs; 0.25
     // sits on the bound there and may need a third, by which time `a2`
-    // could be kept first), `c` trains 3 s and wins against the baseline
-    // after the incumbent moved; `a2` (another value of `a`, proposed
-    // against the baseline too) conflicts with the kept `a`.
+    // could be kept first), `c` trains 3 s and beats the baseline (by 0.2)
+    // after the incumbent moved, but not `a`; `a2` (another value of `a`,
+    // 0.2 better than the baseline, proposed against it too) conflicts
+    // with the kept `a`.
     let proposals = [
         ("1-a", json!({"s.a": 0.6})),
-        ("2-c", json!({"s.c": 1.0, "s.slow": 3.0})),
-        ("3-a2", json!({"s.a": 0.8, "s.slow": 1.0})),
+        ("2-c", json!({"s.c": 0.5, "s.slow": 3.0})),
+        ("3-a2", json!({"s.a": 0.4, "s.slow": 1.0})),
     ];
     setup(&dir, 2, &proposals);
     let trials = run(&dir, proposals.len() + 1);
@@ -225,8 +226,9 @@ fn a_winner_proposed_before_the_incumbent_moved_is_rebased_and_confirmed_again()
     }
     assert_eq!(str_of(a, "status"), "kept", "{ctx}");
 
-    // c beat the baseline, but the incumbent had moved to a: it is re-applied
-    // onto a as a new trial, which is measured and confirmed on its own.
+    // c beat the baseline, but the incumbent had moved to a, which c alone
+    // does not beat: it is re-applied onto a as a new trial, which is
+    // measured and confirmed on its own.
     assert_eq!(str_of(c, "status"), "discarded", "{ctx}");
     assert_eq!(str_of(c, "decision"), "rebased", "{ctx}");
     let rebased = trials
@@ -236,12 +238,12 @@ fn a_winner_proposed_before_the_incumbent_moved_is_rebased_and_confirmed_again()
     assert_eq!(rebased["rebased_from"], c["id"], "{ctx}");
     assert_eq!(rebased["parent"], a["id"], "{ctx}");
     assert_eq!(rebased["config"]["s.a"], json!(0.6), "{ctx}");
-    assert_eq!(rebased["config"]["s.c"], json!(1.0), "{ctx}");
+    assert_eq!(rebased["config"]["s.c"], json!(0.5), "{ctx}");
     assert_eq!(str_of(rebased, "status"), "kept", "{ctx}");
     assert_eq!(rebased["seed_runs"].as_array().unwrap().len(), 3, "{ctx}");
     // Paired by seed: `a` may have been replaced before all its seeds ran.
     let gain = paired_gain(a, rebased);
-    assert!((gain - 0.4).abs() < 0.011, "gain {gain}: {ctx}");
+    assert!((gain - 0.2).abs() < 0.011, "gain {gain}: {ctx}");
 
     // a2 changed the key a had changed: the rebase conflicts.
     assert_eq!(str_of(a2, "status"), "failed", "{ctx}");
@@ -266,9 +268,65 @@ fn a_winner_proposed_before_the_incumbent_moved_is_rebased_and_confirmed_again()
     let recipe = rc.tree().unwrap().get_path("recipe.toml".as_ref()).unwrap();
     let text = String::from_utf8(repo.find_blob(recipe.id()).unwrap().content().to_vec()).unwrap();
     assert!(
-        text.contains("a = 0.6") && text.contains("c = 1.0"),
+        text.contains("a = 0.6") && text.contains("c = 0.5"),
         "{text}"
     );
+}
+
+#[test]
+fn a_winner_that_beats_the_moved_incumbent_too_is_kept_as_measured_then_combined() {
+    let dir = Dir::with_fixture("noisy");
+    // `a` (0.2 better than the baseline) is quick and kept while `c` (0.4
+    // better, 0.2 better than `a`) trains 3 s against the baseline. c is
+    // kept as it was measured, without a's change (rebasing it would throw
+    // away a measured win and run it again); then what a had over the
+    // baseline is re-applied onto c as a combination, which wins again.
+    let proposals = [
+        ("1-a", json!({"s.a": 0.4})),
+        ("2-c", json!({"s.c": 1.0, "s.slow": 3.0})),
+    ];
+    setup(&dir, 2, &proposals);
+    let trials = run(&dir, proposals.len() + 2);
+    let ctx = format!("{trials:#?}");
+    let a = by_hypothesis(&trials, "1-a");
+    let c = by_hypothesis(&trials, "2-c");
+    assert_eq!(str_of(a, "status"), "kept", "{ctx}");
+    assert_eq!(c["parent"], trials[0]["id"], "{ctx}");
+    assert_eq!(str_of(c, "status"), "kept", "{ctx}");
+    assert!(c["rebased_as"].is_null(), "{ctx}");
+    assert_eq!(c["config"]["s.a"], json!(0.0), "{ctx}");
+    let detail = str_of(c, "detail");
+    assert!(
+        detail.contains(&format!("against #{}", a["id"])) && detail.contains("was replaced"),
+        "{ctx}"
+    );
+    let gain = paired_gain(a, c);
+    assert!((gain - 0.2).abs() < 0.011, "gain {gain}: {ctx}");
+    // The current incumbent is the combination.
+    let combined = by_hypothesis(&trials, "combination");
+    assert_eq!(combined["parent"], c["id"], "{ctx}");
+    assert_eq!(
+        str_of(combined, "specialist"),
+        str_of(a, "specialist"),
+        "{ctx}"
+    );
+    assert_eq!(combined["config"]["s.a"], json!(0.4), "{ctx}");
+    assert_eq!(combined["config"]["s.c"], json!(1.0), "{ctx}");
+    assert_eq!(str_of(combined, "status"), "kept", "{ctx}");
+    let best: Value =
+        serde_json::from_str(&dir.ratchet_ok(&["lineage", "best", "--json"])).unwrap();
+    assert_eq!(best["trial"], combined["id"], "{best:#}");
+    let gain = paired_gain(c, combined);
+    assert!((gain - 0.2).abs() < 0.011, "gain {gain}: {ctx}");
+
+    // The kept tree is the measured one: c's own commit was the incumbent,
+    // and the combination's commit sits on it.
+    let repo = Repository::open(dir.path().join("experiment")).unwrap();
+    let commit = |t: &Value| Oid::from_str(str_of(t, "commit")).unwrap();
+    let cc = repo.find_commit(commit(combined)).unwrap();
+    assert_eq!(cc.parent_id(0).unwrap(), commit(c));
+    let kept = trials.iter().filter(|t| str_of(t, "status") == "kept");
+    assert_eq!(kept.count(), 4, "baseline, a, c, the combination: {ctx}");
 }
 
 #[test]

@@ -390,15 +390,21 @@ def ratchet_run(ratchet, exp: Experiment, budget, trials, seed, work: Path):
         for s in t.get("seed_runs") or []:
             t["slot_secs"] += secs_of(s.get("train"), s.get("proxy"), s.get("full"))
             runs += s.get("train") is not None
-    kept = [t for t in rows if t["status"] == "kept"]
+    # In the order they were kept: a trial kept over an incumbent that
+    # replaced its parent meanwhile has a lower id than the one it replaced.
+    def kept_at(t):
+        return next(c["at_ms"] for c in t["history"] if c["status"] == "kept")
+
+    kept = sorted((t for t in rows if t["status"] == "kept"), key=kept_at)
     confirmed, n = confirm(ratchet, exp, budget, [(f"k{t['id']}", t["config"]) for t in kept], work)
     for t in kept:
         t["confirm_scores"] = confirmed[f"k{t['id']}"]["scores"]
         t["confirmed"] = confirmed[f"k{t['id']}"]["mean"]
     curve, incumbent = [], None
     for t in rows:
-        if t["status"] == "kept":
-            incumbent = t
+        # The incumbent after this trial: the last kept of the trials so far.
+        so_far = [k for k in kept if k["id"] <= t["id"]]
+        incumbent = so_far[-1] if so_far else None
         curve.append(None if incumbent is None else incumbent["confirmed"])
     # A keep reproduces when its fresh-seed mean beats the one of the
     # incumbent it replaced.

@@ -613,16 +613,26 @@ async fn own_eval(
     // The proxy screen: the first look on the cheap eval, which can only
     // stop a trial that is not on course (never keep one).
     if let Some(parent) = reference(state, &trial).await? {
-        let mine = scores_by_seed(&trial, full, false);
-        let theirs = scores_by_seed(&parent, full, false);
+        let mine = judged_by_seed(&state.config, &trial, false);
+        let theirs = judged_by_seed(&state.config, &parent, false);
         let pool = state
             .pools
             .with(&parent, full, false, state.incumbent.as_ref());
-        let rule = state.config.experiment.file.noise.rule();
-        let direction = state.config.experiment.file.direction;
-        if let Some(e) = judge::look(rule, &pool, direction, &mine, &theirs, false) {
+        let exp = &state.config.experiment.file;
+        if let Some(mut e) = judge::look(
+            exp.noise.rule(),
+            &pool,
+            exp.direction,
+            &mine,
+            &theirs,
+            false,
+        ) {
+            e.log = exp.noise.scale == crate::config::Scale::Log;
             if e.call == Call::Stop {
-                let theirs = paired_reference(&mine, &theirs);
+                let theirs = paired_reference(
+                    &scores_by_seed(&trial, full, false),
+                    &scores_by_seed(&parent, full, false),
+                );
                 let detail = format!(
                     "proxy {} vs {} of #{}: {}",
                     format_float(score),
@@ -727,6 +737,15 @@ pub fn scores_by_seed(trial: &Trial, full: bool, deciding: bool) -> BTreeMap<u64
     out
 }
 
+/// `scores_by_seed` as the keep rule compares them (`noise.scale`).
+fn judged_by_seed(config: &Config, trial: &Trial, deciding: bool) -> BTreeMap<u64, f64> {
+    let exp = &config.experiment.file;
+    scores_by_seed(trial, exp.eval.full.is_some(), deciding)
+        .into_iter()
+        .filter_map(|(seed, s)| Some((seed, exp.noise.scale.judged(s)?)))
+        .collect()
+}
+
 /// The spreads the keep rule pools: every recipe measured with several
 /// seeds, except the current incumbent (whose runs are still being added;
 /// they join at each decision, and for good when it is replaced); and, with
@@ -738,6 +757,7 @@ pub struct Pools {
     /// By look of `[prune]` (empty without it).
     pub curve: Vec<Pool>,
     prune: Option<judge::PruneRule>,
+    scale: crate::config::Scale,
 }
 
 impl Pools {
@@ -747,19 +767,19 @@ impl Pools {
         Pools {
             curve: vec![Pool::default(); prune.as_ref().map_or(0, |p| p.looks.len())],
             prune,
+            scale: exp.noise.scale,
             ..Default::default()
         }
     }
 
     /// Adds a recipe's runs.
     pub fn add(&mut self, trial: &Trial, full: bool) {
-        let values = |deciding| {
-            scores_by_seed(trial, full, deciding)
-                .into_values()
-                .collect::<Vec<_>>()
-        };
-        self.proxy.add(&values(false));
-        self.deciding.add(&values(true));
+        let (proxy, deciding) = (
+            self.judged(trial, full, false),
+            self.judged(trial, full, true),
+        );
+        self.proxy.add(&proxy);
+        self.deciding.add(&deciding);
         if let Some(rule) = &self.prune {
             let curves = curves(trial, &rule.metric);
             for (k, vals) in judge::look_values(&curves, &rule.looks).iter().enumerate() {
@@ -779,12 +799,16 @@ impl Pools {
     ) -> Pool {
         let mut pool = if deciding { self.deciding } else { self.proxy };
         if incumbent.is_some_and(|i| i.trial == reference.id) {
-            let values: Vec<f64> = scores_by_seed(reference, full, deciding)
-                .into_values()
-                .collect();
-            pool.add(&values);
+            pool.add(&self.judged(reference, full, deciding));
         }
         pool
+    }
+
+    fn judged(&self, trial: &Trial, full: bool, deciding: bool) -> Vec<f64> {
+        scores_by_seed(trial, full, deciding)
+            .into_values()
+            .filter_map(|s| self.scale.judged(s))
+            .collect()
     }
 
     /// What the incumbent's runs hold a running trial to (`[prune]`), with
@@ -852,21 +876,18 @@ async fn decide(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorPro
     let Some(score) = noise.map(|n| n.confirmed.mean) else {
         return Err(format!("trial {} reached its decision without a score", trial.id).into());
     };
-    // Judged against the incumbent; a trial whose incumbent moved meanwhile
-    // against its parent (paired by seed), and rebased unless it is stopped.
+    // Judged against the incumbent (paired by seed), also a trial whose
+    // incumbent moved since it was proposed: it is kept as it was measured
+    // when it beats the new one too. When it does not, it is judged against
+    // its parent, and re-applied onto the incumbent unless it is behind.
     let stale = stale(state, &trial);
-    let against = if stale {
-        match reference(state, &trial).await? {
-            Some(parent) => Some(parent),
-            None => return rebase(state, &trial).await,
-        }
-    } else if let Some(inc) = &state.incumbent {
+    let against = if let Some(inc) = &state.incumbent {
         let t = ractor::call_t!(state.lineage, LineageMsg::Get, CALL_TIMEOUT_MS, inc.trial)?;
         Some(t.ok_or_else(|| format!("incumbent trial {} vanished from lineage", inc.trial))?)
     } else {
         None
     };
-    let Some(reference) = against else {
+    let Some(incumbent) = against else {
         // The baseline is measured with every seed before it is kept: the
         // first spread every later decision starts from.
         let missing = missing_seeds(&state.config, &trial);
@@ -888,23 +909,52 @@ async fn decide(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorPro
         };
         return record(state, &trial, verdict, None).await;
     };
-    let theirs = scores_by_seed(&reference, full, true);
     // The incumbent being completed lacks a seed this look pairs with: wait.
-    if state.remeasuring == Some(reference.id) && mine.keys().any(|s| !theirs.contains_key(s)) {
+    if state.remeasuring == Some(incumbent.id)
+        && mine
+            .keys()
+            .any(|s| !scores_by_seed(&incumbent, full, true).contains_key(s))
+    {
         info!(trial = %trial.id, "the decision waits for the incumbent's seed runs");
         state.parked.push(trial.id);
         return Ok(());
     }
-    let pool = state
-        .pools
-        .with(&reference, full, true, state.incumbent.as_ref());
-    let rule = exp.noise.rule();
-    let Some(e) = judge::look(rule, &pool, exp.direction, &mine, &theirs, false) else {
-        return Err(format!("trial {} has no scores to compare", trial.id).into());
+    let judged = judged_by_seed(&state.config, &trial, true);
+    let look = |reference: &Trial| {
+        let theirs = judged_by_seed(&state.config, reference, true);
+        let pool = state
+            .pools
+            .with(reference, full, true, state.incumbent.as_ref());
+        let e = judge::look(
+            exp.noise.rule(),
+            &pool,
+            exp.direction,
+            &judged,
+            &theirs,
+            false,
+        );
+        e.map(|e| Evidence {
+            log: exp.noise.scale == crate::config::Scale::Log,
+            ..e
+        })
+        .ok_or_else(|| format!("trial {} has no scores to compare", trial.id))
     };
-    if stale && e.call != Call::Stop {
-        return rebase(state, &trial).await;
+    let mut e = look(&incumbent)?;
+    let mut reference = incumbent;
+    let mut moved = None;
+    if stale && e.call == Call::Stop {
+        let Some(parent) = self::reference(state, &trial).await? else {
+            return rebase(state, &trial).await;
+        };
+        e = look(&parent)?;
+        if e.call != Call::Stop {
+            return rebase(state, &trial).await;
+        }
+        reference = parent;
+    } else if stale {
+        moved = trial.parent;
     }
+    let theirs = scores_by_seed(&reference, full, true);
     if e.call == Call::Continue {
         let next = mine.keys().max().map_or(1, |s| s + 1);
         let trial = update_trial(&state.lineage, trial.id, add_seed_runs(vec![next])).await?;
@@ -914,7 +964,14 @@ async fn decide(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorPro
     }
     let their_score =
         Spread::of(&theirs.values().copied().collect::<Vec<_>>()).map_or(f64::NAN, |s| s.mean);
-    let what = format!("against #{}: {}", reference.id, e.describe());
+    let what = match moved {
+        Some(p) => format!(
+            "against #{} (the incumbent since #{p}, its parent, was replaced): {}",
+            reference.id,
+            e.describe()
+        ),
+        None => format!("against #{}: {}", reference.id, e.describe()),
+    };
     let decision = e.decision();
     // It was ahead once (on proxy, or at an earlier look) and is not kept.
     let false_peak = decision != Decision::Improved && (full || runs > 1);
@@ -938,6 +995,12 @@ async fn decide(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorPro
         noise,
         evidence: Some(e),
     };
+    if let Some(old) = state.incumbent.clone() {
+        if moved.is_some() && decision == Decision::Improved {
+            // Queued before the keep settles, so a run does not end between.
+            combine(state, &trial, &old).await?;
+        }
+    }
     record(state, &trial, verdict, None).await
 }
 
@@ -978,46 +1041,23 @@ async fn rebase(state: &mut EvaluatorState, trial: &Trial) -> Result<(), ActorPr
             return record(state, trial, Verdict::Failed(failure), None).await;
         }
     };
-    let config = exp.measured(&recipe_text);
-    let changes = config
-        .iter()
-        .filter(|(k, v)| inc.config.get(*k) != Some(*v))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let new = NewTrial {
-        specialist: trial.specialist.clone(),
-        surface: trial.surface.clone(),
-        parent: Some(inc.trial),
-        hypothesis: trial.hypothesis.clone(),
-        changes,
-        config,
-        edits: trial.edits.clone(),
-        reply: None,
-        rejected: None,
-        rebased_from: Some(trial.id),
-    };
-    let rebased = ractor::call_t!(state.lineage, LineageMsg::Propose, CALL_TIMEOUT_MS, new)??;
-    if rebased.status == TrialStatus::Proposed {
-        let message = format!(
-            "ratchet trial {}\n\nspecialist: {}\nhypothesis: {}\nrebased: trial {} re-applied onto trial {}\n",
-            rebased.id, rebased.specialist, rebased.hypothesis, trial.id, inc.trial
-        );
-        let (provenance, id) = (state.provenance.clone(), rebased.id);
-        let (oid, diff) = tokio::task::spawn_blocking(move || {
-            provenance.commit_rebased(id, tree, onto, &message)
-        })
-        .await??;
-        let committed = update_trial(
-            &state.lineage,
-            rebased.id,
-            Box::new(move |t| {
-                t.commit = Some(oid.to_string());
-                t.diff = Some(diff.clone());
-            }),
-        )
-        .await?;
-        tell_executor(state, ExecutorMsg::Enqueue(Box::new(committed)));
-    }
+    let rebased = propose_merged(
+        state,
+        Merged {
+            specialist: trial.specialist.clone(),
+            surface: trial.surface.clone(),
+            hypothesis: trial.hypothesis.clone(),
+            edits: trial.edits.clone(),
+            rebased_from: Some(trial.id),
+            how: format!(
+                "rebased: trial {} re-applied onto trial {}",
+                trial.id, inc.trial
+            ),
+        },
+        (tree, &recipe_text),
+        (&inc.config, inc.trial, onto),
+    )
+    .await?;
     info!(trial = %trial.id, onto = %inc.trial, rebased = %rebased.id, "rebased onto the new incumbent");
     let verdict = Verdict::Rebased {
         to: rebased.id,
@@ -1030,6 +1070,138 @@ async fn rebase(state: &mut EvaluatorState, trial: &Trial) -> Result<(), ActorPr
         ),
     };
     record(state, trial, verdict, None).await
+}
+
+/// What a merged trial (a rebase or a combination) is proposed as.
+struct Merged {
+    specialist: String,
+    surface: Option<String>,
+    hypothesis: String,
+    edits: Vec<crate::domain::Edit>,
+    rebased_from: Option<TrialId>,
+    /// The commit message's last line.
+    how: String,
+}
+
+/// Records a merged tree as a new trial on top of `onto` (its parent:
+/// `parent`, with `base` its configuration), commits it there and queues it
+/// (unless lineage knew the configuration: then it is a `duplicate`).
+async fn propose_merged(
+    state: &mut EvaluatorState,
+    m: Merged,
+    (tree, recipe_text): (git2::Oid, &str),
+    (base, parent, onto): (&crate::domain::Params, TrialId, git2::Oid),
+) -> Result<Trial, ActorProcessingErr> {
+    let config = state.config.experiment.measured(recipe_text);
+    let changes = config
+        .iter()
+        .filter(|(k, v)| base.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let new = NewTrial {
+        specialist: m.specialist,
+        surface: m.surface,
+        parent: Some(parent),
+        hypothesis: m.hypothesis,
+        changes,
+        config,
+        edits: m.edits,
+        reply: None,
+        rejected: None,
+        rebased_from: m.rebased_from,
+    };
+    let proposed = ractor::call_t!(state.lineage, LineageMsg::Propose, CALL_TIMEOUT_MS, new)??;
+    if proposed.status != TrialStatus::Proposed {
+        return Ok(proposed);
+    }
+    let message = format!(
+        "ratchet trial {}\n\nspecialist: {}\nhypothesis: {}\n{}\n",
+        proposed.id, proposed.specialist, proposed.hypothesis, m.how
+    );
+    let (provenance, id) = (state.provenance.clone(), proposed.id);
+    let (oid, diff) =
+        tokio::task::spawn_blocking(move || provenance.commit_rebased(id, tree, onto, &message))
+            .await??;
+    let committed = update_trial(
+        &state.lineage,
+        proposed.id,
+        Box::new(move |t| {
+            t.commit = Some(oid.to_string());
+            t.diff = Some(diff.clone());
+        }),
+    )
+    .await?;
+    tell_executor(state, ExecutorMsg::Enqueue(Box::new(committed.clone())));
+    Ok(committed)
+}
+
+/// A trial kept over an incumbent that replaced its parent: the recipe it
+/// displaced may hold gains it lacks. What changed from its parent to the
+/// displaced incumbent is applied onto it and measured as a new trial (on
+/// the displaced one's surface), unless that conflicts or adds nothing.
+async fn combine(
+    state: &mut EvaluatorState,
+    kept: &Trial,
+    displaced: &Incumbent,
+) -> Result<(), ActorProcessingErr> {
+    let oid = |c: Option<&str>| c.and_then(|c| git2::Oid::from_str(c).ok());
+    let (Some(from), Some(onto)) = (
+        oid(displaced.commit.as_deref()),
+        oid(kept.commit.as_deref()),
+    ) else {
+        return Ok(());
+    };
+    let Some(old) = ractor::call_t!(
+        state.lineage,
+        LineageMsg::Get,
+        CALL_TIMEOUT_MS,
+        displaced.trial
+    )?
+    else {
+        return Ok(());
+    };
+    let recipe = state
+        .config
+        .experiment
+        .file
+        .recipe
+        .to_string_lossy()
+        .into_owned();
+    let provenance = state.provenance.clone();
+    let merged =
+        tokio::task::spawn_blocking(move || provenance.combine_tree(from, onto, &recipe)).await??;
+    let (tree, recipe_text) = match merged {
+        Ok(m) => m,
+        Err(why) => {
+            info!(trial = %kept.id, displaced = %displaced.trial, "no combination: {why}");
+            return Ok(());
+        }
+    };
+    let combined = propose_merged(
+        state,
+        Merged {
+            specialist: old.specialist.clone(),
+            surface: old.surface.clone(),
+            hypothesis: format!(
+                "combination: what #{} (the incumbent #{} replaced) had over #{} re-applied onto #{}",
+                displaced.trial,
+                kept.id,
+                kept.parent.map_or("-".into(), |p| p.to_string()),
+                kept.id
+            ),
+            edits: old.edits.clone(),
+            rebased_from: None,
+            how: format!(
+                "combined: trial {} re-applied onto trial {}",
+                displaced.trial, kept.id
+            ),
+        },
+        (tree, &recipe_text),
+        (&kept.config, kept.id, onto),
+    )
+    .await?;
+    info!(trial = %kept.id, displaced = %displaced.trial, combined = %combined.id, "combining with the incumbent it replaced");
+    Ok(())
 }
 
 fn start_eval(
@@ -1220,6 +1392,16 @@ pub fn check(config: &Config, eval: &ProcessReport) -> Result<f64, Failure> {
                 score: Some(score),
             });
         }
+    }
+    if exp.noise.scale.judged(score).is_none() {
+        return Err(Failure {
+            label: FailureLabel::GateMiss,
+            detail: format!(
+                "{}={score}: noise.scale = \"log\" takes positive scores only",
+                exp.metric
+            ),
+            score: Some(score),
+        });
     }
     Ok(score)
 }

@@ -589,6 +589,9 @@ impl LineageStore {
                 out.push(inc);
             }
         }
+        // Keyed by trial id; a trial kept over an incumbent proposed after
+        // it (its parent was replaced meanwhile) comes after that one.
+        out.sort_by_key(|i: &Incumbent| (i.since_ms, i.trial));
         Ok(out)
     }
 
