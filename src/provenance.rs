@@ -334,6 +334,22 @@ impl Provenance {
         Ok((oid, diff))
     }
 
+    /// A merge commit on `incumbent` and `trial` whose files are exactly the
+    /// trial's: the keep of a trial whose incumbent moved while it was
+    /// measured. No ref is moved.
+    pub fn commit_keep(
+        &self,
+        trial: Oid,
+        incumbent: Oid,
+        message: &str,
+    ) -> Result<Oid, ProvenanceError> {
+        let repo = self.repo()?;
+        let (trial, incumbent) = (repo.find_commit(trial)?, repo.find_commit(incumbent)?);
+        let (sig, tree) = (signature(&repo), trial.tree()?);
+        let oid = repo.commit(None, &sig, &sig, message, &tree, &[&incumbent, &trial])?;
+        Ok(oid)
+    }
+
     /// Moves `ratchet/incumbent` to a kept trial's commit.
     pub fn set_incumbent(&self, commit: Oid) -> Result<(), ProvenanceError> {
         self.repo()?

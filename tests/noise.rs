@@ -319,12 +319,23 @@ fn a_winner_that_beats_the_moved_incumbent_too_is_kept_as_measured_then_combined
     let gain = paired_gain(c, combined);
     assert!((gain - 0.2).abs() < 0.011, "gain {gain}: {ctx}");
 
-    // The kept tree is the measured one: c's own commit was the incumbent,
-    // and the combination's commit sits on it.
+    // The kept tree is the measured one: c's keep is a merge on a's commit
+    // holding c's files exactly, and the combination's commit sits on it.
     let repo = Repository::open(dir.path().join("experiment")).unwrap();
     let commit = |t: &Value| Oid::from_str(str_of(t, "commit")).unwrap();
+    let keep = repo
+        .find_commit(Oid::from_str(str_of(c, "keep_commit")).unwrap())
+        .unwrap();
+    assert_eq!(
+        keep.tree_id(),
+        repo.find_commit(commit(c)).unwrap().tree_id()
+    );
+    assert_eq!(
+        keep.parent_ids().collect::<Vec<_>>(),
+        [commit(a), commit(c)]
+    );
     let cc = repo.find_commit(commit(combined)).unwrap();
-    assert_eq!(cc.parent_id(0).unwrap(), commit(c));
+    assert_eq!(cc.parent_id(0).unwrap(), keep.id());
     let kept = trials.iter().filter(|t| str_of(t, "status") == "kept");
     assert_eq!(kept.count(), 4, "baseline, a, c, the combination: {ctx}");
 }

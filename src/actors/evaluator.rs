@@ -995,13 +995,45 @@ async fn decide(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorPro
         noise,
         evidence: Some(e),
     };
-    if let Some(old) = state.incumbent.clone() {
-        if moved.is_some() && decision == Decision::Improved {
+    if let (Some(old), Some(parent)) = (state.incumbent.clone(), moved) {
+        if decision == Decision::Improved {
+            let trial = keep_over(state, trial, &old, parent).await?;
             // Queued before the keep settles, so a run does not end between.
             combine(state, &trial, &old).await?;
+            return record(state, &trial, verdict, None).await;
         }
     }
     record(state, &trial, verdict, None).await
+}
+
+/// A trial kept over an incumbent that replaced its parent: its keep is a
+/// merge commit on the incumbent's holding exactly the trial's measured
+/// files (`keep_commit`), so every keep still descends from the one before.
+async fn keep_over(
+    state: &mut EvaluatorState,
+    trial: Trial,
+    old: &Incumbent,
+    parent: TrialId,
+) -> Result<Trial, ActorProcessingErr> {
+    let oid = |c: Option<&str>| c.and_then(|c| git2::Oid::from_str(c).ok());
+    let (Some(commit), Some(onto)) = (oid(trial.commit.as_deref()), oid(old.commit.as_deref()))
+    else {
+        return Ok(trial);
+    };
+    let message = format!(
+        "ratchet: keep trial {} over #{}\n\nproposed against #{parent}, which #{} replaced while it was measured; its files as measured\n",
+        trial.id, old.trial, old.trial
+    );
+    let provenance = state.provenance.clone();
+    let keep = tokio::task::spawn_blocking(move || provenance.commit_keep(commit, onto, &message))
+        .await??;
+    update_trial(
+        &state.lineage,
+        trial.id,
+        Box::new(move |t| t.keep_commit = Some(keep.to_string())),
+    )
+    .await
+    .map_err(Into::into)
 }
 
 /// Re-applies a trial that beat its parent onto the incumbent that replaced
@@ -1145,12 +1177,13 @@ async fn combine(
     displaced: &Incumbent,
 ) -> Result<(), ActorProcessingErr> {
     let oid = |c: Option<&str>| c.and_then(|c| git2::Oid::from_str(c).ok());
-    let (Some(from), Some(onto)) = (
+    let (Some(from), Some(own)) = (
         oid(displaced.commit.as_deref()),
         oid(kept.commit.as_deref()),
     ) else {
         return Ok(());
     };
+    let onto = oid(kept.keep_commit.as_deref()).unwrap_or(own);
     let Some(old) = ractor::call_t!(
         state.lineage,
         LineageMsg::Get,
@@ -1169,7 +1202,7 @@ async fn combine(
         .into_owned();
     let provenance = state.provenance.clone();
     let merged =
-        tokio::task::spawn_blocking(move || provenance.combine_tree(from, onto, &recipe)).await??;
+        tokio::task::spawn_blocking(move || provenance.combine_tree(from, own, &recipe)).await??;
     let (tree, recipe_text) = match merged {
         Ok(m) => m,
         Err(why) => {
@@ -1503,14 +1536,15 @@ async fn record(
                 score: *score,
                 config: updated.config.clone(),
                 since_ms: crate::domain::now_ms(),
-                commit: updated.commit.clone(),
+                commit: updated.keep_commit.clone().or(updated.commit.clone()),
                 noise: *noise,
             });
             // Lineage holds the keep; the ref follows (and is re-pointed from
             // lineage at the next start if this write is lost).
             if let Some(commit) = updated
-                .commit
+                .keep_commit
                 .as_deref()
+                .or(updated.commit.as_deref())
                 .and_then(|c| git2::Oid::from_str(c).ok())
             {
                 let provenance = state.provenance.clone();
