@@ -338,6 +338,11 @@ fn a_winner_that_beats_the_moved_incumbent_too_is_kept_as_measured_then_combined
     assert_eq!(cc.parent_id(0).unwrap(), keep.id());
     let kept = trials.iter().filter(|t| str_of(t, "status") == "kept");
     assert_eq!(kept.count(), 4, "baseline, a, c, the combination: {ctx}");
+    let shown = dir.ratchet_ok(&["lineage", "show", &c["id"].to_string()]);
+    assert!(
+        shown.contains(&format!("kept as: {}", keep.id())),
+        "{shown}"
+    );
 }
 
 #[test]

@@ -966,7 +966,7 @@ async fn decide(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorPro
         Spread::of(&theirs.values().copied().collect::<Vec<_>>()).map_or(f64::NAN, |s| s.mean);
     let what = match moved {
         Some(p) => format!(
-            "against #{} (the incumbent since #{p}, its parent, was replaced): {}",
+            "against #{}, the incumbent (its parent #{p} was replaced while it was measured): {}",
             reference.id,
             e.describe()
         ),

@@ -631,6 +631,16 @@ fn show(out: &mut impl Write, t: &Trial) -> anyhow::Result<()> {
     if let Some(c) = &t.commit {
         writeln!(out, "commit: {c} (branch ratchet/trials/{})", t.id)?;
     }
+    if let Some(k) = t
+        .keep_commit
+        .as_ref()
+        .filter(|k| Some(*k) != t.commit.as_ref())
+    {
+        writeln!(
+            out,
+            "kept as: {k} (a merge onto the incumbent it beat, with exactly these files)"
+        )?;
+    }
     if let Some(l) = t.label {
         writeln!(out, "label: {l}")?;
     }
