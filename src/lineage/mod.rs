@@ -816,6 +816,20 @@ impl LineageStore {
 
 #[cfg(test)]
 mod tests {
+    /// Opens the store; a reopen right after a drop may find sled's lock
+    /// still held by its flusher thread for a moment (the CLI waits out a
+    /// lock the same way), so `Locked` is retried for up to 5 s.
+    fn open(dir: &std::path::Path) -> super::LineageStore {
+        let t0 = std::time::Instant::now();
+        loop {
+            match super::LineageStore::open(dir) {
+                Err(super::LineageError::Locked { .. }) if t0.elapsed().as_secs() < 5 => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                r => return r.unwrap(),
+            }
+        }
+    }
     use super::*;
     use crate::domain::ParamValue;
 
@@ -837,7 +851,7 @@ mod tests {
     fn ids_are_dense_and_history_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = LineageStore::open(dir.path()).unwrap();
+            let store = open(dir.path());
             let a = store.propose(new_trial(1)).unwrap();
             let b = store.propose(new_trial(2)).unwrap();
             assert_eq!((a.id, b.id), (TrialId(1), TrialId(2)));
@@ -849,7 +863,7 @@ mod tests {
                 .unwrap();
             store.db.flush().unwrap();
         }
-        let store = LineageStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         let a = store.get(TrialId(1)).unwrap().unwrap();
         assert_eq!(a.status, TrialStatus::Kept);
         assert_eq!(a.history.len(), 2);
@@ -862,7 +876,7 @@ mod tests {
     #[test]
     fn a_repeated_configuration_is_recorded_as_duplicate() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LineageStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         store.propose(new_trial(1)).unwrap();
         assert!(store.knows(&new_trial(1).config).unwrap());
         let dup = store.propose(new_trial(1)).unwrap();
@@ -874,7 +888,7 @@ mod tests {
     #[test]
     fn the_summary_counts_outcomes_as_a_full_scan_would() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LineageStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         for x in 0..6 {
             let t = store.propose(new_trial(x)).unwrap();
             match x % 3 {
@@ -919,14 +933,14 @@ mod tests {
         store.meta.remove(COUNTS_V1).unwrap();
         store.counts.clear().unwrap();
         drop(store);
-        let store = LineageStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         assert_eq!(store.summary().unwrap().outcomes, expect);
     }
 
     #[test]
     fn pauses_are_stored_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LineageStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
             store.set_paused(&names(&["a", "b"]), true).unwrap(),
@@ -941,7 +955,7 @@ mod tests {
             names(&["b"])
         );
         drop(store);
-        let store = LineageStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         assert_eq!(
             store.paused().unwrap().into_keys().collect::<Vec<_>>(),
             names(&["a"])
@@ -951,7 +965,7 @@ mod tests {
     #[test]
     fn trials_are_stored_deflated_and_plain_json_records_still_read() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LineageStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         let mut t = store.propose(new_trial(1)).unwrap();
         let stored = store.trials.get(key(t.id)).unwrap().unwrap();
         assert_eq!(stored[0], DEFLATED);
@@ -980,7 +994,7 @@ mod tests {
     #[test]
     fn configurations_keyed_by_text_are_rekeyed_by_hash_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LineageStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         let config = new_trial(7).config;
         // As a lineage from before the hashing stored it.
         store
@@ -990,13 +1004,13 @@ mod tests {
         store.meta.remove(CONFIGS_HASHED).unwrap();
         assert!(!store.knows(&config).unwrap());
         drop(store);
-        let store = LineageStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         assert!(store.knows(&config).unwrap());
         assert!(!store.knows(&new_trial(8).config).unwrap());
         assert_eq!(store.configs.len(), 1);
         drop(store);
         // A second open changes nothing.
-        let store = LineageStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         assert!(store.knows(&config).unwrap());
         let dup = store.propose(new_trial(7)).unwrap();
         assert_eq!(dup.label, Some(FailureLabel::Duplicate));
@@ -1005,7 +1019,7 @@ mod tests {
     #[test]
     fn terminal_trials_do_not_change() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LineageStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         let a = store.propose(new_trial(1)).unwrap();
         store
             .update(a.id, |t| t.status = TrialStatus::Discarded)
@@ -1019,7 +1033,7 @@ mod tests {
     #[test]
     fn a_second_open_reports_the_lock() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = LineageStore::open(dir.path()).unwrap();
+        let _first = open(dir.path());
         match LineageStore::open(dir.path()) {
             Err(LineageError::Locked { .. }) => {}
             Err(e) => panic!("expected Locked, got {e}"),
