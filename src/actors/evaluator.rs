@@ -613,21 +613,7 @@ async fn own_eval(
     // The proxy screen: the first look on the cheap eval, which can only
     // stop a trial that is not on course (never keep one).
     if let Some(parent) = reference(state, &trial).await? {
-        let mine = judged_by_seed(&state.config, &trial, false);
-        let theirs = judged_by_seed(&state.config, &parent, false);
-        let pool = state
-            .pools
-            .with(&parent, full, false, state.incumbent.as_ref());
-        let exp = &state.config.experiment.file;
-        if let Some(mut e) = judge::look(
-            exp.noise.rule(),
-            &pool,
-            exp.direction,
-            &mine,
-            &theirs,
-            false,
-        ) {
-            e.log = exp.noise.scale == crate::config::Scale::Log;
+        if let Some(e) = look_against(state, &trial, &parent, false) {
             if e.call == Call::Stop {
                 let theirs = paired_reference(
                     &scores_by_seed(&trial, full, false),
@@ -738,12 +724,49 @@ pub fn scores_by_seed(trial: &Trial, full: bool, deciding: bool) -> BTreeMap<u64
 }
 
 /// `scores_by_seed` as the keep rule compares them (`noise.scale`).
-fn judged_by_seed(config: &Config, trial: &Trial, deciding: bool) -> BTreeMap<u64, f64> {
-    let exp = &config.experiment.file;
-    scores_by_seed(trial, exp.eval.full.is_some(), deciding)
+fn judged_by_seed(
+    scale: crate::config::Scale,
+    trial: &Trial,
+    full: bool,
+    deciding: bool,
+) -> BTreeMap<u64, f64> {
+    scores_by_seed(trial, full, deciding)
         .into_iter()
-        .filter_map(|(seed, s)| Some((seed, exp.noise.scale.judged(s)?)))
+        .filter_map(|(seed, s)| Some((seed, scale.judged(s)?)))
         .collect()
+}
+
+/// One look of the keep rule at `trial`'s runs against `reference`'s, on
+/// the deciding eval's scores or the proxy's, as `noise.scale` has them.
+fn look_against(
+    state: &EvaluatorState,
+    trial: &Trial,
+    reference: &Trial,
+    deciding: bool,
+) -> Option<Evidence> {
+    let exp = &state.config.experiment.file;
+    let full = exp.eval.full.is_some();
+    let on = |t| judged_by_seed(exp.noise.scale, t, full, deciding);
+    let pool = state
+        .pools
+        .with(reference, full, deciding, state.incumbent.as_ref());
+    let e = judge::look(
+        exp.noise.rule(),
+        &pool,
+        exp.direction,
+        &on(trial),
+        &on(reference),
+        false,
+    )?;
+    Some(Evidence {
+        log: exp.noise.scale == crate::config::Scale::Log,
+        ..e
+    })
+}
+
+/// A commit id lineage recorded, as git's.
+fn oid(c: Option<&str>) -> Option<git2::Oid> {
+    c.and_then(|c| git2::Oid::from_str(c).ok())
 }
 
 /// The spreads the keep rule pools: every recipe measured with several
@@ -805,9 +828,8 @@ impl Pools {
     }
 
     fn judged(&self, trial: &Trial, full: bool, deciding: bool) -> Vec<f64> {
-        scores_by_seed(trial, full, deciding)
+        judged_by_seed(self.scale, trial, full, deciding)
             .into_values()
-            .filter_map(|s| self.scale.judged(s))
             .collect()
     }
 
@@ -919,25 +941,9 @@ async fn decide(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorPro
         state.parked.push(trial.id);
         return Ok(());
     }
-    let judged = judged_by_seed(&state.config, &trial, true);
     let look = |reference: &Trial| {
-        let theirs = judged_by_seed(&state.config, reference, true);
-        let pool = state
-            .pools
-            .with(reference, full, true, state.incumbent.as_ref());
-        let e = judge::look(
-            exp.noise.rule(),
-            &pool,
-            exp.direction,
-            &judged,
-            &theirs,
-            false,
-        );
-        e.map(|e| Evidence {
-            log: exp.noise.scale == crate::config::Scale::Log,
-            ..e
-        })
-        .ok_or_else(|| format!("trial {} has no scores to compare", trial.id))
+        look_against(state, &trial, reference, true)
+            .ok_or_else(|| format!("trial {} has no scores to compare", trial.id))
     };
     let mut e = look(&incumbent)?;
     let mut reference = incumbent;
@@ -1015,7 +1021,6 @@ async fn keep_over(
     old: &Incumbent,
     parent: TrialId,
 ) -> Result<Trial, ActorProcessingErr> {
-    let oid = |c: Option<&str>| c.and_then(|c| git2::Oid::from_str(c).ok());
     let (Some(commit), Some(onto)) = (oid(trial.commit.as_deref()), oid(old.commit.as_deref()))
     else {
         return Ok(trial);
@@ -1044,7 +1049,6 @@ async fn rebase(state: &mut EvaluatorState, trial: &Trial) -> Result<(), ActorPr
         return Err(format!("trial {} rebased without an incumbent", trial.id).into());
     };
     let score = trial.full_score.or(trial.proxy_score);
-    let oid = |c: Option<&str>| c.and_then(|c| git2::Oid::from_str(c).ok());
     let (Some(commit), Some(onto)) = (oid(trial.commit.as_deref()), oid(inc.commit.as_deref()))
     else {
         let failure = Failure {
@@ -1176,7 +1180,6 @@ async fn combine(
     kept: &Trial,
     displaced: &Incumbent,
 ) -> Result<(), ActorProcessingErr> {
-    let oid = |c: Option<&str>| c.and_then(|c| git2::Oid::from_str(c).ok());
     let (Some(from), Some(own)) = (
         oid(displaced.commit.as_deref()),
         oid(kept.commit.as_deref()),
@@ -1268,18 +1271,14 @@ fn start_eval(
     // code, eval data) back exactly as committed before eval sees them.
     let mut protected = exp.protected.clone();
     protected.push("experiment.toml".into());
-    let restore = trial
-        .commit
-        .as_deref()
-        .and_then(|c| git2::Oid::from_str(c).ok())
-        .map(|commit| {
-            (
-                state.provenance.clone(),
-                commit,
-                dirs.work.clone(),
-                protected,
-            )
-        });
+    let restore = oid(trial.commit.as_deref()).map(|commit| {
+        (
+            state.provenance.clone(),
+            commit,
+            dirs.work.clone(),
+            protected,
+        )
+    });
     let slurm = state.slurm.clone();
     let gpus = state.gpus.clone();
     let handed = state.leases.remove(&(trial.id, seed));
@@ -1541,11 +1540,7 @@ async fn record(
             });
             // Lineage holds the keep; the ref follows (and is re-pointed from
             // lineage at the next start if this write is lost).
-            if let Some(commit) = updated
-                .keep_commit
-                .as_deref()
-                .or(updated.commit.as_deref())
-                .and_then(|c| git2::Oid::from_str(c).ok())
+            if let Some(commit) = oid(updated.keep_commit.as_deref().or(updated.commit.as_deref()))
             {
                 let provenance = state.provenance.clone();
                 let moved =
