@@ -1681,5 +1681,16 @@ mod tests {
             Ok(1.0)
         );
         assert_eq!(label(judge(&eval(&[("loss", 5.5)]))), Some(GateMiss));
+        // On noise.scale = "log" a score the log cannot take is a gate miss
+        // that says why; a positive one passes.
+        let mut log = c.clone();
+        log.experiment.file.noise.scale = crate::config::Scale::Log;
+        let r = check(&log, &eval(&[("loss", 0.0)]));
+        assert!(
+            r.as_ref()
+                .is_err_and(|f| f.label == GateMiss && f.detail.contains("positive scores only")),
+            "{r:?}"
+        );
+        assert!(check(&log, &eval(&[("loss", 0.5)])).is_ok());
     }
 }

@@ -814,22 +814,25 @@ impl LineageStore {
     }
 }
 
+/// Opens the store in a test; a reopen right after a drop may find sled's
+/// lock still held by its flusher thread for a moment (the CLI waits out a
+/// lock the same way), so `Locked` is retried for up to 5 s.
 #[cfg(test)]
-mod tests {
-    /// Opens the store; a reopen right after a drop may find sled's lock
-    /// still held by its flusher thread for a moment (the CLI waits out a
-    /// lock the same way), so `Locked` is retried for up to 5 s.
-    fn open(dir: &std::path::Path) -> super::LineageStore {
-        let t0 = std::time::Instant::now();
-        loop {
-            match super::LineageStore::open(dir) {
-                Err(super::LineageError::Locked { .. }) if t0.elapsed().as_secs() < 5 => {
-                    std::thread::sleep(std::time::Duration::from_millis(20))
-                }
-                r => return r.unwrap(),
+pub(crate) fn open_waiting(dir: &Path) -> LineageStore {
+    let t0 = std::time::Instant::now();
+    loop {
+        match LineageStore::open(dir) {
+            Err(LineageError::Locked { .. }) if t0.elapsed().as_secs() < 5 => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
             }
+            r => return r.unwrap(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::open_waiting as open;
     use super::*;
     use crate::domain::ParamValue;
 

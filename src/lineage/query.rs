@@ -347,7 +347,7 @@ mod tests {
     #[test]
     fn finished_after_reads_each_outcome_once_in_finish_order() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LineageStore::open(dir.path()).unwrap();
+        let store = crate::lineage::open_waiting(dir.path());
         let trials: Vec<Trial> = (0..6).map(|x| propose(&store, "a", x)).collect();
         let finish = |i: usize| {
             std::thread::sleep(std::time::Duration::from_millis(2));
@@ -384,7 +384,7 @@ mod tests {
     #[test]
     fn indexed_selection_equals_a_filtered_scan() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LineageStore::open(dir.path()).unwrap();
+        let store = crate::lineage::open_waiting(dir.path());
         for x in 0..60 {
             let t = propose(&store, ["a", "b", "c"][x as usize % 3], x);
             match x % 5 {
@@ -497,7 +497,7 @@ mod tests {
     #[test]
     fn the_index_is_rebuilt_for_a_lineage_written_without_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LineageStore::open(dir.path()).unwrap();
+        let store = crate::lineage::open_waiting(dir.path());
         for x in 0..5 {
             let t = propose(&store, "a", x);
             store
@@ -513,7 +513,7 @@ mod tests {
         store.index.clear().unwrap();
         store.meta.remove(super::super::INDEX_V1).unwrap();
         drop(store);
-        let store = LineageStore::open(dir.path()).unwrap();
+        let store = crate::lineage::open_waiting(dir.path());
         assert_eq!(ids(&store, kept), vec![5, 4, 3, 2, 1]);
         assert_eq!(store.finished_since(0).unwrap(), 5);
         assert_eq!(store.finished_since(u64::MAX).unwrap(), 0);
