@@ -616,6 +616,19 @@ pub struct Evidence {
     /// "log"`): a gain of 0.05 is about 5% better.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub log: bool,
+    /// How far the gain is a per-seed difference (absent in lineages from
+    /// before it was measured: those were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_seed: Option<SameSeed>,
+}
+
+/// The share of the comparison made seed by seed: the weight of the
+/// reference's runs with the candidate's seeds against its other runs, from
+/// the measured correlation of same-seed runs (`judge::estimate`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SameSeed {
+    pub weight: f64,
+    pub correlation: f64,
 }
 
 impl Evidence {
@@ -632,8 +645,15 @@ impl Evidence {
 
     /// One line for `lineage show` and details.
     pub fn describe(&self) -> String {
+        let same_seed = self.same_seed.map_or(String::new(), |p| {
+            format!(
+                "; same-seed runs weigh {} (correlation {})",
+                format_float(p.weight),
+                format_float(p.correlation)
+            )
+        });
         format!(
-            "{} {} ± {} (se) over {} run(s); keep above {}, continue above {}; {} df, false-keep rate {}",
+            "{} {} ± {} (se) over {} run(s); keep above {}, continue above {}; {} df, false-keep rate {}{same_seed}",
             if self.log { "gain in ln" } else { "gain" },
             format_float(self.gain),
             format_float(self.se),

@@ -163,9 +163,15 @@ impl Actor for Evaluator {
         let skip = incumbent.as_ref().map(|i| i.trial);
         let mut pools = Pools::new(&args.config);
         let pools = tokio::task::spawn_blocking(move || {
+            // Trials with seed runs, the parents a trial's runs pair with.
+            let mut measured: HashMap<TrialId, Trial> = HashMap::new();
             for t in store.iter().flatten() {
                 if t.status.is_terminal() && Some(t.id) != skip {
-                    pools.add(&t, full);
+                    let parent = t.parent.and_then(|p| measured.get(&p));
+                    pools.add(&t, parent, full);
+                }
+                if !t.seed_runs.is_empty() {
+                    measured.insert(t.id, t);
                 }
             }
             pools
@@ -764,6 +770,17 @@ fn look_against(
     })
 }
 
+/// Adds a trial's runs to the pools, paired with its parent's same-seed runs.
+async fn pool(state: &mut EvaluatorState, trial: &Trial) -> Result<(), ActorProcessingErr> {
+    let full = state.config.experiment.file.eval.full.is_some();
+    let parent = match trial.parent.filter(|_| !trial.seed_runs.is_empty()) {
+        Some(p) => ractor::call_t!(state.lineage, LineageMsg::Get, CALL_TIMEOUT_MS, p)?,
+        None => None,
+    };
+    state.pools.add(trial, parent.as_ref(), full);
+    Ok(())
+}
+
 /// A commit id lineage recorded, as git's.
 fn oid(c: Option<&str>) -> Option<git2::Oid> {
     c.and_then(|c| git2::Oid::from_str(c).ok())
@@ -795,14 +812,15 @@ impl Pools {
         }
     }
 
-    /// Adds a recipe's runs.
-    pub fn add(&mut self, trial: &Trial, full: bool) {
-        let (proxy, deciding) = (
-            self.judged(trial, full, false),
-            self.judged(trial, full, true),
-        );
-        self.proxy.add(&proxy);
-        self.deciding.add(&deciding);
+    /// Adds a recipe's runs, and how they moved with its parent's same-seed runs.
+    pub fn add(&mut self, trial: &Trial, parent: Option<&Trial>, full: bool) {
+        let on = |t, deciding| judged_by_seed(self.scale, t, full, deciding);
+        self.proxy.add(&self.judged(trial, full, false));
+        self.deciding.add(&self.judged(trial, full, true));
+        if let Some(p) = parent {
+            self.proxy.pairing.add(&on(trial, false), &on(p, false));
+            self.deciding.pairing.add(&on(trial, true), &on(p, true));
+        }
         if let Some(rule) = &self.prune {
             let curves = curves(trial, &rule.metric);
             for (k, vals) in judge::look_values(&curves, &rule.looks).iter().enumerate() {
@@ -1504,7 +1522,6 @@ async fn record(
         }),
     )
     .await?;
-    let full = state.config.experiment.file.eval.full.is_some();
     let kept = matches!(
         verdict,
         Verdict::Scored {
@@ -1513,13 +1530,13 @@ async fn record(
         }
     );
     if !kept {
-        state.pools.add(&updated, full);
+        pool(state, &updated).await?;
     } else if let Some(old) = state.incumbent.clone() {
         // The incumbent it replaces joins the pool with every run it has.
         if let Some(t) =
             ractor::call_t!(state.lineage, LineageMsg::Get, CALL_TIMEOUT_MS, old.trial)?
         {
-            state.pools.add(&t, full);
+            pool(state, &t).await?;
         }
     }
     match &verdict {
