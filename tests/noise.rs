@@ -187,6 +187,12 @@ fn a_change_inside_the_noise_band_is_never_kept_and_a_real_one_is() {
                 assert_eq!(str_of(t, "decision"), "within_noise", "{name}: {ctx}");
             }
         }
+        // The fixture's seed shifts are shared by every recipe: the
+        // restarted evaluator measured that from lucky's runs against its
+        // parent's, and b-on-a was compared partly seed by seed.
+        let same_seed = &by_hypothesis(&trials, "5-b-on-a")["evidence"]["same_seed"];
+        assert!(f(same_seed, "correlation") > 0.0, "{ctx}");
+        assert!(f(same_seed, "weight") > 0.25, "{ctx}");
 
         // Nothing in the band was ever kept: exactly the baseline and `a`.
         let kept: Vec<&Value> = trials

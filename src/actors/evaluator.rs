@@ -163,15 +163,16 @@ impl Actor for Evaluator {
         let skip = incumbent.as_ref().map(|i| i.trial);
         let mut pools = Pools::new(&args.config);
         let pools = tokio::task::spawn_blocking(move || {
-            // Trials with seed runs, the parents a trial's runs pair with.
-            let mut measured: HashMap<TrialId, Trial> = HashMap::new();
+            // Kept trials, the parents a trial's runs pair with (a parent
+            // is an incumbent of its time).
+            let mut kept: HashMap<TrialId, Trial> = HashMap::new();
             for t in store.iter().flatten() {
                 if t.status.is_terminal() && Some(t.id) != skip {
-                    let parent = t.parent.and_then(|p| measured.get(&p));
+                    let parent = t.parent.and_then(|p| kept.get(&p));
                     pools.add(&t, parent, full);
                 }
-                if !t.seed_runs.is_empty() {
-                    measured.insert(t.id, t);
+                if t.status == TrialStatus::Kept {
+                    kept.insert(t.id, t);
                 }
             }
             pools
