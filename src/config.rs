@@ -494,8 +494,9 @@ pub struct NoiseSection {
     /// does every incumbent once kept (the seeds later candidates pair with).
     #[serde(default)]
     pub seeds: u32,
-    /// The most a candidate that is no better than the incumbent may be
-    /// kept (a probability): the keep rule's stated error rate.
+    /// The keep rule's stated error rate: its bounds are two-sided at it, so
+    /// a candidate that is no better than the incumbent is kept with
+    /// probability at most half of it (README "How a trial is judged").
     #[serde(default = "default_false_keep_rate")]
     pub false_keep_rate: f64,
     /// The multiplier of the keep rule before `false_keep_rate`: refused
@@ -526,6 +527,14 @@ impl Scale {
         match self {
             Scale::Linear => Some(score),
             Scale::Log => (score > 0.0).then(|| score.ln()),
+        }
+    }
+
+    /// A value the keep rule sees back on the metric (`judged`'s inverse).
+    pub fn metric(self, judged: f64) -> f64 {
+        match self {
+            Scale::Linear => judged,
+            Scale::Log => judged.exp(),
         }
     }
 }

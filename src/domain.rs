@@ -599,7 +599,9 @@ pub enum Call {
 pub struct Evidence {
     /// Runs of the candidate the estimate is over.
     pub runs: u32,
-    /// The mean paired gain (positive is better, in the metric's units).
+    /// The gain over the reference (positive is better, in the metric's
+    /// units): the candidate's mean against the reference's runs as
+    /// `same_seed` weighed them.
     pub gain: f64,
     /// Its standard error; 0 when no spread is known.
     pub se: f64,
@@ -616,8 +618,9 @@ pub struct Evidence {
     /// "log"`): a gain of 0.05 is about 5% better.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub log: bool,
-    /// How far the gain is a per-seed difference (absent in lineages from
-    /// before it was measured: those were).
+    /// How far the gain is a per-seed difference; absent without a spread
+    /// (no seed re-runs: a plain comparison with the reference's mean) and
+    /// in lineages from before it was measured (per-seed differences).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub same_seed: Option<SameSeed>,
 }

@@ -73,7 +73,8 @@ pub struct Row<'a> {
     pub noise_mean: Option<f64>,
     pub noise_sd: Option<f64>,
     /// What the keep rule's last look rested on: the candidate's runs, its
-    /// mean paired gain, that gain's standard error, and the gain a keep needed.
+    /// gain over the reference, that gain's standard error, and the gain a
+    /// keep needed.
     pub decision_runs: Option<u32>,
     pub decision_gain: Option<f64>,
     pub decision_se: Option<f64>,

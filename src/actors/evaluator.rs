@@ -4,7 +4,7 @@
 //! gates, and decides in stages, recording each before acting on it:
 //!
 //! 1. **proxy** (every trial): the gates, then a screen against the trial's
-//!    parent (the incumbent it was proposed against, same seed): a look of
+//!    parent (the incumbent it was proposed against): a look of
 //!    the keep rule (`judge.rs`) on proxy scores, which can only stop a
 //!    trial that is not on course (`within_noise` or `regressed`);
 //! 2. **full** (experiments with `eval.full`, only trials that passed the
@@ -622,10 +622,7 @@ async fn own_eval(
     if let Some(parent) = reference(state, &trial).await? {
         if let Some(e) = look_against(state, &trial, &parent, false) {
             if e.call == Call::Stop {
-                let theirs = paired_reference(
-                    &scores_by_seed(&trial, full, false),
-                    &scores_by_seed(&parent, full, false),
-                );
+                let theirs = compared_with(&state.config.experiment.file, score, &e);
                 let detail = format!(
                     "proxy {} vs {} of #{}: {}",
                     format_float(score),
@@ -650,14 +647,18 @@ async fn own_eval(
     Ok(())
 }
 
-/// What the candidate's first run is compared with: the reference's run
-/// with the same seed, or its mean.
-fn paired_reference(mine: &BTreeMap<u64, f64>, theirs: &BTreeMap<u64, f64>) -> f64 {
-    let seed = mine.keys().next().copied().unwrap_or(0);
-    theirs
-        .get(&seed)
-        .copied()
-        .unwrap_or_else(|| theirs.values().sum::<f64>() / theirs.len().max(1) as f64)
+/// The reference score a first run's look was against, on the metric: the
+/// reference's runs as the keep rule weighed them (its same-seed run as far
+/// as same-seed runs move together, else its mean).
+fn compared_with(exp: &crate::config::ExperimentFile, score: f64, e: &Evidence) -> f64 {
+    let Some(mine) = exp.noise.scale.judged(score) else {
+        return score;
+    };
+    let theirs = match exp.direction {
+        crate::domain::Direction::Minimize => mine + e.gain,
+        crate::domain::Direction::Maximize => mine - e.gain,
+    };
+    exp.noise.scale.metric(theirs)
 }
 
 /// The trial a candidate is screened against: its parent, when lineage has it scored.
