@@ -117,6 +117,8 @@ pub struct SpecialistState {
 /// A finished trial as a search specialist remembers it.
 struct Outcome {
     config: Params,
+    /// The keys the trial changed from its parent.
+    changed: Vec<String>,
     /// It failed for its configuration (a crash, a gate, ...).
     failed: bool,
     /// Its score, when it ran and was scored.
@@ -298,6 +300,7 @@ async fn propose(
         if let Some(failed) = constraints::evidence(&t) {
             state.outcomes.push_back(Outcome {
                 score: if failed { None } else { t.score },
+                changed: t.changes.keys().cloned().collect(),
                 config: t.config,
                 failed,
             });
@@ -331,14 +334,20 @@ async fn propose(
         .collect();
     let model =
         FailureModel::from_points(&space, state.outcomes.iter().map(|o| (&o.config, o.failed)));
-    // Which values of this surface the best trials so far (anyone's) have:
-    // candidates in the model's order (without a model: as drawn).
+    // Which values of this surface the best trials that changed it (anyone's)
+    // have: candidates in the model's order (without a model: as drawn).
+    // Trials on other surfaces carry the incumbent's values of this one,
+    // so fed those the model would favour staying near the incumbent.
     let ranker = Ranker::new(
         &surface.params,
-        state.outcomes.iter().map(|o| Observation {
-            config: &o.config,
-            score: o.score,
-        }),
+        state
+            .outcomes
+            .iter()
+            .filter(|o| o.changed.iter().any(|k| surface.params.contains_key(k)))
+            .map(|o| Observation {
+                config: &o.config,
+                score: o.score,
+            }),
         state.experiment.file.direction,
     );
     let mut order: Vec<usize> = (0..fresh.len()).collect();

@@ -1,5 +1,5 @@
 //! A model of where good values of a surface lie, fed by every specialist's
-//! scored trials: a tree-structured Parzen estimator (Bergstra et al. 2011,
+//! scored trials that changed the surface: a tree-structured Parzen estimator (Bergstra et al. 2011,
 //! what Optuna's TPE sampler does), one density per parameter. The scored
 //! trials are split into the best quarter and the rest; a candidate ranks by
 //! how much more its values look like the best trials' than like the rest's
