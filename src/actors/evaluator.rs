@@ -816,12 +816,13 @@ impl Pools {
 
     /// Adds a recipe's runs, and how they moved with its parent's same-seed runs.
     pub fn add(&mut self, trial: &Trial, parent: Option<&Trial>, full: bool) {
-        let on = |t, deciding| judged_by_seed(self.scale, t, full, deciding);
-        self.proxy.add(&self.judged(trial, full, false));
-        self.deciding.add(&self.judged(trial, full, true));
-        if let Some(p) = parent {
-            self.proxy.pairing.add(&on(trial, false), &on(p, false));
-            self.deciding.pairing.add(&on(trial, true), &on(p, true));
+        for (pool, deciding) in [(&mut self.proxy, false), (&mut self.deciding, true)] {
+            let on = |t| judged_by_seed(self.scale, t, full, deciding);
+            let mine = on(trial);
+            pool.add(&mine.values().copied().collect::<Vec<_>>());
+            if let Some(p) = parent {
+                pool.pairing.add(&mine, &on(p));
+            }
         }
         if let Some(rule) = &self.prune {
             let curves = curves(trial, &rule.metric);

@@ -117,8 +117,9 @@ pub struct SpecialistState {
 /// A finished trial as a search specialist remembers it.
 struct Outcome {
     config: Params,
-    /// The keys the trial changed from its parent.
-    changed: Vec<String>,
+    /// It changed this specialist's surface (what its model of good
+    /// values learns from).
+    on_surface: bool,
     /// It failed for its configuration (a crash, a gate, ...).
     failed: bool,
     /// Its score, when it ran and was scored.
@@ -300,7 +301,7 @@ async fn propose(
         if let Some(failed) = constraints::evidence(&t) {
             state.outcomes.push_back(Outcome {
                 score: if failed { None } else { t.score },
-                changed: t.changes.keys().cloned().collect(),
+                on_surface: t.changes.keys().any(|k| surface.params.contains_key(k)),
                 config: t.config,
                 failed,
             });
@@ -343,7 +344,7 @@ async fn propose(
         state
             .outcomes
             .iter()
-            .filter(|o| o.changed.iter().any(|k| surface.params.contains_key(k)))
+            .filter(|o| o.on_surface)
             .map(|o| Observation {
                 config: &o.config,
                 score: o.score,
