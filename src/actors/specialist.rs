@@ -341,14 +341,11 @@ async fn propose(
     // so fed those the model would favour staying near the incumbent.
     let ranker = Ranker::new(
         &surface.params,
-        state
-            .outcomes
-            .iter()
-            .filter(|o| o.on_surface)
-            .map(|o| Observation {
-                config: &o.config,
-                score: o.score,
-            }),
+        state.outcomes.iter().map(|o| Observation {
+            config: &o.config,
+            score: o.score,
+            changed: o.on_surface,
+        }),
         state.experiment.file.direction,
     );
     let mut order: Vec<usize> = (0..fresh.len()).collect();

@@ -20,10 +20,15 @@ const GAMMA: f64 = 0.25;
 /// Kernel width on a parameter's normalized (log for `log_float`) axis.
 const BANDWIDTH: f64 = 0.12;
 
-/// A measured configuration: its score, or `None` when it failed.
+/// A measured configuration: its score, or `None` when it failed, and
+/// whether its trial changed a parameter of the ranked space.
 pub struct Observation<'a> {
     pub config: &'a Params,
     pub score: Option<f64>,
+    /// A trial that changed only other surfaces carries its parent's
+    /// values of this one: fed those, the model would learn where the
+    /// incumbent is, not where good values are. It is left out.
+    pub changed: bool,
 }
 
 pub struct Ranker<'a> {
@@ -99,7 +104,7 @@ impl Parzen {
 
 impl<'a> Ranker<'a> {
     /// `space`: the parameters candidates differ in (a surface's). `None`
-    /// until `MIN_SCORED` observations have a score.
+    /// until `MIN_SCORED` observations that changed the space have a score.
     pub fn new(
         space: &'a BTreeMap<String, ParamSpec>,
         observations: impl IntoIterator<Item = Observation<'a>>,
@@ -107,7 +112,7 @@ impl<'a> Ranker<'a> {
     ) -> Option<Ranker<'a>> {
         let mut scored: Vec<(f64, &'a Params)> = Vec::new();
         let mut bad: Vec<&'a Params> = Vec::new();
-        for o in observations {
+        for o in observations.into_iter().filter(|o| o.changed) {
             match o.score.filter(|s| s.is_finite()) {
                 Some(s) => scored.push((s, o.config)),
                 None => bad.push(o.config),
@@ -253,6 +258,7 @@ mod tests {
                 obs.iter().map(|(s, i)| Observation {
                     config: &configs[*i],
                     score: Some(*s),
+                    changed: true,
                 }),
                 direction,
             )
@@ -274,6 +280,7 @@ mod tests {
             configs.iter().take(MIN_SCORED - 1).map(|c| Observation {
                 config: c,
                 score: Some(1.0),
+                changed: true,
             }),
             Direction::Minimize,
         );
@@ -288,15 +295,65 @@ mod tests {
                 .map(|(i, c)| Observation {
                     config: c,
                     score: Some(i as f64),
+                    changed: true,
                 })
                 .chain(failed.iter().map(|c| Observation {
                     config: c,
                     score: None,
+                    changed: true,
                 })),
             Direction::Minimize,
         )
         .expect("enough scores");
         assert!(r.score(&config(1e-3, "a")) > r.score(&config(1e-3, "b")));
+    }
+
+    /// The incumbent's lr is 1e-3, and trials on other surfaces, all with
+    /// that lr, scored best; the trials that changed lr show that a high
+    /// one is better. Only those teach the model: it ranks a high lr first.
+    #[test]
+    fn trials_that_did_not_change_the_space_do_not_teach_it() {
+        let space = space();
+        let others: Vec<Params> = (0..12).map(|_| config(1e-3, "a")).collect();
+        let changed: Vec<Params> = [1e-4, 2e-4, 5e-4, 2e-3, 1e-2, 3e-2, 5e-2]
+            .iter()
+            .map(|lr| config(*lr, "a"))
+            .collect();
+        let observations = || {
+            others
+                .iter()
+                .enumerate()
+                .map(|(i, c)| Observation {
+                    config: c,
+                    score: Some(i as f64 * 0.01),
+                    changed: false,
+                })
+                .chain(changed.iter().map(|c| {
+                    let lr = match c["lr"] {
+                        ParamValue::Float(x) => x,
+                        _ => unreachable!(),
+                    };
+                    Observation {
+                        config: c,
+                        score: Some(1.0 - lr.log10()),
+                        changed: true,
+                    }
+                }))
+        };
+        let r = Ranker::new(&space, observations(), Direction::Minimize).expect("enough");
+        let (high, incumbent) = (config(4e-2, "a"), config(1e-3, "a"));
+        assert!(r.score(&high) > r.score(&incumbent));
+        // Fed every trial, the model would rank the incumbent's value first.
+        let all = observations().map(|o| Observation { changed: true, ..o });
+        let r = Ranker::new(&space, all, Direction::Minimize).expect("enough");
+        assert!(r.score(&high) < r.score(&incumbent));
+        // Without enough trials that changed the space: no opinion.
+        let few = others.iter().map(|c| Observation {
+            config: c,
+            score: Some(1.0),
+            changed: false,
+        });
+        assert!(Ranker::new(&space, few, Direction::Minimize).is_none());
     }
 
     #[test]
