@@ -212,6 +212,14 @@ pub struct DaemonSection {
     /// (worth it with many more slots than `noise.seeds`).
     #[serde(default = "default_true")]
     pub confirm_first: bool,
+    /// Scouts: the first trials after the baseline sample every declared
+    /// parameter of every surface at once, before the specialists take
+    /// over one surface each. From a recipe nobody has tuned for this
+    /// budget the large gains lie on several surfaces at once and far from
+    /// it; a tuned recipe wants 0 (the default). Counted in lineage: a
+    /// restart issues only those not issued yet.
+    #[serde(default)]
+    pub scouts: u64,
 }
 
 fn default_true() -> bool {
@@ -726,6 +734,8 @@ pub struct Config {
     pub drain_timeout_secs: u64,
     pub max_attempts: u32,
     pub confirm_first: bool,
+    /// `daemon.scouts`.
+    pub scouts: u64,
     /// The Slurm backend's settings; `None`: trials run locally.
     pub slurm: Option<SlurmSection>,
     /// `executor.gpus` and its companions, as configured.
@@ -1024,6 +1034,14 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
                 "`baseline` is reserved for the experiment's own recipe",
             );
         }
+        if s.name == "scout" {
+            err(
+                errors,
+                &file,
+                key("name"),
+                "`scout` is reserved for the trials of `daemon.scouts`",
+            );
+        }
         if let Some(exp) = &experiment {
             match exp.surface(&s.surface) {
                 None => {
@@ -1099,6 +1117,7 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
         drain_timeout_secs: d.drain_timeout_secs,
         max_attempts: d.max_attempts,
         confirm_first: d.confirm_first,
+        scouts: d.scouts,
         slurm,
         gpus,
         gpu_slots: false,

@@ -336,3 +336,20 @@ fn a_bad_prune_section_is_refused_key_by_key() {
     );
     assert!(stderr(&dir.ratchet(&["check"])).contains("prune.looks"));
 }
+
+#[test]
+fn the_names_ratchet_proposes_under_are_reserved() {
+    let dir = Dir::with_fixture("faulty");
+    dir.specialists(1, &[("baseline", "search"), ("scout", "fault")]);
+    let out = dir.ratchet(&["check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("specialist[0].name: `baseline` is reserved"),
+        "{err}"
+    );
+    assert!(
+        err.contains("specialist[1].name: `scout` is reserved"),
+        "{err}"
+    );
+}

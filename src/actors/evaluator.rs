@@ -12,7 +12,9 @@
 //!    keep, stop (a *false peak*), or one more run;
 //! 3. **rebase**: a trial kept or still ahead while the incumbent moved is
 //!    re-applied onto the new incumbent as a new trial (a conflict is
-//!    `patch_failed`), which goes through all stages itself;
+//!    `patch_failed`), which goes through all stages itself; a scout
+//!    (every surface at once, `daemon.scouts`) is judged against the
+//!    incumbent only;
 //! 4. **more runs** (`noise.seeds` > 0): an ambiguous trial is trained again
 //!    with the next seed and looked at again, up to N seeds. A keep made
 //!    before its N-th seed trains the new incumbent with the seeds it lacks,
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{info, warn};
 
-use super::executor::ExecutorMsg;
+use super::executor::{ExecutorMsg, SCOUT};
 use super::{interrupt_all, measure_trial, update_trial, CALL_TIMEOUT_MS};
 use crate::config::Config;
 use crate::domain::{
@@ -969,7 +971,9 @@ async fn decide(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorPro
     let mut e = look(&incumbent)?;
     let mut reference = incumbent;
     let mut moved = None;
-    if stale && e.call == Call::Stop {
+    // A scout is not re-applied: it changed every surface, as the
+    // incumbent that replaced its parent did.
+    if stale && e.call == Call::Stop && trial.specialist != SCOUT {
         let Some(parent) = self::reference(state, &trial).await? else {
             return rebase(state, &trial).await;
         };
@@ -1645,6 +1649,7 @@ mod tests {
             drain_timeout_secs: 1,
             max_attempts: 3,
             confirm_first: true,
+            scouts: 0,
             slurm: None,
             gpus: None,
             gpu_slots: false,

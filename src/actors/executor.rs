@@ -22,9 +22,11 @@ use crate::edit::{Rejection, Rules};
 use crate::gpu::{GpuSlot, Gpus, Lease, LeaseView};
 use crate::judge::Bars;
 use crate::lineage::actor::{LineageMsg, Observer, RunEvent};
+use crate::lineage::query::Filter;
 use crate::lineage::NewTrial;
 use crate::probe::{self, Stage};
 use crate::process::{self, GroupGuard, GroupTask};
+use crate::propose::{rng::Rng, search};
 use crate::provenance::{Provenance, ProvenanceError};
 use crate::slurm::{Found, JobKind, Outcome, Slurm};
 use crate::workspace::{secret_env, trial_argv, trial_env, TrialDirs};
@@ -337,6 +339,12 @@ pub struct ExecutorState {
     /// The baseline in flight: specialists wait for it (and its noise band)
     /// to be settled, so every proposal has an incumbent to be judged against.
     baseline: Option<TrialId>,
+    /// Scouts not issued yet (`daemon.scouts` less those lineage holds),
+    /// what draws them, and those not settled: specialists wait for them
+    /// all, so they start from the best.
+    scouts_left: u64,
+    scout_rng: Rng,
+    scouting: BTreeSet<TrialId>,
     /// The supervisor has told us the specialists: only then can we be drained.
     ready: bool,
     drained_sent: bool,
@@ -365,6 +373,15 @@ impl ExecutorState {
     /// configuration says to confirm first.
     fn holding(&self) -> bool {
         self.config.confirm_first && !self.confirming.is_empty()
+    }
+
+    /// A trial reached its outcome: nothing waits for it any more.
+    fn settled(&mut self, id: TrialId) {
+        if self.baseline == Some(id) {
+            self.baseline = None;
+        }
+        self.confirming.remove(&id);
+        self.scouting.remove(&id);
     }
 
     fn asked(&self) -> u64 {
@@ -403,10 +420,23 @@ impl Actor for Executor {
         let defaults = vec![args.config.experiment.defaults.clone()];
         let unknown =
             ractor::call_t!(args.lineage, LineageMsg::Unknown, CALL_TIMEOUT_MS, defaults)?;
+        let scouted = if args.config.scouts > 0 {
+            let store = ractor::call_t!(args.lineage, LineageMsg::Reader, CALL_TIMEOUT_MS)?;
+            let filter = Filter {
+                specialist: Some(SCOUT.into()),
+                ..Default::default()
+            };
+            store.select(&filter)?.count() as u64
+        } else {
+            0
+        };
         let mut state = ExecutorState {
             occupancy: Occupancy::new(),
             baseline_needed: incumbent.is_none() && unknown.first() == Some(&true),
             baseline: None,
+            scouts_left: args.config.scouts.saturating_sub(scouted),
+            scout_rng: Rng::for_name(args.config.seed, SCOUT, scouted),
+            scouting: BTreeSet::new(),
             config: args.config,
             provenance: args.provenance,
             base: args.base,
@@ -434,6 +464,9 @@ impl Actor for Executor {
         for trial in requeued {
             if trial.specialist == "baseline" {
                 state.baseline = Some(trial.id);
+            }
+            if trial.specialist == SCOUT {
+                state.scouting.insert(trial.id);
             }
             state.push_priority(trial, 0);
         }
@@ -568,12 +601,7 @@ impl Actor for Executor {
                 }
             }
             ExecutorMsg::Enqueue(trial) => queue(state, *trial, true).await?,
-            ExecutorMsg::Settled(id) => {
-                if state.baseline == Some(id) {
-                    state.baseline = None;
-                }
-                state.confirming.remove(&id);
-            }
+            ExecutorMsg::Settled(id) => state.settled(id),
             ExecutorMsg::IncumbentChanged => {
                 for s in &mut state.specialists {
                     s.exhausted = false;
@@ -682,6 +710,51 @@ async fn queue(
     Ok(())
 }
 
+/// Who proposes scouts, in lineage.
+pub const SCOUT: &str = "scout";
+/// Samples a scout draws before it settles for one lineage has not seen.
+const SCOUT_DRAWS: usize = 16;
+
+/// A scout recorded in lineage: a global sample of every parameter the
+/// experiment declares, against the incumbent. `None`, and no more scouts,
+/// without an incumbent (the baseline failed: nothing to judge them
+/// against) or when every draw is a configuration lineage knows.
+async fn scout(state: &mut ExecutorState) -> Result<Option<Trial>, ActorProcessingErr> {
+    let Some(inc) = ractor::call_t!(state.lineage, LineageMsg::Incumbent, CALL_TIMEOUT_MS)? else {
+        state.scouts_left = 0;
+        return Ok(None);
+    };
+    let space: std::collections::BTreeMap<_, _> = state
+        .config
+        .experiment
+        .file
+        .params()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let drawn = search::candidates(&space, &inc.config, &mut state.scout_rng, SCOUT_DRAWS, 1.0);
+    let configs = drawn.iter().map(|c| c.config.clone()).collect();
+    let unknown = ractor::call_t!(state.lineage, LineageMsg::Unknown, CALL_TIMEOUT_MS, configs)?;
+    let Some(pick) = drawn
+        .into_iter()
+        .zip(unknown)
+        .find_map(|(c, u)| u.then_some(c))
+    else {
+        state.scouts_left = 0;
+        return Ok(None);
+    };
+    let new = NewTrial {
+        specialist: SCOUT.into(),
+        surface: None,
+        parent: Some(inc.trial),
+        hypothesis: format!("scout, every surface at once: {}", pick.hypothesis),
+        changes: pick.changes,
+        config: pick.config,
+        ..Default::default()
+    };
+    let trial = ractor::call_t!(state.lineage, LineageMsg::Propose, CALL_TIMEOUT_MS, new)??;
+    Ok(Some(trial))
+}
+
 /// Starts queued trials on free slots and asks specialists for more proposals
 /// until the queue holds one trial per slot; reports when all work is drained.
 async fn fill(
@@ -707,6 +780,22 @@ async fn fill(
             trial: Some(Box::new(trial)),
         })?;
         return Ok(());
+    }
+    // Scouts before the specialists are asked, once the baseline is settled.
+    while state.scouts_left > 0
+        && (state.queue.len() as u64 + state.asked()) < state.slots() as u64
+        && state.budget_left() > 0
+        && state.baseline.is_none()
+        && !state.draining
+        && !state.holding()
+    {
+        let Some(trial) = scout(state).await? else {
+            break;
+        };
+        state.scouts_left -= 1;
+        state.issued += 1;
+        state.scouting.insert(trial.id);
+        queue(state, trial, false).await?;
     }
     // On GPU slots, a run starts when a set of devices is free.
     while state.gpus.is_some() || state.running.len() < state.config.slots {
@@ -740,6 +829,8 @@ async fn fill(
     while (state.queue.len() as u64 + state.asked()) < state.slots() as u64
         && state.budget_left() > 0
         && state.baseline.is_none()
+        && state.scouts_left == 0
+        && state.scouting.is_empty()
         && !state.draining
         && !state.holding()
     {
@@ -765,6 +856,7 @@ async fn fill(
             .any(|s| s.resting && !state.paused.contains(&s.name));
     let idle = state.ready
         && state.baseline.is_none()
+        && state.scouting.is_empty()
         && state.running.is_empty()
         && state.queue.is_empty()
         && state.asked() == 0
@@ -1410,6 +1502,7 @@ async fn lost(
                 }),
             )
             .await?;
+            state.settled(id);
             return Ok(());
         }
         let trial = requeue(&state.lineage, id, true).await?;
