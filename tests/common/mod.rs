@@ -205,8 +205,27 @@ pub fn live_status(dir: &Dir) -> Option<Value> {
     v.get("live").is_some().then_some(v)
 }
 
+/// Waits for the control socket; on a timeout the panic carries the end
+/// of the daemon's log (why a start failed or hung is there).
 pub fn wait_up(dir: &Dir) -> Value {
-    wait_for("the daemon's control socket", 60, || live_status(dir))
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = live_status(dir) {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            let log = daemon_log(dir);
+            let mut from = log.len().saturating_sub(6000);
+            while !log.is_char_boundary(from) {
+                from += 1;
+            }
+            panic!(
+                "timed out waiting for the daemon's control socket; daemon.log ends:\n{}",
+                &log[from..]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 pub fn terminate(mut child: Child) -> std::process::ExitStatus {
