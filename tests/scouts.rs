@@ -115,3 +115,21 @@ fn without_scouts_the_specialists_follow_the_baseline() {
         .iter()
         .all(|t| t["specialist"] == "sa" || t["specialist"] == "sb"));
 }
+
+#[test]
+fn a_run_cut_short_leaves_the_remaining_scouts_to_the_next() {
+    let dir = setup(4);
+    dir.ratchet_ok(&["run", "--trials", "3"]);
+    let first = by_id(dir.trials());
+    let scouts = |ts: &[Value]| ts.iter().filter(|t| t["specialist"] == "scout").count();
+    assert_eq!(scouts(&first), 2, "{first:#?}");
+    dir.ratchet_ok(&["run", "--trials", "4"]);
+    let all = by_id(dir.trials());
+    let new = &all[first.len()..];
+    assert_eq!(scouts(&all), 4, "{all:#?}");
+    assert!(
+        new[..2].iter().all(|t| t["specialist"] == "scout")
+            && new[2..].iter().all(|t| t["specialist"] != "scout"),
+        "the two scouts left come first: {new:#?}"
+    );
+}

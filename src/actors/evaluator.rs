@@ -1218,7 +1218,9 @@ async fn combine(
         CALL_TIMEOUT_MS,
         displaced.trial
     )?
-    else {
+    // A displaced scout changed every surface: nothing to add that would
+    // not conflict (and no combination is a scout).
+    .filter(|t| t.specialist != SCOUT) else {
         return Ok(());
     };
     let recipe = state

@@ -345,6 +345,9 @@ pub struct ExecutorState {
     scouts_left: u64,
     scout_rng: Rng,
     scouting: BTreeSet<TrialId>,
+    /// The baseline and scouts the last process left unsettled: their
+    /// `Settled` may have gone to that process, so lineage is asked.
+    inherited: BTreeSet<TrialId>,
     /// The supervisor has told us the specialists: only then can we be drained.
     ready: bool,
     drained_sent: bool,
@@ -382,6 +385,7 @@ impl ExecutorState {
         }
         self.confirming.remove(&id);
         self.scouting.remove(&id);
+        self.inherited.remove(&id);
     }
 
     fn asked(&self) -> u64 {
@@ -420,16 +424,28 @@ impl Actor for Executor {
         let defaults = vec![args.config.experiment.defaults.clone()];
         let unknown =
             ractor::call_t!(args.lineage, LineageMsg::Unknown, CALL_TIMEOUT_MS, defaults)?;
+        // Scouts issued so far: those that ran or run (one a stop cut
+        // short is drawn again).
         let scouted = if args.config.scouts > 0 {
             let store = ractor::call_t!(args.lineage, LineageMsg::Reader, CALL_TIMEOUT_MS)?;
             let filter = Filter {
                 specialist: Some(SCOUT.into()),
                 ..Default::default()
             };
-            store.select(&filter)?.count() as u64
+            store
+                .select(&filter)?
+                .filter(|t| {
+                    t.as_ref()
+                        .map_or(true, |t| t.status != TrialStatus::Interrupted)
+                })
+                .count() as u64
         } else {
             0
         };
+        // What the last process left unsettled, wherever it is now (queued,
+        // being evaluated, a Slurm job adopted): the baseline and scouts
+        // still hold the specialists back.
+        let active = ractor::call_t!(args.lineage, LineageMsg::Active, CALL_TIMEOUT_MS)?;
         let mut state = ExecutorState {
             occupancy: Occupancy::new(),
             baseline_needed: incumbent.is_none() && unknown.first() == Some(&true),
@@ -437,6 +453,7 @@ impl Actor for Executor {
             scouts_left: args.config.scouts.saturating_sub(scouted),
             scout_rng: Rng::for_name(args.config.seed, SCOUT, scouted),
             scouting: BTreeSet::new(),
+            inherited: BTreeSet::new(),
             config: args.config,
             provenance: args.provenance,
             base: args.base,
@@ -461,13 +478,17 @@ impl Actor for Executor {
             pruned: 0,
             saved_ms: 0,
         };
+        for t in &active {
+            if t.specialist == "baseline" {
+                state.baseline = Some(t.id);
+                state.inherited.insert(t.id);
+            }
+            if t.specialist == SCOUT {
+                state.scouting.insert(t.id);
+                state.inherited.insert(t.id);
+            }
+        }
         for trial in requeued {
-            if trial.specialist == "baseline" {
-                state.baseline = Some(trial.id);
-            }
-            if trial.specialist == SCOUT {
-                state.scouting.insert(trial.id);
-            }
             state.push_priority(trial, 0);
         }
         for (trial, seed, job) in adopted {
@@ -781,6 +802,20 @@ async fn fill(
         })?;
         return Ok(());
     }
+    // Inherited waits that lineage shows settled hold nothing back (their
+    // `Settled` may have gone to the process before this one).
+    if !state.inherited.is_empty() && state.running.is_empty() && state.queue.is_empty() {
+        let mut settled = Vec::new();
+        for id in &state.inherited {
+            let t = ractor::call_t!(state.lineage, LineageMsg::Get, CALL_TIMEOUT_MS, *id)?;
+            if t.is_none_or(|t| t.status.is_terminal()) {
+                settled.push(*id);
+            }
+        }
+        for id in settled {
+            state.settled(id);
+        }
+    }
     // Scouts before the specialists are asked, once the baseline is settled.
     while state.scouts_left > 0
         && (state.queue.len() as u64 + state.asked()) < state.slots() as u64
@@ -794,7 +829,10 @@ async fn fill(
         };
         state.scouts_left -= 1;
         state.issued += 1;
-        state.scouting.insert(trial.id);
+        // A duplicate is terminal already: nothing to wait for.
+        if trial.status == TrialStatus::Proposed {
+            state.scouting.insert(trial.id);
+        }
         queue(state, trial, false).await?;
     }
     // On GPU slots, a run starts when a set of devices is free.
@@ -854,9 +892,11 @@ async fn fill(
             .specialists
             .iter()
             .any(|s| s.resting && !state.paused.contains(&s.name));
+    let scouts_coming = state.scouts_left > 0 && state.budget_left() > 0 && !state.draining;
     let idle = state.ready
         && state.baseline.is_none()
         && state.scouting.is_empty()
+        && !scouts_coming
         && state.running.is_empty()
         && state.queue.is_empty()
         && state.asked() == 0
