@@ -643,6 +643,12 @@ impl ExperimentFile {
         self.surfaces.iter().flat_map(|s| &s.params)
     }
 
+    /// [`params`](Self::params) as one space (what a draw over every
+    /// surface at once and the failure model take).
+    pub fn space(&self) -> BTreeMap<String, ParamSpec> {
+        self.params().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     /// Whether `path` is protected: `experiment.toml`, or under a `protected` entry.
     pub fn is_protected(&self, path: &str) -> bool {
         path == "experiment.toml" || self.protected.iter().any(|p| under(path, p, '/'))

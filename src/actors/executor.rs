@@ -745,13 +745,7 @@ async fn scout(state: &mut ExecutorState) -> Result<Option<Trial>, ActorProcessi
         state.scouts_left = 0;
         return Ok(None);
     };
-    let space: std::collections::BTreeMap<_, _> = state
-        .config
-        .experiment
-        .file
-        .params()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let space = state.config.experiment.file.space();
     let drawn = search::candidates(&space, &inc.config, &mut state.scout_rng, SCOUT_DRAWS, 1.0);
     let configs = drawn.iter().map(|c| c.config.clone()).collect();
     let unknown = ractor::call_t!(state.lineage, LineageMsg::Unknown, CALL_TIMEOUT_MS, configs)?;

@@ -12,7 +12,6 @@
 //! `proposer_error` event, and the specialist rests (doubling per failure)
 //! while the others go on; at the end of a rest it sends the executor `Wake`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::executor::ExecutorMsg;
 use super::CALL_TIMEOUT_MS;
-use crate::config::{Experiment, ParamSpec, Specialist as SpecialistConfig, SpecialistKind};
+use crate::config::{Experiment, Specialist as SpecialistConfig, SpecialistKind};
 use crate::domain::{FailureLabel, Params, Trial, TrialId, TrialStatus};
 use crate::lineage::actor::LineageMsg;
 use crate::lineage::{FeedbackQuery, LineageStore, NewTrial};
@@ -327,12 +326,7 @@ async fn propose(
             fresh.push(c);
         }
     }
-    let space: BTreeMap<String, ParamSpec> = state
-        .experiment
-        .file
-        .params()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let space = state.experiment.file.space();
     let model =
         FailureModel::from_points(&space, state.outcomes.iter().map(|o| (&o.config, o.failed)));
     // Which values of this surface the best trials that changed it (anyone's)
