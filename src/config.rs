@@ -220,6 +220,10 @@ pub struct DaemonSection {
     /// restart issues only those not issued yet.
     #[serde(default)]
     pub scouts: u64,
+    /// How asks are shared between specialists: `yield` (in proportion to
+    /// each one's smoothed keep rate; the default) or `turns`.
+    #[serde(default)]
+    pub allocation: crate::allocation::Allocation,
 }
 
 fn default_true() -> bool {
@@ -612,6 +616,12 @@ pub struct SurfaceSection {
     /// experiment directory: a file, or a directory and everything under it.
     #[serde(default)]
     pub files: Vec<String>,
+    /// Parameters that matter only at some values of others: parameter →
+    /// (declared parameter → the values at which it matters). A search
+    /// candidate whose changes all lie on parameters that do not matter at
+    /// its values is a recipe already measured in effect, and is not drawn.
+    #[serde(default)]
+    pub when: BTreeMap<String, BTreeMap<String, Vec<ParamValue>>>,
 }
 
 impl SurfaceSection {
@@ -641,6 +651,28 @@ impl ExperimentFile {
     /// Every declared parameter of every surface (names are unique across surfaces).
     pub fn params(&self) -> impl Iterator<Item = (&String, &ParamSpec)> {
         self.surfaces.iter().flat_map(|s| &s.params)
+    }
+
+    /// Whether parameter `key` matters at `config` (`[surface.when]`): it
+    /// has no condition, or every parameter its condition names has one of
+    /// the values listed.
+    pub fn matters(&self, key: &str, config: &Params) -> bool {
+        let Some(cond) = self.surfaces.iter().find_map(|s| s.when.get(key)) else {
+            return true;
+        };
+        cond.iter().all(|(k, values)| {
+            let spec = self.params().find(|(p, _)| *p == k).map(|(_, spec)| spec);
+            config
+                .get(k)
+                .zip(spec)
+                .is_some_and(|(v, spec)| values.iter().any(|x| spec.normalize(x) == *v))
+        })
+    }
+
+    /// Whether changing `changes` to reach `config` changes anything that
+    /// matters there.
+    pub fn changes_matter(&self, changes: &Params, config: &Params) -> bool {
+        changes.keys().any(|k| self.matters(k, config))
     }
 
     /// [`params`](Self::params) as one space (what a draw over every
@@ -742,6 +774,8 @@ pub struct Config {
     pub confirm_first: bool,
     /// `daemon.scouts`.
     pub scouts: u64,
+    /// `daemon.allocation`.
+    pub allocation: crate::allocation::Allocation,
     /// The Slurm backend's settings; `None`: trials run locally.
     pub slurm: Option<SlurmSection>,
     /// `executor.gpus` and its companions, as configured.
@@ -1124,6 +1158,7 @@ fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
         max_attempts: d.max_attempts,
         confirm_first: d.confirm_first,
         scouts: d.scouts,
+        allocation: d.allocation,
         slurm,
         gpus,
         gpu_slots: false,
@@ -1438,6 +1473,53 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
                     format!("surface[{i}].keys[{j}]"),
                     format!("`{k}` is not a dotted recipe key"),
                 );
+            }
+        }
+        for (k, cond) in &s.when {
+            let key = format!("surface[{i}].when.{}", quote_key(k));
+            if !s.params.contains_key(k) {
+                err(
+                    errors,
+                    &file,
+                    key.clone(),
+                    format!("`{k}` is not a parameter of surface `{}`", s.name),
+                );
+            }
+            if cond.is_empty() {
+                err(errors, &file, key.clone(), "names no parameter".to_string());
+            }
+            for (c, values) in cond {
+                let spec = exp.params().find(|(p, _)| *p == c).map(|(_, spec)| spec);
+                match spec {
+                    None => err(
+                        errors,
+                        &file,
+                        format!("{key}.{}", quote_key(c)),
+                        format!("`{c}` is not a declared parameter"),
+                    ),
+                    Some(_) if c == k => err(
+                        errors,
+                        &file,
+                        format!("{key}.{}", quote_key(c)),
+                        "a parameter cannot depend on itself".to_string(),
+                    ),
+                    Some(_) if values.is_empty() => err(
+                        errors,
+                        &file,
+                        format!("{key}.{}", quote_key(c)),
+                        "lists no value".to_string(),
+                    ),
+                    Some(spec) => {
+                        for v in values.iter().filter(|v| !spec.contains(&spec.normalize(v))) {
+                            err(
+                                errors,
+                                &file,
+                                format!("{key}.{}", quote_key(c)),
+                                format!("{v} is outside the declared space of `{c}`"),
+                            );
+                        }
+                    }
+                }
             }
         }
         for (k, spec) in &s.params {

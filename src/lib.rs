@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the map of this crate.
 
 pub mod actors;
+pub mod allocation;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -353,3 +353,38 @@ fn the_names_ratchet_proposes_under_are_reserved() {
         "{err}"
     );
 }
+
+#[test]
+fn a_bad_when_section_is_refused_key_by_key() {
+    let dir = Dir::with_fixture("faulty");
+    dir.specialists(1, &[("x", "search")]);
+    let exp = std::fs::read_to_string(dir.path().join("experiment/experiment.toml")).unwrap();
+    let bad = format!(
+        "{exp}[surface.when]\n\
+         \"fault.mode\" = {{ \"search.x\" = [1.0] }}\n\
+         \"fault.nosuch\" = {{ \"fault.mode\" = [\"none\"] }}\n"
+    )
+    .replace(
+        "files = [\"train.py\", \"offset.txt\"]\n",
+        "files = [\"train.py\", \"offset.txt\"]\n[surface.when]\n\
+         \"search.x\" = { \"fault.mode\" = [\"crash\", \"explode\"], \"search.y\" = [1] }\n",
+    );
+    dir.write("experiment/experiment.toml", &bad);
+    let out = dir.ratchet(&["check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    for want in [
+        "surface[0].when.\"search.x\".\"fault.mode\": \"explode\" is outside the declared space of `fault.mode`",
+        "surface[0].when.\"search.x\".\"search.y\": `search.y` is not a declared parameter",
+        "surface[1].when.\"fault.nosuch\": `fault.nosuch` is not a parameter of surface `fault`",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in: {err}");
+    }
+    // A parameter may depend on another surface's, at a legal value.
+    assert!(!err.contains("surface[1].when.\"fault.mode\""), "{err}");
+
+    let good = format!("{exp}[surface.when]\n\"fault.mode\" = {{ \"search.x\" = [1.0, 2] }}\n");
+    dir.write("experiment/experiment.toml", &good);
+    let out = dir.ratchet(&["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

@@ -61,3 +61,52 @@ fn proposals_leave_a_crash_region_once_lineage_holds_crashes_there() {
         .unwrap()
         .contains("near failed trials")));
 }
+
+/// `[surface.when]`: `b.z` matters only while `b.k = "q"`, and the recipe
+/// has `p`. The search never proposes a change of `b.z` alone at `p` (the
+/// same recipe in effect), and still changes it where it matters.
+#[test]
+fn the_search_draws_no_change_of_what_does_not_matter() {
+    let dir = Dir::with_fixture("region");
+    dir.write(
+        "experiment/experiment.toml",
+        "name = \"when\"\nrecipe = \"recipe.toml\"\nmetric = \"loss\"\ndirection = \"minimize\"\n\
+         budget_secs = 1\ntimeout_secs = 5\ntrain = [\"python3\", \"train.py\"]\n\n\
+         [eval]\nproxy = [\"python3\", \"eval.py\"]\ntimeout_secs = 5\n\n\
+         [[surface]]\nname = \"b\"\n[surface.params]\n\
+         \"b.k\" = { type = \"choice\", values = [\"p\", \"q\"] }\n\
+         \"b.z\" = { type = \"float\", min = 0.0, max = 1.0 }\n\
+         [surface.when]\n\"b.z\" = { \"b.k\" = [\"q\"] }\n",
+    );
+    dir.write("experiment/recipe.toml", "[b]\nk = \"p\"\nz = 0.5\n");
+    // q is worse, so the incumbent keeps p.
+    dir.write(
+        "experiment/train.py",
+        "import tomllib\n\
+         r = tomllib.load(open('recipe.toml', 'rb'))['b']\n\
+         open('score.txt', 'w').write(str(1.0 + (r['k'] == 'q') + r['z'] * (r['k'] == 'q')))\n",
+    );
+    dir.write(
+        "specialists.toml",
+        "[daemon]\nexperiment = \"experiment\"\nslots = 1\nseed = 2\n\n\
+         [[specialist]]\nname = \"s\"\nsurface = \"b\"\nkind = \"search\"\n",
+    );
+    dir.ratchet_ok(&["run", "--trials", "12"]);
+    let trials = dir.trials();
+    let ctx = format!("{trials:#?}");
+    assert!(trials.len() >= 4, "{ctx}");
+    for t in &trials {
+        let changes = t["changes"].as_object().unwrap();
+        let only_z = changes.len() == 1 && changes.contains_key("b.z");
+        assert!(
+            !(only_z && t["config"]["b.k"] == "p"),
+            "a change of b.z alone at k = p: {t:#}"
+        );
+    }
+    assert!(
+        trials
+            .iter()
+            .any(|t| t["config"]["b.k"] == "q" && t["config"]["b.z"] != 0.5),
+        "b.z is still searched where it matters: {ctx}"
+    );
+}

@@ -1652,6 +1652,7 @@ mod tests {
             max_attempts: 3,
             confirm_first: true,
             scouts: 0,
+            allocation: Default::default(),
             slurm: None,
             gpus: None,
             gpu_slots: false,

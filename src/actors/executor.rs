@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use super::evaluator::EvaluatorMsg;
 use super::specialist::SpecialistMsg;
 use super::{interrupt, interrupt_all, measure_trial, update_trial, CALL_TIMEOUT_MS};
+use crate::allocation::{self, Outcomes};
 use crate::config::Config;
 use crate::domain::{now_ms, Params, ProcessReport, Pruning, Trial, TrialId, TrialStatus};
 use crate::edit::{Rejection, Rules};
@@ -161,6 +162,10 @@ pub struct SpecialistInfo {
     /// `paused`, `asked` (a proposal is being made), `resting`, `exhausted`
     /// (nothing new at this incumbent) or `ready`.
     pub state: String,
+    /// Its trials that reached a decision or failed, and how many of them
+    /// were kept (what `daemon.allocation = "yield"` shares asks by).
+    #[serde(default)]
+    pub outcomes: Outcomes,
 }
 
 pub struct Executor;
@@ -191,6 +196,11 @@ struct SpecialistSlot {
     /// It is resting (an LLM after failed requests or over its hourly
     /// budget) and will send `Wake`: work is still coming from it.
     resting: bool,
+    /// Its trials' outcomes (`daemon.allocation`), counted from lineage
+    /// when it is registered and at each `Settled` since.
+    outcomes: Outcomes,
+    /// Its stride-scheduling pass: the least is asked next.
+    pass: f64,
 }
 
 /// One train run: a trial's own (seed 0) or one of its seed re-runs.
@@ -330,6 +340,8 @@ pub struct ExecutorState {
     observer: Option<Observer>,
     specialists: Vec<SpecialistSlot>,
     next: usize,
+    /// Trials counted in a specialist's outcomes.
+    counted: BTreeSet<TrialId>,
     queue: VecDeque<Job>,
     /// Runs in slots, by trial and seed; dropping one kills its process group.
     running: HashMap<(TrialId, u64), Running>,
@@ -465,6 +477,7 @@ impl Actor for Executor {
             observer: args.observer,
             specialists: Vec::new(),
             next: 0,
+            counted: BTreeSet::new(),
             queue: VecDeque::new(),
             running: HashMap::new(),
             issued: 0,
@@ -542,22 +555,33 @@ impl Actor for Executor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ExecutorMsg::SetSpecialists(list) => {
-                // A specialist that is still the same actor keeps its pending ask.
+                // A specialist that is still the same actor keeps its pending
+                // ask; one of the same name keeps its pass, a new one starts
+                // level with the least.
                 let old = std::mem::take(&mut state.specialists);
+                let least = old.iter().map(|s| s.pass).reduce(f64::min).unwrap_or(0.0);
+                let outcomes = outcomes(state, &list).await?;
                 state.specialists = list
                     .into_iter()
-                    .map(|(name, actor)| {
+                    .zip(outcomes)
+                    .map(|((name, actor), outcomes)| {
                         let same = old
                             .iter()
                             .find(|s| s.name == name && s.actor.get_id() == actor.get_id());
                         let (asked, exhausted, resting) = same
                             .map_or((false, false, false), |s| (s.asked, s.exhausted, s.resting));
+                        let pass = old
+                            .iter()
+                            .find(|s| s.name == name)
+                            .map_or(least, |s| s.pass);
                         SpecialistSlot {
                             name,
                             actor,
                             asked,
                             exhausted,
                             resting,
+                            outcomes,
+                            pass,
                         }
                     })
                     .collect();
@@ -589,7 +613,7 @@ impl Actor for Executor {
                     l
                 });
                 match ran {
-                    Ran::Refused => {}
+                    Ran::Refused => count_outcome(state, id).await?,
                     Ran::Report(train) => {
                         if let Some(p) = &train.pruned {
                             state.pruned += 1;
@@ -622,7 +646,10 @@ impl Actor for Executor {
                 }
             }
             ExecutorMsg::Enqueue(trial) => queue(state, *trial, true).await?,
-            ExecutorMsg::Settled(id) => state.settled(id),
+            ExecutorMsg::Settled(id) => {
+                state.settled(id);
+                count_outcome(state, id).await?;
+            }
             ExecutorMsg::IncumbentChanged => {
                 for s in &mut state.specialists {
                     s.exhausted = false;
@@ -699,6 +726,54 @@ async fn cancel(state: &mut ExecutorState, names: &BTreeSet<String>) -> Vec<Tria
     ids
 }
 
+/// The outcomes of each listed specialist's settled trials, from lineage.
+async fn outcomes(
+    state: &mut ExecutorState,
+    list: &[(String, ActorRef<SpecialistMsg>)],
+) -> Result<Vec<Outcomes>, ActorProcessingErr> {
+    let store = ractor::call_t!(state.lineage, LineageMsg::Reader, CALL_TIMEOUT_MS)?;
+    let mut out = Vec::with_capacity(list.len());
+    // Through lineage's index by specialist: each reads only its own trials.
+    for (name, _) in list {
+        let filter = Filter {
+            specialist: Some(name.clone()),
+            ..Default::default()
+        };
+        let mut o = Outcomes::default();
+        for t in store.select(&filter)? {
+            let t = t?;
+            if allocation::counts(&t).is_some() {
+                state.counted.insert(t.id);
+            }
+            o.add(&t);
+        }
+        out.push(o);
+    }
+    Ok(out)
+}
+
+/// Counts a settled trial toward its specialist's outcomes, once.
+async fn count_outcome(state: &mut ExecutorState, id: TrialId) -> Result<(), ActorProcessingErr> {
+    if state.counted.contains(&id) {
+        return Ok(());
+    }
+    let Some(t) = ractor::call_t!(state.lineage, LineageMsg::Get, CALL_TIMEOUT_MS, id)? else {
+        return Ok(());
+    };
+    if allocation::counts(&t).is_none() {
+        return Ok(());
+    }
+    if let Some(s) = state
+        .specialists
+        .iter_mut()
+        .find(|s| s.name == t.specialist)
+    {
+        s.outcomes.add(&t);
+        state.counted.insert(id);
+    }
+    Ok(())
+}
+
 /// Records a proposed trial `Queued` and queues its own run: behind the
 /// other proposals, or (`priority`, the evaluator's) ahead of them. A
 /// duplicate is already terminal in lineage: counted, not run.
@@ -708,7 +783,8 @@ async fn queue(
     priority: bool,
 ) -> Result<(), ActorProcessingErr> {
     if trial.status != TrialStatus::Proposed {
-        return Ok(());
+        // A duplicate (failed already) counts against its specialist.
+        return count_outcome(state, trial.id).await;
     }
     let t0 = Instant::now();
     let queued = update_trial(
@@ -866,14 +942,20 @@ async fn fill(
         && !state.draining
         && !state.holding()
     {
-        let Some(i) = (0..n).map(|k| (state.next + k) % n).find(|&i| {
-            let s = &state.specialists[i];
-            !s.asked && !s.exhausted && !s.resting && !state.paused.contains(&s.name)
-        }) else {
+        let eligible: Vec<(usize, f64, Outcomes)> = (0..n)
+            .map(|k| (state.next + k) % n)
+            .filter(|&i| {
+                let s = &state.specialists[i];
+                !s.asked && !s.exhausted && !s.resting && !state.paused.contains(&s.name)
+            })
+            .map(|i| (i, state.specialists[i].pass, state.specialists[i].outcomes))
+            .collect();
+        let Some(i) = allocation::pick(state.config.allocation, &eligible) else {
             break;
         };
         state.next = (i + 1) % n;
         let slot = &mut state.specialists[i];
+        slot.pass = allocation::advance(slot.pass, slot.outcomes);
         slot.asked = true;
         slot.actor.cast(SpecialistMsg::Propose {
             reply_to: myself.clone(),
@@ -1028,6 +1110,7 @@ fn status(state: &ExecutorState) -> ExecutorStatus {
         .iter()
         .map(|s| SpecialistInfo {
             name: s.name.clone(),
+            outcomes: s.outcomes,
             state: if state.paused.contains(&s.name) {
                 "paused"
             } else if s.asked {

@@ -322,6 +322,11 @@ async fn propose(
     );
     let mut fresh: Vec<search::Candidate> = Vec::with_capacity(candidates.len());
     for c in candidates {
+        // A change only of what does not matter at its values is the same
+        // recipe in effect (`[surface.when]`).
+        if !state.experiment.file.changes_matter(&c.changes, &c.config) {
+            continue;
+        }
         if !state.store.knows(&c.config)? {
             fresh.push(c);
         }

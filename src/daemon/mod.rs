@@ -635,14 +635,15 @@ pub fn render_lineage(
 ) -> String {
     let mut out = String::from("specialists:\n");
     for name in specialists {
+        let live = executor.and_then(|e| e.specialists.iter().find(|s| &s.name == name));
         let state = match l.paused.get(name) {
             Some(at) => format!("paused ({} ago)", elapsed(now.saturating_sub(*at))),
-            None => executor
-                .and_then(|e| e.specialists.iter().find(|s| &s.name == name))
-                .map(|s| s.state.clone())
-                .unwrap_or_else(|| "-".into()),
+            None => live.map(|s| s.state.clone()).unwrap_or_else(|| "-".into()),
         };
-        out += &format!("  {name:<16} {state}\n");
+        let kept = live
+            .map(|s| format!("  kept {} of {}", s.outcomes.kept, s.outcomes.decided))
+            .unwrap_or_default();
+        out += &format!("  {name:<16} {state:<10}{kept}\n");
     }
     match &l.incumbent {
         Some(i) => {

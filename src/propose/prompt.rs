@@ -149,7 +149,20 @@ fn header(input: &PromptInput<'_>) -> String {
                 .get(k)
                 .map(|v| v.to_string())
                 .unwrap_or_else(|| "-".into());
-            let _ = writeln!(out, "- {k} = {current}  ({})", space(spec));
+            let matters = match s.when.get(k) {
+                Some(cond) => {
+                    let parts: Vec<String> = cond
+                        .iter()
+                        .map(|(c, values)| {
+                            let vs: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+                            format!("{c} is {}", vs.join(" or "))
+                        })
+                        .collect();
+                    format!("; matters only when {}", parts.join(" and "))
+                }
+                None => String::new(),
+            };
+            let _ = writeln!(out, "- {k} = {current}  ({}{matters})", space(spec));
         }
     }
     if !s.keys.is_empty() {
