@@ -128,14 +128,7 @@ mod tests {
     #[test]
     fn outcomes_count_decisions_not_rebases_or_interruptions() {
         let trial = |status: TrialStatus, decision: Option<Decision>| {
-            let mut t: Trial = serde_json::from_value(serde_json::json!({
-                "id": 1, "attempt": 1, "specialist": "s", "surface": "s", "parent": null,
-                "hypothesis": "", "changes": {}, "config": {}, "status": "queued",
-                "label": null, "decision": null, "score": null, "parent_score": null,
-                "detail": null, "history": [], "trial_dir": null, "pgid": null,
-                "train": null, "eval": null
-            }))
-            .unwrap();
+            let mut t = crate::domain::test_trial(Default::default());
             t.status = status;
             t.decision = decision;
             t

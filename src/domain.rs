@@ -835,6 +835,22 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A queued trial #1 of specialist `s` with `config` and nothing else, for
+/// unit tests.
+#[cfg(test)]
+pub fn test_trial(config: Params) -> Trial {
+    let mut t: Trial = serde_json::from_value(serde_json::json!({
+        "id": 1, "attempt": 1, "specialist": "s", "surface": "s", "parent": null,
+        "hypothesis": "", "changes": {}, "config": {}, "status": "queued",
+        "label": null, "decision": null, "score": null, "parent_score": null,
+        "detail": null, "history": [], "trial_dir": null, "pgid": null,
+        "train": null, "eval": null
+    }))
+    .expect("a minimal trial deserializes");
+    t.config = config;
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

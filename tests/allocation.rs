@@ -13,12 +13,9 @@ use serde_json::Value;
 /// follow each other.
 fn setup(allocation: &str) -> Dir {
     let dir = Dir::with_fixture("region");
-    dir.write(
-        "experiment/experiment.toml",
-        "name = \"allocation\"\nrecipe = \"recipe.toml\"\nmetric = \"loss\"\ndirection = \"minimize\"\n\
-         budget_secs = 1\ntimeout_secs = 5\ntrain = [\"python3\", \"train.py\"]\n\n\
-         [eval]\nproxy = [\"python3\", \"eval.py\"]\ntimeout_secs = 5\n\n\
-         [[surface]]\nname = \"a\"\n[surface.params]\n\"a.x\" = { type = \"float\", min = 0.0, max = 100.0 }\n\n\
+    dir.region_experiment(
+        "allocation",
+        "[[surface]]\nname = \"a\"\n[surface.params]\n\"a.x\" = { type = \"float\", min = 0.0, max = 100.0 }\n\n\
          [[surface]]\nname = \"b\"\n[surface.params]\n\"b.z\" = { type = \"float\", min = 0.0, max = 1.0 }\n",
     );
     dir.write("experiment/recipe.toml", "[a]\nx = 0.0\n\n[b]\nz = 0.5\n");

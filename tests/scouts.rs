@@ -13,12 +13,9 @@ use serde_json::Value;
 /// pair is often behind the first one's keep.
 fn setup(scouts: u64) -> Dir {
     let dir = Dir::with_fixture("region");
-    dir.write(
-        "experiment/experiment.toml",
-        "name = \"scouts\"\nrecipe = \"recipe.toml\"\nmetric = \"loss\"\ndirection = \"minimize\"\n\
-         budget_secs = 1\ntimeout_secs = 5\ntrain = [\"python3\", \"train.py\"]\n\n\
-         [eval]\nproxy = [\"python3\", \"eval.py\"]\ntimeout_secs = 5\n\n\
-         [[surface]]\nname = \"a\"\n[surface.params]\n\"a.x\" = { type = \"float\", min = 0.0, max = 1.0 }\n\n\
+    dir.region_experiment(
+        "scouts",
+        "[[surface]]\nname = \"a\"\n[surface.params]\n\"a.x\" = { type = \"float\", min = 0.0, max = 1.0 }\n\n\
          [[surface]]\nname = \"b\"\n[surface.params]\n\"b.y\" = { type = \"float\", min = 0.0, max = 1.0 }\n\
          \"b.k\" = { type = \"choice\", values = [\"p\", \"q\"] }\n",
     );

@@ -68,12 +68,9 @@ fn proposals_leave_a_crash_region_once_lineage_holds_crashes_there() {
 #[test]
 fn the_search_draws_no_change_of_what_does_not_matter() {
     let dir = Dir::with_fixture("region");
-    dir.write(
-        "experiment/experiment.toml",
-        "name = \"when\"\nrecipe = \"recipe.toml\"\nmetric = \"loss\"\ndirection = \"minimize\"\n\
-         budget_secs = 1\ntimeout_secs = 5\ntrain = [\"python3\", \"train.py\"]\n\n\
-         [eval]\nproxy = [\"python3\", \"eval.py\"]\ntimeout_secs = 5\n\n\
-         [[surface]]\nname = \"b\"\n[surface.params]\n\
+    dir.region_experiment(
+        "when",
+        "[[surface]]\nname = \"b\"\n[surface.params]\n\
          \"b.k\" = { type = \"choice\", values = [\"p\", \"q\"] }\n\
          \"b.z\" = { type = \"float\", min = 0.0, max = 1.0 }\n\
          [surface.when]\n\"b.z\" = { \"b.k\" = [\"q\"] }\n",

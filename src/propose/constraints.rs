@@ -171,14 +171,7 @@ mod tests {
     use super::*;
 
     fn trial(x: f64, status: TrialStatus, label: Option<FailureLabel>) -> Trial {
-        let mut t: Trial = serde_json::from_value(serde_json::json!({
-            "id": 1, "attempt": 1, "specialist": "s", "surface": "s", "parent": null,
-            "hypothesis": "", "changes": {}, "config": {"x": x}, "status": "queued",
-            "label": null, "decision": null, "score": null, "parent_score": null,
-            "detail": null, "history": [], "trial_dir": null, "pgid": null,
-            "train": null, "eval": null
-        }))
-        .unwrap();
+        let mut t = crate::domain::test_trial(at(x));
         t.status = status;
         t.label = label;
         t

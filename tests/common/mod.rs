@@ -36,6 +36,20 @@ impl Dir {
         p
     }
 
+    /// Writes `experiment/experiment.toml` for the `region` fixture's
+    /// programs (train.py writes score.txt, eval.py prints `loss=`): 1 s
+    /// budget, loss minimized, and `surfaces` (TOML) as its surfaces.
+    pub fn region_experiment(&self, name: &str, surfaces: &str) {
+        self.write(
+            "experiment/experiment.toml",
+            &format!(
+                "name = \"{name}\"\nrecipe = \"recipe.toml\"\nmetric = \"loss\"\ndirection = \"minimize\"\n\
+                 budget_secs = 1\ntimeout_secs = 5\ntrain = [\"python3\", \"train.py\"]\n\n\
+                 [eval]\nproxy = [\"python3\", \"eval.py\"]\ntimeout_secs = 5\n\n{surfaces}"
+            ),
+        );
+    }
+
     /// Writes specialists.toml with one search specialist per (name, surface).
     pub fn specialists(&self, slots: usize, specialists: &[(&str, &str)]) -> PathBuf {
         let mut text = format!("[daemon]\nexperiment = \"experiment\"\nlineage_dir = \"lineage\"\nslots = {slots}\nseed = 1\n");
