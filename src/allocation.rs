@@ -60,44 +60,74 @@ pub fn counts(trial: &Trial) -> Option<bool> {
     }
 }
 
-/// The one to ask among `eligible` (index, pass, outcomes), in the order
-/// given (the rotation from the last one asked): the least pass, the first
-/// of equals; `turns` takes the first.
-pub fn pick(how: Allocation, eligible: &[(usize, f64, Outcomes)]) -> Option<usize> {
-    match how {
-        Allocation::Turns => eligible.first().map(|e| e.0),
-        Allocation::Yield => eligible
-            .iter()
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|e| e.0),
-    }
+/// The scheduler's clock: the pass of the last one asked. A specialist
+/// that was not eligible for a while (paused, resting, out of ideas) comes
+/// back at the clock, not at the pass it left with, so it does not take
+/// every ask until it has caught up.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stride {
+    now: f64,
 }
 
-/// The pass after an ask.
-pub fn advance(pass: f64, outcomes: Outcomes) -> f64 {
-    pass + 1.0 / outcomes.share()
+impl Stride {
+    /// The one to ask among `eligible` (index, pass, outcomes), in the
+    /// order given (the rotation from the last one asked), and its pass
+    /// after the ask: the least pass (at least the clock), the first of
+    /// equals; `turns` takes the first.
+    pub fn pick(
+        &mut self,
+        how: Allocation,
+        eligible: &[(usize, f64, Outcomes)],
+    ) -> Option<(usize, f64)> {
+        let lifted = |e: &(usize, f64, Outcomes)| e.1.max(self.now);
+        let chosen = match how {
+            Allocation::Turns => eligible.first(),
+            Allocation::Yield => eligible
+                .iter()
+                .min_by(|a, b| lifted(a).total_cmp(&lifted(b))),
+        }?;
+        let at = lifted(chosen);
+        self.now = at;
+        Some((chosen.0, at + 1.0 / chosen.2.share()))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Asks `rounds` times among specialists with fixed outcomes, all
-    /// always eligible; how many asks each got.
-    fn simulate(how: Allocation, outcomes: &[Outcomes], rounds: usize) -> Vec<u32> {
+    /// Asks `rounds` times among specialists with fixed outcomes, those
+    /// `away(round, i)` not eligible; who was asked, in order.
+    fn run(
+        how: Allocation,
+        outcomes: &[Outcomes],
+        rounds: usize,
+        away: impl Fn(usize, usize) -> bool,
+    ) -> Vec<usize> {
         let n = outcomes.len();
         let mut pass = vec![0.0; n];
-        let mut asked = vec![0; n];
+        let mut stride = Stride::default();
+        let mut order = Vec::new();
         let mut next = 0;
-        for _ in 0..rounds {
+        for round in 0..rounds {
             let eligible: Vec<(usize, f64, Outcomes)> = (0..n)
                 .map(|k| (next + k) % n)
+                .filter(|&i| !away(round, i))
                 .map(|i| (i, pass[i], outcomes[i]))
                 .collect();
-            let i = pick(how, &eligible).unwrap();
-            pass[i] = advance(pass[i], outcomes[i]);
-            asked[i] += 1;
+            let (i, after) = stride.pick(how, &eligible).unwrap();
+            pass[i] = after;
+            order.push(i);
             next = (i + 1) % n;
+        }
+        order
+    }
+
+    /// How many asks each got, all always eligible.
+    fn simulate(how: Allocation, outcomes: &[Outcomes], rounds: usize) -> Vec<u32> {
+        let mut asked = vec![0; outcomes.len()];
+        for i in run(how, outcomes, rounds, |_, _| false) {
+            asked[i] += 1;
         }
         asked
     }
@@ -123,6 +153,25 @@ mod tests {
         // Turns ignores the outcomes.
         let turns = simulate(Allocation::Turns, &[o(8, 3), o(8, 1), o(8, 0)], 72);
         assert_eq!(turns, vec![24, 24, 24]);
+    }
+
+    #[test]
+    fn one_back_from_a_pause_does_not_take_every_ask() {
+        // Three level specialists; the third is away for rounds 3..30.
+        let order = run(
+            Allocation::Yield,
+            &[Outcomes::default(); 3],
+            45,
+            |round, i| i == 2 && (3..30).contains(&round),
+        );
+        let back = &order[30..];
+        let longest = back
+            .chunk_by(|a, b| a == b)
+            .map(|run| run.len())
+            .max()
+            .unwrap();
+        assert!(longest <= 2, "{back:?}");
+        assert_eq!(back.iter().filter(|&&i| i == 2).count(), 5, "{back:?}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use super::evaluator::EvaluatorMsg;
 use super::specialist::SpecialistMsg;
 use super::{interrupt, interrupt_all, measure_trial, update_trial, CALL_TIMEOUT_MS};
-use crate::allocation::{self, Outcomes};
+use crate::allocation::{self, Outcomes, Stride};
 use crate::config::Config;
 use crate::domain::{now_ms, Params, ProcessReport, Pruning, Trial, TrialId, TrialStatus};
 use crate::edit::{Rejection, Rules};
@@ -342,6 +342,8 @@ pub struct ExecutorState {
     next: usize,
     /// Trials counted in a specialist's outcomes.
     counted: BTreeSet<TrialId>,
+    /// Which specialist is asked next (`daemon.allocation`).
+    stride: Stride,
     queue: VecDeque<Job>,
     /// Runs in slots, by trial and seed; dropping one kills its process group.
     running: HashMap<(TrialId, u64), Running>,
@@ -478,6 +480,7 @@ impl Actor for Executor {
             specialists: Vec::new(),
             next: 0,
             counted: BTreeSet::new(),
+            stride: Stride::default(),
             queue: VecDeque::new(),
             running: HashMap::new(),
             issued: 0,
@@ -950,12 +953,12 @@ async fn fill(
             })
             .map(|i| (i, state.specialists[i].pass, state.specialists[i].outcomes))
             .collect();
-        let Some(i) = allocation::pick(state.config.allocation, &eligible) else {
+        let Some((i, pass)) = state.stride.pick(state.config.allocation, &eligible) else {
             break;
         };
         state.next = (i + 1) % n;
         let slot = &mut state.specialists[i];
-        slot.pass = allocation::advance(slot.pass, slot.outcomes);
+        slot.pass = pass;
         slot.asked = true;
         slot.actor.cast(SpecialistMsg::Propose {
             reply_to: myself.clone(),
