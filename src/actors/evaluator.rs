@@ -969,6 +969,13 @@ async fn decide(state: &mut EvaluatorState, trial: Trial) -> Result<(), ActorPro
             .ok_or_else(|| format!("trial {} has no scores to compare", trial.id))
     };
     let mut e = look(&incumbent)?;
+    // No spread to judge with yet (the look would be a bare comparison),
+    // and the incumbent's seed runs that give one are on their way: wait.
+    if e.df == 0.0 && state.remeasuring == Some(incumbent.id) {
+        info!(trial = %trial.id, "the decision waits for the incumbent's band");
+        state.parked.push(trial.id);
+        return Ok(());
+    }
     let mut reference = incumbent;
     let mut moved = None;
     // A scout is not re-applied: it changed every surface, as the
