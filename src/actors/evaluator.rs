@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{info, warn};
 
-use super::executor::{ExecutorMsg, SCOUT};
+use super::messages::{EvaluatorMsg, ExecutorMsg, Stage, SCOUT};
 use super::{interrupt_all, measure_trial, update_trial, CALL_TIMEOUT_MS};
 use crate::config::Config;
 use crate::domain::{
@@ -43,36 +43,6 @@ use crate::process::{self, GroupGuard, GroupTask};
 use crate::provenance::Provenance;
 use crate::slurm::{JobKind, Outcome, Slurm};
 use crate::workspace::{secret_env, trial_argv, trial_env, TrialDirs};
-
-pub enum EvaluatorMsg {
-    /// A train run ended: the trial's own (seed 0) or a seed re-run.
-    Evaluate {
-        id: TrialId,
-        seed: u64,
-        train: ProcessReport,
-        /// The run's GPUs, handed on to its evals (`evals_on_gpus`).
-        lease: Option<Lease>,
-    },
-    /// An eval command of a run ended (from its task).
-    EvalFinished {
-        id: TrialId,
-        seed: u64,
-        stage: Stage,
-        eval: ProcessReport,
-        /// The GPUs it ran on, for the run's next eval.
-        lease: Option<Lease>,
-    },
-    /// Where to send seed runs and report outcomes (sent again after an
-    /// executor restart: seed runs it lost are asked for again).
-    SetExecutor(ActorRef<ExecutorMsg>),
-}
-
-/// Which eval command.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    Proxy,
-    Full,
-}
 
 pub struct Evaluator;
 

@@ -1,8 +1,10 @@
 //! The actor tree (ractor on tokio): Supervisor → Lineage, Evaluator, Executor,
-//! one Specialist per `[[specialist]]`. See ARCHITECTURE.md for the messages.
+//! one Specialist per `[[specialist]]`; what they send each other is in
+//! `messages`.
 
 pub mod evaluator;
 pub mod executor;
+pub mod messages;
 pub mod specialist;
 pub mod supervisor;
 

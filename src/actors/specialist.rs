@@ -21,13 +21,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{debug, info, warn};
 
-use super::executor::ExecutorMsg;
+use super::messages::{ExecutorMsg, Replied, SpecialistMsg};
 use super::CALL_TIMEOUT_MS;
 use crate::config::{Experiment, Specialist as SpecialistConfig, SpecialistKind};
 use crate::domain::{FailureLabel, Params, Trial, TrialId, TrialStatus};
 use crate::lineage::actor::LineageMsg;
 use crate::lineage::{FeedbackQuery, LineageStore, NewTrial};
-use crate::llm::{Completion, Failure, LlmClient, LlmError};
+use crate::llm::{Failure, LlmClient, LlmError};
 use crate::probe;
 use crate::propose::constraints::{self, FailureModel};
 use crate::propose::model::{Observation, Ranker};
@@ -48,25 +48,6 @@ const FEEDBACK: FeedbackQuery = FeedbackQuery {
 const MAX_FILE: usize = 32 << 10;
 /// The longest rest after repeated request failures.
 const MAX_REST: Duration = Duration::from_secs(3600);
-
-pub enum SpecialistMsg {
-    /// Propose one trial and send it (or `None`) to `reply_to`.
-    Propose { reply_to: ActorRef<ExecutorMsg> },
-    /// An LLM request ended (from its task).
-    Replied(Box<Replied>),
-    /// A rest is over: tell the executor this specialist can propose again.
-    Wake,
-}
-
-/// What an LLM request task reports.
-pub struct Replied {
-    /// `None` when the request task died with it.
-    client: Option<LlmClient>,
-    result: Result<Completion, Failure>,
-    /// The incumbent the prompt showed: the trial's parent.
-    parent: Option<TrialId>,
-    config: Params,
-}
 
 pub struct Specialist;
 

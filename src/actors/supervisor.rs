@@ -16,67 +16,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use git2::Oid;
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use serde::{Deserialize, Serialize};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::{error, info, warn};
 
-use super::evaluator::{Evaluator, EvaluatorArgs, EvaluatorMsg};
-use super::executor::{Executor, ExecutorArgs, ExecutorMsg, ExecutorStatus};
-use super::specialist::{Specialist, SpecialistArgs, SpecialistMsg};
+use super::evaluator::{Evaluator, EvaluatorArgs};
+use super::executor::{Executor, ExecutorArgs};
+use super::messages::{
+    EvaluatorMsg, ExecutorMsg, LiveStatus, PauseAnswer, ReloadReport, SpecialistMsg, SupervisorMsg,
+};
+use super::specialist::{Specialist, SpecialistArgs};
 use super::CALL_TIMEOUT_MS;
 use crate::config::Config;
-use crate::domain::{Trial, TrialId};
 use crate::gpu::{self, Gpus, Placement};
 use crate::lineage::actor::{Lineage, LineageArgs, LineageMsg, Observer};
-use crate::lineage::Summary;
 use crate::provenance::{Provenance, ProvenanceError};
 use crate::slurm::{JobKind, Slurm};
-
-pub enum SupervisorMsg {
-    RestartSpecialist(String),
-    /// What runs, for `ratchet status`.
-    Status(RpcReplyPort<Result<LiveStatus, String>>),
-    /// Pauses (`paused`) or resumes the named specialists, or every
-    /// configured one (`names: None`); the state is stored in lineage first.
-    /// Answers the names whose state changed, or an error naming unknown
-    /// ones. With `cancel`, their trials that run or wait for a slot are
-    /// stopped too (answered as the second list).
-    Pause {
-        names: Option<Vec<String>>,
-        paused: bool,
-        cancel: bool,
-        reply: RpcReplyPort<PauseAnswer>,
-    },
-    /// A validated configuration to apply without stopping running trials.
-    Reload(Box<Config>, RpcReplyPort<ReloadReport>),
-    /// Shutting down: no new trial starts; running ones finish.
-    Drain,
-    /// A read handle on lineage (see `LineageMsg::Reader`).
-    Reader(RpcReplyPort<crate::lineage::LineageStore>),
-}
-
-/// A running ratchet as `ratchet status` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LiveStatus {
-    pub executor: ExecutorStatus,
-    pub lineage: Summary,
-    /// Trials not yet terminal, oldest first.
-    pub active: Vec<Trial>,
-    /// The configured specialists, in order.
-    pub specialists: Vec<String>,
-}
-
-/// What a reload changed.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ReloadReport {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    pub changed: Vec<String>,
-    /// `(before, after)` when `daemon.slots` changed.
-    pub slots: Option<(usize, usize)>,
-    /// Settings that changed in the file and apply only at the next start.
-    pub at_restart: Vec<String>,
-}
 
 pub struct Supervisor;
 
@@ -455,9 +409,6 @@ async fn live_status(state: &SupervisorState) -> Result<LiveStatus, String> {
         specialists: state.ctx.config.specialist_names(),
     })
 }
-
-/// The specialists whose pause state changed, and the trials cancelled.
-pub type PauseAnswer = Result<(Vec<String>, Vec<TrialId>), String>;
 
 async fn pause(
     state: &SupervisorState,

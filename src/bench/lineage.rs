@@ -9,8 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::actors::executor::ExecutorStatus;
-use crate::actors::supervisor::LiveStatus;
+use crate::actors::messages::{ExecutorStatus, LiveStatus};
 use crate::daemon::control::{self, Command, DaemonStatus, Reply, Response};
 use crate::domain::{
     now_ms, Decision, FailureLabel, NoiseBand, ParamValue, Params, ProcessReport, Spread,

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use ractor::Actor;
 use tokio::sync::mpsc;
 
-use crate::actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::actors::messages::SupervisorMsg;
+use crate::actors::supervisor::{Supervisor, SupervisorArgs};
 use crate::config::Config;
 use crate::domain::{TrialId, TrialStatus};
 use crate::lineage::actor::RunEvent;

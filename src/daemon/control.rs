@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::actors::supervisor::{LiveStatus, ReloadReport};
+use crate::actors::messages::{LiveStatus, ReloadReport};
 
 /// The version of the request/response format.
 pub const PROTOCOL: u32 = 1;

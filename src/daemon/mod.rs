@@ -19,7 +19,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::actors::supervisor::{LiveStatus, Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::actors::messages::{LiveStatus, SupervisorMsg};
+use crate::actors::supervisor::{Supervisor, SupervisorArgs};
 use crate::config::Config;
 use crate::domain::{format_float, now_ms, Trial, TrialStatus};
 use crate::lineage::actor::RunEvent;
@@ -456,7 +457,7 @@ async fn pause(
 
 /// Re-reads and validates the configuration file; a valid one is applied,
 /// an invalid one is logged error by error and the running one stays.
-async fn reload(handle: &Handle) -> Result<crate::actors::supervisor::ReloadReport, Vec<String>> {
+async fn reload(handle: &Handle) -> Result<crate::actors::messages::ReloadReport, Vec<String>> {
     let file = handle.file.clone();
     let loaded = tokio::task::spawn_blocking(move || Config::load(&file))
         .await
@@ -482,7 +483,7 @@ async fn reload(handle: &Handle) -> Result<crate::actors::supervisor::ReloadRepo
 
 /// Slot time since the executor started: busy, and idle while a proposal
 /// was on its way (the loop's own cost).
-fn utilization(e: &crate::actors::executor::ExecutorStatus) -> String {
+fn utilization(e: &crate::actors::messages::ExecutorStatus) -> String {
     if e.slot_total_s < 1.0 {
         return String::new();
     }
@@ -630,7 +631,7 @@ pub fn render_status(s: &DaemonStatus, now: u64) -> String {
 pub fn render_lineage(
     l: &crate::lineage::Summary,
     specialists: &[String],
-    executor: Option<&crate::actors::executor::ExecutorStatus>,
+    executor: Option<&crate::actors::messages::ExecutorStatus>,
     now: u64,
 ) -> String {
     let mut out = String::from("specialists:\n");
