@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::domain::{Direction, ParamValue, Params};
+use crate::recipe::{param_of, ParamSpec};
 
 /// One problem in a configuration file.
 #[derive(Clone, Debug, PartialEq)]
@@ -687,77 +688,6 @@ impl ExperimentFile {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ParamSpec {
-    Int { min: i64, max: i64 },
-    Float { min: f64, max: f64 },
-    LogFloat { min: f64, max: f64 },
-    Choice { values: Vec<ParamValue> },
-}
-
-impl ParamSpec {
-    /// Whether `v` is a legal value of this parameter.
-    pub fn contains(&self, v: &ParamValue) -> bool {
-        match (self, v) {
-            (Self::Int { min, max }, ParamValue::Int(x)) => min <= x && x <= max,
-            (Self::Float { min, max } | Self::LogFloat { min, max }, ParamValue::Float(x)) => {
-                *min <= *x && *x <= *max
-            }
-            (Self::Float { min, max } | Self::LogFloat { min, max }, ParamValue::Int(x)) => {
-                *min <= *x as f64 && *x as f64 <= *max
-            }
-            (Self::Choice { values }, v) => values.contains(v),
-            _ => false,
-        }
-    }
-
-    /// `v` in this parameter's own type where a number of the other type
-    /// means the same value (`2` for a float space or for the choice `2.0`):
-    /// what an edit writes into the recipe.
-    pub fn normalize(&self, v: &ParamValue) -> ParamValue {
-        match (self, v) {
-            (Self::Float { .. } | Self::LogFloat { .. }, ParamValue::Int(i)) => {
-                ParamValue::Float(*i as f64)
-            }
-            (Self::Choice { values }, ParamValue::Int(i)) if !values.contains(v) => values
-                .iter()
-                .find(|c| matches!(c, ParamValue::Float(f) if *f == *i as f64))
-                .cloned()
-                .unwrap_or_else(|| v.clone()),
-            (Self::Choice { values }, ParamValue::Float(f)) if !values.contains(v) => values
-                .iter()
-                .find(|c| matches!(c, ParamValue::Int(i) if *i as f64 == *f))
-                .cloned()
-                .unwrap_or_else(|| v.clone()),
-            _ => v.clone(),
-        }
-    }
-
-    fn check(&self) -> Result<(), String> {
-        match self {
-            Self::Int { min, max } if min >= max => {
-                Err(format!("min {min} must be below max {max}"))
-            }
-            Self::Float { min, max } if !ordered(*min, *max) => {
-                Err(format!("min {min} must be below max {max}"))
-            }
-            Self::LogFloat { min, max } if !(ordered(0.0, *min) && ordered(*min, *max)) => Err(
-                format!("log_float needs 0 < min < max, got min {min} max {max}"),
-            ),
-            Self::Choice { values } if values.len() < 2 => {
-                Err("choice needs at least two values".into())
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
-/// `a < b`, both finite.
-fn ordered(a: f64, b: f64) -> bool {
-    a.is_finite() && b.is_finite() && a.partial_cmp(&b) == Some(std::cmp::Ordering::Less)
-}
-
 // ---------------------------------------------------------------------------
 // The resolved configuration the rest of the program sees.
 
@@ -1403,7 +1333,7 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
         err(errors, &file, "eval.timeout_secs", "must be at least 1");
     }
     // One spelling of the recipe's path: edits and surfaces compare by text.
-    if let Err(m) = crate::edit::check_relative(&exp.recipe.to_string_lossy()) {
+    if let Err(m) = crate::recipe::check_relative(&exp.recipe.to_string_lossy()) {
         err(
             errors,
             &file,
@@ -1412,7 +1342,7 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
         );
     }
     for (i, p) in exp.protected.iter().enumerate() {
-        if let Err(m) = crate::edit::check_relative(p.trim_end_matches('/')) {
+        if let Err(m) = crate::recipe::check_relative(p.trim_end_matches('/')) {
             err(errors, &file, format!("protected[{i}]"), m);
         }
     }
@@ -1438,7 +1368,7 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
         }
         for (j, f) in s.files.iter().enumerate() {
             let key = format!("surface[{i}].files[{j}]");
-            if let Err(m) = crate::edit::check_relative(f.trim_end_matches('/')) {
+            if let Err(m) = crate::recipe::check_relative(f.trim_end_matches('/')) {
                 err(errors, &file, key, m);
             } else if exp.is_protected(f) {
                 err(errors, &file, key, format!("`{f}` is protected"));
@@ -1588,39 +1518,6 @@ fn read_defaults(
         }
     }
     (errors.len() == before).then_some(defaults)
-}
-
-/// A declared parameter's value in a parsed recipe. `momentum = 0` in a float
-/// space is the float 0.0: one value, one config key.
-pub fn param_of(table: &toml::Table, key: &str, spec: &ParamSpec) -> Option<ParamValue> {
-    lookup(table, key)
-        .and_then(param_value)
-        .map(|v| match (spec, v) {
-            (ParamSpec::Float { .. } | ParamSpec::LogFloat { .. }, ParamValue::Int(i)) => {
-                ParamValue::Float(i as f64)
-            }
-            (_, v) => v,
-        })
-}
-
-/// Looks up a dotted key path in a TOML table.
-pub fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
-    let mut parts = key.split('.');
-    let mut current = table.get(parts.next()?)?;
-    for part in parts {
-        current = current.as_table()?.get(part)?;
-    }
-    Some(current)
-}
-
-fn param_value(v: &toml::Value) -> Option<ParamValue> {
-    match v {
-        toml::Value::Integer(i) => Some(ParamValue::Int(*i)),
-        toml::Value::Float(f) => Some(ParamValue::Float(*f)),
-        toml::Value::String(s) => Some(ParamValue::Str(s.clone())),
-        toml::Value::Boolean(b) => Some(ParamValue::Bool(*b)),
-        _ => None,
-    }
 }
 
 fn absolute(p: &Path) -> PathBuf {

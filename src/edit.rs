@@ -16,8 +16,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use crate::config::{param_of, ExperimentFile, SurfaceSection};
+use crate::config::{ExperimentFile, SurfaceSection};
 use crate::domain::{Edit, FailureLabel};
+use crate::recipe::{self, check_relative, param_of};
 
 /// Why an edit was refused before anything ran.
 #[derive(Clone, Debug, PartialEq)]
@@ -71,33 +72,6 @@ impl<F: Fn(&str) -> Entry> Reader for F {
     fn read(&self, path: &str) -> Entry {
         self(path)
     }
-}
-
-/// Checks that `path` is a plain relative path inside the experiment
-/// directory: not absolute, no `..`, `.` or empty components, not in `.git`.
-pub fn check_relative(path: &str) -> Result<(), String> {
-    if path.is_empty() {
-        return Err("the path is empty".into());
-    }
-    if path.starts_with('/') {
-        return Err(
-            "an absolute path; edits name files relative to the experiment directory".into(),
-        );
-    }
-    if path.contains('\0') || path.contains('\\') {
-        return Err("the path holds a NUL or a backslash".into());
-    }
-    for part in path.split('/') {
-        match part {
-            ".." => return Err("`..` leaves the experiment directory".into()),
-            "" | "." => {
-                return Err("empty or `.` path components (`//`, `./`, trailing `/`)".into())
-            }
-            ".git" => return Err("inside `.git`".into()),
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// The rules one trial's edits are checked against.
@@ -253,14 +227,11 @@ impl Rules<'_> {
                     let before = current(&out, &recipe)
                         .ok_or_else(|| Self::patch(&recipe, "the recipe is missing"))?;
                     let after =
-                        crate::workspace::apply(&text(&recipe, before)?, values).map_err(|e| {
-                            match e {
-                                crate::workspace::ApplyError::Missing(k) => Self::patch(
-                                    format!("{recipe}:{k}"),
-                                    "no such key in the recipe",
-                                ),
-                                crate::workspace::ApplyError::Parse(m) => Self::patch(&recipe, m),
+                        recipe::apply(&text(&recipe, before)?, values).map_err(|e| match e {
+                            recipe::ApplyError::Missing(k) => {
+                                Self::patch(format!("{recipe}:{k}"), "no such key in the recipe")
                             }
+                            recipe::ApplyError::Parse(m) => Self::patch(&recipe, m),
                         })?;
                     out.insert(recipe.clone(), after.into_bytes());
                 }
@@ -330,7 +301,7 @@ impl Rules<'_> {
                 ),
             )
         })?;
-        let (old_keys, new_keys) = (flatten(&old), flatten(&new));
+        let (old_keys, new_keys) = (recipe::leaves(&old), recipe::leaves(&new));
         let keys: BTreeSet<&Vec<String>> = old_keys.keys().chain(new_keys.keys()).collect();
         for path in keys {
             if old_keys.get(path) == new_keys.get(path) {
@@ -372,128 +343,11 @@ impl Rules<'_> {
     }
 }
 
-/// Every non-table value of a TOML document by its key path (segments).
-fn flatten(table: &toml::Table) -> BTreeMap<Vec<String>, toml::Value> {
-    fn walk(
-        prefix: &mut Vec<String>,
-        table: &toml::Table,
-        out: &mut BTreeMap<Vec<String>, toml::Value>,
-    ) {
-        for (k, v) in table {
-            prefix.push(k.clone());
-            match v {
-                toml::Value::Table(t) => walk(prefix, t, out),
-                v => {
-                    out.insert(prefix.clone(), v.clone());
-                }
-            }
-            prefix.pop();
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(&mut Vec::new(), table, &mut out);
-    out
-}
-
-/// Every leaf value of a TOML table (tables are walked, arrays are leaves),
-/// by key path.
-fn leaves(table: &toml::Table) -> BTreeMap<Vec<String>, toml::Value> {
-    fn walk(t: &toml::Table, path: &mut Vec<String>, out: &mut BTreeMap<Vec<String>, toml::Value>) {
-        for (k, v) in t {
-            path.push(k.clone());
-            match v {
-                toml::Value::Table(sub) => walk(sub, path, out),
-                leaf => {
-                    out.insert(path.clone(), leaf.clone());
-                }
-            }
-            path.pop();
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(table, &mut Vec::new(), &mut out);
-    out
-}
-
-/// Three-way merge of a TOML recipe, key by key: every key `theirs` changed
-/// relative to `base` is written into `onto` (layout and comments of `onto`
-/// kept). A key `onto` changed too, to another value, is a conflict: the
-/// error names it. This is how a trial's change is re-applied onto an
-/// incumbent that moved after it was proposed.
-pub fn merge_recipe(base: &str, theirs: &str, onto: &str) -> Result<String, String> {
-    let parse = |which: &str, text: &str| {
-        text.parse::<toml::Table>()
-            .map(|t| leaves(&t))
-            .map_err(|e| format!("the {which} recipe does not parse: {e}"))
-    };
-    let (b, t, o) = (
-        parse("parent's", base)?,
-        parse("trial's", theirs)?,
-        parse("incumbent's", onto)?,
-    );
-    let mut doc: toml_edit::DocumentMut = onto
-        .parse()
-        .map_err(|e| format!("the incumbent's recipe does not parse: {e}"))?;
-    let keys: BTreeSet<&Vec<String>> = b.keys().chain(t.keys()).collect();
-    for key in keys {
-        let (was, want) = (b.get(key), t.get(key));
-        if was == want {
-            continue;
-        }
-        let now = o.get(key);
-        if now != was && now != want {
-            return Err(format!(
-                "`{}` was changed by both (incumbent: {}, trial: {})",
-                key.join("."),
-                now.map_or("unset".into(), |v| v.to_string()),
-                want.map_or("unset".into(), |v| v.to_string()),
-            ));
-        }
-        if now == want {
-            continue;
-        }
-        let (last, tables) = key.split_last().expect("a leaf has a name");
-        let mut table: &mut toml_edit::Table = doc.as_table_mut();
-        for part in tables {
-            let item = table
-                .entry(part)
-                .or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()));
-            table = item.as_table_mut().ok_or_else(|| {
-                format!(
-                    "`{}` is not a table in the incumbent's recipe",
-                    key.join(".")
-                )
-            })?;
-        }
-        match want {
-            Some(v) => {
-                let value: toml_edit::Value = v
-                    .to_string()
-                    .parse()
-                    .map_err(|e| format!("`{}`: {e}", key.join(".")))?;
-                let decor = table
-                    .get(last)
-                    .and_then(|i| i.as_value())
-                    .map(|v| v.decor().clone());
-                let mut value = value;
-                if let Some(d) = decor {
-                    *value.decor_mut() = d;
-                }
-                table.insert(last, toml_edit::Item::Value(value));
-            }
-            None => {
-                table.remove(last);
-            }
-        }
-    }
-    Ok(doc.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ParamSpec;
     use crate::domain::{ParamValue, Params};
+    use crate::recipe::ParamSpec;
 
     const RECIPE: &str = "[opt]\nlr = 0.1 # step\nsteps = 10\n[data]\nseed = 1\n";
 
@@ -707,26 +561,5 @@ mod tests {
             exp.surfaces[0].params["opt.lr"],
             ParamSpec::Float { .. }
         ));
-    }
-
-    #[test]
-    fn a_recipe_merge_takes_the_trials_keys_and_refuses_a_key_both_changed() {
-        let base = "[opt]\nlr = 0.1 # step\nwd = 0.0\n[arch]\nwidth = 64\n";
-        let theirs = "[opt]\nlr = 0.1\nwd = 0.05\n[arch]\nwidth = 64\n";
-        let onto = "# incumbent\n[opt]\nlr = 0.3 # step\nwd = 0.0\n[arch]\nwidth = 64\n";
-        let merged = merge_recipe(base, theirs, onto).unwrap();
-        assert!(merged.starts_with("# incumbent"), "{merged}");
-        assert!(merged.contains("lr = 0.3 # step"), "{merged}");
-        assert!(merged.contains("wd = 0.05"), "{merged}");
-        // Adjacent lines are no conflict: keys are merged, not lines.
-        let t: toml::Table = merged.parse().unwrap();
-        assert_eq!(t["arch"]["width"].as_integer(), Some(64));
-
-        let clash = "[opt]\nlr = 0.01\nwd = 0.0\n[arch]\nwidth = 64\n";
-        let e = merge_recipe(base, clash, onto).unwrap_err();
-        assert!(e.contains("`opt.lr` was changed by both"), "{e}");
-        // The same change on both sides is no conflict.
-        assert!(merge_recipe(base, onto, onto).is_ok());
-        assert!(merge_recipe("[a", theirs, onto).is_err());
     }
 }

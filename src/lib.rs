@@ -18,6 +18,7 @@ pub mod probe;
 pub mod process;
 pub mod propose;
 pub mod provenance;
+pub mod recipe;
 pub mod run;
 pub mod slurm;
 pub mod tinylm;

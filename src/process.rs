@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
@@ -54,14 +54,19 @@ pub struct GroupGuard(Arc<Guarded>);
 struct Guarded {
     pgid: AtomicI32,
     job: AtomicU64,
+    /// How the job is cancelled: the backend that submitted it says (this
+    /// layer knows process groups, not schedulers).
+    cancel: OnceLock<fn(&[u64])>,
 }
 
 impl GroupGuard {
     pub fn set(&self, pgid: i32) {
         self.0.pgid.store(pgid, Ordering::SeqCst);
     }
-    /// The run is a Slurm job: killing it is `scancel`.
-    pub fn set_job(&self, job: u64) {
+    /// The run is a cluster job: killing it is `cancel` of it (for Slurm,
+    /// `scancel`).
+    pub fn set_job(&self, job: u64, cancel: fn(&[u64])) {
+        let _ = self.0.cancel.set(cancel);
         self.0.job.store(job, Ordering::SeqCst);
     }
     pub fn disarm(&self) {
@@ -82,7 +87,9 @@ impl GroupGuard {
             kill_group(pgid);
         }
         if let Some(job) = self.take_job() {
-            crate::slurm::cancel_now(&[job]);
+            if let Some(cancel) = self.0.cancel.get() {
+                cancel(&[job]);
+            }
         }
     }
 }

@@ -136,12 +136,11 @@ impl Provenance {
             commit: parent.id().to_string(),
             message: e.to_string(),
         })?;
-        let updated =
-            crate::workspace::apply(text, config).map_err(|e| ProvenanceError::Recipe {
-                path: recipe.into(),
-                commit: parent.id().to_string(),
-                message: format!("{e:?}"),
-            })?;
+        let updated = crate::recipe::apply(text, config).map_err(|e| ProvenanceError::Recipe {
+            path: recipe.into(),
+            commit: parent.id().to_string(),
+            message: format!("{e:?}"),
+        })?;
         let new_blob = repo.blob(updated.as_bytes())?;
         let mut update = TreeUpdateBuilder::new();
         update.upsert(recipe, new_blob, FileMode::Blob);
@@ -273,7 +272,7 @@ impl Provenance {
     /// Re-applies a trial's change (its commit against its parent commit)
     /// onto `onto`, the incumbent that moved since it was proposed: each file
     /// the trial changed is taken from the trial unless `onto` changed it as
-    /// well; the recipe is then merged key by key (`edit::merge_recipe`), any
+    /// well; the recipe is then merged key by key (`recipe::merge_recipe`), any
     /// other file changed on both sides is a conflict. Returns the merged
     /// tree (objects written, no commit, no ref) and its recipe text, or the
     /// conflict in words.
@@ -579,7 +578,7 @@ fn merge_tree(
         if path != recipe {
             return Ok(Err(format!("`{path}` was changed by both")));
         }
-        let merged = match crate::edit::merge_recipe(
+        let merged = match crate::recipe::merge_recipe(
             &text(&base, path)?,
             &text(&theirs, path)?,
             &text(&ours, path)?,

@@ -514,14 +514,14 @@ impl Slurm {
                 }
             }
         };
-        guard.set_job(job);
+        guard.set_job(job, cancel_now);
         submitted(job).await;
         self.follow(spec, guard, job).await
     }
 
     /// Waits for a submitted (or adopted) job and makes its outcome.
     pub async fn follow(self: &Arc<Self>, spec: &Spec, guard: &GroupGuard, job: u64) -> Outcome {
-        guard.set_job(job);
+        guard.set_job(job, cancel_now);
         let end = self.wait(job).await;
         guard.disarm();
         let report = read_report(&JobFiles::of(spec).report);

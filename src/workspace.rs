@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::domain::{ParamValue, Params, TrialId};
+use crate::domain::TrialId;
 
 /// The directories of one run of a trial.
 #[derive(Clone, Debug)]
@@ -35,48 +35,6 @@ impl TrialDirs {
             root,
             seed,
         }
-    }
-}
-
-#[derive(Debug, PartialEq)]
-pub enum ApplyError {
-    Parse(String),
-    Missing(String),
-}
-
-/// Sets each dotted key of `config` in the TOML text, keeping its layout and comments.
-pub fn apply(text: &str, config: &Params) -> Result<String, ApplyError> {
-    let mut doc: toml_edit::DocumentMut = text
-        .parse()
-        .map_err(|e: toml_edit::TomlError| ApplyError::Parse(e.to_string()))?;
-    for (key, value) in config {
-        let mut parts = key.split('.').peekable();
-        let mut item: &mut toml_edit::Item = doc.as_item_mut();
-        while let Some(part) = parts.next() {
-            let next = match item.get_mut(part) {
-                Some(i) if !i.is_none() => i,
-                _ => return Err(ApplyError::Missing(key.clone())),
-            };
-            if parts.peek().is_none() {
-                let decor = next.as_value().map(|v| v.decor().clone());
-                let mut new = to_edit(value);
-                if let Some(d) = decor {
-                    *new.decor_mut() = d;
-                }
-                *next = toml_edit::Item::Value(new);
-            }
-            item = next;
-        }
-    }
-    Ok(doc.to_string())
-}
-
-fn to_edit(v: &ParamValue) -> toml_edit::Value {
-    match v {
-        ParamValue::Bool(b) => (*b).into(),
-        ParamValue::Int(i) => (*i).into(),
-        ParamValue::Float(f) => (*f).into(),
-        ParamValue::Str(s) => s.as_str().into(),
     }
 }
 
@@ -150,32 +108,4 @@ pub fn trial_argv(argv: &[String], config: &Config, dirs: &TrialDirs) -> Vec<Str
                 )
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn apply_sets_nested_keys_and_keeps_comments() {
-        let text = "# recipe\n[optimizer]\nlr = 0.1 # learning rate\nsteps = 10\n[model]\nkind = \"mlp\"\n";
-        let mut p = Params::new();
-        p.insert("optimizer.lr".into(), ParamValue::Float(0.25));
-        p.insert("model.kind".into(), ParamValue::Str("linear".into()));
-        let out = apply(text, &p).unwrap();
-        assert!(out.contains("lr = 0.25 # learning rate"), "{out}");
-        assert!(out.contains("kind = \"linear\""), "{out}");
-        assert!(out.contains("steps = 10"), "{out}");
-        assert!(out.starts_with("# recipe"), "{out}");
-    }
-
-    #[test]
-    fn apply_refuses_unknown_keys() {
-        let mut p = Params::new();
-        p.insert("optimizer.momentum".into(), ParamValue::Float(0.9));
-        assert_eq!(
-            apply("[optimizer]\nlr = 0.1\n", &p),
-            Err(ApplyError::Missing("optimizer.momentum".into()))
-        );
-    }
 }

@@ -29,7 +29,7 @@ use crate::probe::{self, Stage};
 use crate::process::{self, GroupGuard, GroupTask};
 use crate::propose::{rng::Rng, search};
 use crate::provenance::{Provenance, ProvenanceError};
-use crate::slurm::{Found, JobKind, Outcome, Slurm};
+use crate::slurm::{cancel_now, Found, JobKind, Outcome, Slurm};
 use crate::workspace::{secret_env, trial_argv, trial_env, TrialDirs};
 
 pub struct Executor;
@@ -1540,7 +1540,7 @@ fn adopt(
     let dirs = TrialDirs::run(&state.config.lineage_dir, id, seed);
     let spec = train_spec(&state.config, &dirs, id);
     let guard = GroupGuard::default();
-    guard.set_job(job);
+    guard.set_job(job, cancel_now);
     let task_guard = guard.clone();
     let executor = myself.clone();
     let task = tokio::spawn(async move {

@@ -9,8 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::ParamSpec;
 use crate::domain::{FailureLabel, ParamValue, Params, Trial, TrialStatus};
+use crate::recipe::ParamSpec;
 
 /// Neighbours that vote.
 const K: usize = 3;

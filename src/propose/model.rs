@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 
 use super::constraints;
-use crate::config::ParamSpec;
 use crate::domain::{Direction, ParamValue, Params};
+use crate::recipe::ParamSpec;
 
 /// Scored trials needed before the model has an opinion.
 pub const MIN_SCORED: usize = 5;

@@ -6,11 +6,12 @@
 
 use std::fmt::Write;
 
-use crate::config::{ExperimentFile, ParamSpec, SurfaceSection};
+use crate::config::{ExperimentFile, SurfaceSection};
 use crate::domain::{
     format_float, prefix_at_most, Decision, Direction, Incumbent, Trial, TrialId, TrialStatus,
 };
 use crate::lineage::Feedback;
+use crate::recipe::ParamSpec;
 
 /// Characters per token, for budgeting without a tokenizer.
 const CHARS_PER_TOKEN: usize = 4;

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use super::rng::Rng;
-use crate::config::ParamSpec;
 use crate::domain::{format_float, ParamValue, Params};
+use crate::recipe::ParamSpec;
 
 /// Share of candidates drawn uniformly over the whole surface once the
 /// surface has a confirmed improvement: mostly refine around it.
