@@ -28,8 +28,50 @@ impl FromStr for TrialId {
     }
 }
 
-/// Where a trial is in its lifecycle:
-/// `Proposed → Queued → Running → Evaluating → Kept | Discarded | Failed | Interrupted`.
+/// A commit of the experiment's history, as git names it (40 hex digits):
+/// what a trial ran, what was kept. Only provenance turns it into git's own
+/// type; everything else passes it on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CommitId(String);
+
+impl CommitId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for CommitId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(CommitId(s.to_ascii_lowercase()))
+        } else {
+            Err(format!("`{s}` is not a commit id (40 hex digits)"))
+        }
+    }
+}
+
+impl fmt::Display for CommitId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a trial is in its lifecycle. The state machine, the one place its
+/// moves are written (`may_become`; lineage refuses any other):
+///
+/// ```text
+/// Proposed   → Queued | Failed | Interrupted
+/// Queued     → Running | Failed | Interrupted
+/// Running    → Evaluating | Queued | Failed | Interrupted
+/// Evaluating → Kept | Discarded | Failed | Interrupted
+/// ```
+///
+/// `Running → Queued` is a run started again (the cluster lost it, or
+/// ratchet stopped while it trained); a decision is made only on a trial
+/// that was evaluated; nothing leaves a terminal status (`Kept`,
+/// `Discarded`, `Failed`, `Interrupted`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrialStatus {
@@ -44,6 +86,18 @@ pub enum TrialStatus {
 }
 
 impl TrialStatus {
+    /// Whether a trial in this status may move to `to` (see the type).
+    pub fn may_become(self, to: TrialStatus) -> bool {
+        use TrialStatus::*;
+        matches!(
+            (self, to),
+            (Proposed, Queued | Failed | Interrupted)
+                | (Queued, Running | Failed | Interrupted)
+                | (Running, Evaluating | Queued | Failed | Interrupted)
+                | (Evaluating, Kept | Discarded | Failed | Interrupted)
+        )
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -715,14 +769,14 @@ pub struct Trial {
     pub eval: Option<ProcessReport>,
     /// The git commit of the trial's files (on `ratchet/trials/<id>`).
     #[serde(default)]
-    pub commit: Option<String>,
+    pub commit: Option<CommitId>,
     /// The trial's edit as a unified diff against its parent commit.
     #[serde(default)]
     pub diff: Option<String>,
     /// When kept: the commit `ratchet/incumbent` moved to (the trial's own, or
     /// a merge onto an incumbent that moved after it was proposed).
     #[serde(default)]
-    pub keep_commit: Option<String>,
+    pub keep_commit: Option<CommitId>,
     /// The edits of a proposal that came as edits (inbox, LLM); empty for
     /// search trials, which write their full `config` into the recipe.
     #[serde(default)]
@@ -808,7 +862,7 @@ pub struct Incumbent {
     pub since_ms: u64,
     /// The incumbent's commit (`ratchet/incumbent` points at it).
     #[serde(default)]
-    pub commit: Option<String>,
+    pub commit: Option<CommitId>,
     /// Its noise band, from its seed runs.
     #[serde(default)]
     pub noise: Option<NoiseBand>,
@@ -860,6 +914,72 @@ mod tests {
         assert_eq!("42".parse::<TrialId>().unwrap(), TrialId(42));
         assert_eq!("#7".parse::<TrialId>().unwrap(), TrialId(7));
         assert!("x".parse::<TrialId>().is_err());
+    }
+
+    /// The moves of the state machine are exactly the documented ones, and
+    /// from every status a terminal one can be reached.
+    #[test]
+    fn the_state_machine_allows_the_documented_moves_only() {
+        use TrialStatus::*;
+        let all = [
+            Proposed,
+            Queued,
+            Running,
+            Evaluating,
+            Kept,
+            Discarded,
+            Failed,
+            Interrupted,
+        ];
+        let documented = [
+            (Proposed, Queued),
+            (Proposed, Failed),
+            (Proposed, Interrupted),
+            (Queued, Running),
+            (Queued, Failed),
+            (Queued, Interrupted),
+            (Running, Evaluating),
+            (Running, Queued),
+            (Running, Failed),
+            (Running, Interrupted),
+            (Evaluating, Kept),
+            (Evaluating, Discarded),
+            (Evaluating, Failed),
+            (Evaluating, Interrupted),
+        ];
+        for from in all {
+            for to in all {
+                assert_eq!(
+                    from.may_become(to),
+                    documented.contains(&(from, to)),
+                    "{from} → {to}"
+                );
+            }
+            assert_eq!(
+                from.is_terminal(),
+                all.iter().all(|&to| !from.may_become(to)),
+                "{from}: terminal exactly when nothing leaves it"
+            );
+            let (mut seen, mut next) = (vec![from], vec![from]);
+            while let Some(s) = next.pop() {
+                for to in all.into_iter().filter(|&to| s.may_become(to)) {
+                    if !seen.contains(&to) {
+                        seen.push(to);
+                        next.push(to);
+                    }
+                }
+            }
+            assert!(
+                seen.iter().any(|s| s.is_terminal()),
+                "{from}: no way to an outcome"
+            );
+        }
+        // A decision is made only on an evaluated trial.
+        for from in all {
+            for to in [Kept, Discarded] {
+                assert_eq!(from.may_become(to), from == Evaluating, "{from} → {to}");
+            }
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::domain::{format_float, Direction, Incumbent, Params, StatusChange, Trial};
+use crate::domain::{format_float, CommitId, Direction, Incumbent, Params, StatusChange, Trial};
 
 /// The version of the row schema. Adding a column keeps it; renaming,
 /// removing or changing the meaning of one bumps it.
@@ -225,8 +225,8 @@ impl<'a> Row<'a> {
             changes: &t.changes,
             config: &t.config,
             detail: t.detail.as_deref(),
-            commit: t.commit.as_deref(),
-            keep_commit: t.keep_commit.as_deref(),
+            commit: t.commit.as_ref().map(CommitId::as_str),
+            keep_commit: t.keep_commit.as_ref().map(CommitId::as_str),
             rebased_from: t.rebased_from.map(|p| p.0),
             rebased_as: t.rebased_as.map(|p| p.0),
             trial_dir: t.trial_dir.as_ref().map(|d| d.display().to_string()),

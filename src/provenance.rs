@@ -15,7 +15,7 @@ use git2::{
     TreeWalkResult,
 };
 
-use crate::domain::{Edit, Params, TrialId};
+use crate::domain::{CommitId, Edit, Params, TrialId};
 use crate::edit::{Entry, Rejection, Rules};
 
 pub const BASE_REF: &str = "refs/heads/ratchet/base";
@@ -48,6 +48,20 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ProvenanceError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// A merged tree (from `rebase_tree` or `combine_tree`), to be committed
+/// with `commit_rebased`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MergedTree(Oid);
+
+/// git's id of a commit lineage names.
+fn git_id(c: &CommitId) -> Result<Oid, ProvenanceError> {
+    Ok(Oid::from_str(c.as_str())?)
+}
+
+fn commit_id(o: Oid) -> CommitId {
+    o.to_string().parse().expect("git's ids are 40 hex digits")
 }
 
 /// Where an experiment's provenance lives.
@@ -91,11 +105,11 @@ impl Provenance {
     /// The commit the first trials start from: `ratchet/base`, a snapshot of the
     /// experiment directory made on first use and reused afterwards (restarts
     /// continue the same history). `skip` is left out (the lineage directory).
-    pub fn base(&self, skip: &Path) -> Result<Oid, ProvenanceError> {
+    pub fn base(&self, skip: &Path) -> Result<CommitId, ProvenanceError> {
         let repo = self.repo()?;
         if let Ok(r) = repo.find_reference(BASE_REF) {
             if let Some(oid) = r.target() {
-                return Ok(oid);
+                return Ok(commit_id(oid));
             }
         }
         let tree = snapshot(&repo, &self.experiment_dir, skip)?;
@@ -107,7 +121,7 @@ impl Provenance {
         );
         let oid = repo.commit(None, &sig, &sig, &message, &tree, &[])?;
         repo.reference(BASE_REF, oid, false, "ratchet: base snapshot")?;
-        Ok(oid)
+        Ok(commit_id(oid))
     }
 
     /// Commits a trial on `ratchet/trials/<id>`: the parent's tree with
@@ -115,13 +129,13 @@ impl Provenance {
     pub fn commit_trial(
         &self,
         id: TrialId,
-        parent: Oid,
+        parent: &CommitId,
         recipe: &str,
         config: &Params,
         message: &str,
-    ) -> Result<(Oid, String), ProvenanceError> {
+    ) -> Result<(CommitId, String), ProvenanceError> {
         let repo = self.repo()?;
-        let parent = repo.find_commit(parent)?;
+        let parent = repo.find_commit(git_id(parent)?)?;
         let base_tree = parent.tree()?;
         let entry = base_tree
             .get_path(Path::new(recipe))
@@ -149,7 +163,7 @@ impl Provenance {
         let oid = repo.commit(None, &sig, &sig, message, &tree, &[&parent])?;
         repo.reference(&trial_ref(id), oid, true, "ratchet: trial")?;
         let diff = diff_text(&repo, &base_tree, &tree)?;
-        Ok((oid, diff))
+        Ok((commit_id(oid), diff))
     }
 
     /// Commits a trial whose proposal came as edits: they are checked against
@@ -159,13 +173,13 @@ impl Provenance {
     pub fn commit_edits(
         &self,
         id: TrialId,
-        parent: Oid,
+        parent: &CommitId,
         rules: &Rules<'_>,
         edits: &[Edit],
         message: &str,
-    ) -> Result<Result<(Oid, String, String), Rejection>, ProvenanceError> {
+    ) -> Result<Result<(CommitId, String, String), Rejection>, ProvenanceError> {
         let repo = self.repo()?;
-        let parent = repo.find_commit(parent)?;
+        let parent = repo.find_commit(git_id(parent)?)?;
         let base_tree = parent.tree()?;
         let reader = |path: &str| -> Entry {
             let Ok(entry) = base_tree.get_path(Path::new(path)) else {
@@ -209,7 +223,7 @@ impl Provenance {
                 Err(_) => String::new(),
             },
         };
-        Ok(Ok((oid, diff, recipe_text)))
+        Ok(Ok((commit_id(oid), diff, recipe_text)))
     }
 
     /// The text files of a commit at `paths` (a directory stands for every
@@ -217,12 +231,12 @@ impl Provenance {
     /// symlinks and binary files are left out.
     pub fn read_files(
         &self,
-        commit: Oid,
+        commit: &CommitId,
         paths: &[String],
         max_bytes: usize,
     ) -> Result<Vec<(String, String)>, ProvenanceError> {
         let repo = self.repo()?;
-        let tree = repo.find_commit(commit)?.tree()?;
+        let tree = repo.find_commit(git_id(commit)?)?.tree()?;
         let mut out: Vec<(String, String)> = Vec::new();
         let push = |path: String, id: Oid, out: &mut Vec<(String, String)>| {
             if out.iter().any(|(p, _)| *p == path) {
@@ -278,15 +292,16 @@ impl Provenance {
     /// conflict in words.
     pub fn rebase_tree(
         &self,
-        trial: Oid,
-        onto: Oid,
+        trial: &CommitId,
+        onto: &CommitId,
         recipe: &str,
-    ) -> Result<Result<(Oid, String), String>, ProvenanceError> {
+    ) -> Result<Result<(MergedTree, String), String>, ProvenanceError> {
         let repo = self.repo()?;
+        let (trial, onto) = (git_id(trial)?, git_id(onto)?);
         let Ok(parent) = repo.find_commit(trial)?.parent(0) else {
             return Ok(Err("the trial's commit has no parent to rebase from".into()));
         };
-        merge_tree(&repo, parent.id(), trial, onto, recipe)
+        Ok(merge_tree(&repo, parent.id(), trial, onto, recipe)?.map(|(t, r)| (MergedTree(t), r)))
     }
 
     /// The displaced incumbent's recipe combined with the trial that
@@ -296,11 +311,12 @@ impl Provenance {
     /// already has all of it (nothing to combine).
     pub fn combine_tree(
         &self,
-        displaced: Oid,
-        kept: Oid,
+        displaced: &CommitId,
+        kept: &CommitId,
         recipe: &str,
-    ) -> Result<Result<(Oid, String), String>, ProvenanceError> {
+    ) -> Result<Result<(MergedTree, String), String>, ProvenanceError> {
         let repo = self.repo()?;
+        let (displaced, kept) = (git_id(displaced)?, git_id(kept)?);
         let Ok(parent) = repo.find_commit(kept)?.parent(0) else {
             return Ok(Err("the kept commit has no parent to combine from".into()));
         };
@@ -310,7 +326,7 @@ impl Provenance {
         };
         Ok(match merged {
             Ok((tree, _)) if same(&tree)? => Err("the kept trial already has every change".into()),
-            m => m,
+            m => m.map(|(t, r)| (MergedTree(t), r)),
         })
     }
 
@@ -319,18 +335,18 @@ impl Provenance {
     pub fn commit_rebased(
         &self,
         id: TrialId,
-        tree: Oid,
-        onto: Oid,
+        tree: MergedTree,
+        onto: &CommitId,
         message: &str,
-    ) -> Result<(Oid, String), ProvenanceError> {
+    ) -> Result<(CommitId, String), ProvenanceError> {
         let repo = self.repo()?;
-        let parent = repo.find_commit(onto)?;
-        let tree = repo.find_tree(tree)?;
+        let parent = repo.find_commit(git_id(onto)?)?;
+        let tree = repo.find_tree(tree.0)?;
         let sig = signature(&repo);
         let oid = repo.commit(None, &sig, &sig, message, &tree, &[&parent])?;
         repo.reference(&trial_ref(id), oid, true, "ratchet: rebased trial")?;
         let diff = diff_text(&repo, &parent.tree()?, &tree)?;
-        Ok((oid, diff))
+        Ok((commit_id(oid), diff))
     }
 
     /// A merge commit on `incumbent` and `trial` whose files are exactly the
@@ -338,37 +354,41 @@ impl Provenance {
     /// measured. No ref is moved.
     pub fn commit_keep(
         &self,
-        trial: Oid,
-        incumbent: Oid,
+        trial: &CommitId,
+        incumbent: &CommitId,
         message: &str,
-    ) -> Result<Oid, ProvenanceError> {
+    ) -> Result<CommitId, ProvenanceError> {
         let repo = self.repo()?;
-        let (trial, incumbent) = (repo.find_commit(trial)?, repo.find_commit(incumbent)?);
+        let (trial, incumbent) = (
+            repo.find_commit(git_id(trial)?)?,
+            repo.find_commit(git_id(incumbent)?)?,
+        );
         let (sig, tree) = (signature(&repo), trial.tree()?);
         let oid = repo.commit(None, &sig, &sig, message, &tree, &[&incumbent, &trial])?;
-        Ok(oid)
+        Ok(commit_id(oid))
     }
 
     /// Moves `ratchet/incumbent` to a kept trial's commit.
-    pub fn set_incumbent(&self, commit: Oid) -> Result<(), ProvenanceError> {
+    pub fn set_incumbent(&self, commit: &CommitId) -> Result<(), ProvenanceError> {
         self.repo()?
-            .reference(INCUMBENT_REF, commit, true, "ratchet: keep")?;
+            .reference(INCUMBENT_REF, git_id(commit)?, true, "ratchet: keep")?;
         Ok(())
     }
 
     /// Where `ratchet/incumbent` points, if anywhere.
-    pub fn incumbent(&self) -> Result<Option<Oid>, ProvenanceError> {
+    pub fn incumbent(&self) -> Result<Option<CommitId>, ProvenanceError> {
         Ok(self
             .repo()?
             .find_reference(INCUMBENT_REF)
             .ok()
-            .and_then(|r| r.target()))
+            .and_then(|r| r.target())
+            .map(commit_id))
     }
 
     /// Writes a commit's files into `dir` (created; must not hold other files).
-    pub fn export(&self, commit: Oid, dir: &Path) -> Result<(), ProvenanceError> {
+    pub fn export(&self, commit: &CommitId, dir: &Path) -> Result<(), ProvenanceError> {
         let repo = self.repo()?;
-        let tree = repo.find_commit(commit)?.tree()?;
+        let tree = repo.find_commit(git_id(commit)?)?.tree()?;
         write_tree(&repo, &tree, dir)
     }
 
@@ -377,12 +397,12 @@ impl Provenance {
     /// and a path the commit lacks is removed.
     pub fn restore(
         &self,
-        commit: Oid,
+        commit: &CommitId,
         dir: &Path,
         paths: &[String],
     ) -> Result<(), ProvenanceError> {
         let repo = self.repo()?;
-        let tree = repo.find_commit(commit)?.tree()?;
+        let tree = repo.find_commit(git_id(commit)?)?.tree()?;
         for path in paths {
             let path = path.trim_end_matches('/');
             let target = dir.join(path);
@@ -625,7 +645,7 @@ mod tests {
         let mut config = Params::new();
         config.insert("a.x".into(), ParamValue::Int(5));
         let (commit, diff) = p
-            .commit_trial(TrialId(1), base, "recipe.toml", &config, "trial 1")
+            .commit_trial(TrialId(1), &base, "recipe.toml", &config, "trial 1")
             .unwrap();
         assert!(
             diff.contains("-x = 1 # the x") && diff.contains("+x = 5 # the x"),
@@ -635,16 +655,22 @@ mod tests {
         assert_eq!(
             repo.find_reference(&trial_ref(TrialId(1)))
                 .unwrap()
-                .target(),
-            Some(commit)
+                .target()
+                .map(commit_id),
+            Some(commit.clone())
         );
         assert_eq!(
-            repo.find_commit(commit).unwrap().parent_id(0).unwrap(),
+            commit_id(
+                repo.find_commit(git_id(&commit).unwrap())
+                    .unwrap()
+                    .parent_id(0)
+                    .unwrap()
+            ),
             base
         );
 
         let out = tempfile::tempdir().unwrap();
-        p.export(commit, &out.path().join("w")).unwrap();
+        p.export(&commit, &out.path().join("w")).unwrap();
         assert_eq!(
             std::fs::read_to_string(out.path().join("w/recipe.toml")).unwrap(),
             "# r\n[a]\nx = 5 # the x\n"
@@ -662,14 +688,14 @@ mod tests {
         );
 
         assert_eq!(p.incumbent().unwrap(), None);
-        p.set_incumbent(commit).unwrap();
+        p.set_incumbent(&commit).unwrap();
         assert_eq!(p.incumbent().unwrap(), Some(commit));
     }
 
     /// A commit on top of `parent` with `files` replaced.
-    fn commit_files(p: &Provenance, parent: Oid, files: &[(&str, &str)]) -> Oid {
+    fn commit_files(p: &Provenance, parent: &CommitId, files: &[(&str, &str)]) -> CommitId {
         let repo = Repository::open(&p.git_dir).unwrap();
-        let parent = repo.find_commit(parent).unwrap();
+        let parent = repo.find_commit(git_id(parent).unwrap()).unwrap();
         let mut update = TreeUpdateBuilder::new();
         for (path, text) in files {
             let mode = if path.ends_with(".sh") {
@@ -684,8 +710,10 @@ mod tests {
             .unwrap();
         let tree = repo.find_tree(tree).unwrap();
         let sig = signature(&repo);
-        repo.commit(None, &sig, &sig, "t", &tree, &[&parent])
-            .unwrap()
+        commit_id(
+            repo.commit(None, &sig, &sig, "t", &tree, &[&parent])
+                .unwrap(),
+        )
     }
 
     #[test]
@@ -696,7 +724,7 @@ mod tests {
         let base = p.base(Path::new("/nonexistent")).unwrap();
         let incumbent = commit_files(
             &p,
-            base,
+            &base,
             &[
                 ("recipe.toml", "[a]\nx = 2\ny = 1\n"),
                 ("notes.txt", "inc\n"),
@@ -704,19 +732,19 @@ mod tests {
         );
         let trial = commit_files(
             &p,
-            base,
+            &base,
             &[
                 ("recipe.toml", "[a]\nx = 1\ny = 3\n"),
                 ("sub/train.sh", "echo new\n"),
             ],
         );
         let (tree, recipe) = p
-            .rebase_tree(trial, incumbent, "recipe.toml")
+            .rebase_tree(&trial, &incumbent, "recipe.toml")
             .unwrap()
             .expect("no conflict");
         assert_eq!(recipe, "[a]\nx = 2\ny = 3\n");
         let (commit, diff) = p
-            .commit_rebased(TrialId(9), tree, incumbent, "rebased")
+            .commit_rebased(TrialId(9), tree, &incumbent, "rebased")
             .unwrap();
         assert!(
             diff.contains("+y = 3") && diff.contains("+echo new"),
@@ -727,7 +755,7 @@ mod tests {
             "the incumbent's own file is no change: {diff}"
         );
         let out = tempfile::tempdir().unwrap();
-        p.export(commit, &out.path().join("w")).unwrap();
+        p.export(&commit, &out.path().join("w")).unwrap();
         let read = |f: &str| std::fs::read_to_string(out.path().join("w").join(f)).unwrap();
         assert_eq!(read("notes.txt"), "inc\n");
         assert_eq!(read("sub/train.sh"), "echo new\n");
@@ -741,15 +769,15 @@ mod tests {
             "the trial's file keeps its executable bit"
         );
 
-        let clash = commit_files(&p, base, &[("notes.txt", "mine\n")]);
+        let clash = commit_files(&p, &base, &[("notes.txt", "mine\n")]);
         let e = p
-            .rebase_tree(clash, incumbent, "recipe.toml")
+            .rebase_tree(&clash, &incumbent, "recipe.toml")
             .unwrap()
             .unwrap_err();
         assert_eq!(e, "`notes.txt` was changed by both");
-        let key = commit_files(&p, base, &[("recipe.toml", "[a]\nx = 5\ny = 1\n")]);
+        let key = commit_files(&p, &base, &[("recipe.toml", "[a]\nx = 5\ny = 1\n")]);
         let e = p
-            .rebase_tree(key, incumbent, "recipe.toml")
+            .rebase_tree(&key, &incumbent, "recipe.toml")
             .unwrap()
             .unwrap_err();
         assert!(e.contains("`a.x` was changed by both"), "{e}");

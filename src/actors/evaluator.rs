@@ -28,11 +28,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{info, warn};
 
 use super::messages::{EvaluatorMsg, ExecutorMsg, Stage, SCOUT};
-use super::{interrupt_all, measure_trial, update_trial, CALL_TIMEOUT_MS};
+use super::{advance_trial, interrupt_all, measure_trial, update_trial, CALL_TIMEOUT_MS};
 use crate::config::Config;
 use crate::domain::{
-    format_float, Call, Decision, Evidence, FailureLabel, Incumbent, NoiseBand, ProcessReport,
-    SeedRun, Spread, Trial, TrialId, TrialStatus,
+    format_float, Call, CommitId, Decision, Evidence, FailureLabel, Incumbent, NoiseBand,
+    ProcessReport, SeedRun, Spread, Trial, TrialId, TrialStatus,
 };
 use crate::gpu::{Gpus, Lease};
 use crate::judge::{self, Pool};
@@ -40,7 +40,7 @@ use crate::lineage::actor::LineageMsg;
 use crate::lineage::NewTrial;
 use crate::probe::{self, Stage as Spent};
 use crate::process::{self, GroupGuard, GroupTask};
-use crate::provenance::Provenance;
+use crate::provenance::{MergedTree, Provenance};
 use crate::slurm::{JobKind, Outcome, Slurm};
 use crate::workspace::{secret_env, trial_argv, trial_env, TrialDirs};
 
@@ -277,11 +277,11 @@ async fn handle_msg(
             id, seed: 0, train, ..
         } => {
             let report = train.clone();
-            let trial = update_trial(
+            let trial = advance_trial(
                 &state.lineage,
                 id,
+                TrialStatus::Evaluating,
                 Box::new(move |t| {
-                    t.status = TrialStatus::Evaluating;
                     t.train = Some(report.clone());
                 }),
             )
@@ -393,7 +393,7 @@ async fn update_run(
     change: impl Fn(&mut SeedRun) + Send + Sync + 'static,
 ) -> Option<Trial> {
     let remeasure = state.remeasuring == Some(id);
-    let change: crate::lineage::actor::Change = Box::new(move |t| {
+    let change: crate::lineage::actor::Set = Box::new(move |t| {
         if !remeasure && t.status != TrialStatus::Evaluating {
             return;
         }
@@ -435,7 +435,7 @@ fn missing_seeds(config: &Config, trial: &Trial) -> Vec<u64> {
 
 /// A fresh (empty) run for each of `seeds`, keeping recorded process groups
 /// and Slurm jobs (recovery adopts a job that is still running).
-fn add_seed_runs(seeds: Vec<u64>) -> crate::lineage::actor::Change {
+fn add_seed_runs(seeds: Vec<u64>) -> crate::lineage::actor::Set {
     Box::new(move |t: &mut Trial| {
         for &seed in &seeds {
             if let Some(r) = t.seed_runs.iter_mut().find(|r| r.seed == seed) {
@@ -755,11 +755,6 @@ async fn pool(state: &mut EvaluatorState, trial: &Trial) -> Result<(), ActorProc
     Ok(())
 }
 
-/// A commit id lineage recorded, as git's.
-fn oid(c: Option<&str>) -> Option<git2::Oid> {
-    c.and_then(|c| git2::Oid::from_str(c).ok())
-}
-
 /// The spreads the keep rule pools: every recipe measured with several
 /// seeds, except the current incumbent (whose runs are still being added;
 /// they join at each decision, and for good when it is replaced); and, with
@@ -1023,8 +1018,7 @@ async fn keep_over(
     old: &Incumbent,
     parent: TrialId,
 ) -> Result<Trial, ActorProcessingErr> {
-    let (Some(commit), Some(onto)) = (oid(trial.commit.as_deref()), oid(old.commit.as_deref()))
-    else {
+    let (Some(commit), Some(onto)) = (trial.commit.clone(), old.commit.clone()) else {
         return Ok(trial);
     };
     let message = format!(
@@ -1032,12 +1026,13 @@ async fn keep_over(
         trial.id, old.trial, old.trial
     );
     let provenance = state.provenance.clone();
-    let keep = tokio::task::spawn_blocking(move || provenance.commit_keep(commit, onto, &message))
-        .await??;
+    let keep =
+        tokio::task::spawn_blocking(move || provenance.commit_keep(&commit, &onto, &message))
+            .await??;
     update_trial(
         &state.lineage,
         trial.id,
-        Box::new(move |t| t.keep_commit = Some(keep.to_string())),
+        Box::new(move |t| t.keep_commit = Some(keep.clone())),
     )
     .await
     .map_err(Into::into)
@@ -1051,8 +1046,7 @@ async fn rebase(state: &mut EvaluatorState, trial: &Trial) -> Result<(), ActorPr
         return Err(format!("trial {} rebased without an incumbent", trial.id).into());
     };
     let score = trial.full_score.or(trial.proxy_score);
-    let (Some(commit), Some(onto)) = (oid(trial.commit.as_deref()), oid(inc.commit.as_deref()))
-    else {
+    let (Some(commit), Some(onto)) = (trial.commit.clone(), inc.commit.clone()) else {
         let failure = Failure {
             label: FailureLabel::PatchFailed,
             detail: format!(
@@ -1066,8 +1060,10 @@ async fn rebase(state: &mut EvaluatorState, trial: &Trial) -> Result<(), ActorPr
     let exp = &state.config.experiment;
     let recipe = exp.file.recipe.to_string_lossy().into_owned();
     let provenance = state.provenance.clone();
-    let merged = tokio::task::spawn_blocking(move || provenance.rebase_tree(commit, onto, &recipe))
-        .await??;
+    let target = onto.clone();
+    let merged =
+        tokio::task::spawn_blocking(move || provenance.rebase_tree(&commit, &target, &recipe))
+            .await??;
     let (tree, recipe_text) = match merged {
         Ok(m) => m,
         Err(conflict) => {
@@ -1127,8 +1123,8 @@ struct Merged {
 async fn propose_merged(
     state: &mut EvaluatorState,
     m: Merged,
-    (tree, recipe_text): (git2::Oid, &str),
-    (base, parent, onto): (&crate::domain::Params, TrialId, git2::Oid),
+    (tree, recipe_text): (MergedTree, &str),
+    (base, parent, onto): (&crate::domain::Params, TrialId, CommitId),
 ) -> Result<Trial, ActorProcessingErr> {
     let config = state.config.experiment.measured(recipe_text);
     let changes = config
@@ -1158,13 +1154,13 @@ async fn propose_merged(
     );
     let (provenance, id) = (state.provenance.clone(), proposed.id);
     let (oid, diff) =
-        tokio::task::spawn_blocking(move || provenance.commit_rebased(id, tree, onto, &message))
+        tokio::task::spawn_blocking(move || provenance.commit_rebased(id, tree, &onto, &message))
             .await??;
     let committed = update_trial(
         &state.lineage,
         proposed.id,
         Box::new(move |t| {
-            t.commit = Some(oid.to_string());
+            t.commit = Some(oid.clone());
             t.diff = Some(diff.clone());
         }),
     )
@@ -1182,13 +1178,10 @@ async fn combine(
     kept: &Trial,
     displaced: &Incumbent,
 ) -> Result<(), ActorProcessingErr> {
-    let (Some(from), Some(own)) = (
-        oid(displaced.commit.as_deref()),
-        oid(kept.commit.as_deref()),
-    ) else {
+    let (Some(from), Some(own)) = (displaced.commit.clone(), kept.commit.clone()) else {
         return Ok(());
     };
-    let onto = oid(kept.keep_commit.as_deref()).unwrap_or(own);
+    let onto = kept.keep_commit.clone().unwrap_or_else(|| own.clone());
     let Some(old) = ractor::call_t!(
         state.lineage,
         LineageMsg::Get,
@@ -1208,8 +1201,8 @@ async fn combine(
         .to_string_lossy()
         .into_owned();
     let provenance = state.provenance.clone();
-    let merged =
-        tokio::task::spawn_blocking(move || provenance.combine_tree(from, own, &recipe)).await??;
+    let merged = tokio::task::spawn_blocking(move || provenance.combine_tree(&from, &own, &recipe))
+        .await??;
     let (tree, recipe_text) = match merged {
         Ok(m) => m,
         Err(why) => {
@@ -1275,7 +1268,7 @@ fn start_eval(
     // code, eval data) back exactly as committed before eval sees them.
     let mut protected = exp.protected.clone();
     protected.push("experiment.toml".into());
-    let restore = oid(trial.commit.as_deref()).map(|commit| {
+    let restore = trial.commit.clone().map(|commit| {
         (
             state.provenance.clone(),
             commit,
@@ -1301,7 +1294,7 @@ fn start_eval(
             lease,
         };
         if let Some((provenance, commit, work, paths)) = restore {
-            let task = move || provenance.restore(commit, &work, &paths);
+            let task = move || provenance.restore(&commit, &work, &paths);
             let failed = match tokio::task::spawn_blocking(task).await {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e.to_string()),
@@ -1452,9 +1445,15 @@ async fn record(
     eval: Option<(Stage, ProcessReport)>,
 ) -> Result<(), ActorProcessingErr> {
     let v = verdict.clone();
-    let updated = update_trial(
+    let to = match &verdict {
+        Verdict::Failed(_) => TrialStatus::Failed,
+        Verdict::Scored { decision, .. } if *decision == Decision::Improved => TrialStatus::Kept,
+        _ => TrialStatus::Discarded,
+    };
+    let updated = advance_trial(
         &state.lineage,
         trial.id,
+        to,
         Box::new(move |t| {
             match &eval {
                 Some((Stage::Proxy, e)) => t.eval = Some(e.clone()),
@@ -1463,7 +1462,6 @@ async fn record(
             }
             match &v {
                 Verdict::Failed(f) => {
-                    t.status = TrialStatus::Failed;
                     t.label = Some(f.label);
                     t.detail = Some(f.detail.clone());
                     t.score = f.score;
@@ -1478,11 +1476,6 @@ async fn record(
                     evidence,
                 } => {
                     t.evidence = *evidence;
-                    t.status = if *decision == Decision::Improved {
-                        TrialStatus::Kept
-                    } else {
-                        TrialStatus::Discarded
-                    };
                     t.score = Some(*score);
                     t.decision = Some(*decision);
                     t.parent_score = *reference;
@@ -1493,12 +1486,10 @@ async fn record(
                     }
                 }
                 Verdict::Pruned { detail } => {
-                    t.status = TrialStatus::Discarded;
                     t.decision = Some(Decision::Pruned);
                     t.detail = Some(detail.clone());
                 }
                 Verdict::Rebased { to, score, detail } => {
-                    t.status = TrialStatus::Discarded;
                     t.decision = Some(Decision::Rebased);
                     t.rebased_as = Some(*to);
                     t.score = *score;
@@ -1543,11 +1534,14 @@ async fn record(
             });
             // Lineage holds the keep; the ref follows (and is re-pointed from
             // lineage at the next start if this write is lost).
-            if let Some(commit) = oid(updated.keep_commit.as_deref().or(updated.commit.as_deref()))
+            if let Some(commit) = updated
+                .keep_commit
+                .clone()
+                .or_else(|| updated.commit.clone())
             {
                 let provenance = state.provenance.clone();
                 let moved =
-                    tokio::task::spawn_blocking(move || provenance.set_incumbent(commit)).await;
+                    tokio::task::spawn_blocking(move || provenance.set_incumbent(&commit)).await;
                 let error = match moved {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(e.to_string()),

@@ -8,17 +8,20 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use git2::Oid;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{info, warn};
 
 use super::messages::{
     EvaluatorMsg, ExecutorMsg, ExecutorStatus, Ran, RunInfo, SpecialistInfo, SpecialistMsg, SCOUT,
 };
-use super::{interrupt, interrupt_all, measure_trial, update_trial, CALL_TIMEOUT_MS};
+use super::{
+    advance_trial, interrupt, interrupt_all, measure_trial, update_trial, CALL_TIMEOUT_MS,
+};
 use crate::allocation::{self, Outcomes, Stride};
 use crate::config::Config;
-use crate::domain::{now_ms, Params, ProcessReport, Pruning, Trial, TrialId, TrialStatus};
+use crate::domain::{
+    now_ms, CommitId, Params, ProcessReport, Pruning, Trial, TrialId, TrialStatus,
+};
 use crate::edit::{Rejection, Rules};
 use crate::gpu::{Gpus, Lease, LeaseView};
 use crate::judge::Bars;
@@ -43,7 +46,7 @@ pub struct ExecutorArgs {
     pub max_trials: Option<u64>,
     pub provenance: Arc<Provenance>,
     /// The commit trials without a parent start from (`ratchet/base`).
-    pub base: Oid,
+    pub base: CommitId,
     /// The Slurm backend; `None`: runs are child processes of ratchet.
     pub slurm: Option<Arc<Slurm>>,
     /// GPU slots; `None`: `config.slots` CPU slots.
@@ -193,7 +196,7 @@ pub struct ExecutorState {
     occupancy: Occupancy,
     config: Arc<Config>,
     provenance: Arc<Provenance>,
-    base: Oid,
+    base: CommitId,
     slurm: Option<Arc<Slurm>>,
     gpus: Option<Arc<Gpus>>,
     /// Seed re-runs the cluster lost, by trial and seed: each is queued
@@ -654,10 +657,11 @@ async fn queue(
         return count_outcome(state, trial.id).await;
     }
     let t0 = Instant::now();
-    let queued = update_trial(
+    let queued = advance_trial(
         &state.lineage,
         trial.id,
-        Box::new(|t| t.status = TrialStatus::Queued),
+        TrialStatus::Queued,
+        Box::new(|_| {}),
     )
     .await?;
     probe::since(trial.id, Stage::Record, t0);
@@ -892,7 +896,7 @@ fn start(
     let lineage = state.lineage.clone();
     let executor = myself.clone();
     let task_guard = guard.clone();
-    let (provenance, base) = (state.provenance.clone(), state.base);
+    let (provenance, base) = (state.provenance.clone(), state.base.clone());
     let slurm = state.slurm.clone();
     let gpus = lease.as_ref().map(Lease::view);
     let bars = prunable(state, &trial, seed);
@@ -1160,7 +1164,7 @@ async fn run_seed(l: &Launcher<'_>, trial: &Trial, seed: u64, provenance: Arc<Pr
     let dirs = TrialDirs::run(&l.config.lineage_dir, trial.id, seed);
     let spec = train_spec(l.config, &dirs, trial.id);
     let failed = |e: String| Ran::Report(Box::new(spawn_failed(&spec, e)));
-    let Some(commit) = trial.commit.as_deref().and_then(|c| Oid::from_str(c).ok()) else {
+    let Some(commit) = trial.commit.clone() else {
         return failed("the trial has no commit to re-run".into());
     };
     let work = dirs.work.clone();
@@ -1171,7 +1175,7 @@ async fn run_seed(l: &Launcher<'_>, trial: &Trial, seed: u64, provenance: Arc<Pr
                 source,
             })?;
         }
-        provenance.export(commit, &work)
+        provenance.export(&commit, &work)
     })
     .await;
     match exported {
@@ -1183,7 +1187,12 @@ async fn run_seed(l: &Launcher<'_>, trial: &Trial, seed: u64, provenance: Arc<Pr
 }
 
 /// Commits and exports the trial and runs its train command.
-async fn run_train(l: &Launcher<'_>, trial: Trial, provenance: Arc<Provenance>, base: Oid) -> Ran {
+async fn run_train(
+    l: &Launcher<'_>,
+    trial: Trial,
+    provenance: Arc<Provenance>,
+    base: CommitId,
+) -> Ran {
     let (config, lineage) = (l.config, l.lineage);
     let dirs = TrialDirs::new(&config.lineage_dir, trial.id);
     let spec = train_spec(config, &dirs, trial.id);
@@ -1194,11 +1203,7 @@ async fn run_train(l: &Launcher<'_>, trial: Trial, provenance: Arc<Provenance>, 
     // so the base works as well for a parent recorded before provenance existed.
     let parent = match trial.parent {
         Some(p) => match ractor::call_t!(lineage, LineageMsg::Get, CALL_TIMEOUT_MS, p) {
-            Ok(Some(t)) => t
-                .keep_commit
-                .or(t.commit)
-                .and_then(|c| Oid::from_str(&c).ok())
-                .unwrap_or(base),
+            Ok(Some(t)) => t.keep_commit.or(t.commit).unwrap_or(base),
             _ => base,
         },
         None => base,
@@ -1209,14 +1214,14 @@ async fn run_train(l: &Launcher<'_>, trial: Trial, provenance: Arc<Provenance>, 
     );
     let (work, owned, edited) = (dirs.work.clone(), config.clone(), trial.clone());
     let made = tokio::task::spawn_blocking(move || -> Result<Made, ProvenanceError> {
-        let preset = edited.commit.as_deref().and_then(|c| Oid::from_str(c).ok());
+        let preset = edited.commit.clone();
         let (oid, diff, config) = if let Some(oid) = preset {
             // Committed already (a rebase): measured as it is.
             (oid, edited.diff.clone().unwrap_or_default(), None)
         } else if edited.edits.is_empty() {
             let recipe = owned.experiment.file.recipe.to_string_lossy();
             let (oid, diff) =
-                provenance.commit_trial(edited.id, parent, &recipe, &edited.config, &message)?;
+                provenance.commit_trial(edited.id, &parent, &recipe, &edited.config, &message)?;
             (oid, diff, None)
         } else {
             let exp = &owned.experiment;
@@ -1235,7 +1240,7 @@ async fn run_train(l: &Launcher<'_>, trial: Trial, provenance: Arc<Provenance>, 
                 surface,
                 experiment_dir: &exp.dir,
             };
-            match provenance.commit_edits(edited.id, parent, &rules, &edited.edits, &message)? {
+            match provenance.commit_edits(edited.id, &parent, &rules, &edited.edits, &message)? {
                 Ok((oid, diff, recipe)) => (oid, diff, Some(exp.measured(&recipe))),
                 Err(rejection) => return Ok(Made::Refused(rejection)),
             }
@@ -1246,7 +1251,7 @@ async fn run_train(l: &Launcher<'_>, trial: Trial, provenance: Arc<Provenance>, 
                 source,
             })?;
         }
-        provenance.export(oid, &work)?;
+        provenance.export(&oid, &work)?;
         Ok(Made::Commit(oid, diff, config))
     })
     .await;
@@ -1255,11 +1260,11 @@ async fn run_train(l: &Launcher<'_>, trial: Trial, provenance: Arc<Provenance>, 
         Ok(Ok(Made::Refused(rejection))) => {
             warn!(trial = %trial.id, "{}", rejection.detail());
             let (label, detail) = (rejection.label(), rejection.detail());
-            let refused = update_trial(
+            let refused = advance_trial(
                 lineage,
                 trial.id,
+                TrialStatus::Failed,
                 Box::new(move |t| {
-                    t.status = TrialStatus::Failed;
                     t.label = Some(label);
                     t.detail = Some(detail.clone());
                 }),
@@ -1274,13 +1279,13 @@ async fn run_train(l: &Launcher<'_>, trial: Trial, provenance: Arc<Provenance>, 
         Err(e) => return failed(format!("provenance task failed: {e}")),
     };
     let root = dirs.root.clone();
-    if let Err(e) = update_trial(
+    if let Err(e) = advance_trial(
         lineage,
         trial.id,
+        TrialStatus::Running,
         Box::new(move |t| {
-            t.status = TrialStatus::Running;
             t.trial_dir = Some(root.clone());
-            t.commit = Some(commit.to_string());
+            t.commit = Some(commit.clone());
             t.diff = Some(diff.clone());
             // An edited trial measures what its files say, whatever it claimed.
             if let Some(config) = &measured {
@@ -1303,7 +1308,7 @@ async fn run_train(l: &Launcher<'_>, trial: Trial, provenance: Arc<Provenance>, 
 /// What committing a trial gave: its commit (with diff, and the measured
 /// configuration for edited trials), or a refusal of its edits.
 enum Made {
-    Commit(Oid, String, Option<Params>),
+    Commit(CommitId, String, Option<Params>),
     Refused(Rejection),
 }
 
@@ -1400,10 +1405,10 @@ async fn recover(
         let started = t.status == TrialStatus::Running;
         if started && t.attempt >= max_attempts {
             warn!(trial = %t.id, attempt = t.attempt, "recovering: trial was cut short {} times; giving up", t.attempt);
-            update_trial(
+            interrupt(
                 lineage,
                 t.id,
-                interrupt("ratchet stopped while the trial ran, at every attempt"),
+                "ratchet stopped while the trial ran, at every attempt".into(),
             )
             .await?;
             continue;
@@ -1442,11 +1447,11 @@ async fn requeue(
     id: TrialId,
     started: bool,
 ) -> Result<Trial, String> {
-    update_trial(
+    advance_trial(
         lineage,
         id,
+        TrialStatus::Queued,
         Box::new(move |t| {
-            t.status = TrialStatus::Queued;
             t.pgid = None;
             t.slurm_job = None;
             if started {
@@ -1474,16 +1479,7 @@ async fn lost(
         };
         if t.attempt >= max {
             let detail = format!("{why}, at every one of {max} attempts");
-            update_trial(
-                &state.lineage,
-                id,
-                Box::new(move |t| {
-                    t.status = TrialStatus::Interrupted;
-                    t.label = Some(crate::domain::FailureLabel::Interrupted);
-                    t.detail = Some(detail.clone());
-                }),
-            )
-            .await?;
+            interrupt(&state.lineage, id, detail).await?;
             state.settled(id);
             return Ok(());
         }

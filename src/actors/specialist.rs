@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use git2::Oid;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{debug, info, warn};
@@ -24,7 +23,7 @@ use tracing::{debug, info, warn};
 use super::messages::{ExecutorMsg, Replied, SpecialistMsg};
 use super::CALL_TIMEOUT_MS;
 use crate::config::{Experiment, Specialist as SpecialistConfig, SpecialistKind};
-use crate::domain::{FailureLabel, Params, Trial, TrialId, TrialStatus};
+use crate::domain::{CommitId, FailureLabel, Params, Trial, TrialId, TrialStatus};
 use crate::lineage::actor::LineageMsg;
 use crate::lineage::{FeedbackQuery, LineageStore, NewTrial};
 use crate::llm::{Failure, LlmClient, LlmError};
@@ -61,7 +60,7 @@ pub struct SpecialistArgs {
     pub lineage_dir: PathBuf,
     pub provenance: Arc<Provenance>,
     /// The commit trials without a parent start from.
-    pub base: Oid,
+    pub base: CommitId,
 }
 
 pub struct SpecialistState {
@@ -73,7 +72,7 @@ pub struct SpecialistState {
     /// `manual`: where proposals are dropped.
     inbox: PathBuf,
     provenance: Arc<Provenance>,
-    base: Oid,
+    base: CommitId,
     /// `llm`: the client, absent while a request task holds it.
     llm: Option<LlmClient>,
     /// The watcher of the request task, and the request task.
@@ -468,12 +467,9 @@ async fn ask_model(
         Some(inc) => (
             inc.config.clone(),
             Some(inc.trial),
-            inc.commit
-                .as_deref()
-                .and_then(|c| Oid::from_str(c).ok())
-                .unwrap_or(state.base),
+            inc.commit.clone().unwrap_or_else(|| state.base.clone()),
         ),
-        None => (exp.defaults.clone(), None, state.base),
+        None => (exp.defaults.clone(), None, state.base.clone()),
     };
     // The agent file is read at every request: editing it steers the next one.
     let instructions = match &state.config.instructions {
@@ -485,7 +481,7 @@ async fn ask_model(
     paths.extend(surface.files.iter().cloned());
     let provenance = state.provenance.clone();
     let files =
-        tokio::task::spawn_blocking(move || provenance.read_files(commit, &paths, MAX_FILE))
+        tokio::task::spawn_blocking(move || provenance.read_files(&commit, &paths, MAX_FILE))
             .await
             .map_err(|e| format!("reading the incumbent's files: {e}"))?
             .map_err(|e| format!("reading the incumbent's files: {e}"))?;

@@ -15,7 +15,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use git2::Oid;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::{error, info, warn};
 
@@ -27,6 +26,7 @@ use super::messages::{
 use super::specialist::{Specialist, SpecialistArgs};
 use super::CALL_TIMEOUT_MS;
 use crate::config::Config;
+use crate::domain::CommitId;
 use crate::gpu::{self, Gpus, Placement};
 use crate::lineage::actor::{Lineage, LineageArgs, LineageMsg, Observer};
 use crate::provenance::{Provenance, ProvenanceError};
@@ -46,7 +46,7 @@ struct Context {
     observer: Option<Observer>,
     max_trials: Option<u64>,
     provenance: Arc<Provenance>,
-    base: Oid,
+    base: CommitId,
     /// The Slurm backend (one tracker for the executor's and the
     /// evaluator's jobs); `None`: runs are local.
     slurm: Option<Arc<Slurm>>,
@@ -254,14 +254,11 @@ async fn prepare(
         args.config.lineage_dir.clone(),
     );
     let (provenance, base) =
-        tokio::task::spawn_blocking(move || -> Result<(Provenance, Oid), ProvenanceError> {
+        tokio::task::spawn_blocking(move || -> Result<(Provenance, CommitId), ProvenanceError> {
             let p = Provenance::open_or_init(&dir)?;
             let base = p.base(&skip)?;
-            if let Some(commit) = incumbent
-                .and_then(|i| i.commit)
-                .and_then(|c| Oid::from_str(&c).ok())
-            {
-                p.set_incumbent(commit)?;
+            if let Some(commit) = incumbent.and_then(|i| i.commit) {
+                p.set_incumbent(&commit)?;
             }
             Ok((p, base))
         })
@@ -356,7 +353,7 @@ async fn spawn_executor(
         observer: ctx.observer.clone(),
         max_trials: ctx.max_trials,
         provenance: ctx.provenance.clone(),
-        base: ctx.base,
+        base: ctx.base.clone(),
         slurm: ctx.slurm.clone(),
         gpus: ctx.gpus.clone(),
     };
@@ -387,7 +384,7 @@ async fn spawn_specialist(
         incarnation: state.incarnations,
         lineage_dir: state.ctx.config.lineage_dir.clone(),
         provenance: state.ctx.provenance.clone(),
-        base: state.ctx.base,
+        base: state.ctx.base.clone(),
     };
     let (actor, _) = Actor::spawn_linked(None, Specialist, args, cell).await?;
     state.specialists.insert(name.to_string(), actor);

@@ -145,6 +145,8 @@ fn synthetic(id: u64, n: u64, start: u64, best: &mut f64, rng: &mut Rng) -> Tria
             salt,
             id
         )
+        .parse::<crate::domain::CommitId>()
+        .expect("40 hex digits")
     };
     Trial {
         id: TrialId(id),

@@ -513,7 +513,7 @@ fn context(config: &Path, explicit: Option<&PathBuf>, incumbents: &[Incumbent]) 
 /// `lineage checkout`: the trial's commit exported into a new directory.
 fn checkout(t: &Trial, config: &Path, out: &Path) -> anyhow::Result<ExitCode> {
     let id = t.id;
-    let Some(commit) = t.commit.as_deref() else {
+    let Some(commit) = &t.commit else {
         anyhow::bail!(
             "trial {id} has no commit: it was {} before its workspace was made",
             t.status
@@ -527,7 +527,7 @@ fn checkout(t: &Trial, config: &Path, out: &Path) -> anyhow::Result<ExitCode> {
     }
     let experiment = crate::config::experiment_dir_of(config)?;
     let p = crate::provenance::Provenance::open(&experiment)?;
-    p.export(git2::Oid::from_str(commit)?, out)?;
+    p.export(commit, out)?;
     println!("trial {id} (commit {commit}) written to {}", out.display());
     Ok(ExitCode::SUCCESS)
 }

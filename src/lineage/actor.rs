@@ -11,7 +11,7 @@ use tracing::{error, info};
 use std::collections::BTreeMap;
 
 use super::{Feedback, FeedbackQuery, LineageError, LineageStore, NewTrial, Summary};
-use crate::domain::{Incumbent, Params, Trial, TrialId};
+use crate::domain::{Incumbent, Params, Trial, TrialId, TrialStatus};
 
 /// What observers of a running ratchet hear about.
 #[derive(Clone, Debug)]
@@ -26,14 +26,23 @@ pub enum RunEvent {
 
 pub type Observer = UnboundedSender<RunEvent>;
 
-/// A state change of a trial, as the executor and evaluator ask for it.
-pub type Change = Box<dyn Fn(&mut Trial) + Send + Sync>;
+/// What a change of a trial sets besides its status (which it may not
+/// touch: a status moves only as a request of the state machine).
+pub type Set = Box<dyn Fn(&mut Trial) + Send + Sync>;
 
 pub enum LineageMsg {
     Propose(NewTrial, RpcReplyPort<Result<Trial, String>>),
-    Update(TrialId, Change, RpcReplyPort<Result<Trial, String>>),
+    /// Moves a trial to a status (a request of the state machine, which
+    /// lineage refuses when the move is not allowed) or leaves it, and sets
+    /// what comes with it.
+    Update {
+        id: TrialId,
+        to: Option<TrialStatus>,
+        set: Set,
+        reply: RpcReplyPort<Result<Trial, String>>,
+    },
     /// Adds seed runs and a noise band to a trial, even a terminal one.
-    Measure(TrialId, Change, RpcReplyPort<Result<Trial, String>>),
+    Measure(TrialId, Set, RpcReplyPort<Result<Trial, String>>),
     Get(TrialId, RpcReplyPort<Option<Trial>>),
     Incumbent(RpcReplyPort<Option<Incumbent>>),
     /// Which of these configurations lineage has never seen (by index).
@@ -142,12 +151,14 @@ impl Actor for Lineage {
                     other => reply_fatal(reply, other)?,
                 }
             }
-            LineageMsg::Update(id, change, reply) => {
-                let result = write(state, |s| s.update(id, change)).await;
+            LineageMsg::Update { id, to, set, reply } => {
+                let result = write(state, |s| s.update(id, to, set)).await;
                 // A refused transition is the caller's bug, not a storage failure.
                 match result {
                     Err(
-                        e @ (LineageError::BadTransition { .. } | LineageError::NoSuchTrial(_)),
+                        e @ (LineageError::BadTransition { .. }
+                        | LineageError::StatusBySetter(_)
+                        | LineageError::NoSuchTrial(_)),
                     ) => {
                         error!(trial = %id, error = %e, "refused lineage update");
                         let _ = reply.send(Err(e.to_string()));

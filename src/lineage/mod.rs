@@ -51,6 +51,8 @@ pub enum LineageError {
     },
     #[error("trial {0}: a measurement may add seed runs, a noise band and their mean score, nothing else")]
     NotAMeasurement(TrialId),
+    #[error("trial {0}: a change set the status itself; a status moves only as a request of the state machine")]
+    StatusBySetter(TrialId),
 }
 
 /// A proposal before lineage gives it an id.
@@ -81,11 +83,10 @@ impl NewTrial {
         let files: Vec<&Edit> = self.edits.iter().filter(|e| e.path().is_some()).collect();
         if !files.is_empty() {
             let json = serde_json::to_vec(&files).expect("edits serialize");
-            let hash = git2::Oid::hash_object(git2::ObjectType::Blob, &json)
-                .map(|o| o.to_string())
-                .unwrap_or_default();
             k.push_str("\nfiles ");
-            k.push_str(&hash);
+            for b in blob_hash(&json) {
+                k.push_str(&format!("{b:02x}"));
+            }
         }
         k
     }
@@ -206,9 +207,17 @@ fn from_tx(e: TransactionError<LineageError>) -> LineageError {
 /// configuration's text (hundreds of bytes per trial, which sled would hold
 /// in memory and replay at every open).
 fn known_key(dedup: &str) -> [u8; 20] {
-    let oid = git2::Oid::hash_object(git2::ObjectType::Blob, dedup.as_bytes())
-        .expect("hashing bytes in memory");
-    oid.as_bytes().try_into().expect("SHA-1 is 20 bytes")
+    blob_hash(dedup.as_bytes())
+}
+
+/// The SHA-1 git gives `bytes` as a blob (`git hash-object`): the hash
+/// lineages have always been keyed by.
+fn blob_hash(bytes: &[u8]) -> [u8; 20] {
+    use sha1::{Digest, Sha1};
+    let mut h = Sha1::new();
+    h.update(format!("blob {}\0", bytes.len()));
+    h.update(bytes);
+    h.finalize().into()
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -453,8 +462,15 @@ impl LineageStore {
             .map_err(from_tx)
     }
 
-    /// Applies `change` to a non-terminal trial and records its new status.
-    pub fn update(&self, id: TrialId, change: impl Fn(&mut Trial)) -> Result<Trial, LineageError> {
+    /// Applies `set` to a non-terminal trial and moves it to `to`, where the
+    /// state machine allows that move (`TrialStatus::may_become`); `set`
+    /// itself may not touch the status. Records the move in its history.
+    pub fn update(
+        &self,
+        id: TrialId,
+        to: Option<TrialStatus>,
+        set: impl Fn(&mut Trial),
+    ) -> Result<Trial, LineageError> {
         (
             &self.trials,
             &self.active,
@@ -475,7 +491,10 @@ impl LineageStore {
                     };
                     let before = trial.status;
                     let config_before = config_key(&trial.config);
-                    change(&mut trial);
+                    set(&mut trial);
+                    if trial.status != before {
+                        return abort(LineageError::StatusBySetter(id));
+                    }
                     // An edited trial measures what its committed files say:
                     // that configuration is known from now on.
                     let config_after = config_key(&trial.config);
@@ -484,13 +503,15 @@ impl LineageStore {
                     {
                         configs.insert(&known_key(&config_after), &key(id))?;
                     }
-                    if before.is_terminal() {
+                    let after = to.unwrap_or(before);
+                    if before.is_terminal() || (after != before && !before.may_become(after)) {
                         return abort(LineageError::BadTransition {
                             id,
                             status: before,
-                            to: trial.status,
+                            to: after,
                         });
                     }
+                    trial.status = after;
                     if trial.status != before {
                         trial.history.push(StatusChange {
                             status: trial.status,
@@ -521,6 +542,30 @@ impl LineageStore {
                 },
             )
             .map_err(from_tx)
+    }
+
+    /// Moves a trial to `to` along the main line of the state machine
+    /// (`queued`, `running`, `evaluating`) as far as it must go first, with
+    /// `set` at the last move: a test's way to a status.
+    #[cfg(test)]
+    pub(crate) fn walk(
+        &self,
+        id: TrialId,
+        to: TrialStatus,
+        set: impl Fn(&mut Trial),
+    ) -> Result<Trial, LineageError> {
+        let mut now = self.get(id)?.ok_or(LineageError::NoSuchTrial(id))?.status;
+        for step in [
+            TrialStatus::Queued,
+            TrialStatus::Running,
+            TrialStatus::Evaluating,
+        ] {
+            if now.may_become(to) || now == to {
+                break;
+            }
+            now = self.update(id, Some(step), |_| {})?.status;
+        }
+        self.update(id, Some(to), set)
     }
 
     /// Adds measurements to a trial in any status, terminal included: only
@@ -859,8 +904,7 @@ mod tests {
             let b = store.propose(new_trial(2)).unwrap();
             assert_eq!((a.id, b.id), (TrialId(1), TrialId(2)));
             store
-                .update(a.id, |t| {
-                    t.status = TrialStatus::Kept;
+                .walk(a.id, TrialStatus::Kept, |t| {
                     t.score = Some(0.5);
                 })
                 .unwrap();
@@ -869,7 +913,11 @@ mod tests {
         let store = open(dir.path());
         let a = store.get(TrialId(1)).unwrap().unwrap();
         assert_eq!(a.status, TrialStatus::Kept);
-        assert_eq!(a.history.len(), 2);
+        assert_eq!(
+            a.history.len(),
+            5,
+            "proposed, queued, running, evaluating, kept"
+        );
         assert_eq!(store.incumbent().unwrap().unwrap().trial, TrialId(1));
         let active: Vec<TrialId> = store.active().unwrap().iter().map(|t| t.id).collect();
         assert_eq!(active, vec![TrialId(2)]);
@@ -897,8 +945,7 @@ mod tests {
             match x % 3 {
                 0 => {
                     store
-                        .update(t.id, |t| {
-                            t.status = TrialStatus::Kept;
+                        .walk(t.id, TrialStatus::Kept, |t| {
                             t.decision = Some(crate::domain::Decision::Improved);
                             t.score = Some(-(x as f64));
                         })
@@ -906,16 +953,13 @@ mod tests {
                 }
                 1 => {
                     store
-                        .update(t.id, |t| {
-                            t.status = TrialStatus::Failed;
+                        .walk(t.id, TrialStatus::Failed, |t| {
                             t.label = Some(FailureLabel::Crash);
                         })
                         .unwrap();
                 }
                 _ => {
-                    store
-                        .update(t.id, |t| t.status = TrialStatus::Running)
-                        .unwrap();
+                    store.walk(t.id, TrialStatus::Running, |_| {}).unwrap();
                 }
             }
         }
@@ -1019,17 +1063,24 @@ mod tests {
         assert_eq!(dup.label, Some(FailureLabel::Duplicate));
     }
 
+    /// Lineages written before keep their keys: the hash is git's blob hash
+    /// (`printf 'hello\n' | git hash-object --stdin`).
+    #[test]
+    fn keys_are_git_blob_hashes() {
+        let hex: String = blob_hash(b"hello\n")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, "ce013625030ba8dba906f756967f9e9ca394464a");
+    }
+
     #[test]
     fn terminal_trials_do_not_change() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
         let a = store.propose(new_trial(1)).unwrap();
-        store
-            .update(a.id, |t| t.status = TrialStatus::Discarded)
-            .unwrap();
-        let e = store
-            .update(a.id, |t| t.status = TrialStatus::Running)
-            .unwrap_err();
+        store.walk(a.id, TrialStatus::Discarded, |_| {}).unwrap();
+        let e = store.walk(a.id, TrialStatus::Running, |_| {}).unwrap_err();
         assert!(matches!(e, LineageError::BadTransition { .. }), "{e}");
     }
 

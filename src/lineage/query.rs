@@ -351,9 +351,7 @@ mod tests {
         let trials: Vec<Trial> = (0..6).map(|x| propose(&store, "a", x)).collect();
         let finish = |i: usize| {
             std::thread::sleep(std::time::Duration::from_millis(2));
-            store
-                .update(trials[i].id, |t| t.status = TrialStatus::Kept)
-                .unwrap();
+            store.walk(trials[i].id, TrialStatus::Kept, |_| {}).unwrap();
         };
         let read = |cursor: &[u8], cap| {
             let (got, next) = store.finished_after(cursor, cap).unwrap();
@@ -388,14 +386,12 @@ mod tests {
         for x in 0..60 {
             let t = propose(&store, ["a", "b", "c"][x as usize % 3], x);
             match x % 5 {
-                0 => store.update(t.id, |t| t.status = TrialStatus::Kept),
-                1 => store.update(t.id, |t| {
-                    t.status = TrialStatus::Failed;
+                0 => store.walk(t.id, TrialStatus::Kept, |_| {}),
+                1 => store.walk(t.id, TrialStatus::Failed, |t| {
                     t.label = Some(FailureLabel::Crash);
                 }),
-                2 => store.update(t.id, |t| t.status = TrialStatus::Running),
-                3 => store.update(t.id, |t| {
-                    t.status = TrialStatus::Discarded;
+                2 => store.walk(t.id, TrialStatus::Running, |_| {}),
+                3 => store.walk(t.id, TrialStatus::Discarded, |t| {
                     t.decision = Some(crate::domain::Decision::Regressed);
                 }),
                 _ => Ok(t),
@@ -500,9 +496,7 @@ mod tests {
         let store = crate::lineage::open_waiting(dir.path());
         for x in 0..5 {
             let t = propose(&store, "a", x);
-            store
-                .update(t.id, |t| t.status = TrialStatus::Kept)
-                .unwrap();
+            store.walk(t.id, TrialStatus::Kept, |_| {}).unwrap();
         }
         let kept = Filter {
             status: Some(TrialStatus::Kept),
