@@ -20,6 +20,7 @@ pub mod propose;
 pub mod provenance;
 pub mod recipe;
 pub mod run;
+pub mod runner;
 pub mod slurm;
 pub mod tinylm;
 pub mod workspace;

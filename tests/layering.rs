@@ -53,19 +53,19 @@ const ONLY: &[(&str, &[&str])] = &[
     ("allocation", &["domain"]),
 ];
 
-/// Actor files that may not name each other (what they send each other
-/// is in `actors::messages`); the supervisor spawns them and may.
-const ACTORS: &[&str] = &[
-    "actors::evaluator",
-    "actors::executor",
-    "actors::specialist",
-];
+/// Actors whose files (the actor's module and the modules inside it) may
+/// not name another actor's (what they send each other is in
+/// `actors::messages`); the supervisor spawns them and may.
+const ACTORS: &[&str] = &["actors::evaluator", "actors::executor", "actors::specialist"];
 const ACTOR_FILES: &[&str] = &[
     "actors::evaluator",
     "actors::executor",
     "actors::specialist",
     "actors::supervisor",
 ];
+
+/// The layer below the actors, which drives nothing and names no actor.
+const RUNNER: &str = "runner";
 
 struct Crate {
     /// Module path → file (relative to `src/`).
@@ -253,7 +253,10 @@ fn read_crate() -> Crate {
                     continue;
                 }
             };
-            // The longest prefix that is a module of the crate.
+            // The longest prefix that is a module of the crate. A module
+            // and the modules inside it are one room: a child naming its
+            // parent (`use super::*`) is no edge, the parent naming its
+            // children is.
             for k in (1..=rest.len()).rev() {
                 let c = rest[..k].join("::");
                 if modules.contains(&c) {
@@ -367,17 +370,47 @@ fn no_import_cycle_between_files() {
     assert!(shown.is_empty(), "import cycles:\n{}", shown.join("\n"));
 }
 
+/// The actor `module` belongs to, if any (`actors::executor::asks` →
+/// `actors::executor`).
+fn actor_of(module: &str) -> Option<&'static str> {
+    ACTOR_FILES
+        .iter()
+        .find(|a| matches(&format!("{a}::*"), module))
+        .copied()
+}
+
 #[test]
 fn actor_files_do_not_name_each_other_but_the_supervisor() {
     let c = read_crate();
     let mut wrong = Vec::new();
-    for a in ACTORS {
-        for u in &c.uses[*a] {
-            if ACTOR_FILES.contains(&u.as_str()) {
-                wrong.push(format!("{} names {u}", c.files[*a]));
+    for (m, uses) in &c.uses {
+        let Some(mine) = actor_of(m).filter(|a| ACTORS.contains(a)) else {
+            continue;
+        };
+        for u in uses {
+            if actor_of(u).is_some_and(|other| other != mine) {
+                wrong.push(format!("{} names {u}", c.files[m]));
             }
         }
     }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_runner_names_no_actor() {
+    let c = read_crate();
+    let mut wrong = Vec::new();
+    for (m, uses) in &c.uses {
+        if !matches(&format!("{RUNNER}::*"), m) {
+            continue;
+        }
+        for u in uses {
+            if matches("actors::*", u) {
+                wrong.push(format!("{} names {u}", c.files[m]));
+            }
+        }
+    }
+    assert!(c.files.keys().any(|m| m.starts_with(RUNNER)), "no runner module");
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 

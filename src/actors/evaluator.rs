@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{info, warn};
@@ -39,10 +39,13 @@ use crate::judge::{self, Pool};
 use crate::lineage::actor::LineageMsg;
 use crate::lineage::NewTrial;
 use crate::probe::{self, Stage as Spent};
-use crate::process::{self, GroupGuard, GroupTask};
+use crate::process::{GroupGuard, GroupTask};
 use crate::provenance::{MergedTree, Provenance};
-use crate::slurm::{JobKind, Outcome, Slurm};
-use crate::workspace::{secret_env, trial_argv, trial_env, TrialDirs};
+use crate::runner::launch::eval_spec;
+use crate::runner::runs::{restore_protected, run_eval};
+use crate::runner::Launcher;
+use crate::slurm::{JobKind, Slurm};
+use crate::workspace::TrialDirs;
 
 pub struct Evaluator;
 
@@ -1244,46 +1247,23 @@ fn start_eval(
     seed: u64,
     stage: Stage,
 ) {
-    let exp = &state.config.experiment.file;
-    let (argv, name) = match (stage, &exp.eval.full) {
-        (Stage::Full, Some(full)) => (full, "full"),
-        _ => (&exp.eval.proxy, "eval"),
-    };
-    let dirs = TrialDirs::run(&state.config.lineage_dir, trial.id, seed);
-    let spec = process::Spec {
-        argv: trial_argv(argv, &state.config, &dirs),
-        cwd: dirs.work.clone(),
-        env: trial_env(&state.config, &dirs, trial.id),
-        env_remove: secret_env(&state.config),
-        memory_limit: state.config.experiment.memory_limit(),
-        timeout: Duration::from_secs(state.config.experiment.eval_timeout_secs()),
-        stdout: dirs.root.join(format!("{name}.stdout")),
-        stderr: dirs.root.join(format!("{name}.stderr")),
-    };
-    let guard = GroupGuard::default();
-    let task_guard = guard.clone();
-    let me = myself.clone();
-    let id = trial.id;
-    // Train ran in the same directory: put the protected files (the scoring
-    // code, eval data) back exactly as committed before eval sees them.
-    let mut protected = exp.protected.clone();
-    protected.push("experiment.toml".into());
-    let restore = trial.commit.clone().map(|commit| {
-        (
-            state.provenance.clone(),
-            commit,
-            dirs.work.clone(),
-            protected,
-        )
-    });
-    let slurm = state.slurm.clone();
-    let gpus = state.gpus.clone();
-    let handed = state.leases.remove(&(trial.id, seed));
     let kind = match stage {
         Stage::Proxy => JobKind::Eval,
         Stage::Full => JobKind::Full,
     };
-    let attempts = state.config.max_attempts;
+    let (id, config) = (trial.id, state.config.clone());
+    let dirs = TrialDirs::run(&config.lineage_dir, id, seed);
+    let spec = eval_spec(&config, &dirs, id, kind);
+    let guard = GroupGuard::default();
+    let task_guard = guard.clone();
+    let me = myself.clone();
+    let restore = trial.commit.clone().map(|c| (state.provenance.clone(), c));
+    let (lineage, slurm, gpus) = (
+        state.lineage.clone(),
+        state.slurm.clone(),
+        state.gpus.clone(),
+    );
+    let handed = state.leases.remove(&(id, seed));
     let task = tokio::spawn(async move {
         let t0 = Instant::now();
         let finished = |eval, lease| EvaluatorMsg::EvalFinished {
@@ -1293,14 +1273,9 @@ fn start_eval(
             eval,
             lease,
         };
-        if let Some((provenance, commit, work, paths)) = restore {
-            let task = move || provenance.restore(&commit, &work, &paths);
-            let failed = match tokio::task::spawn_blocking(task).await {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(e) = failed {
+        if let Some((provenance, commit)) = restore {
+            let work = dirs.work.clone();
+            if let Err(e) = restore_protected(provenance, &config, commit, work).await {
                 let eval = ProcessReport {
                     spawn_error: Some(format!("cannot restore protected files: {e}")),
                     ..Default::default()
@@ -1309,35 +1284,11 @@ fn start_eval(
                 return;
             }
         }
-        if let Some(slurm) = slurm {
-            // A job the cluster lost is submitted again, up to max_attempts.
-            let mut attempt = 1;
-            let eval = loop {
-                let key = (id, seed, kind);
-                match slurm.run_job(&spec, &task_guard, key, |_| async {}).await {
-                    Outcome::Ran(report) => break *report,
-                    Outcome::Lost(why) if attempt < attempts => {
-                        warn!(trial = %id, seed, "{why}; submitting the eval again");
-                        attempt += 1;
-                    }
-                    Outcome::Lost(why) => {
-                        break ProcessReport {
-                            spawn_error: Some(format!(
-                                "{why}, at every one of {attempts} attempts"
-                            )),
-                            ..Default::default()
-                        }
-                    }
-                }
-            };
-            let _ = me.cast(finished(eval, handed));
-            return;
-        }
-        // The GPUs its train run (or its previous eval) handed on, or the
-        // first free ones; held until the task ends or is aborted, then
-        // handed back with the result.
-        let mut spec = spec;
+        // Locally: the GPUs its train run (or its previous eval) handed on,
+        // or the first free ones; held until the task ends or is aborted,
+        // then handed back with the result.
         let lease = match (handed, &gpus) {
+            (handed, _) if slurm.is_some() => handed,
             (Some(mut l), _) => {
                 l.to_eval();
                 Some(l)
@@ -1345,29 +1296,17 @@ fn start_eval(
             (None, Some(g)) => g.lease_eval(id, seed).await,
             (None, None) => None,
         };
-        let view = lease.as_ref().map(Lease::view);
-        if let Some(v) = &view {
-            spec.env.push(("CUDA_VISIBLE_DEVICES".into(), v.visible()));
-        }
-        let eval = match process::start(&spec, &task_guard).await {
-            Ok(Ok(started)) => {
-                probe::since(id, Spent::Evaluate, t0);
-                let spawned = Instant::now();
-                let finished = process::finish(started, &spec, &task_guard).await;
-                probe::since(id, Spent::Child, spawned);
-                finished
-            }
-            Ok(Err(report)) => Ok(report),
-            Err(e) => Err(e),
+        let view = lease.as_ref().filter(|_| slurm.is_none()).map(Lease::view);
+        let launcher = Launcher {
+            config: &config,
+            lineage: &lineage,
+            guard: &task_guard,
+            slurm: slurm.as_ref(),
+            gpus: view.as_ref(),
+            taken: t0,
+            bars: None,
         };
-        let mut eval = eval.unwrap_or_else(|e| ProcessReport {
-            spawn_error: Some(format!("cannot capture eval output: {e}")),
-            ..Default::default()
-        });
-        if let Some(v) = &view {
-            // An eval on a GPU that vanished fails as any failed eval does.
-            let _ = v.finish(&mut eval).await;
-        }
+        let eval = run_eval(&launcher, &spec, (id, seed, kind)).await;
         probe::mark(id, seed);
         let _ = me.cast(finished(eval, lease));
     });

@@ -15,6 +15,7 @@ use crate::gpu::{GpuSlot, Lease};
 use crate::judge::Bars;
 use crate::lineage::Summary;
 use crate::llm::{Completion, Failure, LlmClient};
+use crate::runner::Ran;
 
 pub enum ExecutorMsg {
     /// The specialists to ask for proposals (sent again after a restart).
@@ -68,19 +69,6 @@ pub enum ExecutorMsg {
     /// the evaluator whenever the incumbent or the pooled spreads change):
     /// the incumbent's curves, and its mean train time.
     Bars(Option<Arc<(Bars, u64)>>),
-}
-
-/// How a train run ended.
-#[derive(Debug)]
-pub enum Ran {
-    /// The trial's edits were refused; it is already terminal.
-    Refused,
-    /// The command ran (or could not start): its report goes to the evaluator.
-    Report(Box<ProcessReport>),
-    /// The cluster lost the run (a Slurm node failure, preemption, or a
-    /// cancellation that was not ratchet's), or it failed on a GPU that
-    /// is gone: it is queued again.
-    Lost(String),
 }
 
 /// What the executor is doing, for `ratchet status`.
