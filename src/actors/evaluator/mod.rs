@@ -5,7 +5,7 @@
 //!
 //! 1. **proxy** (every trial): the gates, then a screen against the trial's
 //!    parent (the incumbent it was proposed against): a look of
-//!    the keep rule (`judge.rs`) on proxy scores, which can only stop a
+//!    the keep rule (`judge/`) on proxy scores, which can only stop a
 //!    trial that is not on course (`within_noise` or `regressed`);
 //! 2. **full** (experiments with `eval.full`, only trials that passed the
 //!    proxy screen): gates, then the first look on the deciding score:
