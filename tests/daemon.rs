@@ -348,11 +348,17 @@ fn sigkills_at_random_moments_lose_nothing() {
         &format!("{exp}\n[noise]\nseeds = 1\n"),
     );
     config(&dir, 2, &[("x", "search"), ("fault", "fault")], "");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("kill schedule seed {seed}");
+    // A new schedule each run, unless RATCHET_TEST_SEED replays one.
+    let seed = std::env::var("RATCHET_TEST_SEED")
+        .ok()
+        .map(|s| s.parse().expect("RATCHET_TEST_SEED is a number"))
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("kill schedule seed {seed} (replay: RATCHET_TEST_SEED={seed} cargo test --test daemon sigkills)");
     let mut rng = Lcg(seed);
     let kills = 22;
     for k in 0..kills {

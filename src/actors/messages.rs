@@ -195,7 +195,7 @@ pub struct Replied {
 pub enum SupervisorMsg {
     RestartSpecialist(String),
     /// What runs, for `ratchet status`.
-    Status(RpcReplyPort<Result<LiveStatus, String>>),
+    Status(RpcReplyPort<Result<LiveStatus, Refused>>),
     /// Pauses (`paused`) or resumes the named specialists, or every
     /// configured one (`names: None`); the state is stored in lineage first.
     /// Answers the names whose state changed, or an error naming unknown
@@ -239,4 +239,16 @@ pub struct ReloadReport {
 }
 
 /// The specialists whose pause state changed, and the trials cancelled.
-pub type PauseAnswer = Result<(Vec<String>, Vec<TrialId>), String>;
+pub type PauseAnswer = Result<(Vec<String>, Vec<TrialId>), Refused>;
+
+/// Why the supervisor could not do what a control request asked.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// An actor it asks did not answer in time (busy or stopping).
+    #[error("ratchet is busy or stopping: {0}")]
+    Busy(String),
+    /// The request named specialists that are not configured (the words say
+    /// which).
+    #[error("{0}")]
+    Unknown(String),
+}

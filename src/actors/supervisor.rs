@@ -21,7 +21,8 @@ use tracing::{error, info, warn};
 use super::evaluator::{Evaluator, EvaluatorArgs};
 use super::executor::{Executor, ExecutorArgs};
 use super::messages::{
-    EvaluatorMsg, ExecutorMsg, LiveStatus, PauseAnswer, ReloadReport, SpecialistMsg, SupervisorMsg,
+    EvaluatorMsg, ExecutorMsg, LiveStatus, PauseAnswer, Refused, ReloadReport, SpecialistMsg,
+    SupervisorMsg,
 };
 use super::specialist::{Specialist, SpecialistArgs};
 use super::CALL_TIMEOUT_MS;
@@ -136,7 +137,11 @@ impl Actor for Supervisor {
         match msg {
             SupervisorMsg::RestartSpecialist(name) => {
                 if !state.stopping && !state.specialists.contains_key(&name) {
-                    spawn_specialist(state, &name, myself.get_cell()).await?;
+                    // A restart that fails at its start (its pre_start) is
+                    // one more failure of the specialist, not the tree's.
+                    if let Err(e) = spawn_specialist(state, &name, myself.get_cell()).await {
+                        return specialist_failed(&myself, state, name, e.to_string());
+                    }
                     announce_specialists(state)?;
                 }
             }
@@ -223,22 +228,34 @@ impl Actor for Supervisor {
         };
         state.specialists.remove(&name);
         announce_specialists(state)?;
-        let failures = state.failures.entry(name.clone()).or_insert(0);
-        *failures += 1;
-        let backoff = Duration::from_secs((1u64 << (*failures - 1).min(6)).min(60));
-        warn!(specialist = %name, reason = %reason, backoff_secs = backoff.as_secs(), "specialist failed; restarting after backoff");
-        state.lineage.cast(LineageMsg::Event {
-            kind: "proposer_error".into(),
-            subject: name.clone(),
-            detail: reason,
-        })?;
-        let me = myself.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(backoff).await;
-            let _ = me.cast(SupervisorMsg::RestartSpecialist(name));
-        });
-        Ok(())
+        specialist_failed(&myself, state, name, reason)
     }
+}
+
+/// A specialist failed (or failed to start again): recorded as a
+/// `proposer_error` event, and restarted after a backoff of 1 s doubling
+/// per failure up to 60 s.
+fn specialist_failed(
+    myself: &ActorRef<SupervisorMsg>,
+    state: &mut SupervisorState,
+    name: String,
+    reason: String,
+) -> Result<(), ActorProcessingErr> {
+    let failures = state.failures.entry(name.clone()).or_insert(0);
+    *failures += 1;
+    let backoff = Duration::from_secs((1u64 << (*failures - 1).min(6)).min(60));
+    warn!(specialist = %name, reason = %reason, backoff_secs = backoff.as_secs(), "specialist failed; restarting after backoff");
+    state.lineage.cast(LineageMsg::Event {
+        kind: "proposer_error".into(),
+        subject: name.clone(),
+        detail: reason,
+    })?;
+    let me = myself.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(backoff).await;
+        let _ = me.cast(SupervisorMsg::RestartSpecialist(name));
+    });
+    Ok(())
 }
 
 /// Opens (or creates) the experiment's repository and its base commit, and
@@ -391,8 +408,8 @@ async fn spawn_specialist(
     Ok(())
 }
 
-async fn live_status(state: &SupervisorState) -> Result<LiveStatus, String> {
-    let e = |e: String| format!("ratchet is busy or stopping: {e}");
+async fn live_status(state: &SupervisorState) -> Result<LiveStatus, Refused> {
+    let e = Refused::Busy;
     let executor = ractor::call_t!(state.executor, ExecutorMsg::Status, CALL_TIMEOUT_MS)
         .map_err(|x| e(x.to_string()))?;
     let lineage = ractor::call_t!(state.lineage, LineageMsg::Summary, CALL_TIMEOUT_MS)
@@ -413,9 +430,13 @@ async fn pause(
     paused: bool,
     cancel: bool,
 ) -> PauseAnswer {
-    let names = state.ctx.config.select_specialists(names)?;
+    let names = state
+        .ctx
+        .config
+        .select_specialists(names)
+        .map_err(Refused::Unknown)?;
     let selected = names.clone();
-    let e = |e: String| format!("lineage unavailable: {e}");
+    let e = |e: String| Refused::Busy(format!("lineage unavailable: {e}"));
     let changed = ractor::call_t!(
         state.lineage,
         LineageMsg::SetPaused,
@@ -448,7 +469,7 @@ async fn pause(
             CALL_TIMEOUT_MS,
             selected.into_iter().collect()
         )
-        .map_err(|x| format!("the executor does not answer: {x}"))?
+        .map_err(|x| Refused::Busy(format!("the executor does not answer: {x}")))?
     } else {
         Vec::new()
     };

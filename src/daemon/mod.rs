@@ -268,6 +268,7 @@ fn busy(s: &LiveStatus) -> usize {
 async fn live_status(supervisor: &ActorRef<SupervisorMsg>) -> Result<LiveStatus, String> {
     ractor::call_t!(supervisor, SupervisorMsg::Status, CONTROL_TIMEOUT_MS)
         .map_err(|e| format!("ratchet does not answer: {e}"))?
+        .map_err(|e| e.to_string())
 }
 
 /// The watchdog ping: only while the actor tree answers a status request,
@@ -450,7 +451,7 @@ async fn pause(
             cancelled,
             ..Response::ok()
         },
-        Ok(Err(e)) => Response::error(e),
+        Ok(Err(e)) => Response::error(e.to_string()),
         Err(e) => Response::error(format!("ratchet does not answer: {e}")),
     }
 }

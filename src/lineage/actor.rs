@@ -3,6 +3,7 @@
 //! to the observer (the foreground progress display, later the control socket).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc::UnboundedSender;
@@ -31,7 +32,7 @@ pub type Observer = UnboundedSender<RunEvent>;
 pub type Set = Box<dyn Fn(&mut Trial) + Send + Sync>;
 
 pub enum LineageMsg {
-    Propose(NewTrial, RpcReplyPort<Result<Trial, String>>),
+    Propose(NewTrial, RpcReplyPort<Reply>),
     /// Moves a trial to a status (a request of the state machine, which
     /// lineage refuses when the move is not allowed) or leaves it, and sets
     /// what comes with it.
@@ -39,10 +40,10 @@ pub enum LineageMsg {
         id: TrialId,
         to: Option<TrialStatus>,
         set: Set,
-        reply: RpcReplyPort<Result<Trial, String>>,
+        reply: RpcReplyPort<Reply>,
     },
     /// Adds seed runs and a noise band to a trial, even a terminal one.
-    Measure(TrialId, Set, RpcReplyPort<Result<Trial, String>>),
+    Measure(TrialId, Set, RpcReplyPort<Reply>),
     Get(TrialId, RpcReplyPort<Option<Trial>>),
     Incumbent(RpcReplyPort<Option<Incumbent>>),
     /// Which of these configurations lineage has never seen (by index).
@@ -146,7 +147,7 @@ impl Actor for Lineage {
                 match result {
                     Err(e @ (LineageError::NotAMeasurement(_) | LineageError::NoSuchTrial(_))) => {
                         error!(trial = %id, error = %e, "refused lineage measurement");
-                        let _ = reply.send(Err(e.to_string()));
+                        let _ = reply.send(Err(Arc::new(e)));
                     }
                     other => reply_fatal(reply, other)?,
                 }
@@ -161,7 +162,7 @@ impl Actor for Lineage {
                         | LineageError::NoSuchTrial(_)),
                     ) => {
                         error!(trial = %id, error = %e, "refused lineage update");
-                        let _ = reply.send(Err(e.to_string()));
+                        let _ = reply.send(Err(Arc::new(e)));
                     }
                     other => reply_fatal(reply, other)?,
                 }
@@ -225,7 +226,7 @@ async fn write(
 /// Replies, and turns a storage failure into the actor's failure: lineage
 /// errors are fatal (the supervisor stops the process; systemd restarts it).
 fn reply_fatal(
-    reply: RpcReplyPort<Result<Trial, String>>,
+    reply: RpcReplyPort<Reply>,
     result: Result<Trial, LineageError>,
 ) -> Result<(), ActorProcessingErr> {
     match result {
@@ -234,10 +235,27 @@ fn reply_fatal(
             Ok(())
         }
         Err(e) => {
-            let _ = reply.send(Err(e.to_string()));
-            Err(e.into())
+            let e = Arc::new(e);
+            let _ = reply.send(Err(e.clone()));
+            Err(Box::new(e))
         }
     }
+}
+
+/// What lineage answers a proposal or a change: the trial after it, or why
+/// it was refused (shared: the same error may also stop the lineage actor).
+pub type Reply = Result<Trial, Arc<LineageError>>;
+
+/// Why a change asked of lineage did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum LineageCallError {
+    /// The lineage actor did not answer (stopped, or past the call timeout).
+    #[error("lineage unavailable: {0}")]
+    Unavailable(String),
+    /// Lineage refused the change (an illegal move, no such trial) or could
+    /// not store it.
+    #[error(transparent)]
+    Refused(Arc<LineageError>),
 }
 
 /// Time limit of a call to another actor (lineage or any other), in
@@ -250,7 +268,7 @@ pub async fn update_trial(
     lineage: &ActorRef<LineageMsg>,
     id: TrialId,
     set: Set,
-) -> Result<Trial, String> {
+) -> Result<Trial, LineageCallError> {
     call_change(lineage, |reply| LineageMsg::Update {
         id,
         to: None,
@@ -268,7 +286,7 @@ pub async fn advance_trial(
     id: TrialId,
     to: TrialStatus,
     set: Set,
-) -> Result<Trial, String> {
+) -> Result<Trial, LineageCallError> {
     call_change(lineage, |reply| LineageMsg::Update {
         id,
         to: Some(to),
@@ -284,16 +302,17 @@ pub async fn measure_trial(
     lineage: &ActorRef<LineageMsg>,
     id: TrialId,
     set: Set,
-) -> Result<Trial, String> {
+) -> Result<Trial, LineageCallError> {
     call_change(lineage, |reply| LineageMsg::Measure(id, set, reply)).await
 }
 
 async fn call_change(
     lineage: &ActorRef<LineageMsg>,
-    msg: impl FnOnce(RpcReplyPort<Result<Trial, String>>) -> LineageMsg,
-) -> Result<Trial, String> {
-    let r: Result<Result<Trial, String>, _> = ractor::call_t!(lineage, msg, CALL_TIMEOUT_MS);
-    r.map_err(|e| format!("lineage unavailable: {e}"))?
+    msg: impl FnOnce(RpcReplyPort<Reply>) -> LineageMsg,
+) -> Result<Trial, LineageCallError> {
+    let r: Result<Reply, _> = ractor::call_t!(lineage, msg, CALL_TIMEOUT_MS);
+    r.map_err(|e| LineageCallError::Unavailable(e.to_string()))?
+        .map_err(LineageCallError::Refused)
 }
 
 /// Records a trial `interrupted`, saying why.
@@ -301,7 +320,7 @@ pub async fn interrupt(
     lineage: &ActorRef<LineageMsg>,
     id: TrialId,
     why: String,
-) -> Result<Trial, String> {
+) -> Result<Trial, LineageCallError> {
     advance_trial(
         lineage,
         id,

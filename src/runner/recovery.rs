@@ -8,7 +8,9 @@ use ractor::{ActorProcessingErr, ActorRef};
 use tracing::{info, warn};
 
 use crate::domain::{Trial, TrialId, TrialStatus};
-use crate::lineage::actor::{advance_trial, interrupt, update_trial, LineageMsg, CALL_TIMEOUT_MS};
+use crate::lineage::actor::{
+    advance_trial, interrupt, update_trial, LineageCallError, LineageMsg, CALL_TIMEOUT_MS,
+};
 use crate::process;
 use crate::slurm::{Found, JobKind, Slurm};
 
@@ -146,7 +148,7 @@ pub async fn requeue(
     lineage: &ActorRef<LineageMsg>,
     id: TrialId,
     started: bool,
-) -> Result<Trial, String> {
+) -> Result<Trial, LineageCallError> {
     advance_trial(
         lineage,
         id,

@@ -138,7 +138,7 @@ pub async fn run_train(
             .await;
             return match refused {
                 Ok(_) => Ran::Refused,
-                Err(e) => failed(e),
+                Err(e) => failed(e.to_string()),
             };
         }
         Ok(Err(e)) => return failed(format!("provenance: {e}")),
@@ -166,7 +166,7 @@ pub async fn run_train(
     )
     .await
     {
-        return failed(e);
+        return failed(e.to_string());
     }
     l.launch(&spec, (trial.id, 0, JobKind::Train)).await.train()
 }
@@ -186,15 +186,13 @@ pub async fn restore_protected(
     config: &Config,
     commit: CommitId,
     work: PathBuf,
-) -> Result<(), String> {
+) -> Result<(), ProvenanceError> {
     let mut paths = config.experiment.file.protected.clone();
     paths.push("experiment.toml".into());
     let task = move || provenance.restore(&commit, &work, &paths);
-    match tokio::task::spawn_blocking(task).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(e.to_string()),
-    }
+    tokio::task::spawn_blocking(task)
+        .await
+        .map_err(|e| ProvenanceError::Other(e.to_string()))?
 }
 
 /// Runs an eval command (`key.2`: `Eval` or `Full`) to its report; a job

@@ -1,0 +1,109 @@
+//! Supervision, exercised for real: a specialist that fails (its inbox is
+//! replaced by a plain file, so reading it fails, and so does creating it
+//! again at each restart) is restarted with a growing backoff while the
+//! daemon goes on; once the inbox is back, the restarted specialist's
+//! proposal runs, recorded once, and no trial is lost or duplicated.
+
+mod common;
+
+use common::{live_status, start_daemon, str_of, terminate, wait_for, wait_up, Dir};
+use serde_json::{json, Value};
+
+fn events(dir: &Dir) -> Vec<Value> {
+    let out = dir.ratchet_ok(&["lineage", "events", "--json"]);
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("an event per line"))
+        .collect()
+}
+
+fn proposer_errors(dir: &Dir) -> Vec<Value> {
+    events(dir)
+        .into_iter()
+        .filter(|e| str_of(e, "kind") == "proposer_error" && str_of(e, "subject") == "hand")
+        .collect()
+}
+
+#[test]
+fn a_failing_specialist_is_restarted_with_backoff_and_loses_nothing() {
+    let dir = Dir::with_fixture("noisy");
+    // The baseline's own run sleeps, so the inbox can be broken before the
+    // specialist is first asked.
+    dir.write(
+        "experiment/recipe.toml",
+        "[s]\na = 0.0\nb = 0.0\nc = 0.0\nlucky = false\nslow = 2.0\n",
+    );
+    dir.manual(1, &[]);
+    let inbox = dir.path().join("lineage/inbox/hand");
+    let child = start_daemon(&dir, &[]);
+    wait_up(&dir);
+    assert!(inbox.is_dir(), "the specialist made its inbox at start");
+    std::fs::remove_dir_all(&inbox).unwrap();
+    std::fs::write(&inbox, "not a directory").unwrap();
+
+    // Asked once the baseline is settled, the specialist fails; each
+    // restart fails again (its inbox cannot be made) after a longer wait.
+    let failed = wait_for("three failures of the specialist", 60, || {
+        let e = proposer_errors(&dir);
+        (e.len() >= 3).then_some(e)
+    });
+    let at: Vec<u64> = failed
+        .iter()
+        .map(|e| e["at_ms"].as_u64().unwrap())
+        .collect();
+    let gaps: Vec<u64> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps[0] >= 900 && gaps[1] >= 1900 && gaps[1] > gaps[0],
+        "backoff of 1 s, then 2 s: gaps {gaps:?} ms"
+    );
+    assert!(
+        str_of(&failed[0], "detail").contains("inbox"),
+        "the failure says why: {:#}",
+        failed[0]
+    );
+    // Meanwhile the daemon answers.
+    assert!(
+        live_status(&dir).is_some(),
+        "the daemon went down with its specialist"
+    );
+
+    // The inbox back, with a proposal: the next restart takes it.
+    std::fs::remove_file(&inbox).unwrap();
+    let proposal = json!({
+        "hypothesis": "after the restarts: a = 1",
+        "edits": [{"kind": "set", "values": {"s.a": 1.0}}],
+    });
+    dir.write("lineage/inbox/hand/p1.json", &proposal.to_string());
+    let trials = wait_for("the restarted specialist's trial to settle", 120, || {
+        let s = live_status(&dir)?;
+        let t = dir.trials();
+        let done = t.iter().any(|t| {
+            str_of(t, "hypothesis").starts_with("after the restarts")
+                && ["kept", "discarded", "failed"].contains(&str_of(t, "status"))
+        });
+        (done && s["live"]["lineage"]["active"].as_u64()? == 0).then_some(t)
+    });
+    assert_eq!(terminate(child).code(), Some(0));
+
+    let ours: Vec<&Value> = trials
+        .iter()
+        .filter(|t| str_of(t, "hypothesis").starts_with("after the restarts"))
+        .collect();
+    assert_eq!(ours.len(), 1, "the proposal is recorded once: {trials:#?}");
+    assert_eq!(str_of(ours[0], "status"), "kept", "{:#}", ours[0]);
+    assert_eq!(str_of(&trials[0], "specialist"), "baseline");
+    for t in &trials {
+        let terminal = t["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| {
+                ["kept", "discarded", "failed", "interrupted"].contains(&str_of(h, "status"))
+            })
+            .count();
+        assert_eq!(terminal, 1, "one outcome per trial: {t:#}");
+    }
+    assert!(
+        dir.path().join("lineage/inbox/hand/done").is_dir(),
+        "the restarted specialist made its inbox again"
+    );
+}
