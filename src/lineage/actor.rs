@@ -269,13 +269,7 @@ pub async fn update_trial(
     id: TrialId,
     set: Set,
 ) -> Result<Trial, LineageCallError> {
-    call_change(lineage, |reply| LineageMsg::Update {
-        id,
-        to: None,
-        set,
-        reply,
-    })
-    .await
+    update(lineage, id, None, set).await
 }
 
 /// Moves a trial to `to` in lineage (which refuses a move the state machine
@@ -287,13 +281,16 @@ pub async fn advance_trial(
     to: TrialStatus,
     set: Set,
 ) -> Result<Trial, LineageCallError> {
-    call_change(lineage, |reply| LineageMsg::Update {
-        id,
-        to: Some(to),
-        set,
-        reply,
-    })
-    .await
+    update(lineage, id, Some(to), set).await
+}
+
+async fn update(
+    lineage: &ActorRef<LineageMsg>,
+    id: TrialId,
+    to: Option<TrialStatus>,
+    set: Set,
+) -> Result<Trial, LineageCallError> {
+    call_change(lineage, |reply| LineageMsg::Update { id, to, set, reply }).await
 }
 
 /// Adds seed runs or a noise band to a trial, even a terminal one (lineage
