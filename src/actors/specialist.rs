@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use super::messages::{ExecutorMsg, Replied, SpecialistMsg};
 use super::CALL_TIMEOUT_MS;
 use crate::config::{Experiment, Specialist as SpecialistConfig, SpecialistKind};
-use crate::domain::{CommitId, FailureLabel, Params, Trial, TrialId, TrialStatus};
+use crate::domain::{FailureLabel, Params, Trial, TrialId, TrialStatus};
 use crate::lineage::actor::LineageMsg;
 use crate::lineage::{FeedbackQuery, LineageStore, NewTrial};
 use crate::llm::{Failure, LlmClient, LlmError};
@@ -32,7 +32,7 @@ use crate::propose::constraints::{self, FailureModel};
 use crate::propose::model::{Observation, Ranker};
 use crate::propose::rng::Rng;
 use crate::propose::{prompt, reply, search};
-use crate::provenance::Provenance;
+use crate::runner::Workshop;
 
 /// Candidates drawn per proposal; the first one lineage has never seen wins.
 const CANDIDATES: usize = 32;
@@ -58,9 +58,8 @@ pub struct SpecialistArgs {
     /// Distinguishes restarts so a restarted specialist does not replay its stream.
     pub incarnation: u64,
     pub lineage_dir: PathBuf,
-    pub provenance: Arc<Provenance>,
-    /// The commit trials without a parent start from.
-    pub base: CommitId,
+    /// The experiment's repository (the incumbent's files are read there).
+    pub workshop: Workshop,
 }
 
 pub struct SpecialistState {
@@ -71,8 +70,7 @@ pub struct SpecialistState {
     rng: Rng,
     /// `manual`: where proposals are dropped.
     inbox: PathBuf,
-    provenance: Arc<Provenance>,
-    base: CommitId,
+    workshop: Workshop,
     /// `llm`: the client, absent while a request task holds it.
     llm: Option<LlmClient>,
     /// The watcher of the request task, and the request task.
@@ -142,8 +140,7 @@ impl Actor for Specialist {
             lineage: args.lineage,
             rng,
             inbox,
-            provenance: args.provenance,
-            base: args.base,
+            workshop: args.workshop,
             llm,
             request: None,
             resting_until: None,
@@ -467,9 +464,11 @@ async fn ask_model(
         Some(inc) => (
             inc.config.clone(),
             Some(inc.trial),
-            inc.commit.clone().unwrap_or_else(|| state.base.clone()),
+            inc.commit
+                .clone()
+                .unwrap_or_else(|| state.workshop.base().clone()),
         ),
-        None => (exp.defaults.clone(), None, state.base.clone()),
+        None => (exp.defaults.clone(), None, state.workshop.base().clone()),
     };
     // The agent file is read at every request: editing it steers the next one.
     let instructions = match &state.config.instructions {
@@ -479,12 +478,11 @@ async fn ask_model(
     };
     let mut paths = vec![exp.file.recipe.to_string_lossy().into_owned()];
     paths.extend(surface.files.iter().cloned());
-    let provenance = state.provenance.clone();
-    let files =
-        tokio::task::spawn_blocking(move || provenance.read_files(&commit, &paths, MAX_FILE))
-            .await
-            .map_err(|e| format!("reading the incumbent's files: {e}"))?
-            .map_err(|e| format!("reading the incumbent's files: {e}"))?;
+    let files = state
+        .workshop
+        .read_files(commit, paths, MAX_FILE)
+        .await
+        .map_err(|e| format!("reading the incumbent's files: {e}"))?;
     let values: Params = config
         .iter()
         .filter(|(k, _)| surface.params.contains_key(*k))

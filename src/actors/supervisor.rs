@@ -27,10 +27,9 @@ use super::messages::{
 use super::specialist::{Specialist, SpecialistArgs};
 use super::CALL_TIMEOUT_MS;
 use crate::config::Config;
-use crate::domain::CommitId;
 use crate::gpu::{self, Gpus, Placement};
 use crate::lineage::actor::{Lineage, LineageArgs, LineageMsg, Observer};
-use crate::provenance::{Provenance, ProvenanceError};
+use crate::runner::Workshop;
 use crate::slurm::{JobKind, Slurm};
 
 pub struct Supervisor;
@@ -46,8 +45,8 @@ struct Context {
     config: Arc<Config>,
     observer: Option<Observer>,
     max_trials: Option<u64>,
-    provenance: Arc<Provenance>,
-    base: CommitId,
+    /// The git half of every trial (the repository and its base commit).
+    workshop: Workshop,
     /// The Slurm backend (one tracker for the executor's and the
     /// evaluator's jobs); `None`: runs are local.
     slurm: Option<Arc<Slurm>>,
@@ -270,16 +269,7 @@ async fn prepare(
         args.config.experiment.dir.clone(),
         args.config.lineage_dir.clone(),
     );
-    let (provenance, base) =
-        tokio::task::spawn_blocking(move || -> Result<(Provenance, CommitId), ProvenanceError> {
-            let p = Provenance::open_or_init(&dir)?;
-            let base = p.base(&skip)?;
-            if let Some(commit) = incumbent.and_then(|i| i.commit) {
-                p.set_incumbent(&commit)?;
-            }
-            Ok((p, base))
-        })
-        .await??;
+    let workshop = Workshop::open(dir, skip, incumbent.and_then(|i| i.commit)).await?;
     let slurm = Slurm::of(&args.config);
     if let Some(slurm) = &slurm {
         slurm.check().await?;
@@ -332,8 +322,7 @@ async fn prepare(
         config,
         observer: args.observer,
         max_trials: args.max_trials,
-        provenance: Arc::new(provenance),
-        base,
+        workshop,
         slurm,
         gpus,
     })
@@ -347,7 +336,7 @@ async fn spawn_evaluator(
     let args = EvaluatorArgs {
         config: ctx.config.clone(),
         lineage: lineage.clone(),
-        provenance: ctx.provenance.clone(),
+        workshop: ctx.workshop.clone(),
         slurm: ctx.slurm.clone(),
         gpus: ctx
             .gpus
@@ -369,8 +358,7 @@ async fn spawn_executor(
         evaluator: evaluator.clone(),
         observer: ctx.observer.clone(),
         max_trials: ctx.max_trials,
-        provenance: ctx.provenance.clone(),
-        base: ctx.base.clone(),
+        workshop: ctx.workshop.clone(),
         slurm: ctx.slurm.clone(),
         gpus: ctx.gpus.clone(),
     };
@@ -400,8 +388,7 @@ async fn spawn_specialist(
         seed: state.ctx.config.seed,
         incarnation: state.incarnations,
         lineage_dir: state.ctx.config.lineage_dir.clone(),
-        provenance: state.ctx.provenance.clone(),
-        base: state.ctx.base.clone(),
+        workshop: state.ctx.workshop.clone(),
     };
     let (actor, _) = Actor::spawn_linked(None, Specialist, args, cell).await?;
     state.specialists.insert(name.to_string(), actor);

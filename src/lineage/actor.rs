@@ -303,6 +303,15 @@ pub async fn measure_trial(
     call_change(lineage, |reply| LineageMsg::Measure(id, set, reply)).await
 }
 
+/// Records a new trial `proposed` (or, for a configuration lineage knew,
+/// `failed/duplicate`); returns it as recorded.
+pub async fn propose_trial(
+    lineage: &ActorRef<LineageMsg>,
+    new: NewTrial,
+) -> Result<Trial, LineageCallError> {
+    call_change(lineage, |reply| LineageMsg::Propose(new, reply)).await
+}
+
 async fn call_change(
     lineage: &ActorRef<LineageMsg>,
     msg: impl FnOnce(RpcReplyPort<Reply>) -> LineageMsg,

@@ -31,19 +31,19 @@ use super::messages::{EvaluatorMsg, ExecutorMsg, Stage, SCOUT};
 use super::{advance_trial, interrupt_all, measure_trial, update_trial, CALL_TIMEOUT_MS};
 use crate::config::Config;
 use crate::domain::{
-    format_float, Call, CommitId, Decision, Evidence, FailureLabel, Incumbent, NoiseBand,
-    ProcessReport, SeedRun, Spread, Trial, TrialId, TrialStatus,
+    format_float, Call, Decision, Evidence, FailureLabel, Incumbent, NoiseBand, ProcessReport,
+    SeedRun, Spread, Trial, TrialId, TrialStatus,
 };
 use crate::gpu::{Gpus, Lease};
 use crate::judge::{self, check, curves, judged_by_seed, scores_by_seed, Failure, Pools};
 use crate::lineage::actor::LineageMsg;
-use crate::lineage::NewTrial;
 use crate::probe::{self, Stage as Spent};
 use crate::process::{GroupGuard, GroupTask};
-use crate::provenance::{MergedTree, Provenance};
 use crate::runner::launch::eval_spec;
-use crate::runner::runs::{restore_protected, run_eval};
+use crate::runner::runs::run_eval;
+use crate::runner::workshop::MergedTree;
 use crate::runner::Launcher;
+use crate::runner::Workshop;
 use crate::slurm::{JobKind, Slurm};
 use crate::workspace::TrialDirs;
 
@@ -57,7 +57,8 @@ pub struct Evaluator;
 pub struct EvaluatorArgs {
     pub config: Arc<Config>,
     pub lineage: ActorRef<LineageMsg>,
-    pub provenance: Arc<Provenance>,
+    /// The git half of every trial (restores, keeps, rebases, the incumbent ref).
+    pub workshop: Workshop,
     /// The Slurm backend, when evals run as jobs (`executor.slurm.eval`).
     pub slurm: Option<Arc<Slurm>>,
     /// GPU slots, when evals take one too (`executor.evals_on_gpus`).
@@ -66,7 +67,7 @@ pub struct EvaluatorArgs {
 
 pub struct EvaluatorState {
     config: Arc<Config>,
-    provenance: Arc<Provenance>,
+    workshop: Workshop,
     /// Set only when evals run as Slurm jobs.
     slurm: Option<Arc<Slurm>>,
     /// Set only when evals take a GPU slot.
@@ -151,7 +152,7 @@ impl Actor for Evaluator {
         .await?;
         Ok(EvaluatorState {
             config: args.config,
-            provenance: args.provenance,
+            workshop: args.workshop,
             slurm: args.slurm.filter(|s| s.evals_on_slurm()),
             gpus: args.gpus,
             leases: HashMap::new(),
@@ -435,7 +436,7 @@ fn start_eval(
     let guard = GroupGuard::default();
     let task_guard = guard.clone();
     let me = myself.clone();
-    let restore = trial.commit.clone().map(|c| (state.provenance.clone(), c));
+    let restore = trial.commit.clone().map(|c| (state.workshop.clone(), c));
     let (lineage, slurm, gpus) = (
         state.lineage.clone(),
         state.slurm.clone(),
@@ -451,9 +452,9 @@ fn start_eval(
             eval,
             lease,
         };
-        if let Some((provenance, commit)) = restore {
+        if let Some((workshop, commit)) = restore {
             let work = dirs.work.clone();
-            if let Err(e) = restore_protected(provenance, &config, commit, work).await {
+            if let Err(e) = workshop.restore_protected(&config, commit, work).await {
                 let eval = ProcessReport {
                     spawn_error: Some(format!("cannot restore protected files: {e}")),
                     ..Default::default()
@@ -595,15 +596,7 @@ async fn record(
                 .clone()
                 .or_else(|| updated.commit.clone())
             {
-                let provenance = state.provenance.clone();
-                let moved =
-                    tokio::task::spawn_blocking(move || provenance.set_incumbent(&commit)).await;
-                let error = match moved {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(e) => Some(e.to_string()),
-                };
-                if let Some(e) = error {
+                if let Err(e) = state.workshop.set_incumbent(commit).await {
                     warn!(trial = %trial.id, error = %e, "could not move ratchet/incumbent");
                 }
             }

@@ -4,6 +4,7 @@
 //! incumbent's changes with it (`combine`).
 
 use super::*;
+use crate::runner::merged::{record_merged, Merged, Onto};
 
 /// A trial kept over an incumbent that replaced its parent: its keep is a
 /// merge commit on the incumbent's holding exactly the trial's measured
@@ -21,10 +22,7 @@ pub(super) async fn keep_over(
         "ratchet: keep trial {} over #{}\n\nproposed against #{parent}, which #{} replaced while it was measured; its files as measured\n",
         trial.id, old.trial, old.trial
     );
-    let provenance = state.provenance.clone();
-    let keep =
-        tokio::task::spawn_blocking(move || provenance.commit_keep(&commit, &onto, &message))
-            .await??;
+    let keep = state.workshop.keep_over(commit, onto, message).await?;
     update_trial(
         &state.lineage,
         trial.id,
@@ -56,13 +54,10 @@ pub(super) async fn rebase(
         };
         return record(state, trial, Verdict::Failed(failure), None).await;
     };
-    let exp = &state.config.experiment;
-    let recipe = exp.file.recipe.to_string_lossy().into_owned();
-    let provenance = state.provenance.clone();
-    let target = onto.clone();
-    let merged =
-        tokio::task::spawn_blocking(move || provenance.rebase_tree(&commit, &target, &recipe))
-            .await??;
+    let merged = state
+        .workshop
+        .rebase(&state.config, commit, onto.clone())
+        .await?;
     let (tree, recipe_text) = match merged {
         Ok(m) => m,
         Err(conflict) => {
@@ -88,7 +83,11 @@ pub(super) async fn rebase(
             ),
         },
         (tree, &recipe_text),
-        (&inc.config, inc.trial, onto),
+        Onto {
+            trial: inc.trial,
+            commit: onto,
+            config: &inc.config,
+        },
     )
     .await?;
     info!(trial = %trial.id, onto = %inc.trial, rebased = %rebased.id, "rebased onto the new incumbent");
@@ -105,67 +104,27 @@ pub(super) async fn rebase(
     record(state, trial, verdict, None).await
 }
 
-/// What a merged trial (a rebase or a combination) is proposed as.
-pub(super) struct Merged {
-    specialist: String,
-    surface: Option<String>,
-    hypothesis: String,
-    edits: Vec<crate::domain::Edit>,
-    rebased_from: Option<TrialId>,
-    /// The commit message's last line.
-    how: String,
-}
-
-/// Records a merged tree as a new trial on top of `onto` (its parent:
-/// `parent`, with `base` its configuration), commits it there and queues it
-/// (unless lineage knew the configuration: then it is a `duplicate`).
-pub(super) async fn propose_merged(
+/// Records a merged tree as a new trial and queues it (unless lineage knew
+/// the configuration: then it is a `duplicate`).
+async fn propose_merged(
     state: &mut EvaluatorState,
     m: Merged,
-    (tree, recipe_text): (MergedTree, &str),
-    (base, parent, onto): (&crate::domain::Params, TrialId, CommitId),
+    merged: (MergedTree, &str),
+    onto: Onto<'_>,
 ) -> Result<Trial, ActorProcessingErr> {
-    let config = state.config.experiment.measured(recipe_text);
-    let changes = config
-        .iter()
-        .filter(|(k, v)| base.get(*k) != Some(*v))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let new = NewTrial {
-        specialist: m.specialist,
-        surface: m.surface,
-        parent: Some(parent),
-        hypothesis: m.hypothesis,
-        changes,
-        config,
-        edits: m.edits,
-        reply: None,
-        rejected: None,
-        rebased_from: m.rebased_from,
-    };
-    let proposed = ractor::call_t!(state.lineage, LineageMsg::Propose, CALL_TIMEOUT_MS, new)??;
-    if proposed.status != TrialStatus::Proposed {
-        return Ok(proposed);
-    }
-    let message = format!(
-        "ratchet trial {}\n\nspecialist: {}\nhypothesis: {}\n{}\n",
-        proposed.id, proposed.specialist, proposed.hypothesis, m.how
-    );
-    let (provenance, id) = (state.provenance.clone(), proposed.id);
-    let (oid, diff) =
-        tokio::task::spawn_blocking(move || provenance.commit_rebased(id, tree, &onto, &message))
-            .await??;
-    let committed = update_trial(
+    let trial = record_merged(
         &state.lineage,
-        proposed.id,
-        Box::new(move |t| {
-            t.commit = Some(oid.clone());
-            t.diff = Some(diff.clone());
-        }),
+        &state.workshop,
+        &state.config,
+        m,
+        merged,
+        onto,
     )
     .await?;
-    tell_executor(state, ExecutorMsg::Enqueue(Box::new(committed.clone())));
-    Ok(committed)
+    if trial.status == TrialStatus::Proposed {
+        tell_executor(state, ExecutorMsg::Enqueue(Box::new(trial.clone())));
+    }
+    Ok(trial)
 }
 
 /// A trial kept over an incumbent that replaced its parent: the recipe it
@@ -192,16 +151,7 @@ pub(super) async fn combine(
     .filter(|t| t.specialist != SCOUT) else {
         return Ok(());
     };
-    let recipe = state
-        .config
-        .experiment
-        .file
-        .recipe
-        .to_string_lossy()
-        .into_owned();
-    let provenance = state.provenance.clone();
-    let merged = tokio::task::spawn_blocking(move || provenance.combine_tree(&from, &own, &recipe))
-        .await??;
+    let merged = state.workshop.combine(&state.config, from, own).await?;
     let (tree, recipe_text) = match merged {
         Ok(m) => m,
         Err(why) => {
@@ -229,7 +179,11 @@ pub(super) async fn combine(
             ),
         },
         (tree, &recipe_text),
-        (&kept.config, kept.id, onto),
+        Onto {
+            trial: kept.id,
+            commit: onto,
+            config: &kept.config,
+        },
     )
     .await?;
     info!(trial = %kept.id, displaced = %displaced.trial, combined = %combined.id, "combining with the incumbent it replaced");

@@ -17,7 +17,7 @@ use super::messages::{
 use super::{advance_trial, interrupt, interrupt_all, CALL_TIMEOUT_MS};
 use crate::allocation::{self, Outcomes, Stride};
 use crate::config::Config;
-use crate::domain::{now_ms, CommitId, ProcessReport, Trial, TrialId, TrialStatus};
+use crate::domain::{now_ms, ProcessReport, Trial, TrialId, TrialStatus};
 use crate::gpu::{Gpus, Lease};
 use crate::judge::Bars;
 use crate::lineage::actor::{LineageMsg, Observer, RunEvent};
@@ -26,11 +26,10 @@ use crate::lineage::NewTrial;
 use crate::probe::{self, Stage};
 use crate::process::{GroupGuard, GroupTask};
 use crate::propose::{rng::Rng, search};
-use crate::provenance::Provenance;
 use crate::runner::launch::train_spec;
 use crate::runner::recovery::{recover, requeue, Recovered};
 use crate::runner::runs::{run_seed, run_train};
-use crate::runner::{Launcher, Ran};
+use crate::runner::{Launcher, Ran, Workshop};
 use crate::slurm::{cancel_now, Outcome, Slurm};
 use crate::workspace::TrialDirs;
 
@@ -49,9 +48,8 @@ pub struct ExecutorArgs {
     pub observer: Option<Observer>,
     /// Stop issuing trials after this many (counted in this process).
     pub max_trials: Option<u64>,
-    pub provenance: Arc<Provenance>,
-    /// The commit trials without a parent start from (`ratchet/base`).
-    pub base: CommitId,
+    /// The git half of every trial (its commit and exports, from `ratchet/base`).
+    pub workshop: Workshop,
     /// The Slurm backend; `None`: runs are child processes of ratchet.
     pub slurm: Option<Arc<Slurm>>,
     /// GPU slots; `None`: `config.slots` CPU slots.
@@ -129,8 +127,7 @@ impl ExecutorState {
 pub struct ExecutorState {
     occupancy: Occupancy,
     config: Arc<Config>,
-    provenance: Arc<Provenance>,
-    base: CommitId,
+    workshop: Workshop,
     slurm: Option<Arc<Slurm>>,
     gpus: Option<Arc<Gpus>>,
     /// Seed re-runs the cluster lost, by trial and seed: each is queued
@@ -270,8 +267,7 @@ impl Actor for Executor {
             scouting: BTreeSet::new(),
             inherited: BTreeSet::new(),
             config: args.config,
-            provenance: args.provenance,
-            base: args.base,
+            workshop: args.workshop,
             slurm: args.slurm,
             gpus: args.gpus,
             lost: HashMap::new(),
@@ -549,7 +545,7 @@ fn start(
     let lineage = state.lineage.clone();
     let executor = myself.clone();
     let task_guard = guard.clone();
-    let (provenance, base) = (state.provenance.clone(), state.base.clone());
+    let workshop = state.workshop.clone();
     let slurm = state.slurm.clone();
     let gpus = lease.as_ref().map(Lease::view);
     let bars = prunable(state, &trial, seed);
@@ -564,9 +560,9 @@ fn start(
             bars,
         };
         let ran = if seed == 0 {
-            run_train(&launcher, trial, provenance, base).await
+            run_train(&launcher, trial, &workshop).await
         } else {
-            run_seed(&launcher, &trial, seed, provenance).await
+            run_seed(&launcher, &trial, seed, &workshop).await
         };
         probe::mark(id, seed);
         let _ = executor.cast(ExecutorMsg::TrainFinished { id, seed, ran });
