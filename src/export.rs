@@ -328,13 +328,29 @@ pub struct Written {
     pub trials: u64,
 }
 
-pub type Trials<'a> = &'a mut dyn Iterator<Item = anyhow::Result<Trial>>;
+/// Why a trial could not be read for an export (from lineage, or from a
+/// running daemon): whatever error the source has.
+pub type ReadError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The trials to export, as they are read.
+pub type Trials<'a> = &'a mut dyn Iterator<Item = Result<Trial, ReadError>>;
+
+/// Why an export stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("reading the trials: {0}")]
+    Read(ReadError),
+    #[error("writing the export: {0}")]
+    Write(#[from] std::io::Error),
+    #[error("writing the export: {0}")]
+    Json(#[from] serde_json::Error),
+}
 
 /// One JSON object per line, [`COLUMNS`] as keys.
-pub fn jsonl(out: &mut dyn Write, trials: Trials, ctx: &Context) -> anyhow::Result<Written> {
+pub fn jsonl(out: &mut dyn Write, trials: Trials, ctx: &Context) -> Result<Written, ExportError> {
     let mut w = Written::default();
     for t in trials {
-        let t = t?;
+        let t = t.map_err(ExportError::Read)?;
         serde_json::to_writer(&mut *out, &Row::new(&t, ctx.direction))?;
         out.write_all(b"\n")?;
         w.trials += 1;
@@ -344,12 +360,12 @@ pub fn jsonl(out: &mut dyn Write, trials: Trials, ctx: &Context) -> anyhow::Resu
 
 /// A header line of [`COLUMNS`], then one line per trial; line breaks
 /// inside fields are kept inside quotes.
-pub fn csv(out: &mut dyn Write, trials: Trials, ctx: &Context) -> anyhow::Result<Written> {
+pub fn csv(out: &mut dyn Write, trials: Trials, ctx: &Context) -> Result<Written, ExportError> {
     let mut w = Written::default();
     out.write_all(COLUMNS.join(",").as_bytes())?;
     out.write_all(b"\r\n")?;
     for t in trials {
-        let t = t?;
+        let t = t.map_err(ExportError::Read)?;
         let cells = Row::new(&t, ctx.direction).cells();
         for (i, c) in cells.iter().enumerate() {
             if i > 0 {
@@ -415,7 +431,7 @@ pub fn html(
     ctx: &Context,
     opts: HtmlOptions,
     generated_ms: u64,
-) -> anyhow::Result<Written> {
+) -> Result<Written, ExportError> {
     let mut w = Written::default();
     let mut outcomes: Vec<&'static str> = Vec::new();
     let mut specialists: Vec<String> = Vec::new();
@@ -425,7 +441,7 @@ pub fn html(
     let mut rows: VecDeque<String> = VecDeque::new();
     let mut unfinished = 0u64;
     for t in trials {
-        let t = t?;
+        let t = t.map_err(ExportError::Read)?;
         w.trials += 1;
         let agg = aggs.entry(t.specialist.clone()).or_default();
         agg.trials += 1;
@@ -749,48 +765,4 @@ const SCRIPT: &str = r#"
 "#;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn csv_fields_are_quoted_only_when_needed() {
-        assert_eq!(csv_field("plain"), "plain");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
-        assert_eq!(csv_field(" pad"), "\" pad\"");
-        assert_eq!(csv_field(""), "");
-    }
-
-    #[test]
-    fn utc_dates_are_civil() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00");
-        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
-        assert_eq!(utc(1_795_430_096_000), "2026-11-23 10:34:56");
-    }
-
-    #[test]
-    fn json_rows_have_the_documented_columns_in_order() {
-        let t: Trial = serde_json::from_value(serde_json::json!({
-            "id": 3, "attempt": 1, "specialist": "s", "surface": null, "parent": null,
-            "hypothesis": "h", "changes": {}, "config": {}, "status": "queued",
-            "label": null, "decision": null, "score": null, "parent_score": null,
-            "detail": null, "history": [], "trial_dir": null, "pgid": null,
-            "train": null, "eval": null
-        }))
-        .unwrap();
-        let row = Row::new(&t, None);
-        let text = serde_json::to_string(&row).unwrap();
-        let mut at = 0;
-        for c in COLUMNS {
-            let pos = text
-                .find(&format!("\"{c}\":"))
-                .unwrap_or_else(|| panic!("{c} missing"));
-            assert!(pos >= at, "{c} out of order");
-            at = pos;
-        }
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v.as_object().unwrap().len(), COLUMNS.len());
-        assert_eq!(row.cells().len(), COLUMNS.len());
-    }
-}
+mod tests;

@@ -57,12 +57,9 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
     // same socket is an error; a socket that cannot be made is not.
     let mut control = match crate::daemon::Control::bind(&config) {
         Ok(c) => Some(c),
-        Err(e)
-            if e.downcast_ref::<crate::daemon::control::ControlError>()
-                .is_some_and(|c| matches!(c, crate::daemon::control::ControlError::InUse(_))) =>
-        {
-            return Err(e)
-        }
+        Err(
+            e @ crate::daemon::DaemonError::Control(crate::daemon::control::ControlError::InUse(_)),
+        ) => return Err(e.into()),
         Err(e) => {
             tracing::warn!(error = %e, "no control socket: status and lineage reads from another terminal will wait for this run");
             None

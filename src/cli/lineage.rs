@@ -6,15 +6,18 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::config::Config;
 use crate::domain::{format_float, now_ms, FailureLabel, Incumbent, Trial, TrialId, TrialStatus};
 use crate::export::{self, Context, HtmlOptions};
-use crate::lineage::query::{Filter, Read};
-use crate::lineage::{Event, LineageError, LineageStore};
+use crate::lineage::query::Filter;
+
+mod source;
+
+pub(super) use source::socket_of;
+use source::Source;
 
 #[derive(Subcommand, Debug)]
 pub enum LineageCommand {
@@ -202,126 +205,6 @@ fn parse_since_at(s: &str, now: u64) -> Result<u64, String> {
     u64::try_from(secs * 1000).map_err(|_| bad())
 }
 
-/// Where lineage is read from.
-pub enum Source {
-    /// The database, opened by this process (no ratchet holds it).
-    Local(LineageStore),
-    /// A running ratchet's control socket.
-    Daemon(PathBuf),
-}
-
-/// How long a read waits for the daemon between two items.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a command waits for another command's lock on the database.
-const LOCK_WAIT: Duration = Duration::from_secs(10);
-
-impl Source {
-    /// Opens `dir` directly, or, while a ratchet holds it, its socket.
-    pub fn open(dir: &Path, config: &Path) -> anyhow::Result<Source> {
-        if !dir.join("db").exists() {
-            anyhow::bail!(
-                "no lineage at {} yet (run `ratchet run` first)",
-                dir.display()
-            );
-        }
-        // Another CLI command holding the database for a moment (sled
-        // locks it whole) is waited out; a ratchet holding it answers on
-        // its socket.
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
-        loop {
-            match LineageStore::open(dir) {
-                Ok(store) => return Ok(Source::Local(store)),
-                Err(locked @ LineageError::Locked { .. }) => {
-                    let socket = socket_of(dir, config);
-                    match std::os::unix::net::UnixStream::connect(&socket) {
-                        Ok(_) => return Ok(Source::Daemon(socket)),
-                        Err(_) if std::time::Instant::now() < deadline => {
-                            std::thread::sleep(Duration::from_millis(100))
-                        }
-                        Err(e) => anyhow::bail!(
-                            "{locked}; its control socket {} does not answer ({e}); waited {} s",
-                            socket.display(),
-                            LOCK_WAIT.as_secs()
-                        ),
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    pub fn trials(
-        &self,
-        filter: &Filter,
-    ) -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<Trial>>>> {
-        match self {
-            Source::Local(store) => Ok(Box::new(
-                store
-                    .select(filter)?
-                    .map(|t| t.map_err(anyhow::Error::from)),
-            )),
-            Source::Daemon(socket) => remote(
-                socket,
-                Read::Trials {
-                    filter: filter.clone(),
-                },
-            ),
-        }
-    }
-
-    pub fn trial(&self, id: TrialId) -> anyhow::Result<Option<Trial>> {
-        match self {
-            Source::Local(store) => Ok(store.get(id)?),
-            Source::Daemon(socket) => remote(socket, Read::Trial { id })?.next().transpose(),
-        }
-    }
-
-    /// Every incumbent, oldest first (the last is the current one).
-    pub fn incumbents(&self) -> anyhow::Result<Vec<Incumbent>> {
-        match self {
-            Source::Local(store) => Ok(store.incumbent_history()?),
-            Source::Daemon(socket) => remote(socket, Read::Incumbents)?.collect(),
-        }
-    }
-
-    pub fn events(&self) -> anyhow::Result<Vec<Event>> {
-        match self {
-            Source::Local(store) => Ok(store.events()?),
-            Source::Daemon(socket) => remote(socket, Read::Events)?.collect(),
-        }
-    }
-}
-
-/// A read answered by the ratchet listening on `socket`.
-fn remote<T: serde::de::DeserializeOwned + 'static>(
-    socket: &Path,
-    read: Read,
-) -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<T>>>> {
-    match crate::daemon::control::read::<T>(socket, read, READ_TIMEOUT) {
-        Ok(Ok(items)) => Ok(Box::new(items)),
-        Ok(Err(r)) => anyhow::bail!(
-            "the daemon refused the read: {}",
-            r.error.unwrap_or_default()
-        ),
-        Err(e) => anyhow::bail!("control socket {}: {e}", socket.display()),
-    }
-}
-
-/// The control socket of whatever holds lineage `dir`: the one its pointer
-/// file names (what the running ratchet bound, even after the file's
-/// `socket` was edited), else the one the configuration names, else the
-/// default.
-pub(super) fn socket_of(dir: &Path, config: &Path) -> PathBuf {
-    let pointer = std::fs::read(crate::daemon::control::pointer_path(dir))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<crate::daemon::control::Pointer>(&b).ok());
-    match pointer {
-        Some(p) => p.socket,
-        None => crate::config::configured_socket_of(config)
-            .unwrap_or_else(|| crate::config::default_socket(dir)),
-    }
-}
-
 pub fn main(
     config: &Path,
     lineage: Option<PathBuf>,
@@ -343,7 +226,10 @@ pub fn main(
             let f = filter.filter(false)?;
             // Selected newest first (so --limit takes the newest), shown in
             // id order.
-            let mut trials = source.trials(&f)?.collect::<anyhow::Result<Vec<_>>>()?;
+            let mut trials = source
+                .trials(&f)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!(e))?;
             trials.reverse();
             if !json {
                 writeln!(
@@ -417,7 +303,7 @@ pub fn main(
             let ctx = context(config, explicit.then_some(&dir), &incumbents);
             let mut trials = source.trials(&f)?;
             let mut write = |w: &mut dyn Write| -> anyhow::Result<export::Written> {
-                match format {
+                let written = match format {
                     Format::Jsonl => export::jsonl(w, &mut trials, &ctx),
                     Format::Csv => export::csv(w, &mut trials, &ctx),
                     Format::Html => export::html(
@@ -431,7 +317,8 @@ pub fn main(
                         },
                         now_ms(),
                     ),
-                }
+                };
+                Ok(written?)
             };
             let written = match &output {
                 Some(path) => write_atomically(path, write)?,

@@ -329,6 +329,23 @@ fn call_reader(
     Ok((response, reader))
 }
 
+/// Why a streamed read from the daemon did not end as it should.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("reading from the daemon: {0}")]
+    Io(std::io::Error),
+    #[error("the daemon closed the connection after {0} item(s), before the end of the answer")]
+    Closed(u64),
+    #[error("the daemon could not finish the read: {0}")]
+    Unfinished(String),
+    #[error("the daemon sent {sent} item(s) but counted {counted}")]
+    Miscounted { sent: u64, counted: u64 },
+    #[error("bad end line from the daemon: {0}")]
+    BadEnd(serde_json::Error),
+    #[error("bad item from the daemon: {0}")]
+    BadItem(serde_json::Error),
+}
+
 /// A read request's items as they arrive (blocking). The iterator ends
 /// after the daemon's `end` line; a connection that closes before it, or an
 /// `end` with an error, yields an error.
@@ -336,7 +353,7 @@ pub fn read<T: serde::de::DeserializeOwned>(
     socket: &Path,
     read: crate::lineage::query::Read,
     timeout: Duration,
-) -> std::io::Result<Result<impl Iterator<Item = anyhow::Result<T>>, Response>> {
+) -> std::io::Result<Result<impl Iterator<Item = Result<T, ReadError>>, Response>> {
     let (response, reader) = call_reader(socket, Command::Read { read }, timeout)?;
     if !(response.ok && response.stream) {
         return Ok(Err(response));
@@ -352,13 +369,11 @@ pub fn read<T: serde::de::DeserializeOwned>(
             Some(Ok(l)) => l,
             Some(Err(e)) => {
                 done = true;
-                return Some(Err(anyhow::anyhow!("reading from the daemon: {e}")));
+                return Some(Err(ReadError::Io(e)));
             }
             None => {
                 done = true;
-                return Some(Err(anyhow::anyhow!(
-                    "the daemon closed the connection after {count} item(s), before the end of the answer"
-                )));
+                return Some(Err(ReadError::Closed(count)));
             }
         };
         if line.starts_with(b"{\"end\":") {
@@ -366,19 +381,17 @@ pub fn read<T: serde::de::DeserializeOwned>(
             return match serde_json::from_slice::<EndLine>(&line) {
                 Ok(EndLine {
                     end: End { error: Some(e), .. },
-                }) => Some(Err(anyhow::anyhow!(
-                    "the daemon could not finish the read: {e}"
-                ))),
-                Ok(EndLine { end }) if end.count != count => Some(Err(anyhow::anyhow!(
-                    "the daemon sent {count} item(s) but counted {}",
-                    end.count
-                ))),
+                }) => Some(Err(ReadError::Unfinished(e))),
+                Ok(EndLine { end }) if end.count != count => Some(Err(ReadError::Miscounted {
+                    sent: count,
+                    counted: end.count,
+                })),
                 Ok(_) => None,
-                Err(e) => Some(Err(anyhow::anyhow!("bad end line from the daemon: {e}"))),
+                Err(e) => Some(Err(ReadError::BadEnd(e))),
             };
         }
         count += 1;
-        Some(serde_json::from_slice(&line).map_err(anyhow::Error::from))
+        Some(serde_json::from_slice(&line).map_err(ReadError::BadItem))
     })))
 }
 

@@ -25,8 +25,31 @@ use crate::config::Config;
 use crate::domain::{format_float, now_ms, Trial, TrialStatus};
 use crate::lineage::actor::RunEvent;
 use crate::lineage::LineageStore;
-use control::{Command, DaemonStatus, Reply, Response};
+use control::{Command, ControlError, DaemonStatus, Reply, Response};
 use notify::Notifier;
+
+/// Why the daemon (or the control socket of a foreground run) could not
+/// start, or stopped by itself.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the control socket's pointer file: {0}")]
+    Pointer(#[from] serde_json::Error),
+    #[error("cannot handle signals: {0}")]
+    Signals(std::io::Error),
+    #[error("could not start: {0}")]
+    Start(String),
+    #[error("no lineage handle: {0}")]
+    NoReader(String),
+    #[error("the actor tree stopped: {0}")]
+    Stopped(String),
+}
 
 /// How long a control request may wait for the actor tree.
 const CONTROL_TIMEOUT_MS: u64 = 10_000;
@@ -47,9 +70,12 @@ struct Handle {
 }
 
 impl Handle {
-    async fn new(config: &Config, supervisor: ActorRef<SupervisorMsg>) -> anyhow::Result<Handle> {
+    async fn new(
+        config: &Config,
+        supervisor: ActorRef<SupervisorMsg>,
+    ) -> Result<Handle, DaemonError> {
         let reader = ractor::call_t!(supervisor, SupervisorMsg::Reader, CONTROL_TIMEOUT_MS)
-            .map_err(|e| anyhow::anyhow!("no lineage handle: {e}"))?;
+            .map_err(|e| DaemonError::NoReader(e.to_string()))?;
         let exp = &config.experiment.file;
         Ok(Handle {
             supervisor,
@@ -75,17 +101,19 @@ pub struct Control {
 }
 
 impl Control {
-    pub fn bind(config: &Config) -> anyhow::Result<Control> {
+    pub fn bind(config: &Config) -> Result<Control, DaemonError> {
         let listener = control::bind(&config.socket)?;
         let pointer = control::pointer_path(&config.lineage_dir);
-        std::fs::create_dir_all(&config.lineage_dir)?;
-        std::fs::write(
-            &pointer,
-            serde_json::to_vec(&control::Pointer {
-                pid: std::process::id(),
-                socket: config.socket.clone(),
-            })?,
-        )?;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DaemonError::Io { path, source }
+        };
+        std::fs::create_dir_all(&config.lineage_dir).map_err(io(&config.lineage_dir))?;
+        let body = serde_json::to_vec(&control::Pointer {
+            pid: std::process::id(),
+            socket: config.socket.clone(),
+        })?;
+        std::fs::write(&pointer, body).map_err(io(&pointer))?;
         Ok(Control {
             socket: config.socket.clone(),
             pointer,
@@ -99,7 +127,7 @@ impl Control {
         &mut self,
         config: &Config,
         supervisor: ActorRef<SupervisorMsg>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), DaemonError> {
         let handle = Handle::new(config, supervisor).await?;
         self.serve_handle(handle);
         Ok(())
@@ -126,7 +154,7 @@ impl Drop for Control {
     }
 }
 
-pub async fn daemon(config: Config) -> anyhow::Result<()> {
+pub async fn daemon(config: Config) -> Result<(), DaemonError> {
     let notifier = Notifier::from_env();
     let watchdog = notify::watchdog_interval();
     let mut control = Control::bind(&config)?;
@@ -152,7 +180,7 @@ pub async fn daemon(config: Config) -> anyhow::Result<()> {
     };
     let (supervisor, mut tree) = Actor::spawn(None, Supervisor, args)
         .await
-        .map_err(|e| anyhow::anyhow!("could not start: {e}"))?;
+        .map_err(|e| DaemonError::Start(e.to_string()))?;
     let handle = Handle::new(&config, supervisor.clone()).await?;
     // The supervisor's start includes the executor's recovery.
     let notify = |s: &str| {
@@ -173,9 +201,9 @@ pub async fn daemon(config: Config) -> anyhow::Result<()> {
     control.serve_handle(handle.clone());
     let mut tick = tokio::time::interval(watchdog.unwrap_or(STATUS_EVERY));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
 
     let result = loop {
         tokio::select! {
@@ -189,7 +217,7 @@ pub async fn daemon(config: Config) -> anyhow::Result<()> {
             }
             _ = sigterm.recv() => break Ok("SIGTERM"),
             _ = sigint.recv() => break Ok("SIGINT"),
-            r = &mut tree => break Err(anyhow::anyhow!("the actor tree stopped: {r:?}")),
+            r = &mut tree => break Err(DaemonError::Stopped(format!("{r:?}"))),
         }
     };
     let stopped_by = match result {
@@ -205,7 +233,9 @@ pub async fn daemon(config: Config) -> anyhow::Result<()> {
         drain_timeout_secs = config.drain_timeout_secs,
         "stopping: no new trials; running trials may finish (signal again to stop at once)"
     );
-    supervisor.cast(SupervisorMsg::Drain)?;
+    supervisor
+        .cast(SupervisorMsg::Drain)
+        .map_err(|e| DaemonError::Stopped(e.to_string()))?;
     let mut poll = tokio::time::interval(Duration::from_millis(250));
     let mut tree_gone = false;
     loop {
