@@ -180,6 +180,9 @@ pub enum SpecialistMsg {
     Replied(Box<Replied>),
     /// A rest is over: tell the executor this specialist can propose again.
     Wake,
+    /// A manual specialist's inbox was empty when it was asked: look again,
+    /// and wake the executor's asks once a proposal is there.
+    WatchInbox,
 }
 
 /// What an LLM request task reports.

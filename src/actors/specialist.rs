@@ -21,7 +21,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{debug, info, warn};
 
 use super::messages::{ExecutorMsg, Replied, SpecialistMsg};
-use super::CALL_TIMEOUT_MS;
+use super::{propose_trial, CALL_TIMEOUT_MS};
 use crate::config::{Experiment, Specialist as SpecialistConfig, SpecialistKind};
 use crate::domain::{FailureLabel, Params, Trial, TrialId, TrialStatus};
 use crate::lineage::actor::LineageMsg;
@@ -78,6 +78,7 @@ pub struct SpecialistState {
     resting_until: Option<Instant>,
     /// Consecutive failed requests.
     failures: u32,
+    /// A `Wake` (the end of a rest) or a `WatchInbox` is on its way.
     wake_scheduled: bool,
     executor: Option<ActorRef<ExecutorMsg>>,
     /// `search`: what the failure model knows (configuration, failed), the
@@ -176,7 +177,15 @@ impl Actor for Specialist {
                 let t0 = std::time::Instant::now();
                 let trial = match state.config.kind {
                     SpecialistKind::Search => propose(state).await?,
-                    SpecialistKind::Manual => propose_from_inbox(state).await?,
+                    SpecialistKind::Manual => {
+                        let trial = propose_from_inbox(state).await?;
+                        if trial.is_none() {
+                            // Nothing now: a proposal dropped later is seen.
+                            state.executor = Some(reply_to.clone());
+                            watch_inbox(&myself, state);
+                        }
+                        trial
+                    }
                     SpecialistKind::Llm => {
                         match ask_model(&myself, state, &reply_to).await? {
                             // Answered when the request task reports back.
@@ -225,12 +234,7 @@ impl Actor for Specialist {
                             parent,
                             config,
                         );
-                        Some(ractor::call_t!(
-                            state.lineage,
-                            LineageMsg::Propose,
-                            CALL_TIMEOUT_MS,
-                            new
-                        )??)
+                        Some(propose_trial(&state.lineage, new).await?)
                     }
                     Err(failure) => {
                         rest_after_failure(&myself, state, failure);
@@ -246,6 +250,14 @@ impl Actor for Specialist {
             SpecialistMsg::Wake => {
                 state.wake_scheduled = false;
                 if let Some(executor) = &state.executor {
+                    executor.cast(ExecutorMsg::Wake(state.config.name.clone()))?;
+                }
+            }
+            SpecialistMsg::WatchInbox => {
+                state.wake_scheduled = false;
+                if inbox_files(&state.inbox).is_empty() {
+                    watch_inbox(&myself, state);
+                } else if let Some(executor) = &state.executor {
                     executor.cast(ExecutorMsg::Wake(state.config.name.clone()))?;
                 }
             }
@@ -374,22 +386,43 @@ async fn propose(
         config: pick.config,
         ..Default::default()
     };
-    let trial = ractor::call_t!(state.lineage, LineageMsg::Propose, CALL_TIMEOUT_MS, new)??;
+    let trial = propose_trial(&state.lineage, new).await?;
     Ok(Some(trial))
 }
 
 /// The next proposal file of a manual specialist's inbox, recorded in lineage
 /// (an unreadable one as `proposer_error`, with its text) and moved to `done/`.
-async fn propose_from_inbox(
-    state: &mut SpecialistState,
-) -> Result<Option<Trial>, ActorProcessingErr> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&state.inbox)
-        .map_err(|e| format!("cannot read inbox {}: {e}", state.inbox.display()))?
+/// How often an empty inbox is looked at again.
+const INBOX_POLL: Duration = Duration::from_secs(1);
+
+/// The proposals waiting in an inbox, in name order (none when it cannot
+/// be read).
+fn inbox_files(inbox: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(inbox)
+        .into_iter()
+        .flatten()
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "json"))
         .collect();
     files.sort();
-    let Some(file) = files.into_iter().next() else {
+    files
+}
+
+/// Looks at the inbox again after `INBOX_POLL` (once at a time).
+fn watch_inbox(myself: &ActorRef<SpecialistMsg>, state: &mut SpecialistState) {
+    if !state.wake_scheduled {
+        state.wake_scheduled = true;
+        myself.send_after(INBOX_POLL, || SpecialistMsg::WatchInbox);
+    }
+}
+
+async fn propose_from_inbox(
+    state: &mut SpecialistState,
+) -> Result<Option<Trial>, ActorProcessingErr> {
+    // An inbox that cannot be read fails the specialist (it is restarted).
+    std::fs::read_dir(&state.inbox)
+        .map_err(|e| format!("cannot read inbox {}: {e}", state.inbox.display()))?;
+    let Some(file) = inbox_files(&state.inbox).into_iter().next() else {
         return Ok(None);
     };
     let name = file
@@ -405,7 +438,7 @@ async fn propose_from_inbox(
         None => (state.experiment.defaults.clone(), None),
     };
     let new = proposal_trial(state, text, &name, parent, config);
-    let trial = ractor::call_t!(state.lineage, LineageMsg::Propose, CALL_TIMEOUT_MS, new)??;
+    let trial = propose_trial(&state.lineage, new).await?;
     let done = state
         .inbox
         .join("done")
