@@ -2,7 +2,9 @@
 //! replaced by a plain file, so reading it fails, and so does creating it
 //! again at each restart) is restarted with a growing backoff while the
 //! daemon goes on; once the inbox is back, the restarted specialist's
-//! proposal runs, recorded once, and no trial is lost or duplicated.
+//! proposal runs, recorded once, and no trial is lost or duplicated. The
+//! executor and the evaluator, whose every fault from outside is a trial's
+//! outcome, go on through the worst one (the repository taken away).
 
 mod common;
 
@@ -21,6 +23,21 @@ fn proposer_errors(dir: &Dir) -> Vec<Value> {
         .into_iter()
         .filter(|e| str_of(e, "kind") == "proposer_error" && str_of(e, "subject") == "hand")
         .collect()
+}
+
+/// Every trial reached exactly one outcome in its history.
+fn one_outcome_each(trials: &[Value]) {
+    for t in trials {
+        let terminal = t["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| {
+                ["kept", "discarded", "failed", "interrupted"].contains(&str_of(h, "status"))
+            })
+            .count();
+        assert_eq!(terminal, 1, "one outcome per trial: {t:#}");
+    }
 }
 
 #[test]
@@ -91,19 +108,78 @@ fn a_failing_specialist_is_restarted_with_backoff_and_loses_nothing() {
     assert_eq!(ours.len(), 1, "the proposal is recorded once: {trials:#?}");
     assert_eq!(str_of(ours[0], "status"), "kept", "{:#}", ours[0]);
     assert_eq!(str_of(&trials[0], "specialist"), "baseline");
-    for t in &trials {
-        let terminal = t["history"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|h| {
-                ["kept", "discarded", "failed", "interrupted"].contains(&str_of(h, "status"))
-            })
-            .count();
-        assert_eq!(terminal, 1, "one outcome per trial: {t:#}");
-    }
+    one_outcome_each(&trials);
     assert!(
         dir.path().join("lineage/inbox/hand/done").is_dir(),
         "the restarted specialist made its inbox again"
     );
+}
+
+/// The executor and the evaluator have no failure an experiment can cause:
+/// every fault from outside is a trial's outcome. Exercised with the worst
+/// one, the experiment's git repository taken away under a running daemon:
+/// a trial proposed meanwhile cannot be committed and is recorded failed,
+/// saying why; no actor stops or restarts; once the repository is back the
+/// next trial is measured and kept as usual.
+#[test]
+fn a_repository_gone_under_the_daemon_fails_a_trial_not_an_actor() {
+    let dir = Dir::with_fixture("noisy");
+    dir.manual(1, &[]);
+    let child = start_daemon(&dir, &[]);
+    wait_up(&dir);
+    wait_for("the baseline to be kept", 120, || {
+        let t = dir.trials();
+        (t.len() == 1 && str_of(&t[0], "status") == "kept").then_some(())
+    });
+    let git = dir.path().join("experiment/.git");
+    let away = dir.path().join("experiment/.git-away");
+    assert!(git.is_dir(), "ratchet made the experiment's repository");
+    std::fs::rename(&git, &away).unwrap();
+
+    let propose = |name: &str, hypothesis: &str, key: &str| {
+        let proposal = json!({
+            "hypothesis": hypothesis,
+            "edits": [{"kind": "set", "values": {key: 1.0}}],
+        });
+        dir.write(
+            &format!("lineage/inbox/hand/{name}.json"),
+            &proposal.to_string(),
+        );
+    };
+    let settled = |hypothesis: &str| {
+        let t = dir.trials();
+        let ours = t
+            .iter()
+            .find(|t| str_of(t, "hypothesis") == hypothesis)?
+            .clone();
+        let status = str_of(&ours, "status").to_string();
+        ["kept", "discarded", "failed", "interrupted"]
+            .contains(&status.as_str())
+            .then_some(ours)
+    };
+    propose("p1", "without a repository: a = 1", "s.a");
+    let lost = wait_for("the trial proposed without a repository", 60, || {
+        settled("without a repository: a = 1")
+    });
+    assert_eq!(str_of(&lost, "status"), "failed", "{lost:#}");
+    assert!(
+        str_of(&lost, "detail").contains("provenance"),
+        "the failure says the commit could not be made: {lost:#}"
+    );
+    assert!(live_status(&dir).is_some(), "the daemon answers");
+
+    std::fs::rename(&away, &git).unwrap();
+    propose("p2", "with the repository back: c = 1", "s.c");
+    let kept = wait_for("the trial proposed with the repository back", 120, || {
+        settled("with the repository back: c = 1")
+    });
+    assert_eq!(str_of(&kept, "status"), "kept", "{kept:#}");
+    let log = common::daemon_log(&dir);
+    assert_eq!(terminate(child).code(), Some(0));
+    for stopped in ["executor stopped", "evaluator stopped", "specialist failed"] {
+        assert!(!log.contains(stopped), "`{stopped}` in the log:\n{log}");
+    }
+    let trials = dir.trials();
+    assert_eq!(trials.len(), 3, "{trials:#?}");
+    one_outcome_each(&trials);
 }

@@ -9,5 +9,6 @@ pub mod specialist;
 pub mod supervisor;
 
 pub use crate::lineage::actor::{
-    advance_trial, interrupt, interrupt_all, measure_trial, update_trial, CALL_TIMEOUT_MS,
+    advance_trial, interrupt, interrupt_all, measure_trial, propose_trial, update_trial,
+    CALL_TIMEOUT_MS,
 };

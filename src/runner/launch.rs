@@ -24,8 +24,9 @@ use crate::workspace::{secret_env, trial_argv, trial_env, TrialDirs};
 /// How a train run ended.
 #[derive(Debug)]
 pub enum Ran {
-    /// The trial's edits were refused; it is already terminal.
-    Refused,
+    /// The trial could not be run (its edits were refused, or its commit
+    /// could not be made) and is recorded failed already.
+    Failed,
     /// The command ran (or could not start): its report goes to the evaluator.
     Report(Box<ProcessReport>),
     /// The cluster lost the run (a Slurm node failure, preemption, or a

@@ -2,11 +2,12 @@
 //! (the trial's own run) or exported again (a seed re-run), recorded, and
 //! launched.
 
+use ractor::ActorRef;
 use tracing::warn;
 
 use super::launch::{spawn_failed, train_spec, Launched, Launcher, Ran};
 use super::workshop::{Made, Workshop};
-use crate::domain::{ProcessReport, Trial, TrialId, TrialStatus};
+use crate::domain::{FailureLabel, ProcessReport, Trial, TrialId, TrialStatus};
 use crate::lineage::actor::{advance_trial, LineageMsg, CALL_TIMEOUT_MS};
 use crate::process;
 use crate::slurm::JobKind;
@@ -62,22 +63,15 @@ pub async fn run_train(l: &Launcher<'_>, trial: Trial, workshop: &Workshop) -> R
         Ok(Made::Refused(rejection)) => {
             warn!(trial = %trial.id, "{}", rejection.detail());
             let (label, detail) = (rejection.label(), rejection.detail());
-            let refused = advance_trial(
-                lineage,
-                trial.id,
-                TrialStatus::Failed,
-                Box::new(move |t| {
-                    t.label = Some(label);
-                    t.detail = Some(detail.clone());
-                }),
-            )
-            .await;
-            return match refused {
-                Ok(_) => Ran::Refused,
-                Err(e) => failed(e.to_string()),
-            };
+            return not_run(lineage, trial.id, label, detail, &failed).await;
         }
-        Err(e) => return failed(format!("provenance: {e}")),
+        // The trial is not `running` yet: it is failed here, not by the
+        // evaluator (which takes only runs that started).
+        Err(e) => {
+            let detail = format!("provenance: the trial's commit could not be made: {e}");
+            warn!(trial = %trial.id, "{detail}");
+            return not_run(lineage, trial.id, FailureLabel::Crash, detail, &failed).await;
+        }
     };
     let root = dirs.root.clone();
     if let Err(e) = advance_trial(
@@ -104,6 +98,32 @@ pub async fn run_train(l: &Launcher<'_>, trial: Trial, workshop: &Workshop) -> R
         return failed(e.to_string());
     }
     l.launch(&spec, (trial.id, 0, JobKind::Train)).await.train()
+}
+
+/// Records a trial that could not be run `failed` with `label` and
+/// `detail`; a lineage that refuses is reported as a run that could not
+/// start (`failed`).
+async fn not_run(
+    lineage: &ActorRef<LineageMsg>,
+    id: TrialId,
+    label: FailureLabel,
+    detail: String,
+    failed: &(dyn Fn(String) -> Ran + Sync),
+) -> Ran {
+    let recorded = advance_trial(
+        lineage,
+        id,
+        TrialStatus::Failed,
+        Box::new(move |t| {
+            t.label = Some(label);
+            t.detail = Some(detail.clone());
+        }),
+    )
+    .await;
+    match recorded {
+        Ok(_) => Ran::Failed,
+        Err(e) => failed(e.to_string()),
+    }
 }
 
 /// Runs an eval command (`key.2`: `Eval` or `Full`) to its report; a job

@@ -122,7 +122,7 @@ pub(super) async fn scout(state: &mut ExecutorState) -> Result<Option<Trial>, Ac
         config: pick.config,
         ..Default::default()
     };
-    let trial = ractor::call_t!(state.lineage, LineageMsg::Propose, CALL_TIMEOUT_MS, new)??;
+    let trial = propose_trial(&state.lineage, new).await?;
     Ok(Some(trial))
 }
 
@@ -144,7 +144,7 @@ pub(super) async fn fill(
             config: defaults,
             ..Default::default()
         };
-        let trial = ractor::call_t!(state.lineage, LineageMsg::Propose, CALL_TIMEOUT_MS, new)??;
+        let trial = propose_trial(&state.lineage, new).await?;
         state.baseline = Some(trial.id);
         myself.cast(ExecutorMsg::Proposed {
             specialist: "baseline".into(),

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::messages::{
     EvaluatorMsg, ExecutorMsg, ExecutorStatus, RunInfo, SpecialistInfo, SpecialistMsg, SCOUT,
 };
-use super::{advance_trial, interrupt, interrupt_all, CALL_TIMEOUT_MS};
+use super::{advance_trial, interrupt, interrupt_all, propose_trial, CALL_TIMEOUT_MS};
 use crate::allocation::{self, Outcomes, Stride};
 use crate::config::Config;
 use crate::domain::{now_ms, ProcessReport, Trial, TrialId, TrialStatus};
@@ -413,7 +413,10 @@ impl Actor for Executor {
                     l
                 });
                 match ran {
-                    Ran::Refused => count_outcome(state, id).await?,
+                    Ran::Failed => {
+                        state.settled(id);
+                        count_outcome(state, id).await?
+                    }
                     Ran::Report(train) => {
                         if let Some(p) = &train.pruned {
                             state.pruned += 1;
