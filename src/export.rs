@@ -330,19 +330,19 @@ pub struct Written {
 
 /// Why a trial could not be read for an export (from lineage, or from a
 /// running daemon): whatever error the source has.
-pub type ReadError = Box<dyn std::error::Error + Send + Sync>;
+pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The trials to export, as they are read.
-pub type Trials<'a> = &'a mut dyn Iterator<Item = Result<Trial, ReadError>>;
+pub type Trials<'a> = &'a mut dyn Iterator<Item = Result<Trial, SourceError>>;
 
 /// Why an export stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("reading the trials: {0}")]
-    Read(ReadError),
-    #[error("writing the export: {0}")]
+    Read(SourceError),
+    #[error("writing the export")]
     Write(#[from] std::io::Error),
-    #[error("writing the export: {0}")]
+    #[error("writing the export")]
     Json(#[from] serde_json::Error),
 }
 

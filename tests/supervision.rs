@@ -141,10 +141,12 @@ fn a_repository_gone_under_the_daemon_fails_a_trial_not_an_actor() {
             "hypothesis": hypothesis,
             "edits": [{"kind": "set", "values": {key: 1.0}}],
         });
-        dir.write(
-            &format!("lineage/inbox/hand/{name}.json"),
+        // Whole or not at all: the inbox is looked at every second.
+        let part = dir.write(
+            &format!("lineage/inbox/hand/{name}.part"),
             &proposal.to_string(),
         );
+        std::fs::rename(&part, part.with_extension("json")).unwrap();
     };
     let settled = |hypothesis: &str| {
         let t = dir.trials();

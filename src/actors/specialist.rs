@@ -4,7 +4,8 @@
 //! lineage already holds.
 //! `kind = "manual"`: proposals written by hand as JSON files into
 //! `<lineage_dir>/inbox/<name>/`, taken in file name order; a taken file moves
-//! to `inbox/<name>/done/` named after its trial.
+//! to `inbox/<name>/done/` named after its trial. An empty inbox is looked at
+//! every second, and a file that arrives wakes the executor's asks.
 //! `kind = "llm"`: a model behind an OpenAI-compatible endpoint. The prompt
 //! (agent file, surface files of the incumbent, lineage feedback) is built
 //! here; the request runs in a task that reports back with `Replied`, so the
@@ -178,10 +179,10 @@ impl Actor for Specialist {
                 let trial = match state.config.kind {
                     SpecialistKind::Search => propose(state).await?,
                     SpecialistKind::Manual => {
+                        // Whoever asked last is told when a file arrives.
+                        state.executor = Some(reply_to.clone());
                         let trial = propose_from_inbox(state).await?;
                         if trial.is_none() {
-                            // Nothing now: a proposal dropped later is seen.
-                            state.executor = Some(reply_to.clone());
                             watch_inbox(&myself, state);
                         }
                         trial
@@ -258,7 +259,8 @@ impl Actor for Specialist {
                 if inbox_files(&state.inbox).is_empty() {
                     watch_inbox(&myself, state);
                 } else if let Some(executor) = &state.executor {
-                    executor.cast(ExecutorMsg::Wake(state.config.name.clone()))?;
+                    // An executor restarted meanwhile asks anew by itself.
+                    let _ = executor.cast(ExecutorMsg::Wake(state.config.name.clone()));
                 }
             }
         }
@@ -390,8 +392,6 @@ async fn propose(
     Ok(Some(trial))
 }
 
-/// The next proposal file of a manual specialist's inbox, recorded in lineage
-/// (an unreadable one as `proposer_error`, with its text) and moved to `done/`.
 /// How often an empty inbox is looked at again.
 const INBOX_POLL: Duration = Duration::from_secs(1);
 
@@ -416,6 +416,8 @@ fn watch_inbox(myself: &ActorRef<SpecialistMsg>, state: &mut SpecialistState) {
     }
 }
 
+/// The next proposal file of a manual specialist's inbox, recorded in lineage
+/// (an unreadable one as `proposer_error`, with its text) and moved to `done/`.
 async fn propose_from_inbox(
     state: &mut SpecialistState,
 ) -> Result<Option<Trial>, ActorProcessingErr> {

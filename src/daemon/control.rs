@@ -164,10 +164,12 @@ pub fn pointer_path(lineage_dir: &Path) -> PathBuf {
 pub enum ControlError {
     #[error("another ratchet daemon is listening on {0}")]
     InUse(PathBuf),
-    #[error("control socket {path}: {source}")]
+    // The cause is in the message (not a `source`), so a log line of it
+    // and the command line's error chain each say it once.
+    #[error("control socket {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -175,9 +177,9 @@ pub enum ControlError {
 /// so there is no moment at which others could connect). A stale socket
 /// file from a killed daemon is replaced; a live one is an error.
 pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
-    let io = |source| ControlError::Io {
+    let io = |error| ControlError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;

@@ -34,13 +34,15 @@ use notify::Notifier;
 pub enum DaemonError {
     #[error(transparent)]
     Control(#[from] ControlError),
-    #[error("{path}: {source}")]
+    // Causes are in the messages (not `source`s): a log line and the
+    // command line's error chain each say them once.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("the control socket's pointer file: {0}")]
-    Pointer(#[from] serde_json::Error),
+    Pointer(serde_json::Error),
     #[error("cannot handle signals: {0}")]
     Signals(std::io::Error),
     #[error("could not start: {0}")]
@@ -106,13 +108,14 @@ impl Control {
         let pointer = control::pointer_path(&config.lineage_dir);
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| DaemonError::Io { path, source }
+            move |error| DaemonError::Io { path, error }
         };
         std::fs::create_dir_all(&config.lineage_dir).map_err(io(&config.lineage_dir))?;
         let body = serde_json::to_vec(&control::Pointer {
             pid: std::process::id(),
             socket: config.socket.clone(),
-        })?;
+        })
+        .map_err(DaemonError::Pointer)?;
         std::fs::write(&pointer, body).map_err(io(&pointer))?;
         Ok(Control {
             socket: config.socket.clone(),

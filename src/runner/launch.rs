@@ -24,9 +24,11 @@ use crate::workspace::{secret_env, trial_argv, trial_env, TrialDirs};
 /// How a train run ended.
 #[derive(Debug)]
 pub enum Ran {
-    /// The trial could not be run (its edits were refused, or its commit
-    /// could not be made) and is recorded failed already.
-    Failed,
+    /// The trial's own run did not start, and there is nothing to evaluate:
+    /// its edits were refused or its files could not be made (it is
+    /// recorded `failed`), or lineage would not record it `running` (it
+    /// was cancelled meanwhile).
+    NotRun,
     /// The command ran (or could not start): its report goes to the evaluator.
     Report(Box<ProcessReport>),
     /// The cluster lost the run (a Slurm node failure, preemption, or a

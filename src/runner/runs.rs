@@ -35,7 +35,6 @@ pub async fn run_train(l: &Launcher<'_>, trial: Trial, workshop: &Workshop) -> R
     let (config, lineage) = (l.config, l.lineage);
     let dirs = TrialDirs::new(&config.lineage_dir, trial.id);
     let spec = train_spec(config, &dirs, trial.id);
-    let failed = |e: String| Ran::Report(Box::new(spawn_failed(&spec, e)));
 
     // The trial's commit, on top of the incumbent commit it was proposed
     // against (the parent's keep commit); the full configuration is written,
@@ -63,14 +62,14 @@ pub async fn run_train(l: &Launcher<'_>, trial: Trial, workshop: &Workshop) -> R
         Ok(Made::Refused(rejection)) => {
             warn!(trial = %trial.id, "{}", rejection.detail());
             let (label, detail) = (rejection.label(), rejection.detail());
-            return not_run(lineage, trial.id, label, detail, &failed).await;
+            return not_run(lineage, trial.id, label, detail).await;
         }
         // The trial is not `running` yet: it is failed here, not by the
         // evaluator (which takes only runs that started).
         Err(e) => {
-            let detail = format!("provenance: the trial's commit could not be made: {e}");
+            let detail = format!("provenance: the trial's files could not be made: {e}");
             warn!(trial = %trial.id, "{detail}");
-            return not_run(lineage, trial.id, FailureLabel::Crash, detail, &failed).await;
+            return not_run(lineage, trial.id, FailureLabel::Crash, detail).await;
         }
     };
     let root = dirs.root.clone();
@@ -95,20 +94,19 @@ pub async fn run_train(l: &Launcher<'_>, trial: Trial, workshop: &Workshop) -> R
     )
     .await
     {
-        return failed(e.to_string());
+        warn!(trial = %trial.id, error = %e, "not started: lineage would not record it running");
+        return Ran::NotRun;
     }
     l.launch(&spec, (trial.id, 0, JobKind::Train)).await.train()
 }
 
-/// Records a trial that could not be run `failed` with `label` and
-/// `detail`; a lineage that refuses is reported as a run that could not
-/// start (`failed`).
+/// Records a trial whose run could not start `failed` with `label` and
+/// `detail`.
 async fn not_run(
     lineage: &ActorRef<LineageMsg>,
     id: TrialId,
     label: FailureLabel,
     detail: String,
-    failed: &(dyn Fn(String) -> Ran + Sync),
 ) -> Ran {
     let recorded = advance_trial(
         lineage,
@@ -120,10 +118,10 @@ async fn not_run(
         }),
     )
     .await;
-    match recorded {
-        Ok(_) => Ran::Failed,
-        Err(e) => failed(e.to_string()),
+    if let Err(e) = recorded {
+        warn!(trial = %id, error = %e, "cannot record a trial that could not run failed");
     }
+    Ran::NotRun
 }
 
 /// Runs an eval command (`key.2`: `Eval` or `Full`) to its report; a job

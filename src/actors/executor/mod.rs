@@ -413,7 +413,7 @@ impl Actor for Executor {
                     l
                 });
                 match ran {
-                    Ran::Failed => {
+                    Ran::NotRun => {
                         state.settled(id);
                         count_outcome(state, id).await?
                     }

@@ -61,7 +61,7 @@ impl Source {
     pub fn trials(
         &self,
         filter: &Filter,
-    ) -> anyhow::Result<Box<dyn Iterator<Item = Result<Trial, export::ReadError>>>> {
+    ) -> anyhow::Result<Box<dyn Iterator<Item = Result<Trial, export::SourceError>>>> {
         match self {
             Source::Local(store) => Ok(Box::new(store.select(filter)?.map(|t| Ok(t?)))),
             Source::Daemon(socket) => {
