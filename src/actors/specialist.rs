@@ -256,7 +256,8 @@ impl Actor for Specialist {
             }
             SpecialistMsg::WatchInbox => {
                 state.wake_scheduled = false;
-                if inbox_files(&state.inbox).is_empty() {
+                // An unreadable inbox fails the next ask, not the watch.
+                if inbox_files(&state.inbox).map_or(true, |f| f.is_empty()) {
                     watch_inbox(&myself, state);
                 } else if let Some(executor) = &state.executor {
                     // An executor restarted meanwhile asks anew by itself.
@@ -395,17 +396,14 @@ async fn propose(
 /// How often an empty inbox is looked at again.
 const INBOX_POLL: Duration = Duration::from_secs(1);
 
-/// The proposals waiting in an inbox, in name order (none when it cannot
-/// be read).
-fn inbox_files(inbox: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(inbox)
-        .into_iter()
-        .flatten()
+/// The proposals waiting in an inbox, in name order.
+fn inbox_files(inbox: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(inbox)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "json"))
         .collect();
     files.sort();
-    files
+    Ok(files)
 }
 
 /// Looks at the inbox again after `INBOX_POLL` (once at a time).
@@ -422,9 +420,9 @@ async fn propose_from_inbox(
     state: &mut SpecialistState,
 ) -> Result<Option<Trial>, ActorProcessingErr> {
     // An inbox that cannot be read fails the specialist (it is restarted).
-    std::fs::read_dir(&state.inbox)
+    let files = inbox_files(&state.inbox)
         .map_err(|e| format!("cannot read inbox {}: {e}", state.inbox.display()))?;
-    let Some(file) = inbox_files(&state.inbox).into_iter().next() else {
+    let Some(file) = files.into_iter().next() else {
         return Ok(None);
     };
     let name = file
