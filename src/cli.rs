@@ -158,6 +158,12 @@ enum TinylmCommand {
         #[arg(long, default_value = crate::tinylm::DEFAULT_EVAL_MIX)]
         mix: String,
     },
+    /// Without training: the recipe's parameter count and the bytes of its
+    /// submitted weights (params=..., artifact_bytes=...), for pre-flight.
+    Preflight {
+        #[arg(long)]
+        recipe: PathBuf,
+    },
     /// The entropy floor of an evaluation mix: the lowest val_bpb possible.
     Floor {
         #[arg(long, default_value = crate::tinylm::DEFAULT_EVAL_MIX)]
@@ -201,6 +207,16 @@ enum BenchCommand {
         /// Leave the experiment and its lineage on disk afterwards.
         #[arg(long)]
         keep: bool,
+    },
+    /// The failure model on a synthetic experiment with size, slow and
+    /// crash regions: the share of proposals after the first ten failures
+    /// that land in one, labels read for their direction and not.
+    Failures {
+        #[arg(long, default_value_t = 20)]
+        seeds: u64,
+        /// Proposals per search.
+        #[arg(long, default_value_t = 80)]
+        proposals: usize,
     },
     /// Training tokens/s and GFLOP/s of the default tinylm recipe, and the machine's matmul GFLOP/s.
     Tinylm {
@@ -371,6 +387,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     let mix = data::parse_mix(&mix).map_err(|e| anyhow::anyhow!("--mix: {e}"))?;
                     tinylm::eval_command(&checkpoint, split, &mix)?
                 }
+                TinylmCommand::Preflight { recipe } => tinylm::preflight_command(&recipe)?,
                 TinylmCommand::Floor { mix } => tinylm::floor_command(
                     &data::parse_mix(&mix).map_err(|e| anyhow::anyhow!("--mix: {e}"))?,
                 ),
@@ -387,6 +404,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             command: BenchCommand::Tinylm { secs },
         } => {
             crate::tinylm::bench_command(secs)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCommand::Failures { seeds, proposals },
+        } => {
+            crate::bench::failures::failures_command(seeds, proposals);
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -116,6 +116,10 @@ pub struct Row<'a> {
     pub pruned_reference: Option<f64>,
     pub pruned_bound: Option<f64>,
     pub pruned_saved_secs: Option<f64>,
+    /// The change of the metric its proposer expected (score − parent's
+    /// score, in the metric's units), and the change measured.
+    pub expected_delta: Option<f64>,
+    pub measured_delta: Option<f64>,
 }
 
 /// The columns, in order (the CSV header; the keys of a JSONL row).
@@ -169,6 +173,8 @@ pub const COLUMNS: &[&str] = &[
     "pruned_reference",
     "pruned_bound",
     "pruned_saved_secs",
+    "expected_delta",
+    "measured_delta",
 ];
 
 impl<'a> Row<'a> {
@@ -235,11 +241,13 @@ impl<'a> Row<'a> {
             gpus: gpu.map(|g| g.visible()),
             gpu_peak_memory_mib: gpu.and_then(|g| g.peak_memory_mib),
             gpu_mean_util_pct: gpu.and_then(|g| g.mean_util_pct),
+            expected_delta: t.expected_delta,
+            measured_delta: t.score.zip(t.parent_score).map(|(s, p)| s - p),
         }
     }
 
     /// The cells in [`COLUMNS`] order, as CSV text (empty for none).
-    fn cells(&self) -> [String; 49] {
+    fn cells(&self) -> [String; 51] {
         fn o<T: ToString>(v: Option<T>) -> String {
             v.map(|v| v.to_string()).unwrap_or_default()
         }
@@ -300,6 +308,8 @@ impl<'a> Row<'a> {
             f(self.pruned_reference),
             f(self.pruned_bound),
             f(self.pruned_saved_secs),
+            f(self.expected_delta),
+            f(self.measured_delta),
         ]
     }
 }

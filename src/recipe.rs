@@ -19,6 +19,19 @@ pub enum ParamSpec {
     Choice { values: Vec<ParamValue> },
 }
 
+/// What a larger value of a parameter costs (`[surface.cost]`): the
+/// failure model reads a size or time failure along these axes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cost {
+    /// A bigger model: more memory, a bigger artifact, and more work per
+    /// step (layers, width).
+    Size,
+    /// More work per step or per budget, not a bigger artifact (batch
+    /// size, sequence length).
+    Work,
+}
+
 impl ParamSpec {
     /// Whether `v` is a legal value of this parameter.
     pub fn contains(&self, v: &ParamValue) -> bool {
@@ -83,6 +96,24 @@ fn ordered(a: f64, b: f64) -> bool {
 
 /// A declared parameter's value in a parsed recipe. `momentum = 0` in a float
 /// space is the float 0.0: one value, one config key.
+/// A parameter's value as a number on its order, if it has one: ints and
+/// floats, and choices of numbers.
+pub fn ordinal(v: &ParamValue) -> Option<f64> {
+    match v {
+        ParamValue::Int(i) => Some(*i as f64),
+        ParamValue::Float(f) => Some(*f),
+        _ => None,
+    }
+}
+
+/// Whether a parameter's values have an order (numbers).
+pub fn is_ordered(spec: &ParamSpec) -> bool {
+    match spec {
+        ParamSpec::Choice { values } => values.iter().all(|v| ordinal(v).is_some()),
+        _ => true,
+    }
+}
+
 pub fn param_of(table: &toml::Table, key: &str, spec: &ParamSpec) -> Option<ParamValue> {
     lookup(table, key)
         .and_then(param_value)

@@ -28,6 +28,10 @@ pub struct RunSummary {
     /// slot time that saved.
     pub pruned: u64,
     pub saved_ms: u64,
+    /// Failed trials the pre-flight check stopped before they trained, and
+    /// the train time (their budget) that saved.
+    pub preflight: u64,
+    pub preflight_saved_ms: u64,
 }
 
 pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunSummary> {
@@ -139,6 +143,10 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
                             }
                             _ => *summary.failed.entry(t.label.map(|l| l.to_string()).unwrap_or_else(|| t.status.to_string())).or_default() += 1,
                         }
+                        if t.status == TrialStatus::Failed && t.preflight.is_some() && t.train.is_none() {
+                            summary.preflight += 1;
+                            summary.preflight_saved_ms += exp.budget_secs * 1000;
+                        }
                         if t.status == TrialStatus::Kept {
                             incumbent = t.score.map(|s| (t.id, s));
                             if t.specialist == "baseline" {
@@ -178,7 +186,7 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
         }
     }
     println!(
-        "done: {} trial(s) in {:.1}s: {} kept, {} discarded{}, {} failed{}",
+        "done: {} trial(s) in {:.1}s: {} kept, {} discarded{}, {} failed{}{}",
         summary.trials,
         started.elapsed().as_secs_f64(),
         summary.kept,
@@ -205,6 +213,15 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
                     .collect::<Vec<_>>()
                     .join(", ")
             )
+        },
+        if summary.preflight > 0 {
+            format!(
+                "; {} failed pre-flight ({:.0} slot-seconds of training saved)",
+                summary.preflight,
+                summary.preflight_saved_ms as f64 / 1000.0
+            )
+        } else {
+            String::new()
         }
     );
     if let Some((id, score)) = incumbent {

@@ -388,3 +388,49 @@ fn a_bad_when_section_is_refused_key_by_key() {
     let out = dir.ratchet(&["check"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+#[test]
+fn a_bad_metric_gate_is_refused_gate_by_gate() {
+    let dir = Dir::with_fixture("faulty");
+    dir.specialists(1, &[("x", "search")]);
+    let exp = std::fs::read_to_string(dir.path().join("experiment/experiment.toml")).unwrap();
+    let bad = format!(
+        "{exp}\n[[gates.metric]]\nname = \"val_acc\"\n\
+         [[gates.metric]]\nname = \"1acc\"\nmin = 0.5\n\
+         [[gates.metric]]\nname = \"secs\"\nmin = 10.0\nmax = 5.0\n\
+         [[gates.metric]]\nname = \"loss\"\nmax = 4.0\n\
+         [[gates.metric]]\nname = \"loss\"\nmin = 0.0\n\
+         [[gates.metric]]\nname = \"acc\"\nminimum = 0.5\n"
+    );
+    dir.write("experiment/experiment.toml", &bad);
+    let out = dir.ratchet(&["check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    // An unknown key is a parse error: it is named alone, first.
+    assert!(err.contains("minimum"), "{err}");
+    dir.write(
+        "experiment/experiment.toml",
+        &bad.replace(
+            "name = \"acc\"\nminimum = 0.5\n",
+            "name = \"acc\"\nmin = 0.5\n",
+        ),
+    );
+    let out = dir.ratchet(&["check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    for want in [
+        "gates.metric[0]: gate on `val_acc` has neither min nor max",
+        "gates.metric[1]: name \"1acc\" is not a metric NAME",
+        "gates.metric[2]: gate on `secs`: min 10 is above max 5",
+        "gates.metric[4]: a second gate on `loss`",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in: {err}");
+    }
+    assert!(!err.contains("gates.metric[3]"), "{err}");
+    assert!(!err.contains("gates.metric[5]"), "{err}");
+
+    let good = format!("{exp}\n[[gates.metric]]\nname = \"val_acc\"\nmin = 0.96\n");
+    dir.write("experiment/experiment.toml", &good);
+    let out = dir.ratchet(&["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

@@ -40,7 +40,13 @@ fn make_run() -> (Dir, Vec<Value>) {
     let inbox = dir.path().join("lineage/inbox/hand");
     std::fs::create_dir_all(&inbox).unwrap();
     for (i, (h, x)) in AWKWARD.iter().zip([2.5, 3.5, 2.9]).enumerate() {
-        let p = json!({"hypothesis": h, "edits": [{"kind": "set", "values": {"search.x": x}}]});
+        // The first says what it expects: recorded beside the measurement.
+        let p = if i == 0 {
+            json!({"hypothesis": h, "edits": [{"kind": "set", "values": {"search.x": x}}],
+                   "expected_delta": -1.25})
+        } else {
+            json!({"hypothesis": h, "edits": [{"kind": "set", "values": {"search.x": x}}]})
+        };
         std::fs::write(inbox.join(format!("{i}.json")), p.to_string()).unwrap();
     }
     dir.ratchet_ok(&["run", "--trials", "14"]);
@@ -92,7 +98,8 @@ print(json.dumps({
     "jsonl": [{"id": int(r["id"]), "hypothesis": r["hypothesis"], "outcome": r["outcome"],
                "score": num(r["score"]), "specialist": r["specialist"],
                "schema_version": int(r["schema_version"]), "history": len(r["history"]),
-               "changes": r["changes"]} for _, r in jl.iterrows()],
+               "changes": r["changes"], "expected_delta": num(r["expected_delta"]),
+               "measured_delta": num(r["measured_delta"])} for _, r in jl.iterrows()],
     "csv": [{"id": int(r["id"]), "hypothesis": r["hypothesis"], "outcome": r["outcome"],
              "score": num(r["score"]), "history": len(json.loads(r["history"]))} for r in rows],
     "pandas_csv_hypotheses": list(cs["hypothesis"]),
@@ -152,6 +159,11 @@ fn exports_load_back_in_pandas_with_every_trial_and_field() {
         assert_eq!(j["history"], t["history"].as_array().unwrap().len());
         assert_eq!(c["history"], j["history"]);
         assert_eq!(j["changes"], t["changes"]);
+        assert_eq!(j["expected_delta"], t["expected_delta"]);
+        if let (Some(s), Some(p)) = (t["score"].as_f64(), t["parent_score"].as_f64()) {
+            let m = j["measured_delta"].as_f64().unwrap();
+            assert!((m - (s - p)).abs() < 1e-12, "{j:#}");
+        }
         let status = str_of(t, "status");
         let outcome = if !t["label"].is_null() {
             str_of(t, "label").to_string()
@@ -167,6 +179,21 @@ fn exports_load_back_in_pandas_with_every_trial_and_field() {
         assert_eq!(j["outcome"], outcome.as_str());
         assert_eq!(c["outcome"], outcome.as_str());
     }
+    let expecting = jsonl
+        .iter()
+        .find(|j| j["hypothesis"] == AWKWARD[0])
+        .unwrap();
+    assert_eq!(
+        expecting["expected_delta"].as_f64(),
+        Some(-1.25),
+        "{expecting:#}"
+    );
+    assert!(expecting["measured_delta"].is_number(), "{expecting:#}");
+    let shown = dir.ratchet_ok(&["lineage", "show", &expecting["id"].to_string()]);
+    assert!(
+        shown.contains("expected change: -1.25  (measured: "),
+        "{shown}"
+    );
     // pandas' own CSV parser agrees on the awkward ones.
     let pandas: Vec<&str> = got["pandas_csv_hypotheses"]
         .as_array()

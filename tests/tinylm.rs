@@ -242,7 +242,7 @@ fn bad_recipe_values_fail_with_a_message_not_a_panic() {
 }
 
 #[test]
-fn a_trial_with_a_bad_recipe_is_labelled_crash_by_the_loop() {
+fn a_trial_with_a_bad_recipe_fails_its_preflight_or_crashes_without_one() {
     let dir = Dir::with_fixture("faulty");
     let exp = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/tinylm");
     std::fs::create_dir_all(dir.path().join("tinylm")).unwrap();
@@ -260,13 +260,35 @@ fn a_trial_with_a_bad_recipe_is_labelled_crash_by_the_loop() {
             "\"optimizer.lr\" = { type = \"log_float\"",
             "\"optimizer.lr\" = { type = \"float\"",
         );
-    std::fs::write(dir.path().join("tinylm/experiment.toml"), e).unwrap();
+    std::fs::write(dir.path().join("tinylm/experiment.toml"), &e).unwrap();
     std::fs::write(
         dir.path().join("tinylm/recipe.toml"),
         tiny_recipe(&[("lr = 0.003", "lr = -0.5")]),
     )
     .unwrap();
     dir.write("specialists.toml", "[daemon]\nexperiment = \"tinylm\"\nslots = 1\n\n[[specialist]]\nname = \"arch\"\nsurface = \"architecture\"\nkind = \"search\"\n");
+    // tinylm's pre-flight reads the recipe as training would: the trial
+    // fails there and never trains.
+    assert!(e.contains("[preflight]"));
+    dir.ratchet_ok(&["run", "--trials", "1"]);
+    let trials = dir.trials();
+    assert_eq!(
+        (str_of(&trials[0], "status"), str_of(&trials[0], "label")),
+        ("failed", "preflight_failed")
+    );
+    assert!(trials[0]["train"].is_null(), "{:#}", trials[0]);
+    let log = std::fs::read_to_string(
+        Path::new(str_of(&trials[0], "trial_dir")).join("preflight.stderr"),
+    )
+    .unwrap();
+    assert!(log.contains("optimizer.lr must be > 0"), "{log}");
+
+    // Without a pre-flight, the train command crashes on it.
+    let start = e.find("[preflight]").unwrap();
+    let end = start + e[start..].find("\n[gates]").unwrap();
+    let without = format!("{}{}", &e[..start], &e[end + 1..]);
+    std::fs::write(dir.path().join("tinylm/experiment.toml"), without).unwrap();
+    std::fs::remove_dir_all(dir.path().join("lineage")).unwrap();
     dir.ratchet_ok(&["run", "--trials", "1"]);
     let trials = dir.trials();
     assert_eq!(

@@ -597,7 +597,7 @@ def main():
                     curve, rows, runs, nconf, keeps, false_keeps = ratchet_run(
                         ratchet, exp, budget[n], a.trials, seed, work)
                     trial_rows = [{k: t.get(k) for k in ("id", "specialist", "status", "slot_secs",
-                                                         "confirmed", "confirm_scores")}
+                                                         "confirmed", "confirm_scores", "label")}
                                   | {"score": t["full_score"] if t.get("full_score") is not None
                                      else t.get("score"),
                                      "pruned": t.get("decision") == "pruned",
@@ -662,6 +662,13 @@ def main():
             ("training runs (median)", lambda m: f"{s[m]['runs']:g}"),
             ("of them stopped early (median)",
              lambda m: f"{median(sum(bool(t.get('pruned')) for t in r['trials']) for r in res[m]):g}"),
+            # Trials the experiment's pre-flight check failed before they
+            # trained (ratchet only: the peers have no pre-flight), and the
+            # training time that saved (their budget each).
+            ("failed pre-flight / slot-seconds saved (median)",
+             lambda m: (lambda k: f"{k:g} / {k * budget[n]:g}")(
+                 median(sum(t.get("label") == "preflight_failed" for t in r["trials"])
+                        for r in res[m]) or 0)),
             ("confirmation runs (median)",
              lambda m: f"{median(r['confirm_runs'] for r in res[m]):g}"),
             ("false_keep_rate", lambda m: "–" if s[m]["false_keep_rate"] is None

@@ -109,6 +109,12 @@ pub struct ExecutorStatus {
     /// less theirs).
     #[serde(default)]
     pub slot_saved_s: f64,
+    /// Trials the pre-flight check failed since the executor started ...
+    #[serde(default)]
+    pub preflight_failed: u64,
+    /// ... and the train time they did not spend (their budget).
+    #[serde(default)]
+    pub preflight_saved_s: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

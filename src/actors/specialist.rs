@@ -101,6 +101,8 @@ struct Outcome {
     on_surface: bool,
     /// It failed for its configuration (a crash, a gate, ...).
     failed: bool,
+    /// The cost it failed for, when its label says (too big, too slow).
+    cost: Option<crate::recipe::Cost>,
     /// Its score, when it ran and was scored.
     score: Option<f64>,
 }
@@ -295,6 +297,7 @@ async fn propose(
                 on_surface: t.changes.keys().any(|k| surface.params.contains_key(k)),
                 config: t.config,
                 failed,
+                cost: t.label.filter(|_| failed).and_then(constraints::cost_of),
             });
         }
     }
@@ -324,8 +327,16 @@ async fn propose(
         }
     }
     let space = state.experiment.file.space();
+    let costs = state.experiment.file.costs();
     let model =
-        FailureModel::from_points(&space, state.outcomes.iter().map(|o| (&o.config, o.failed)));
+        FailureModel::from_points(&space, state.outcomes.iter().map(|o| (&o.config, o.failed)))
+            .with_costs(
+                &costs,
+                state
+                    .outcomes
+                    .iter()
+                    .filter_map(|o| Some((&o.config, o.cost?))),
+            );
     // Which values of this surface the best trials that changed it (anyone's)
     // have: candidates in the model's order (without a model: as drawn).
     // Trials on other surfaces carry the incumbent's values of this one,
@@ -348,7 +359,9 @@ async fn propose(
     // when every one's did, the least risky.
     let mut risks = Vec::with_capacity(order.len());
     let mut index = None;
+    let mut walled = 0;
     for &i in &order {
+        walled += model.beyond(&fresh[i].config).is_some() as usize;
         let risk = model.risk(&fresh[i].config);
         if risk < 0.5 {
             index = Some(i);
@@ -375,8 +388,13 @@ async fn propose(
             .push_str(&format!(" (model of good values: rank {rank} of {n})"));
     }
     if skipped > 0 {
+        let walled = if walled > 0 {
+            format!(", {walled} of them as large or as slow as a recipe that failed for that")
+        } else {
+            String::new()
+        };
         pick.hypothesis.push_str(&format!(
-            " (skipped {skipped} candidate(s) near failed trials; {} failures known)",
+            " (skipped {skipped} candidate(s) near failed trials{walled}; {} failures known)",
             model.failures()
         ));
     }
@@ -645,6 +663,7 @@ fn proposal_trial(
             config.extend(new.changes.clone());
             new.hypothesis = p.hypothesis;
             new.edits = p.edits;
+            new.expected_delta = p.expected_delta.filter(|d| d.is_finite());
         }
         Err(e) => {
             new.hypothesis = format!("(unreadable proposal: {origin})");
@@ -660,10 +679,12 @@ fn proposal_trial(
 fn stderr_tails(trials: &[Trial]) -> std::collections::BTreeMap<TrialId, String> {
     let mut out = std::collections::BTreeMap::new();
     for t in trials.iter().filter(|t| t.label.is_some()) {
-        // The eval's stderr when eval ran and failed, else train's.
-        let report = match (&t.eval, &t.train) {
-            (Some(e), _) if !e.succeeded() => e,
-            (_, Some(tr)) => tr,
+        // The eval's stderr when eval ran and failed, else train's, else
+        // the pre-flight check's (a trial it failed never trained).
+        let report = match (&t.eval, &t.train, &t.preflight) {
+            (Some(e), _, _) if !e.succeeded() => e,
+            (_, Some(tr), _) => tr,
+            (_, None, Some(p)) => p,
             _ => continue,
         };
         let text = crate::process::log_tail(&report.stderr, 4096);

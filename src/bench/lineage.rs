@@ -170,6 +170,8 @@ fn synthetic(id: u64, n: u64, start: u64, best: &mut f64, rng: &mut Rng) -> Tria
         trial_dir: Some(dir.clone()),
         pgid: None,
         slurm_job: None,
+        expected_delta: None,
+        preflight: None,
         train: Some(report("train", 20, None)),
         eval: score.map(|s| report("eval", 3, Some(s))),
         commit: Some(sha(1)),
@@ -599,6 +601,7 @@ async fn answer(store: LineageStore, command: Command) -> Reply {
                         experiment: "bench".into(),
                         metric: "val_bpb".into(),
                         direction: "minimize".into(),
+                        stopping: None,
                         live,
                     }),
                     ..Response::ok()

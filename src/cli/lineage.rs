@@ -145,6 +145,7 @@ const OUTCOMES: &[&str] = &[
     "interrupted",
     "out_of_memory",
     "gpu_out_of_memory",
+    "preflight_failed",
 ];
 
 fn parse_status(s: &str) -> Result<TrialStatus, String> {
@@ -553,6 +554,14 @@ fn show(out: &mut impl Write, t: &Trial) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "-".into())
         )?;
     }
+    if let Some(e) = t.expected_delta {
+        let measured = t
+            .score
+            .zip(t.parent_score)
+            .map(|(s, p)| format!("{:+}", s - p))
+            .unwrap_or_else(|| "-".into());
+        writeln!(out, "expected change: {e:+}  (measured: {measured})")?;
+    }
     let opt = |v: Option<f64>| v.map(format_float).unwrap_or_else(|| "-".into());
     if t.proxy_score.is_some() || t.full_score.is_some() {
         writeln!(
@@ -635,6 +644,7 @@ fn show(out: &mut impl Write, t: &Trial) -> anyhow::Result<()> {
         )?;
     }
     for (name, report) in [
+        ("preflight", &t.preflight),
         ("train", &t.train),
         ("eval", &t.eval),
         ("full eval", &t.full_eval),

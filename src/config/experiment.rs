@@ -33,6 +33,29 @@ pub struct ExperimentFile {
     /// (off without this table).
     #[serde(default)]
     pub prune: Option<PruneSection>,
+    /// A cheap check of a trial's files before it trains (off without
+    /// this table).
+    #[serde(default)]
+    pub preflight: Option<PreflightSection>,
+}
+
+/// `[preflight]`: a command run in a trial's work directory before its
+/// training starts, on the daemon's machine with no GPU. A non-zero exit
+/// fails the trial `preflight_failed`; what it prints as `NAME=value` is
+/// checked against the gates (a projected `artifact_bytes=`, any gated
+/// metric), and a miss fails the trial before it trains.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreflightSection {
+    /// argv, with the same placeholders as train.
+    pub command: Vec<String>,
+    /// Its own hard limit (default 30 s).
+    #[serde(default = "default_preflight_timeout")]
+    pub timeout_secs: u64,
+}
+
+pub(super) fn default_preflight_timeout() -> u64 {
+    30
 }
 
 /// `[prune]`: a trial's own run is stopped when its progress line `metric`
@@ -192,6 +215,68 @@ pub struct Gates {
     /// Resident memory of a train or eval command's whole process group; over
     /// it the group is killed and the trial fails with `out_of_memory`.
     pub max_memory_mb: Option<u64>,
+    /// Bounds on any metric the eval prints (`[[gates.metric]]`): a run
+    /// outside one fails with `gate_miss`; one that does not print a gated
+    /// metric fails with `metric_missing`.
+    #[serde(default)]
+    pub metric: Vec<MetricGate>,
+}
+
+/// `[[gates.metric]]`: a bound (`min`, `max` or both, inclusive) on one
+/// metric the eval prints as `NAME=value`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricGate {
+    pub name: String,
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
+}
+
+impl MetricGate {
+    /// Why `value` misses this gate, or `None` when it is within it.
+    pub fn miss(&self, value: f64) -> Option<String> {
+        let name = &self.name;
+        match (self.min, self.max) {
+            _ if !value.is_finite() => Some(format!("{name}={value} is not a finite value")),
+            (Some(min), _) if value < min => {
+                Some(format!("{name}={value} is below the gate's min {min}"))
+            }
+            (_, Some(max)) if value > max => {
+                Some(format!("{name}={value} is above the gate's max {max}"))
+            }
+            _ => None,
+        }
+    }
+
+    /// What is wrong with the gate as configured, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        if crate::process::parse_metric(&format!("{}=0", self.name)).is_none() {
+            return Err(format!(
+                "name {:?} is not a metric NAME (letters, digits, `_` and `.`, not starting with a digit)",
+                self.name
+            ));
+        }
+        if self.min.is_none() && self.max.is_none() {
+            return Err(format!("gate on `{}` has neither min nor max", self.name));
+        }
+        if self.min.iter().chain(&self.max).any(|b| !b.is_finite()) {
+            return Err(format!(
+                "gate on `{}`: bounds must be finite numbers",
+                self.name
+            ));
+        }
+        if let (Some(min), Some(max)) = (self.min, self.max) {
+            if min > max {
+                return Err(format!(
+                    "gate on `{}`: min {min} is above max {max}",
+                    self.name
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -215,6 +300,13 @@ pub struct SurfaceSection {
     /// its values is a recipe already measured in effect, and is not drawn.
     #[serde(default)]
     pub when: BTreeMap<String, BTreeMap<String, Vec<ParamValue>>>,
+    /// What larger values of numeric parameters cost (`"size"` or
+    /// `"work"`): a recipe at least as large on every size axis as one that
+    /// failed for its size (`size_failure`, an out-of-memory) is predicted
+    /// to fail too, and one at least as large on every size and work axis
+    /// as one that overran its time (`budget_overrun`).
+    #[serde(default)]
+    pub cost: BTreeMap<String, crate::recipe::Cost>,
 }
 
 impl SurfaceSection {
@@ -241,6 +333,14 @@ pub fn under(path: &str, root: &str, sep: char) -> bool {
 }
 
 impl ExperimentFile {
+    /// What larger values cost, of every parameter that declares it.
+    pub fn costs(&self) -> BTreeMap<String, crate::recipe::Cost> {
+        self.surfaces
+            .iter()
+            .flat_map(|s| s.cost.iter().map(|(k, c)| (k.clone(), *c)))
+            .collect()
+    }
+
     /// Every declared parameter of every surface (names are unique across surfaces).
     pub fn params(&self) -> impl Iterator<Item = (&String, &ParamSpec)> {
         self.surfaces.iter().flat_map(|s| &s.params)

@@ -276,6 +276,7 @@ pub(super) fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<C
             "no [[specialist]] is configured",
         );
     }
+    let stop = stop_rules(d, &file, errors);
     let experiment = experiment?;
     Some(Config {
         lineage_dir,
@@ -288,6 +289,7 @@ pub(super) fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<C
         confirm_first: d.confirm_first,
         scouts: d.scouts,
         allocation: d.allocation,
+        stop,
         slurm,
         gpus,
         gpu_slots: false,
@@ -372,5 +374,48 @@ pub(super) fn check_llm(s: &SpecialistSection, report: &mut dyn FnMut(&str, Stri
         if small {
             report(k, "is too small".into());
         }
+    }
+}
+
+/// `[daemon]`'s stop rules; each bad key is an error.
+fn stop_rules(d: &DaemonSection, file: &Path, errors: &mut Vec<ConfigError>) -> StopRules {
+    let mut duration = |key: &str, text: &Option<String>| {
+        let text = text.as_deref()?;
+        match humantime::parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                err(
+                    errors,
+                    file,
+                    format!("daemon.{key}"),
+                    "must be longer than zero",
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                err(
+                    errors,
+                    file,
+                    format!("daemon.{key}"),
+                    format!("{text:?} is not a duration ({e}); for example \"48h\", \"90m\" or \"1h 30m\""),
+                );
+                None
+            }
+        }
+    };
+    let after = duration("stop_after", &d.stop_after);
+    let no_keep_for = duration("stop_when_no_keep_for", &d.stop_when_no_keep_for);
+    if d.stop_after_trials == Some(0) {
+        err(
+            errors,
+            file,
+            "daemon.stop_after_trials",
+            "must be at least 1",
+        );
+    }
+    StopRules {
+        after,
+        no_keep_for,
+        trials: d.stop_after_trials,
     }
 }

@@ -106,6 +106,33 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
     if exp.noise.seeds > 64 {
         err(errors, &file, "noise.seeds", "at most 64 seed re-runs");
     }
+    let mut gated = BTreeSet::new();
+    for (i, g) in exp.gates.metric.iter().enumerate() {
+        let key = format!("gates.metric[{i}]");
+        if let Err(m) = g.check() {
+            err(errors, &file, key, m);
+        } else if !gated.insert(g.name.as_str()) {
+            err(
+                errors,
+                &file,
+                key,
+                format!("a second gate on `{}`: give one gate both bounds", g.name),
+            );
+        }
+    }
+    if let Some(pre) = &exp.preflight {
+        if pre.command.is_empty() {
+            err(errors, &file, "preflight.command", "needs a program");
+        }
+        if pre.timeout_secs == 0 {
+            err(
+                errors,
+                &file,
+                "preflight.timeout_secs",
+                "must be at least 1",
+            );
+        }
+    }
     if exp.gates.max_memory_mb == Some(0) {
         err(errors, &file, "gates.max_memory_mb", "must be at least 1");
     }
@@ -230,6 +257,24 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
                         }
                     }
                 }
+            }
+        }
+        for k in s.cost.keys() {
+            let key = format!("surface[{i}].cost.{}", quote_key(k));
+            match s.params.get(k) {
+                None => err(
+                    errors,
+                    &file,
+                    key,
+                    format!("`{k}` is not a parameter of surface `{}`", s.name),
+                ),
+                Some(spec) if !crate::recipe::is_ordered(spec) => err(
+                    errors,
+                    &file,
+                    key,
+                    format!("`{k}` has no order (a choice of values that are not all numbers): a cost needs larger values"),
+                ),
+                Some(_) => {}
             }
         }
         for (k, spec) in &s.params {

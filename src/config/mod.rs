@@ -75,6 +75,8 @@ pub struct Config {
     pub scouts: u64,
     /// `daemon.allocation`.
     pub allocation: crate::allocation::Allocation,
+    /// `daemon.stop_after`, `stop_when_no_keep_for`, `stop_after_trials`.
+    pub stop: StopRules,
     /// The Slurm backend's settings; `None`: trials run locally.
     pub slurm: Option<SlurmSection>,
     /// `executor.gpus` and its companions, as configured.
@@ -85,6 +87,18 @@ pub struct Config {
     pub gpu_slots: bool,
     pub specialists: Vec<Specialist>,
     pub experiment: Experiment,
+}
+
+/// When a daemon stops by itself (`daemon::stop`); none by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StopRules {
+    /// `stop_after`: this long after the daemon started.
+    pub after: Option<std::time::Duration>,
+    /// `stop_when_no_keep_for`: this long after the last keep (or the
+    /// start, when later).
+    pub no_keep_for: Option<std::time::Duration>,
+    /// `stop_after_trials`: lineage holds this many trials.
+    pub trials: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -180,6 +180,15 @@ pub struct DaemonSection {
     /// each one's smoothed keep rate; the default) or `turns`.
     #[serde(default)]
     pub allocation: crate::allocation::Allocation,
+    /// Stop rules: when one fires the daemon drains as on SIGTERM and
+    /// exits 0. A duration from the daemon's start (`"48h"`).
+    pub stop_after: Option<String>,
+    /// A duration without a keep, from the last keep or the daemon's start
+    /// (`"6h"`).
+    pub stop_when_no_keep_for: Option<String>,
+    /// The trials lineage may hold; the daemon asks for no more and stops
+    /// once those are decided.
+    pub stop_after_trials: Option<u64>,
 }
 
 pub(super) fn default_true() -> bool {

@@ -145,6 +145,9 @@ pub struct DaemonStatus {
     pub experiment: String,
     pub metric: String,
     pub direction: String,
+    /// Why the daemon is draining (a signal, or the stop rule that fired).
+    #[serde(default)]
+    pub stopping: Option<String>,
     pub live: LiveStatus,
 }
 

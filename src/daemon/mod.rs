@@ -9,6 +9,7 @@
 
 pub mod control;
 pub mod notify;
+pub mod stop;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,6 +70,8 @@ struct Handle {
     experiment: String,
     metric: String,
     direction: String,
+    /// Why the daemon is stopping (a signal or a stop rule), once it is.
+    stopping: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Handle {
@@ -87,6 +90,7 @@ impl Handle {
             experiment: exp.name.clone(),
             metric: exp.metric.clone(),
             direction: exp.direction.as_str().into(),
+            stopping: Arc::default(),
         })
     }
 }
@@ -207,10 +211,32 @@ pub async fn daemon(config: Config) -> Result<(), DaemonError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let mut rules = stop::Watch::new(config.stop, Instant::now());
+    // Trials seen kept (a kept incumbent is published again as its seed
+    // runs come in: that is no new keep).
+    let mut kept = std::collections::HashSet::new();
 
     let result = loop {
+        let due = rules.due();
         tokio::select! {
-            ev = events.recv() => if let Some(ev) = ev { log_event(&ev, &handle.metric) },
+            ev = events.recv() => if let Some(ev) = ev {
+                log_event(&ev, &handle.metric);
+                match &ev {
+                    RunEvent::Trial(t) if t.status == TrialStatus::Kept && kept.insert(t.id) => {
+                        rules.kept(Instant::now())
+                    }
+                    RunEvent::Drained { .. } => {
+                        let trials = live_status(&supervisor).await.map(|s| s.lineage.trials);
+                        if let Some(why) = trials.ok().and_then(|n| rules.drained(n)) {
+                            break Ok(why);
+                        }
+                    }
+                    _ => {}
+                }
+            },
+            _ = sleep_until(due) => if let Some(why) = rules.fired(Instant::now()) {
+                break Ok(why);
+            },
             _ = tick.tick() => ping(&handle, &notifier, watchdog.is_some()).await,
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading the configuration");
@@ -218,8 +244,8 @@ pub async fn daemon(config: Config) -> Result<(), DaemonError> {
                 let _ = reload(&handle).await;
                 notify("READY=1");
             }
-            _ = sigterm.recv() => break Ok("SIGTERM"),
-            _ = sigint.recv() => break Ok("SIGINT"),
+            _ = sigterm.recv() => break Ok("SIGTERM".to_string()),
+            _ = sigint.recv() => break Ok("SIGINT".to_string()),
             r = &mut tree => break Err(DaemonError::Stopped(format!("{r:?}"))),
         }
     };
@@ -229,10 +255,19 @@ pub async fn daemon(config: Config) -> Result<(), DaemonError> {
     };
 
     // Drain: nothing new starts; what runs may finish until the deadline.
-    notify("STOPPING=1\nSTATUS=draining: waiting for running trials");
+    let signalled = stopped_by.starts_with("SIG");
+    if !signalled {
+        info!(rule = %stopped_by, "a stop rule fired");
+    }
+    notify(&format!(
+        "STOPPING=1\nSTATUS=draining ({stopped_by}): waiting for running trials"
+    ));
+    if let Ok(mut s) = handle.stopping.lock() {
+        *s = Some(stopped_by.clone());
+    }
     let deadline = Instant::now() + Duration::from_secs(config.drain_timeout_secs);
     info!(
-        signal = stopped_by,
+        by = %stopped_by,
         drain_timeout_secs = config.drain_timeout_secs,
         "stopping: no new trials; running trials may finish (signal again to stop at once)"
     );
@@ -281,6 +316,14 @@ pub async fn daemon(config: Config) -> Result<(), DaemonError> {
     drop(control);
     info!("stopped");
     Ok(())
+}
+
+/// Waits until `due`, or for ever without one.
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn cleanup(socket: &Path, pointer: &Path) {
@@ -441,6 +484,7 @@ async fn answer_one(handle: Handle, command: Command) -> Response {
                     experiment: handle.experiment.clone(),
                     metric: handle.metric.clone(),
                     direction: handle.direction.clone(),
+                    stopping: handle.stopping.lock().ok().and_then(|s| s.clone()),
                     live,
                 }),
                 ..Response::ok()
@@ -530,8 +574,16 @@ fn utilization(e: &crate::actors::messages::ExecutorStatus) -> String {
     } else {
         String::new()
     };
+    let preflight = if e.preflight_failed > 0 {
+        format!(
+            "; {} trial(s) failed pre-flight, {:.0} slot-seconds of training saved",
+            e.preflight_failed, e.preflight_saved_s
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "; slot time since start: {:.1}% busy, {:.1}% idle waiting for a proposal, {:.1}% held for confirmations{pruned}",
+        "; slot time since start: {:.1}% busy, {:.1}% idle waiting for a proposal, {:.1}% held for confirmations{pruned}{preflight}",
         share(e.slot_busy_s),
         share(e.slot_starved_s),
         share(e.slot_held_s)
@@ -555,6 +607,9 @@ pub fn render_status(s: &DaemonStatus, now: u64) -> String {
         s.metric,
         s.direction
     );
+    if let Some(why) = &s.stopping {
+        out += &format!("stopping: {why}; running trials may finish\n");
+    }
     out += &format!(
         "slots: {}/{} busy, {} queued{}{}\n",
         e.running.len(),

@@ -158,6 +158,10 @@ pub enum FailureLabel {
     OutOfMemory,
     /// Failed with its GPU out of memory (the run's log says so).
     GpuOutOfMemory,
+    /// The experiment's pre-flight check failed before the trial trained:
+    /// it exited non-zero or timed out (what it printed as a projected
+    /// size or metric over a gate is a `size_failure` or `gate_miss`).
+    PreflightFailed,
 }
 
 impl FailureLabel {
@@ -176,6 +180,7 @@ impl FailureLabel {
             Self::Interrupted => "interrupted",
             Self::OutOfMemory => "out_of_memory",
             Self::GpuOutOfMemory => "gpu_out_of_memory",
+            Self::PreflightFailed => "preflight_failed",
         }
     }
 }
@@ -343,6 +348,10 @@ impl Edit {
 pub struct Proposal {
     pub hypothesis: String,
     pub edits: Vec<Edit>,
+    /// The change of the metric the proposer expects: the trial's score
+    /// less its parent's, in the metric's units (optional).
+    #[serde(default)]
+    pub expected_delta: Option<f64>,
 }
 
 /// One state change of a trial, with its wall-clock time.
@@ -386,6 +395,14 @@ pub struct Trial {
     /// restarted ratchet adopts it instead of submitting the trial again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slurm_job: Option<u64>,
+    /// The change of the metric its proposer expected (score − parent's
+    /// score), when it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_delta: Option<f64>,
+    /// The experiment's pre-flight check of its files, before it trained
+    /// (`[preflight]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<ProcessReport>,
     pub train: Option<ProcessReport>,
     pub eval: Option<ProcessReport>,
     /// The git commit of the trial's files (on `ratchet/trials/<id>`).

@@ -1,6 +1,7 @@
 //! The gates on one eval run, pure: what makes a run a failure with a
-//! label (crash, timeout, NaN, a missing metric, the size and quality
-//! gates) before the keep rule sees its score.
+//! label (crash, timeout, NaN, a missing metric, the size, quality and
+//! metric gates) before the keep rule sees its score; and the same gates
+//! on what a pre-flight check projects, before a trial trains.
 
 use crate::config::Config;
 use crate::domain::{FailureLabel, ProcessReport};
@@ -62,6 +63,26 @@ pub fn check(config: &Config, eval: &ProcessReport) -> Result<f64, Failure> {
             });
         }
     }
+    for gate in &exp.gates.metric {
+        let value = if eval.non_finite.contains(&gate.name) {
+            f64::NAN
+        } else if let Some(&v) = eval.metrics.get(&gate.name) {
+            v
+        } else {
+            return Err(Failure {
+                label: FailureLabel::MetricMissing,
+                detail: format!("eval printed no `{}=` line, which a gate bounds", gate.name),
+                score: Some(score),
+            });
+        };
+        if let Some(why) = gate.miss(value) {
+            return Err(Failure {
+                label: FailureLabel::GateMiss,
+                detail: format!("{why} (gates.metric)"),
+                score: Some(score),
+            });
+        }
+    }
     if exp.noise.scale.judged(score).is_none() {
         return Err(Failure {
             label: FailureLabel::GateMiss,
@@ -75,19 +96,69 @@ pub fn check(config: &Config, eval: &ProcessReport) -> Result<f64, Failure> {
     Ok(score)
 }
 
+/// The gates on a pre-flight run: it must succeed, and what it prints is
+/// held to the gates it names: a projected `artifact_bytes=` to
+/// `max_artifact_bytes`, any metric a `[[gates.metric]]` bounds (a gated
+/// metric it does not print is not checked: training may still print it).
+pub fn check_preflight(config: &Config, run: &ProcessReport) -> Result<(), Failure> {
+    let exp = &config.experiment.file;
+    let fail = |label, detail: String| Failure {
+        label,
+        detail: format!("preflight: {detail}"),
+        score: None,
+    };
+    if !run.succeeded() {
+        return Err(fail(FailureLabel::PreflightFailed, run.describe()));
+    }
+    if let (Some(limit), Some(&size)) = (
+        exp.gates.max_artifact_bytes,
+        run.metrics.get("artifact_bytes"),
+    ) {
+        if size > limit as f64 {
+            return Err(fail(
+                FailureLabel::SizeFailure,
+                format!("projected artifact_bytes={size} over the gate {limit}"),
+            ));
+        }
+    }
+    for gate in &exp.gates.metric {
+        let value = if run.non_finite.contains(&gate.name) {
+            f64::NAN
+        } else if let Some(&v) = run.metrics.get(&gate.name) {
+            v
+        } else {
+            continue;
+        };
+        if let Some(why) = gate.miss(value) {
+            return Err(fail(
+                FailureLabel::GateMiss,
+                format!("{why} (gates.metric)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// A config around a minimal experiment with both gates.
     fn config(dir: &std::path::Path) -> Config {
+        config_with(dir, "")
+    }
+
+    /// The same, with more TOML after `[gates]` (`[[gates.metric]]` tables).
+    fn config_with(dir: &std::path::Path, more_gates: &str) -> Config {
         std::fs::write(dir.join("recipe.toml"), "[a]\nx = 1.0\n").unwrap();
         std::fs::write(
             dir.join("experiment.toml"),
-            "name = \"t\"\nrecipe = \"recipe.toml\"\nmetric = \"loss\"\ndirection = \"minimize\"\n\
-             budget_secs = 1\ntimeout_secs = 2\ntrain = [\"true\"]\n[eval]\nproxy = [\"true\"]\n\
-             [gates]\nmax_artifact_bytes = 100\nmin_quality = 5.0\n\
-             [[surface]]\nname = \"a\"\n[surface.params]\n\"a.x\" = { type = \"float\", min = 0.0, max = 2.0 }\n",
+            format!(
+                "name = \"t\"\nrecipe = \"recipe.toml\"\nmetric = \"loss\"\ndirection = \"minimize\"\n\
+                 budget_secs = 1\ntimeout_secs = 2\ntrain = [\"true\"]\n[eval]\nproxy = [\"true\"]\n\
+                 [gates]\nmax_artifact_bytes = 100\nmin_quality = 5.0\n{more_gates}\n\
+                 [[surface]]\nname = \"a\"\n[surface.params]\n\"a.x\" = {{ type = \"float\", min = 0.0, max = 2.0 }}\n"
+            ),
         )
         .unwrap();
         let mut errors = Vec::new();
@@ -104,6 +175,7 @@ mod tests {
             confirm_first: true,
             scouts: 0,
             allocation: Default::default(),
+            stop: Default::default(),
             slurm: None,
             gpus: None,
             gpu_slots: false,
@@ -171,5 +243,88 @@ mod tests {
             "{r:?}"
         );
         assert!(check(&log, &eval(&[("loss", 0.5)])).is_ok());
+    }
+
+    #[test]
+    fn a_metric_gate_bounds_any_printed_metric() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config_with(
+            dir.path(),
+            "[[gates.metric]]\nname = \"val_acc\"\nmin = 0.96\n\
+             [[gates.metric]]\nname = \"train_secs\"\nmin = 1.0\nmax = 30.0\n",
+        );
+        use FailureLabel::*;
+        let judge = |lines: &[(&str, f64)]| check(&c, &eval(lines));
+        assert_eq!(
+            judge(&[("loss", 1.0), ("val_acc", 0.96), ("train_secs", 30.0)]),
+            Ok(1.0),
+            "bounds are inclusive"
+        );
+        let low = judge(&[("loss", 1.0), ("val_acc", 0.95), ("train_secs", 9.0)]).unwrap_err();
+        assert_eq!((low.label, low.score), (GateMiss, Some(1.0)));
+        assert!(
+            low.detail.contains("val_acc=0.95") && low.detail.contains("min 0.96"),
+            "the metric, its value and the bound: {}",
+            low.detail
+        );
+        let slow = judge(&[("loss", 1.0), ("val_acc", 0.99), ("train_secs", 31.5)]).unwrap_err();
+        assert_eq!(slow.label, GateMiss);
+        assert!(slow.detail.contains("train_secs=31.5") && slow.detail.contains("max 30"));
+        let fast = judge(&[("loss", 1.0), ("val_acc", 0.99), ("train_secs", 0.5)]).unwrap_err();
+        assert!(fast.detail.contains("min 1"), "{}", fast.detail);
+        let missing = judge(&[("loss", 1.0), ("train_secs", 9.0)]).unwrap_err();
+        assert_eq!(missing.label, MetricMissing);
+        assert!(missing.detail.contains("val_acc"), "{}", missing.detail);
+        let mut nan = eval(&[("loss", 1.0), ("train_secs", 9.0)]);
+        nan.non_finite.push("val_acc".into());
+        let nan = check(&c, &nan).unwrap_err();
+        assert_eq!(nan.label, GateMiss);
+        assert!(nan.detail.contains("not a finite value"), "{}", nan.detail);
+        // min_quality still works beside them.
+        assert_eq!(
+            label(judge(&[
+                ("loss", 5.5),
+                ("val_acc", 0.99),
+                ("train_secs", 9.0)
+            ])),
+            Some(GateMiss)
+        );
+    }
+
+    #[test]
+    fn a_preflight_is_held_to_the_gates_it_prints() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config_with(
+            dir.path(),
+            "[[gates.metric]]\nname = \"params\"\nmax = 1000.0\n",
+        );
+        use FailureLabel::*;
+        let pre = |lines: &[(&str, f64)]| check_preflight(&c, &eval(lines)).map_err(|f| f.label);
+        assert_eq!(
+            pre(&[]),
+            Ok(()),
+            "a gated metric it does not print is not checked"
+        );
+        assert_eq!(
+            pre(&[("params", 1000.0), ("artifact_bytes", 100.0)]),
+            Ok(())
+        );
+        assert_eq!(pre(&[("artifact_bytes", 101.0)]), Err(SizeFailure));
+        assert_eq!(pre(&[("params", 1001.0)]), Err(GateMiss));
+        let crashed = ProcessReport {
+            exit_code: Some(2),
+            ..Default::default()
+        };
+        let f = check_preflight(&c, &crashed).unwrap_err();
+        assert_eq!(f.label, PreflightFailed);
+        assert!(f.detail.starts_with("preflight: "), "{}", f.detail);
+        let slow = ProcessReport {
+            timed_out: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            check_preflight(&c, &slow).map_err(|f| f.label),
+            Err(PreflightFailed)
+        );
     }
 }

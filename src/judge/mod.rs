@@ -42,7 +42,7 @@ use crate::domain::{Call, Direction, Evidence, Pruning, SameSeed, TrialId};
 mod gates;
 mod pools;
 
-pub use gates::{check, Failure};
+pub use gates::{check, check_preflight, Failure};
 pub use pools::{curves, judged_by_seed, scores_by_seed, Pools};
 
 /// The most degrees of freedom the pool counts for when a recipe's own

@@ -73,6 +73,8 @@ pub struct NewTrial {
     pub rejected: Option<(FailureLabel, String)>,
     /// The trial whose change this one re-applies onto a newer incumbent.
     pub rebased_from: Option<TrialId>,
+    /// The change of the metric the proposer expected.
+    pub expected_delta: Option<f64>,
 }
 
 impl NewTrial {
@@ -410,6 +412,8 @@ impl LineageStore {
                     trial_dir: None,
                     pgid: None,
                     slurm_job: None,
+                    expected_delta: new.expected_delta,
+                    preflight: None,
                     train: None,
                     eval: None,
                     commit: None,

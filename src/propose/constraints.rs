@@ -6,11 +6,19 @@
 //! parameter (all surfaces: a crash caused by another surface's value still
 //! counts), with a radius: far from anything measured, the model has no
 //! opinion and the search explores.
+//!
+//! Some labels also say which way the trouble lies. Along the parameters an
+//! experiment declares as costs (`[surface.cost]`), a size failure
+//! (`size_failure`, `out_of_memory`, `gpu_out_of_memory`) is a wall: a
+//! recipe at least as large on every size axis is predicted to fail too,
+//! however far it is; a `budget_overrun` is a wall on the size and work
+//! axes together. A crash, a divergence or a failed pre-flight marks only
+//! its neighbourhood.
 
 use std::collections::BTreeMap;
 
 use crate::domain::{FailureLabel, ParamValue, Params, Trial, TrialStatus};
-use crate::recipe::ParamSpec;
+use crate::recipe::{ordinal, Cost, ParamSpec};
 
 /// Neighbours that vote.
 const K: usize = 3;
@@ -41,7 +49,8 @@ fn failed(t: &Trial) -> Option<bool> {
                 | FailureLabel::Diverged
                 | FailureLabel::MetricMissing
                 | FailureLabel::OutOfMemory
-                | FailureLabel::GpuOutOfMemory,
+                | FailureLabel::GpuOutOfMemory
+                | FailureLabel::PreflightFailed,
             ),
         ) => Some(true),
         // Interrupted, refused edits, proposer errors, duplicates: no evidence.
@@ -49,9 +58,25 @@ fn failed(t: &Trial) -> Option<bool> {
     }
 }
 
+/// The cost a failure label says its recipe was over: its size, or its
+/// work for the time budget. `None`: the label marks a region, no direction.
+pub fn cost_of(label: FailureLabel) -> Option<Cost> {
+    match label {
+        FailureLabel::SizeFailure | FailureLabel::OutOfMemory | FailureLabel::GpuOutOfMemory => {
+            Some(Cost::Size)
+        }
+        FailureLabel::BudgetOverrun => Some(Cost::Work),
+        _ => None,
+    }
+}
+
 pub struct FailureModel<'a> {
     space: &'a BTreeMap<String, ParamSpec>,
     points: Vec<(&'a Params, bool)>,
+    /// What larger values of each cost parameter cost.
+    costs: BTreeMap<&'a str, Cost>,
+    /// Recipes that failed for a cost: `Size` (too big) or `Work` (too slow).
+    walls: Vec<(&'a Params, Cost)>,
 }
 
 impl<'a> FailureModel<'a> {
@@ -61,7 +86,12 @@ impl<'a> FailureModel<'a> {
             .iter()
             .filter_map(|t| evidence(t).map(|f| (&t.config, f)))
             .collect();
-        FailureModel { space, points }
+        FailureModel {
+            space,
+            points,
+            costs: BTreeMap::new(),
+            walls: Vec::new(),
+        }
     }
 
     /// From configurations and whether each failed (see [`evidence`]).
@@ -72,7 +102,43 @@ impl<'a> FailureModel<'a> {
         FailureModel {
             space,
             points: points.into_iter().collect(),
+            costs: BTreeMap::new(),
+            walls: Vec::new(),
         }
+    }
+
+    /// The experiment's cost parameters, and the recipes that failed for a
+    /// cost (see [`cost_of`]): walls along those axes.
+    pub fn with_costs(
+        mut self,
+        costs: &'a BTreeMap<String, Cost>,
+        failures: impl IntoIterator<Item = (&'a Params, Cost)>,
+    ) -> FailureModel<'a> {
+        self.costs = costs.iter().map(|(k, c)| (k.as_str(), *c)).collect();
+        if !self.costs.is_empty() {
+            self.walls = failures.into_iter().collect();
+        }
+        self
+    }
+
+    /// The cost a recipe is predicted to fail for: it is at least as large,
+    /// on every axis of that cost, as a recipe that failed for it (a size
+    /// failure: the size axes; an overrun: the size and work axes).
+    pub fn beyond(&self, config: &Params) -> Option<Cost> {
+        self.walls.iter().find_map(|(wall, cost)| {
+            let axes: Vec<&str> = self
+                .costs
+                .iter()
+                .filter(|(_, c)| **c == Cost::Size || *cost == Cost::Work)
+                .map(|(k, _)| *k)
+                .collect();
+            let at_least = |k: &&str| {
+                let v = config.get(*k).and_then(ordinal);
+                let w = wall.get(*k).and_then(ordinal);
+                matches!((v, w), (Some(v), Some(w)) if v >= w)
+            };
+            (!axes.is_empty() && axes.iter().all(at_least)).then_some(*cost)
+        })
     }
 
     /// The number of failures the model knows.
@@ -80,12 +146,15 @@ impl<'a> FailureModel<'a> {
         self.points.iter().filter(|(_, f)| *f).count()
     }
 
-    /// The share of failures among the (up to) `K` nearest measured
-    /// configurations within `RADIUS`, each weighted by the inverse of its
-    /// distance (the nearest says most: a candidate just inside a crash
-    /// region, beside both a crash and a success, is risky); 0 when none is
-    /// that near.
+    /// 1 past a wall ([`beyond`](Self::beyond)); else the share of
+    /// failures among the (up to) `K` nearest measured configurations
+    /// within `RADIUS`, each weighted by the inverse of its distance (the
+    /// nearest says most: a candidate just inside a crash region, beside
+    /// both a crash and a success, is risky); 0 when none is that near.
     pub fn risk(&self, config: &Params) -> f64 {
+        if self.beyond(config).is_some() {
+            return 1.0;
+        }
         let mut near: Vec<(f64, bool)> = self
             .points
             .iter()
@@ -218,5 +287,48 @@ mod tests {
         let m = FailureModel::new(&space, &edge);
         assert!(m.risk(&at(4.06)) > 0.5, "{}", m.risk(&at(4.06)));
         assert!(m.risk(&at(3.9)) < 0.5, "{}", m.risk(&at(3.9)));
+    }
+
+    #[test]
+    fn a_size_failure_walls_off_every_larger_recipe_and_a_crash_only_its_neighbourhood() {
+        let mut space = BTreeMap::new();
+        space.insert("w".to_string(), ParamSpec::Int { min: 1, max: 100 });
+        space.insert("b".to_string(), ParamSpec::Int { min: 1, max: 100 });
+        space.insert("lr".to_string(), ParamSpec::Float { min: 0.0, max: 1.0 });
+        let p = |w: i64, b: i64, lr: f64| -> Params {
+            [
+                ("w".to_string(), ParamValue::Int(w)),
+                ("b".to_string(), ParamValue::Int(b)),
+                ("lr".to_string(), ParamValue::Float(lr)),
+            ]
+            .into_iter()
+            .collect()
+        };
+        let costs: BTreeMap<String, Cost> =
+            [("w".to_string(), Cost::Size), ("b".to_string(), Cost::Work)].into();
+        let (big, slow, crashed) = (p(60, 10, 0.5), p(20, 50, 0.5), p(10, 10, 0.9));
+        let points = [(&big, true), (&slow, true), (&crashed, true)];
+        let walls = [(&big, Cost::Size), (&slow, Cost::Work)];
+        let m = FailureModel::from_points(&space, points).with_costs(&costs, walls);
+        // Far from the size failure, but larger: walled off, whatever else.
+        assert_eq!(m.beyond(&p(95, 1, 0.0)), Some(Cost::Size));
+        assert_eq!(m.risk(&p(95, 1, 0.0)), 1.0);
+        // Smaller than it, and less work than the overrun: free.
+        assert_eq!(m.beyond(&p(59, 49, 0.0)), None);
+        // As large and as much work as the overrun: too slow.
+        assert_eq!(m.beyond(&p(25, 50, 0.1)), Some(Cost::Work));
+        // Less work on one axis than the overrun: not predicted.
+        assert_eq!(m.beyond(&p(25, 40, 0.1)), None);
+        // A crash has no direction: its neighbourhood only.
+        assert!(m.risk(&p(10, 10, 0.88)) > 0.5);
+        assert_eq!(m.beyond(&p(10, 10, 0.88)), None);
+        assert_eq!(m.risk(&p(10, 10, 0.2)), 0.0, "far from the crash");
+        // Without declared costs the same failures are local only.
+        let none = BTreeMap::new();
+        let plain = FailureModel::from_points(&space, points).with_costs(&none, walls);
+        assert_eq!(plain.risk(&p(95, 1, 0.0)), 0.0);
+        assert_eq!(cost_of(FailureLabel::GpuOutOfMemory), Some(Cost::Size));
+        assert_eq!(cost_of(FailureLabel::BudgetOverrun), Some(Cost::Work));
+        assert_eq!(cost_of(FailureLabel::PreflightFailed), None);
     }
 }

@@ -24,7 +24,9 @@ pub const REPLY_FORMAT: &str = r#"# Reply format
 Reply with one JSON object and nothing else:
 
 {"hypothesis": "<one sentence: what you change and why it should improve the metric>",
- "edits": [<one or more edits>]}
+ "edits": [<one or more edits>],
+ "expected_delta": <optional: the change of the metric you expect, your trial's
+                    score minus the incumbent's, in the metric's units>}
 
 Edit kinds:
 - {"kind": "set", "values": {"<recipe key>": <value>, ...}}: assign recipe keys
@@ -264,6 +266,13 @@ fn rows(input: &PromptInput<'_>) -> Vec<String> {
                     let _ = write!(line, " (Δ {:+.4} vs {})", s - p, format_float(p));
                 }
             }
+            // Its own predictions against what was measured.
+            if let Some(e) = t
+                .expected_delta
+                .filter(|_| t.specialist == input.specialist)
+            {
+                let _ = write!(line, " (you expected Δ {e:+.4})");
+            }
             let _ = write!(
                 line,
                 " — \"{}\" — edit: {}",
@@ -461,6 +470,7 @@ mod tests {
             "{user}"
         );
         assert!(system.starts_with("You tune optimizers.") && system.contains("search_replace"));
+        assert!(system.contains("expected_delta"), "{system}");
         assert!(user.contains("#7 [opt] failed: crash"), "{user}");
         assert!(user.contains("\"crash on purpose\""), "{user}");
         assert!(user.contains("loss=2.0 (Δ +0.5000 vs 1.5)"), "{user}");
@@ -498,5 +508,29 @@ mod tests {
         );
         assert!(user.contains("#200 "), "the newest trial must stay");
         assert!(!user.contains("#1 [opt]"), "the oldest trial must go");
+    }
+
+    #[test]
+    fn a_specialist_sees_its_own_predictions_beside_the_measurements() {
+        let mut mine = trial(3, "mine", None);
+        mine.expected_delta = Some(-0.25);
+        let mut theirs = trial(2, "theirs", None);
+        theirs.specialist = "data".into();
+        theirs.expected_delta = Some(-0.75);
+        let f = Feedback {
+            recent: vec![mine, theirs],
+            total: 3,
+            scanned: 3,
+            ..Default::default()
+        };
+        let (_, user) = prompt(&f, 8000);
+        assert!(
+            user.contains("(Δ +0.5000 vs 1.5) (you expected Δ -0.2500)"),
+            "{user}"
+        );
+        assert!(
+            !user.contains("-0.7500"),
+            "another's prediction is not this one's: {user}"
+        );
     }
 }

@@ -118,4 +118,20 @@ mod tests {
         assert!(capped.len() < MAX_REPLY + 64);
         assert!(capped.ends_with("KiB]"));
     }
+
+    #[test]
+    fn an_expected_delta_is_read_when_given() {
+        let p = parse(
+            r#"{"hypothesis": "x", "edits": [{"kind": "set", "values": {"a": 1}}], "expected_delta": -0.05}"#,
+        )
+        .unwrap();
+        assert_eq!(p.expected_delta, Some(-0.05));
+        let p = parse(r#"{"hypothesis": "x", "edits": [{"kind": "set", "values": {"a": 1}}]}"#)
+            .unwrap();
+        assert_eq!(p.expected_delta, None);
+        assert!(parse(
+            r#"{"hypothesis": "x", "edits": [{"kind": "set", "values": {"a": 1}}], "expected_delta": "big"}"#
+        )
+        .is_err());
+    }
 }

@@ -29,6 +29,9 @@ pub enum Ran {
     /// recorded `failed`), or lineage would not record it `running` (it
     /// was cancelled meanwhile).
     NotRun,
+    /// The experiment's pre-flight check failed the trial before it trained
+    /// (recorded `failed`); `saved_ms`: the train time it did not spend.
+    Preflight { saved_ms: u64 },
     /// The command ran (or could not start): its report goes to the evaluator.
     Report(Box<ProcessReport>),
     /// The cluster lost the run (a Slurm node failure, preemption, or a
@@ -231,6 +234,26 @@ pub fn eval_spec(config: &Config, dirs: &TrialDirs, id: TrialId, kind: JobKind) 
         stdout: dirs.root.join(format!("{name}.stdout")),
         stderr: dirs.root.join(format!("{name}.stderr")),
     }
+}
+
+/// The experiment's pre-flight command for a trial's own run, if it has
+/// one: in `dirs.work`, on the daemon's machine with no GPU visible, logs in
+/// `dirs.root` as `preflight.*`.
+pub fn preflight_spec(config: &Config, dirs: &TrialDirs, id: TrialId) -> Option<process::Spec> {
+    let pre = config.experiment.file.preflight.as_ref()?;
+    let mut env = trial_env(config, dirs, id);
+    env.retain(|(k, _)| k != "CUDA_VISIBLE_DEVICES");
+    env.push(("CUDA_VISIBLE_DEVICES".into(), String::new()));
+    Some(process::Spec {
+        argv: trial_argv(&pre.command, config, dirs),
+        cwd: dirs.work.clone(),
+        env,
+        env_remove: secret_env(config),
+        memory_limit: config.experiment.memory_limit(),
+        timeout: Duration::from_secs(pre.timeout_secs),
+        stdout: dirs.root.join("preflight.stdout"),
+        stderr: dirs.root.join("preflight.stderr"),
+    })
 }
 
 /// The train command of one run, in `dirs.work`, logs in `dirs.root`.

@@ -69,6 +69,7 @@ pub async fn record_merged(
         reply: None,
         rejected: None,
         rebased_from: m.rebased_from,
+        expected_delta: None,
     };
     let proposed = propose_trial(lineage, new).await?;
     if proposed.status != TrialStatus::Proposed {

@@ -5,11 +5,11 @@
 use ractor::ActorRef;
 use tracing::warn;
 
-use super::launch::{spawn_failed, train_spec, Launched, Launcher, Ran};
+use super::launch::{preflight_spec, spawn_failed, train_spec, Launched, Launcher, Ran};
 use super::workshop::{Made, Workshop};
 use crate::domain::{FailureLabel, ProcessReport, Trial, TrialId, TrialStatus};
 use crate::lineage::actor::{advance_trial, LineageMsg, CALL_TIMEOUT_MS};
-use crate::process;
+use crate::process::{self, GroupGuard};
 use crate::slurm::JobKind;
 use crate::workspace::TrialDirs;
 
@@ -72,6 +72,39 @@ pub async fn run_train(l: &Launcher<'_>, trial: Trial, workshop: &Workshop) -> R
             return not_run(lineage, trial.id, FailureLabel::Crash, detail).await;
         }
     };
+    // The experiment's pre-flight check of the files, before any training.
+    let mut preflight = None;
+    if let Some(spec) = preflight_spec(config, &dirs, trial.id) {
+        let report = process::run(&spec, &GroupGuard::default())
+            .await
+            .unwrap_or_else(|e| spawn_failed(&spec, e.to_string()));
+        if let Err(f) = crate::judge::check_preflight(config, &report) {
+            warn!(trial = %trial.id, "{}", f.detail);
+            let root = dirs.root.clone();
+            let recorded = advance_trial(
+                lineage,
+                trial.id,
+                TrialStatus::Failed,
+                Box::new(move |t| {
+                    t.trial_dir = Some(root.clone());
+                    t.commit = Some(commit.clone());
+                    t.diff = Some(diff.clone());
+                    t.preflight = Some(report.clone());
+                    t.label = Some(f.label);
+                    t.detail = Some(f.detail.clone());
+                }),
+            )
+            .await;
+            if let Err(e) = recorded {
+                warn!(trial = %trial.id, error = %e, "cannot record a failed pre-flight");
+                return Ran::NotRun;
+            }
+            // The train time it did not spend: the budget it would have had.
+            let saved_ms = config.experiment.file.budget_secs * 1000;
+            return Ran::Preflight { saved_ms };
+        }
+        preflight = Some(report);
+    }
     let root = dirs.root.clone();
     if let Err(e) = advance_trial(
         lineage,
@@ -81,6 +114,7 @@ pub async fn run_train(l: &Launcher<'_>, trial: Trial, workshop: &Workshop) -> R
             t.trial_dir = Some(root.clone());
             t.commit = Some(commit.clone());
             t.diff = Some(diff.clone());
+            t.preflight = preflight.clone();
             // An edited trial measures what its files say, whatever it claimed.
             if let Some(config) = &measured {
                 for (k, v) in config {

@@ -108,6 +108,33 @@ pub fn eval_command(checkpoint: &Path, split: Split, mix: &Mix) -> Result<(), Tr
     Ok(())
 }
 
+/// `ratchet tinylm preflight`: what a recipe's model will be, without
+/// training: its parameter count and the bytes of its submitted weights
+/// (the model built on the CPU and saved as training saves it), as
+/// `params=` and `artifact_bytes=`. A recipe whose model cannot be built
+/// fails here, in milliseconds, instead of in a slot.
+pub fn preflight_command(recipe: &Path) -> Result<(), TrainError> {
+    let recipe = Recipe::load(recipe).map_err(TrainError::Recipe)?;
+    let config = recipe.model_config();
+    let varmap = candle_nn::VarMap::new();
+    model::Gpt::new(
+        &config,
+        candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )?;
+    let path = std::env::temp_dir().join(format!(
+        "ratchet-preflight-{}.safetensors",
+        std::process::id()
+    ));
+    let saved = varmap.save(&path);
+    let bytes = std::fs::metadata(&path).map(|m| m.len());
+    let _ = std::fs::remove_file(&path);
+    saved?;
+    let bytes = bytes.map_err(|e| TrainError::Io { path, source: e })?;
+    println!("params={}", config.params());
+    println!("artifact_bytes={bytes}");
+    Ok(())
+}
+
 /// `ratchet tinylm floor`: the entropy of each source and of the mix.
 pub fn floor_command(mix: &Mix) {
     let total: f64 = mix.values().sum();

@@ -25,6 +25,17 @@ impl Dir {
         Dir { tmp }
     }
 
+    /// A temp dir holding a copy of the shipped `experiments/<name>` as
+    /// `experiment/`.
+    pub fn with_experiment(name: &str) -> Dir {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("experiments")
+            .join(name);
+        copy_dir(&src, &tmp.path().join("experiment"));
+        Dir { tmp }
+    }
+
     pub fn path(&self) -> &Path {
         self.tmp.path()
     }

@@ -46,7 +46,8 @@ pub struct ExecutorArgs {
     pub lineage: ActorRef<LineageMsg>,
     pub evaluator: ActorRef<EvaluatorMsg>,
     pub observer: Option<Observer>,
-    /// Stop issuing trials after this many (counted in this process).
+    /// Stop issuing trials after this many (counted in this process; also
+    /// at most what `daemon.stop_after_trials` leaves).
     pub max_trials: Option<u64>,
     /// The git half of every trial (its commit and exports, from `ratchet/base`).
     pub workshop: Workshop,
@@ -173,6 +174,9 @@ pub struct ExecutorState {
     bars: Option<Arc<(Bars, u64)>>,
     pruned: u64,
     saved_ms: u64,
+    /// Trials the pre-flight check failed, and the train time they did not spend.
+    preflight_failed: u64,
+    preflight_saved_ms: u64,
 }
 
 impl ExecutorState {
@@ -258,6 +262,16 @@ impl Actor for Executor {
         // being evaluated, a Slurm job adopted): the baseline and scouts
         // still hold the specialists back.
         let active = ractor::call_t!(args.lineage, LineageMsg::Active, CALL_TIMEOUT_MS)?;
+        // `daemon.stop_after_trials`: the trials lineage may hold; this
+        // process asks for what is left of them.
+        let max_trials = match args.config.stop.trials {
+            None => args.max_trials,
+            Some(cap) => {
+                let store = ractor::call_t!(args.lineage, LineageMsg::Reader, CALL_TIMEOUT_MS)?;
+                let left = cap.saturating_sub(store.trial_count() as u64);
+                Some(args.max_trials.map_or(left, |m| m.min(left)))
+            }
+        };
         let mut state = ExecutorState {
             occupancy: Occupancy::new(),
             baseline_needed: incumbent.is_none() && unknown.first() == Some(&true),
@@ -281,7 +295,7 @@ impl Actor for Executor {
             queue: VecDeque::new(),
             running: HashMap::new(),
             issued: 0,
-            max_trials: args.max_trials,
+            max_trials,
             ready: false,
             drained_sent: false,
             paused: paused.into_keys().collect(),
@@ -290,6 +304,8 @@ impl Actor for Executor {
             bars: None,
             pruned: 0,
             saved_ms: 0,
+            preflight_failed: 0,
+            preflight_saved_ms: 0,
         };
         for t in &active {
             if t.specialist == "baseline" {
@@ -414,6 +430,12 @@ impl Actor for Executor {
                 });
                 match ran {
                     Ran::NotRun => {
+                        state.settled(id);
+                        count_outcome(state, id).await?
+                    }
+                    Ran::Preflight { saved_ms } => {
+                        state.preflight_failed += 1;
+                        state.preflight_saved_ms += saved_ms;
                         state.settled(id);
                         count_outcome(state, id).await?
                     }

@@ -120,6 +120,8 @@ pub(super) fn status(state: &ExecutorState) -> ExecutorStatus {
         slot_total_s: state.occupancy.total.as_secs_f64(),
         pruned: state.pruned,
         slot_saved_s: state.saved_ms as f64 / 1000.0,
+        preflight_failed: state.preflight_failed,
+        preflight_saved_s: state.preflight_saved_ms as f64 / 1000.0,
     }
 }
 

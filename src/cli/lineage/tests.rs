@@ -46,8 +46,9 @@ fn every_outcome_a_label_filter_accepts_is_one_lineage_gives() {
         FailureLabel::Interrupted,
         FailureLabel::OutOfMemory,
         FailureLabel::GpuOutOfMemory,
+        FailureLabel::PreflightFailed,
     ] {
         assert!(OUTCOMES.contains(&l.as_str()), "{l}");
     }
-    assert_eq!(OUTCOMES.len(), 13 + 6);
+    assert_eq!(OUTCOMES.len(), 14 + 6);
 }
