@@ -64,11 +64,7 @@ pub fn check(config: &Config, eval: &ProcessReport) -> Result<f64, Failure> {
         }
     }
     for gate in &exp.gates.metric {
-        let value = if eval.non_finite.contains(&gate.name) {
-            f64::NAN
-        } else if let Some(&v) = eval.metrics.get(&gate.name) {
-            v
-        } else {
+        let Some(value) = printed(eval, &gate.name) else {
             return Err(Failure {
                 label: FailureLabel::MetricMissing,
                 detail: format!("eval printed no `{}=` line, which a gate bounds", gate.name),
@@ -94,6 +90,16 @@ pub fn check(config: &Config, eval: &ProcessReport) -> Result<f64, Failure> {
         });
     }
     Ok(score)
+}
+
+/// What a run printed as `name=`: its value, NaN for a non-finite one,
+/// `None` when it printed none.
+fn printed(run: &ProcessReport, name: &str) -> Option<f64> {
+    if run.non_finite.iter().any(|n| n == name) {
+        Some(f64::NAN)
+    } else {
+        run.metrics.get(name).copied()
+    }
 }
 
 /// The gates on a pre-flight run: it must succeed, and what it prints is
@@ -122,11 +128,7 @@ pub fn check_preflight(config: &Config, run: &ProcessReport) -> Result<(), Failu
         }
     }
     for gate in &exp.gates.metric {
-        let value = if run.non_finite.contains(&gate.name) {
-            f64::NAN
-        } else if let Some(&v) = run.metrics.get(&gate.name) {
-            v
-        } else {
+        let Some(value) = printed(run, &gate.name) else {
             continue;
         };
         if let Some(why) = gate.miss(value) {
