@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod init;
 mod lineage;
 
 use crate::config::Config;
@@ -84,6 +85,12 @@ enum Command {
     Reload {
         #[command(flatten)]
         config: ConfigArg,
+    },
+    /// Set up a directory of a known shape (`--from autoresearch`): writes
+    /// experiment.toml, specialists.toml and agents/ from what its files say.
+    Init {
+        #[command(flatten)]
+        args: init::InitArgs,
     },
     /// Validate specialists.toml and the experiment; exit status 2 when invalid.
     Check {
@@ -330,6 +337,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Init { args } => init::run(&args),
         Command::Daemon { config } => {
             let c = match load_config(&config.config) {
                 Ok(c) => c,

@@ -11,12 +11,14 @@
 //! surface ownership, declared spaces), then application in order (a search
 //! text that is not there is `patch_failed`), then the edited recipe is
 //! compared key by key with the parent's, so a whole-file replacement of the
-//! recipe cannot change keys outside the surface either.
+//! recipe cannot change keys outside the surface either. Where the train run
+//! prints the score (`score_from = "train"`), no edit may change a line that
+//! names a scored metric.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use crate::config::{ExperimentFile, SurfaceSection};
+use crate::config::{ExperimentFile, ScoreFrom, SurfaceSection};
 use crate::domain::{Edit, FailureLabel};
 use crate::recipe::{self, check_relative, param_of};
 
@@ -74,6 +76,26 @@ impl<F: Fn(&str) -> Entry> Reader for F {
     }
 }
 
+/// The first of `names` whose lines (those containing it) differ between
+/// `before` and `after`, compared as sorted lists: moving such a line is
+/// allowed, changing, adding or removing one is not.
+fn renamed_score_line<'n>(names: &[&'n str], before: &[u8], after: &[u8]) -> Option<&'n str> {
+    let (before, after) = (String::from_utf8_lossy(before), String::from_utf8_lossy(after));
+    let naming = |text: &str, name: &str| {
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains(name))
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    };
+    names
+        .iter()
+        .find(|n| naming(&before, n) != naming(&after, n))
+        .copied()
+}
+
 /// The rules one trial's edits are checked against.
 pub struct Rules<'a> {
     pub experiment: &'a ExperimentFile,
@@ -85,7 +107,7 @@ pub struct Rules<'a> {
 
 impl Rules<'_> {
     fn recipe(&self) -> String {
-        self.experiment.recipe.to_string_lossy().into_owned()
+        self.experiment.recipe_path()
     }
 
     fn illegal(path: impl Into<String>, reason: impl Into<String>) -> Rejection {
@@ -282,6 +304,24 @@ impl Rules<'_> {
             };
             self.check_recipe(&before, &text(&recipe, after.clone())?)?;
         }
+        if self.experiment.score_from == ScoreFrom::Train {
+            for (path, after) in &out {
+                let before = match reader.read(path) {
+                    Entry::File(c) => c,
+                    _ => Vec::new(),
+                };
+                if let Some(name) = renamed_score_line(&self.experiment.scored_names(), &before, after) {
+                    return Err(Self::illegal(
+                        path,
+                        format!(
+                            "changes a line that names `{name}`: the train run prints the score \
+                             (score_from = \"train\"), so the lines naming a scored metric stay \
+                             exactly as they are"
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(out)
     }
 
@@ -424,6 +464,60 @@ mod tests {
     fn label(r: Result<BTreeMap<String, Vec<u8>>, Rejection>) -> (FailureLabel, String) {
         let e = r.expect_err("the edit should be refused");
         (e.label(), e.path().to_string())
+    }
+
+    #[test]
+    fn a_train_scored_edit_may_not_change_the_lines_that_print_the_score() {
+        let exp: ExperimentFile = toml::from_str(
+            r#"
+            name = "t"
+            metric = "val_bpb"
+            direction = "minimize"
+            budget_secs = 1
+            timeout_secs = 2
+            train = ["python3", "train.py"]
+            score_from = "train"
+            protected = ["prepare.py"]
+            [[gates.metric]]
+            name = "val_pass"
+            min = 1
+            [[surface]]
+            name = "train"
+            files = ["train.py"]
+            "#,
+        )
+        .unwrap();
+        let train = "LR = 0.1\nval_bpb = evaluate_bpb(model)\nprint(f\"val_bpb: {val_bpb:.6f}\")\n\
+                     print(f\"val_pass: {passed}\")\n";
+        let rules = Rules {
+            experiment: &exp,
+            surface: &exp.surfaces[0],
+            experiment_dir: Path::new("/nonexistent-ratchet-test"),
+        };
+        let apply = |edits: &[Edit]| {
+            rules.apply(edits, &|p: &str| match p {
+                "train.py" => Entry::File(train.into()),
+                "prepare.py" => Entry::File(b"def evaluate_bpb(m): ...\n".to_vec()),
+                _ => Entry::Missing,
+            })
+        };
+        // An ordinary change applies; so does moving a scored line as it is.
+        assert!(apply(&[sr("train.py", "LR = 0.1", "LR = 0.2")]).is_ok());
+        let moved = "val_bpb = evaluate_bpb(model)\nLR = 0.1\nprint(f\"val_bpb: {val_bpb:.6f}\")\n\
+                     print(f\"val_pass: {passed}\")\n";
+        assert!(apply(&[replace("train.py", moved)]).is_ok());
+        for (search, replace_with, name) in [
+            ("val_bpb = evaluate_bpb(model)", "val_bpb = 0.5", "val_bpb"),
+            ("LR = 0.1\n", "LR = 0.1\nprint('val_bpb: 0.1')\n", "val_bpb"),
+            ("{val_bpb:.6f}", "0.5", "val_bpb"),
+            ("print(f\"val_pass: ", "print(f\"val_pass:  ", "val_pass"),
+        ] {
+            let e = apply(&[sr("train.py", search, replace_with)]).unwrap_err();
+            assert_eq!(e.label(), FailureLabel::IllegalEdit, "{search:?}");
+            assert!(e.detail().contains(&format!("`{name}`")), "{}", e.detail());
+        }
+        let e = apply(&[replace("prepare.py", "def evaluate_bpb(m): return 0\n")]).unwrap_err();
+        assert_eq!(e.detail(), "illegal edit of `prepare.py`: a protected file");
     }
 
     #[test]

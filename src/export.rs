@@ -774,5 +774,7 @@ const SCRIPT: &str = r#"
 })();
 "#;
 
+pub mod autoresearch;
+
 #[cfg(test)]
 mod tests;

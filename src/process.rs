@@ -1,5 +1,6 @@
 //! Child processes of a trial: each in its own process group, logs captured to
-//! capped files, `NAME=value` lines parsed, the whole group killed at the timeout.
+//! capped files, metric lines parsed (`NAME=value`, `NAME: value` or the
+//! experiment's own pattern), the whole group killed at the timeout.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,6 +43,96 @@ pub struct Spec {
     pub timeout: Duration,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    /// How the program prints its metrics.
+    #[serde(default)]
+    pub metrics: MetricFormat,
+}
+
+/// How a program prints its metrics (`[metrics]` of experiment.toml). A
+/// value is a number (`nan` and `inf` included), a number with a unit
+/// (`45.2%`, `300s`, `1.5 GB`: the number), or `true`/`false` (1/0).
+/// Progress lines are `NAME=value at=POSITION` in every format.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricFormat {
+    /// `NAME=value` lines.
+    #[default]
+    Equals,
+    /// `NAME: value` lines, as in autoresearch's summary block; a line
+    /// `---` starts a new block, and only the last block's values count.
+    Colon,
+    /// A regular expression matched against each line: with the named
+    /// groups `name` and `value`, one metric per line; otherwise every named
+    /// group that matched is a metric of its name.
+    Regex(String),
+}
+
+impl MetricFormat {
+    /// The format ready to read lines (`Err`: the pattern does not compile
+    /// or has no named group).
+    pub fn reader(&self) -> Result<MetricReader, String> {
+        let regex = match self {
+            MetricFormat::Regex(p) => {
+                let re = regex::Regex::new(p).map_err(|e| e.to_string())?;
+                if re.capture_names().flatten().next().is_none() {
+                    return Err("the pattern has no named group (`(?P<val_loss>...)`, or `name` and `value`)".into());
+                }
+                Some(re)
+            }
+            _ => None,
+        };
+        Ok(MetricReader {
+            format: self.clone(),
+            regex,
+        })
+    }
+}
+
+/// A compiled [`MetricFormat`].
+pub struct MetricReader {
+    format: MetricFormat,
+    regex: Option<regex::Regex>,
+}
+
+impl MetricReader {
+    /// The metrics of one line (`BlockStart` for a colon format's `---`).
+    pub fn read<'a>(&self, line: &'a str) -> Read<'a> {
+        match (&self.format, &self.regex) {
+            (MetricFormat::Colon, _) if line.trim() == "---" => Read::BlockStart,
+            (MetricFormat::Colon, _) => colon_metric(line).map_or(Read::None, |(n, v)| {
+                Read::Metrics(vec![(std::borrow::Cow::Borrowed(n), v)])
+            }),
+            (MetricFormat::Regex(_), Some(re)) => {
+                let Some(c) = re.captures(line) else {
+                    return Read::None;
+                };
+                let mut out = Vec::new();
+                if let (Some(n), Some(v)) = (c.name("name"), c.name("value")) {
+                    if let Some(v) = read_value(v.as_str()) {
+                        out.push((std::borrow::Cow::Owned(n.as_str().to_string()), v));
+                    }
+                } else {
+                    for name in re.capture_names().flatten() {
+                        if let Some(v) = c.name(name).and_then(|m| read_value(m.as_str())) {
+                            out.push((std::borrow::Cow::Owned(name.to_string()), v));
+                        }
+                    }
+                }
+                Read::Metrics(out)
+            }
+            _ => parse_metric(line).map_or(Read::None, |(n, v)| {
+                Read::Metrics(vec![(std::borrow::Cow::Borrowed(n), v)])
+            }),
+        }
+    }
+}
+
+/// What one line said.
+pub enum Read<'a> {
+    None,
+    /// A new block starts: what came before does not count.
+    BlockStart,
+    Metrics(Vec<(std::borrow::Cow<'a, str>, f64)>),
 }
 
 /// Kills a process group (or cancels a Slurm job) when told to or when the
@@ -222,10 +313,17 @@ pub async fn start(
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
     guard.set(pgid);
     let (latest, progress) = tokio::sync::watch::channel(Latest::new());
+    // Checked when the experiment is loaded: a pattern that does not
+    // compile here reads `NAME=value` lines.
+    let reader = spec
+        .metrics
+        .reader()
+        .or_else(|_| MetricFormat::Equals.reader())
+        .expect("the default format compiles");
     let out = tokio::spawn(capture(
         child.stdout.take().expect("piped"),
         spec.stdout.clone(),
-        Some(latest),
+        Some((latest, reader)),
     ));
     let err = tokio::spawn(capture(
         child.stderr.take().expect("piped"),
@@ -400,9 +498,10 @@ pub struct Captured {
 async fn capture(
     mut from: impl AsyncRead + Unpin,
     path: PathBuf,
-    latest: Option<tokio::sync::watch::Sender<Latest>>,
+    latest: Option<(tokio::sync::watch::Sender<Latest>, MetricReader)>,
 ) -> std::io::Result<Captured> {
     let parse = latest.is_some();
+    let (latest, reader) = latest.unzip();
     let mut file = tokio::fs::File::create(&path).await?;
     let mut written = 0u64;
     let mut out = Captured::default();
@@ -426,9 +525,10 @@ async fn capture(
         }
         if parse {
             for &b in chunk {
-                if b == b'\n' {
+                // A carriage return ends a line too (progress bars redraw with it).
+                if b == b'\n' || b == b'\r' {
                     if !overlong {
-                        parse_line(&line, &mut out, latest.as_ref());
+                        parse_line(&line, &mut out, latest.as_ref(), reader.as_ref());
                     }
                     line.clear();
                     overlong = false;
@@ -441,7 +541,7 @@ async fn capture(
         }
     }
     if parse && !overlong {
-        parse_line(&line, &mut out, latest.as_ref());
+        parse_line(&line, &mut out, latest.as_ref(), reader.as_ref());
     }
     file.flush().await?;
     Ok(out)
@@ -451,6 +551,7 @@ fn parse_line(
     line: &[u8],
     out: &mut Captured,
     latest: Option<&tokio::sync::watch::Sender<Latest>>,
+    reader: Option<&MetricReader>,
 ) {
     let Ok(text) = std::str::from_utf8(line) else {
         return;
@@ -479,41 +580,89 @@ fn parse_line(
         }
         return;
     }
-    if let Some((name, value)) = parse_metric(text) {
-        if value.is_finite() {
-            out.metrics.insert(name.to_string(), value);
-        } else {
-            out.metrics.remove(name);
-            out.non_finite.retain(|n| n != name);
-            out.non_finite.push(name.to_string());
+    let read = match reader {
+        Some(r) => r.read(text),
+        None => parse_metric(text).map_or(Read::None, |(n, v)| {
+            Read::Metrics(vec![(std::borrow::Cow::Borrowed(n), v)])
+        }),
+    };
+    match read {
+        Read::None => {}
+        Read::BlockStart => {
+            out.metrics.clear();
+            out.non_finite.clear();
+        }
+        Read::Metrics(list) => {
+            for (name, value) in list {
+                out.non_finite.retain(|n| *n != name);
+                if value.is_finite() {
+                    out.metrics.insert(name.into_owned(), value);
+                } else {
+                    out.metrics.remove(name.as_ref());
+                    out.non_finite.push(name.into_owned());
+                }
+            }
         }
     }
 }
 
-/// Parses one `NAME=value` line: NAME is `[A-Za-z_][A-Za-z0-9_.]*`, value a float
-/// (including `nan` and `inf`). Anything else on stdout is ordinary output.
-pub fn parse_metric(line: &str) -> Option<(&str, f64)> {
-    let (name, value) = line.trim().split_once('=')?;
-    let name = name.trim_end();
+/// Whether `name` is a metric NAME: `[A-Za-z_][A-Za-z0-9_.]*`.
+pub fn is_metric_name(name: &str) -> bool {
     let mut chars = name.chars();
-    let first = chars.next()?;
-    if !(first.is_ascii_alphabetic() || first == '_')
-        || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-    {
-        return None;
-    }
+    chars
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+/// A printed value as a number: a float (`nan`, `inf` included), a number
+/// with a unit (`45.2%`, `300s`, `1.5 GB`), or `true`/`false` (1/0).
+pub fn read_value(value: &str) -> Option<f64> {
     let value = value.trim();
-    let parsed =
-        value
-            .parse::<f64>()
+    let plain = |v: &str| {
+        v.parse::<f64>()
             .ok()
-            .or_else(|| match value.to_ascii_lowercase().as_str() {
+            .or_else(|| match v.to_ascii_lowercase().as_str() {
                 "nan" | "-nan" => Some(f64::NAN),
                 "inf" | "+inf" | "infinity" => Some(f64::INFINITY),
                 "-inf" | "-infinity" => Some(f64::NEG_INFINITY),
+                "true" => Some(1.0),
+                "false" => Some(0.0),
                 _ => None,
-            })?;
-    Some((name, parsed))
+            })
+    };
+    if let Some(v) = plain(value) {
+        return Some(v);
+    }
+    // A number, then a unit of letters, `%` or `/` (at most one space between).
+    let end = value
+        .find(|c: char| !(c.is_ascii_digit() || matches!(c, '+' | '-' | '.' | 'e' | 'E')))
+        .filter(|&i| i > 0)?;
+    let (number, unit) = value.split_at(end);
+    let unit = unit.strip_prefix(' ').unwrap_or(unit);
+    let is_unit = !unit.is_empty()
+        && unit.len() <= 8
+        && unit.chars().all(|c| c.is_ascii_alphabetic() || c == '%' || c == '/');
+    is_unit.then(|| number.parse::<f64>().ok()).flatten()
+}
+
+/// Parses one `NAME: value` line (see [`read_value`]).
+fn colon_metric(line: &str) -> Option<(&str, f64)> {
+    let (name, value) = line.trim().split_once(':')?;
+    let name = name.trim_end();
+    is_metric_name(name).then_some(())?;
+    Some((name, read_value(value)?))
+}
+
+/// Parses one `NAME=value` line: NAME is `[A-Za-z_][A-Za-z0-9_.]*`, the
+/// value as [`read_value`] reads it. Anything else on stdout is ordinary output.
+pub fn parse_metric(line: &str) -> Option<(&str, f64)> {
+    let (name, value) = line.trim().split_once('=')?;
+    let name = name.trim_end();
+    if !is_metric_name(name) || value.contains('=') {
+        return None;
+    }
+    Some((name, read_value(value)?))
 }
 
 /// Parses one progress line `NAME=value at=POSITION` (see [`parse_metric`]
@@ -553,6 +702,7 @@ mod tests {
             timeout: Duration::from_millis(timeout_ms),
             stdout: dir.join("out.log"),
             stderr: dir.join("err.log"),
+            metrics: Default::default(),
         }
     }
 
@@ -565,6 +715,60 @@ mod tests {
         assert_eq!(parse_metric("hello world"), None);
         assert_eq!(parse_metric("1x=3"), None);
         assert_eq!(parse_metric("x=three"), None);
+        assert_eq!(parse_metric("acc=45.5%"), Some(("acc", 45.5)));
+        assert_eq!(parse_metric("passed=true"), Some(("passed", 1.0)));
+    }
+
+    #[test]
+    fn values_with_units_and_truth_values_read_as_numbers() {
+        assert_eq!(read_value("39.80"), Some(39.8));
+        assert_eq!(read_value(" 12.5 % "), Some(12.5));
+        assert_eq!(read_value("300s"), Some(300.0));
+        assert_eq!(read_value("1.5 GB"), Some(1.5));
+        assert_eq!(read_value("2e-3 s"), Some(2e-3));
+        assert_eq!(read_value("True"), Some(1.0));
+        assert_eq!(read_value("false"), Some(0.0));
+        assert_eq!(read_value("1.5 GB of 80"), None);
+        assert_eq!(read_value("fast"), None);
+        assert_eq!(read_value("-"), None);
+    }
+
+    fn metrics_of(format: MetricFormat, text: &str) -> BTreeMap<String, f64> {
+        let reader = format.reader().unwrap();
+        let mut out = Captured::default();
+        for line in text.split(['\n', '\r']) {
+            parse_line(line.as_bytes(), &mut out, None, Some(&reader));
+        }
+        out.metrics
+    }
+
+    #[test]
+    fn the_colon_format_reads_the_last_summary_block_only() {
+        let text = "step 00010 (3.3%) | loss: 4.1 | lr: 0.01\r step 00020 (6.6%) | loss: 3.9\n\
+                    ---\nval_bpb:          9.000000\n---\n\
+                    val_bpb:          0.997900\nmfu_percent:      39.80\nval_pass:         true\n\
+                    total_tokens_M:   499.6\nnot a metric: really not\n";
+        let m = metrics_of(MetricFormat::Colon, text);
+        assert_eq!(m.get("val_bpb"), Some(&0.9979));
+        assert_eq!(m.get("val_pass"), Some(&1.0));
+        assert_eq!(m.get("mfu_percent"), Some(&39.8));
+        assert_eq!(m.get("loss"), None, "a progress line is not a metric: {m:?}");
+        assert_eq!(m.len(), 4, "{m:?}");
+        // `NAME=value` lines are not read in this format.
+        assert!(metrics_of(MetricFormat::Colon, "val_bpb=1\n").is_empty());
+    }
+
+    #[test]
+    fn a_pattern_reads_its_named_groups() {
+        let per_group = MetricFormat::Regex(r"^Epoch \d+: acc (?P<val_acc>\S+) loss (?P<val_loss>\S+)$".into());
+        let m = metrics_of(per_group, "Epoch 1: acc 50% loss 2.0\nEpoch 2: acc 93.5% loss 0.25\n");
+        assert_eq!(m.get("val_acc"), Some(&93.5));
+        assert_eq!(m.get("val_loss"), Some(&0.25));
+        let named = MetricFormat::Regex(r"^\[metric\] (?P<name>\w+) -> (?P<value>.+)$".into());
+        let m = metrics_of(named, "[metric] score -> 0.5\n[metric] ok -> false\nscore=3\n");
+        assert_eq!(m, BTreeMap::from([("score".into(), 0.5), ("ok".into(), 0.0)]));
+        assert!(MetricFormat::Regex("(unclosed".into()).reader().is_err());
+        assert!(MetricFormat::Regex(r"loss (\S+)".into()).reader().is_err());
     }
 
     #[tokio::test]

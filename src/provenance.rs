@@ -125,7 +125,8 @@ impl Provenance {
     }
 
     /// Commits a trial on `ratchet/trials/<id>`: the parent's tree with
-    /// `config` written into `recipe`. Returns the commit and its diff.
+    /// `config` written into `recipe` (empty: no recipe, the parent's tree
+    /// as it is). Returns the commit and its diff.
     pub fn commit_trial(
         &self,
         id: TrialId,
@@ -137,6 +138,14 @@ impl Provenance {
         let repo = self.repo()?;
         let parent = repo.find_commit(git_id(parent)?)?;
         let base_tree = parent.tree()?;
+        if recipe.is_empty() {
+            // An experiment without a recipe: the trial is its parent's files
+            // (a baseline, or a re-measure), a commit of its own.
+            let sig = signature(&repo);
+            let oid = repo.commit(None, &sig, &sig, message, &base_tree, &[&parent])?;
+            repo.reference(&trial_ref(id), oid, true, "ratchet: trial")?;
+            return Ok((commit_id(oid), String::new()));
+        }
         let entry = base_tree
             .get_path(Path::new(recipe))
             .map_err(|_| ProvenanceError::Recipe {
@@ -215,10 +224,10 @@ impl Provenance {
         let oid = repo.commit(None, &sig, &sig, message, &tree, &[&parent])?;
         repo.reference(&trial_ref(id), oid, true, "ratchet: trial")?;
         let diff = diff_text(&repo, &base_tree, &tree)?;
-        let recipe = rules.experiment.recipe.to_string_lossy();
-        let recipe_text = match files.get(recipe.as_ref()) {
+        let recipe = rules.experiment.recipe_path();
+        let recipe_text = match files.get(recipe.as_str()) {
             Some(c) => String::from_utf8_lossy(c).into_owned(),
-            None => match base_tree.get_path(Path::new(recipe.as_ref())) {
+            None => match base_tree.get_path(Path::new(&recipe)) {
                 Ok(e) => String::from_utf8_lossy(repo.find_blob(e.id())?.content()).into_owned(),
                 Err(_) => String::new(),
             },

@@ -35,6 +35,15 @@ use crate::propose::rng::Rng;
 use crate::propose::{prompt, reply, search};
 use crate::runner::Workshop;
 
+
+/// Follows a shared program written for an agent that runs its own loop
+/// (autoresearch's program.md): here ratchet does that part.
+const PROGRAM_NOTE: &str = "# How this runs here\n\n\
+ratchet runs the loop described above for you: it commits, runs, scores, logs and \
+reverts every trial, on several machines at once. Ignore the steps about running \
+commands, git, run.log or results.tsv; propose one change per reply, as below. \
+Your own focus follows.";
+
 /// Candidates drawn per proposal; the first one lineage has never seen wins.
 const CANDIDATES: usize = 32;
 /// The outcomes a search specialist's failure model remembers (the newest).
@@ -522,12 +531,18 @@ async fn ask_model(
         None => (exp.defaults.clone(), None, state.workshop.base().clone()),
     };
     // The agent file is read at every request: editing it steers the next one.
-    let instructions = match &state.config.instructions {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+    // So is the program every specialist shares, first.
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let mut instructions = match &state.config.program {
+        Some(path) => format!("{}\n\n{PROGRAM_NOTE}\n\n", read(path)?.trim_end()),
         None => String::new(),
     };
-    let mut paths = vec![exp.file.recipe.to_string_lossy().into_owned()];
+    if let Some(path) = &state.config.instructions {
+        instructions.push_str(&read(path)?);
+    }
+    let mut paths: Vec<String> = exp.file.recipe.iter().map(|_| exp.file.recipe_path()).collect();
     paths.extend(surface.files.iter().cloned());
     let files = state
         .workshop

@@ -56,7 +56,8 @@ pub enum LineageCommand {
         json: bool,
     },
     /// Every trial (or those the filters select), oldest first: JSONL or
-    /// CSV rows of a versioned schema (README "Lineage exports"), or a
+    /// CSV rows of a versioned schema (README "Lineage exports"), autoresearch's
+    /// results.tsv, or a
     /// self-contained HTML report with the progress plot.
     Export {
         #[arg(long, value_enum, default_value_t = Format::Jsonl)]
@@ -78,6 +79,9 @@ pub enum Format {
     Jsonl,
     Csv,
     Html,
+    /// autoresearch's results.tsv: commit, the metric, memory_gb, status
+    /// (keep, discard, crash), description.
+    Autoresearch,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -307,6 +311,7 @@ pub fn main(
                 let written = match format {
                     Format::Jsonl => export::jsonl(w, &mut trials, &ctx),
                     Format::Csv => export::csv(w, &mut trials, &ctx),
+                    Format::Autoresearch => export::autoresearch::tsv(w, &mut trials, &ctx),
                     Format::Html => export::html(
                         w,
                         &mut trials,

@@ -6,9 +6,11 @@ use super::*;
 #[serde(deny_unknown_fields)]
 pub struct ExperimentFile {
     pub name: String,
-    /// The TOML recipe file whose keys the surfaces' parameters address.
-    pub recipe: PathBuf,
-    /// The metric the eval command prints as `NAME=value`.
+    /// The TOML recipe file whose keys the surfaces' parameters address;
+    /// an experiment without one has code surfaces only (see `recipe_path`).
+    #[serde(default)]
+    pub recipe: Option<PathBuf>,
+    /// The metric the eval command prints (as `[metrics]` says).
     pub metric: String,
     pub direction: Direction,
     /// The fixed training budget, given to train as `RATCHET_BUDGET_SECS`.
@@ -17,6 +19,16 @@ pub struct ExperimentFile {
     pub timeout_secs: u64,
     /// argv of the train command, run in the trial's workspace.
     pub train: Vec<String>,
+    /// Where the score comes from: the eval commands ratchet runs itself
+    /// (`eval`, the default) or the train run's own output (`train`, for
+    /// experiments whose fixed, protected code computes the score while
+    /// training, as autoresearch's prepare.py does).
+    #[serde(default)]
+    pub score_from: ScoreFrom,
+    /// How the programs print their metrics (default `NAME=value`).
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    #[serde(default)]
     pub eval: EvalSection,
     #[serde(default)]
     pub gates: Gates,
@@ -37,6 +49,52 @@ pub struct ExperimentFile {
     /// this table).
     #[serde(default)]
     pub preflight: Option<PreflightSection>,
+}
+
+/// `score_from`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoreFrom {
+    #[default]
+    Eval,
+    Train,
+}
+
+/// `[metrics]`: how train, eval and pre-flight print their metrics.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `equals` (`NAME=value`, the default), `colon` (`NAME: value`, the
+    /// last block after a `---` line) or `regex` (`pattern`).
+    #[serde(default)]
+    pub format: FormatName,
+    /// With `format = "regex"`: the pattern, with named groups (`name`
+    /// and `value`, or one group per metric named after it).
+    #[serde(default)]
+    pub pattern: Option<String>,
+}
+
+/// `metrics.format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FormatName {
+    #[default]
+    Equals,
+    Colon,
+    Regex,
+}
+
+impl MetricsSection {
+    /// The format processes read (a `regex` without a pattern, refused when
+    /// the experiment is loaded, reads `NAME=value`).
+    pub fn format(&self) -> crate::process::MetricFormat {
+        use crate::process::MetricFormat;
+        match (self.format, &self.pattern) {
+            (FormatName::Colon, _) => MetricFormat::Colon,
+            (FormatName::Regex, Some(p)) => MetricFormat::Regex(p.clone()),
+            _ => MetricFormat::Equals,
+        }
+    }
 }
 
 /// `[preflight]`: a command run in a trial's work directory before its
@@ -192,10 +250,12 @@ impl NoiseSection {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalSection {
-    /// argv of the cheap eval command every trial gets (the screen).
+    /// argv of the cheap eval command every trial gets (the screen);
+    /// required unless the score comes from the train run.
+    #[serde(default)]
     pub proxy: Vec<String>,
     /// argv of the full eval, run only for trials that beat the incumbent on
     /// proxy; its score is the one that decides. Without it, proxy decides.
@@ -252,7 +312,7 @@ impl MetricGate {
 
     /// What is wrong with the gate as configured, if anything.
     pub fn check(&self) -> Result<(), String> {
-        if crate::process::parse_metric(&format!("{}=0", self.name)).is_none() {
+        if !crate::process::is_metric_name(&self.name) {
             return Err(format!(
                 "name {:?} is not a metric NAME (letters, digits, `_` and `.`, not starting with a digit)",
                 self.name
@@ -372,6 +432,23 @@ impl ExperimentFile {
     /// surface at once and the failure model take).
     pub fn space(&self) -> BTreeMap<String, ParamSpec> {
         self.params().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// The recipe's path as git names it; empty for an experiment without
+    /// a recipe (no path is empty, so no edit names it).
+    pub fn recipe_path(&self) -> String {
+        self.recipe
+            .as_ref()
+            .map(|r| r.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The metrics a train-scored trial's edit may not touch the lines of:
+    /// the metric and every gated one.
+    pub fn scored_names(&self) -> Vec<&str> {
+        std::iter::once(self.metric.as_str())
+            .chain(self.gates.metric.iter().map(|g| g.name.as_str()))
+            .collect()
     }
 
     /// Whether `path` is protected: `experiment.toml`, or under a `protected` entry.

@@ -268,6 +268,16 @@ pub(super) fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<C
             }
         }
     }
+    if let Some(path) = &parsed.program {
+        if !base.join(path).is_file() {
+            err(
+                errors,
+                &file,
+                "program",
+                format!("file {} does not exist", base.join(path).display()),
+            );
+        }
+    }
     if parsed.specialists.is_empty() {
         err(
             errors,
@@ -301,6 +311,7 @@ pub(super) fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<C
                 surface: s.surface.clone(),
                 kind: s.kind,
                 instructions: s.instructions.as_ref().map(|p| base.join(p)),
+                program: parsed.program.as_ref().map(|p| base.join(p)),
                 llm: (s.kind == SpecialistKind::Llm)
                     .then(|| s.llm_section())
                     .flatten(),

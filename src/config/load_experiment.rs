@@ -36,8 +36,58 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
     if exp.train.is_empty() {
         err(errors, &file, "train", "needs a program");
     }
-    if exp.eval.proxy.is_empty() {
-        err(errors, &file, "eval.proxy", "needs a program");
+    match exp.score_from {
+        ScoreFrom::Eval if exp.eval.proxy.is_empty() => {
+            err(errors, &file, "eval.proxy", "needs a program (or `score_from = \"train\"`)")
+        }
+        ScoreFrom::Train if !exp.eval.proxy.is_empty() => err(
+            errors,
+            &file,
+            "eval.proxy",
+            "is not run when `score_from = \"train\"`: the train run's output is the first \
+             score (an `eval.full` may confirm it)",
+        ),
+        ScoreFrom::Train if exp.protected.is_empty() => err(
+            errors,
+            &file,
+            "protected",
+            "must name the files that compute the score when `score_from = \"train\"` \
+             (autoresearch: [\"prepare.py\"]): ratchet refuses edits of them and restores \
+             them before every run",
+        ),
+        ScoreFrom::Train => {
+            for (i, p) in exp.protected.iter().enumerate() {
+                if !dir.join(p.trim_end_matches('/')).exists() {
+                    err(
+                        errors,
+                        &file,
+                        format!("protected[{i}]"),
+                        format!("`{p}` is not in the experiment directory, so it cannot compute the score"),
+                    );
+                }
+            }
+        }
+        ScoreFrom::Eval => {}
+    }
+    match (exp.metrics.format, &exp.metrics.pattern) {
+        (FormatName::Regex, None) => err(
+            errors,
+            &file,
+            "metrics.pattern",
+            "`format = \"regex\"` needs a pattern with named groups",
+        ),
+        (FormatName::Regex, Some(_)) => {
+            if let Err(m) = exp.metrics.format().reader() {
+                err(errors, &file, "metrics.pattern", m);
+            }
+        }
+        (_, Some(_)) => err(
+            errors,
+            &file,
+            "metrics.pattern",
+            "is read only with `format = \"regex\"`",
+        ),
+        _ => {}
     }
     if exp.eval.full.as_ref().is_some_and(|f| f.is_empty()) {
         err(errors, &file, "eval.full", "needs a program");
@@ -84,7 +134,7 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
                 "must be increasing shares of the curve between 0 and 1 (for example [0.25, 0.5, 0.75])",
             );
         }
-        if crate::process::parse_metric(&format!("{}=0", prune.metric)).is_none() {
+        if !crate::process::is_metric_name(&prune.metric) {
             err(
                 errors,
                 &file,
@@ -140,7 +190,19 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
         err(errors, &file, "eval.timeout_secs", "must be at least 1");
     }
     // One spelling of the recipe's path: edits and surfaces compare by text.
-    if let Err(m) = crate::recipe::check_relative(&exp.recipe.to_string_lossy()) {
+    let recipe_str = exp.recipe_path();
+    if exp.recipe.is_none() {
+        for (i, s) in exp.surfaces.iter().enumerate() {
+            if !(s.params.is_empty() && s.keys.is_empty()) {
+                err(
+                    errors,
+                    &file,
+                    format!("surface[{i}]"),
+                    "declares recipe keys, but the experiment names no `recipe`",
+                );
+            }
+        }
+    } else if let Err(m) = crate::recipe::check_relative(&recipe_str) {
         err(
             errors,
             &file,
@@ -153,8 +215,7 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
             err(errors, &file, format!("protected[{i}]"), m);
         }
     }
-    let recipe_str = exp.recipe.to_string_lossy();
-    if exp.is_protected(&recipe_str) {
+    if exp.recipe.is_some() && exp.is_protected(&recipe_str) {
         err(
             errors,
             &file,
@@ -179,7 +240,7 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
                 err(errors, &file, key, m);
             } else if exp.is_protected(f) {
                 err(errors, &file, key, format!("`{f}` is protected"));
-            } else if under(&recipe_str, f, '/') {
+            } else if exp.recipe.is_some() && under(&recipe_str, f, '/') {
                 err(
                     errors,
                     &file,
@@ -295,8 +356,10 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
     if errors.len() > before {
         return None;
     }
-    let recipe_path = dir.join(&exp.recipe);
-    let defaults = read_defaults(&recipe_path, &exp, errors)?;
+    let defaults = match &exp.recipe {
+        Some(recipe) => read_defaults(&dir.join(recipe), &exp, errors)?,
+        None => Params::new(),
+    };
     Some(Experiment {
         dir,
         file: exp,

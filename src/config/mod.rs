@@ -107,6 +107,8 @@ pub struct Specialist {
     pub surface: String,
     pub kind: SpecialistKind,
     pub instructions: Option<PathBuf>,
+    /// `program`: the instructions every specialist shares.
+    pub program: Option<PathBuf>,
     pub llm: Option<LlmSection>,
 }
 

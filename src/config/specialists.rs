@@ -5,6 +5,10 @@ use super::*;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpecialistsFile {
+    /// Instructions every specialist shares (autoresearch's `program.md`),
+    /// put before each one's agent file; relative to specialists.toml.
+    #[serde(default)]
+    pub program: Option<PathBuf>,
     pub daemon: DaemonSection,
     #[serde(default)]
     pub executor: ExecutorSection,

@@ -143,7 +143,9 @@ fn header(input: &PromptInput<'_>) -> String {
         input.specialist, s.name, e.name, e.metric, e.budget_secs
     );
     let _ = writeln!(out, "\n# Your surface `{}`\n", s.name);
-    let _ = writeln!(out, "Recipe file: {}", e.recipe.display());
+    if let Some(recipe) = &e.recipe {
+        let _ = writeln!(out, "Recipe file: {}", recipe.display());
+    }
     if !s.params.is_empty() {
         out.push_str("Declared parameters (current value, space):\n");
         for (k, spec) in &s.params {

@@ -233,6 +233,7 @@ pub fn eval_spec(config: &Config, dirs: &TrialDirs, id: TrialId, kind: JobKind) 
         timeout: Duration::from_secs(config.experiment.eval_timeout_secs()),
         stdout: dirs.root.join(format!("{name}.stdout")),
         stderr: dirs.root.join(format!("{name}.stderr")),
+        metrics: exp.metrics.format(),
     }
 }
 
@@ -253,6 +254,7 @@ pub fn preflight_spec(config: &Config, dirs: &TrialDirs, id: TrialId) -> Option<
         timeout: Duration::from_secs(pre.timeout_secs),
         stdout: dirs.root.join("preflight.stdout"),
         stderr: dirs.root.join("preflight.stderr"),
+        metrics: config.experiment.file.metrics.format(),
     })
 }
 
@@ -268,6 +270,7 @@ pub fn train_spec(config: &Config, dirs: &TrialDirs, id: TrialId) -> process::Sp
         timeout: Duration::from_secs(exp.file.timeout_secs),
         stdout: dirs.root.join("train.stdout"),
         stderr: dirs.root.join("train.stderr"),
+        metrics: exp.file.metrics.format(),
     }
 }
 

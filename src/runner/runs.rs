@@ -22,8 +22,11 @@ pub async fn run_seed(l: &Launcher<'_>, trial: &Trial, seed: u64, workshop: &Wor
     let Some(commit) = trial.commit.clone() else {
         return failed("the trial has no commit to re-run".into());
     };
-    if let Err(e) = workshop.export(commit, dirs.work.clone()).await {
+    if let Err(e) = workshop.export(commit.clone(), dirs.work.clone()).await {
         return failed(format!("provenance: {e}"));
+    }
+    if let Err(e) = restore_scorer(l, workshop, commit, &dirs).await {
+        return failed(e);
     }
     l.launch(&spec, (trial.id, seed, JobKind::Train))
         .await
@@ -105,6 +108,10 @@ pub async fn run_train(l: &Launcher<'_>, trial: Trial, workshop: &Workshop) -> R
         }
         preflight = Some(report);
     }
+    if let Err(e) = restore_scorer(l, workshop, commit.clone(), &dirs).await {
+        warn!(trial = %trial.id, "{e}");
+        return not_run(lineage, trial.id, FailureLabel::Crash, e).await;
+    }
     let root = dirs.root.clone();
     if let Err(e) = advance_trial(
         lineage,
@@ -132,6 +139,24 @@ pub async fn run_train(l: &Launcher<'_>, trial: Trial, workshop: &Workshop) -> R
         return Ran::NotRun;
     }
     l.launch(&spec, (trial.id, 0, JobKind::Train)).await.train()
+}
+
+/// Where the train run computes the score (`score_from = "train"`), its
+/// protected files are put back exactly as committed before it starts (an
+/// export is fresh; this also holds for a work directory a lost run left).
+async fn restore_scorer(
+    l: &Launcher<'_>,
+    workshop: &Workshop,
+    commit: crate::domain::CommitId,
+    dirs: &TrialDirs,
+) -> Result<(), String> {
+    if l.config.experiment.file.score_from != crate::config::ScoreFrom::Train {
+        return Ok(());
+    }
+    workshop
+        .restore_protected(l.config, commit, dirs.work.clone())
+        .await
+        .map_err(|e| format!("provenance: cannot restore the protected files: {e}"))
 }
 
 /// Records a trial whose run could not start `failed` with `label` and

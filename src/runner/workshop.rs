@@ -100,7 +100,7 @@ impl Workshop {
                     recipe: None,
                 }
             } else if trial.edits.is_empty() {
-                let recipe = config.experiment.file.recipe.to_string_lossy();
+                let recipe = config.experiment.file.recipe_path();
                 let (commit, diff) =
                     provenance.commit_trial(trial.id, &parent, &recipe, &trial.config, &message)?;
                 Made::Commit {
@@ -235,7 +235,7 @@ impl Workshop {
 
 /// The recipe's path in the experiment, as git names it.
 fn recipe_path(config: &Config) -> String {
-    config.experiment.file.recipe.to_string_lossy().into_owned()
+    config.experiment.file.recipe_path()
 }
 
 /// Exports `commit` into `work`, emptied first.

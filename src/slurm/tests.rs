@@ -10,6 +10,7 @@ fn spec() -> Spec {
         timeout: Duration::from_secs(5),
         stdout: "/t/train.stdout".into(),
         stderr: "/t/train.stderr".into(),
+        metrics: Default::default(),
     }
 }
 

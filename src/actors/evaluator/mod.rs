@@ -1,7 +1,9 @@
 //! The evaluator: owns every score and every keep/discard decision. It runs
 //! the experiment's eval commands itself in the trial's workspace (numbers the
-//! train command printed are never the score), applies the failure labels and
-//! gates, and decides in stages, recording each before acting on it:
+//! train command printed are never the score, unless the experiment says
+//! `score_from = "train"`: its protected code computes the score during
+//! training), applies the failure labels and gates, and decides in stages,
+//! recording each before acting on it:
 //!
 //! 1. **proxy** (every trial): the gates, then a screen against the trial's
 //!    parent (the incumbent it was proposed against): a look of
@@ -29,7 +31,7 @@ use tracing::{info, warn};
 
 use super::messages::{EvaluatorMsg, ExecutorMsg, Stage, SCOUT};
 use super::{advance_trial, interrupt_all, measure_trial, update_trial, CALL_TIMEOUT_MS};
-use crate::config::Config;
+use crate::config::{Config, ScoreFrom};
 use crate::domain::{
     format_float, Call, Decision, Evidence, FailureLabel, Incumbent, NoiseBand, ProcessReport,
     SeedRun, Spread, Trial, TrialId, TrialStatus,
@@ -298,11 +300,12 @@ async fn handle_msg(
                 });
                 return record(state, &trial, verdict, None).await;
             }
-            start_eval(&myself, state, &trial, 0, Stage::Proxy);
+            first_score(&myself, state, &trial, 0, train)?;
         }
         EvaluatorMsg::Evaluate {
             id, seed, train, ..
         } => {
+            let report = train.clone();
             let failed = (!train.succeeded()).then(|| {
                 (
                     train.failure_label(),
@@ -324,7 +327,7 @@ async fn handle_msg(
             if failed.is_some() {
                 return seed_finished(state, trial).await;
             }
-            start_eval(&myself, state, &trial, seed, Stage::Proxy);
+            first_score(&myself, state, &trial, seed, report)?;
         }
         EvaluatorMsg::EvalFinished {
             id,
@@ -417,6 +420,31 @@ async fn update_run(
             None
         }
     }
+}
+
+/// A run that trained is scored: by the proxy eval, or, where the score
+/// comes from the train run (`score_from = "train"`), by its own report,
+/// which goes through the same gates and stages as an eval's would.
+fn first_score(
+    myself: &ActorRef<EvaluatorMsg>,
+    state: &mut EvaluatorState,
+    trial: &Trial,
+    seed: u64,
+    train: ProcessReport,
+) -> Result<(), ActorProcessingErr> {
+    if state.config.experiment.file.score_from != ScoreFrom::Train {
+        start_eval(myself, state, trial, seed, Stage::Proxy);
+        return Ok(());
+    }
+    probe::mark(trial.id, seed);
+    myself.cast(EvaluatorMsg::EvalFinished {
+        id: trial.id,
+        seed,
+        stage: Stage::Proxy,
+        eval: train,
+        lease: state.leases.remove(&(trial.id, seed)),
+    })?;
+    Ok(())
 }
 
 fn start_eval(
