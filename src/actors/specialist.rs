@@ -53,8 +53,9 @@ const FEEDBACK: FeedbackQuery = FeedbackQuery {
     recent: 40,
     scan: 5000,
 };
-/// The most of one file shown in a prompt.
-const MAX_FILE: usize = 32 << 10;
+/// The most of one file read for a prompt (one that does not fit the
+/// prompt's budget is shown as an excerpt).
+const MAX_FILE: usize = 256 << 10;
 /// The longest rest after repeated request failures.
 const MAX_REST: Duration = Duration::from_secs(3600);
 

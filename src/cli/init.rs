@@ -449,7 +449,10 @@ fn specialists_toml(plan: &Plan, args: &InitArgs) -> String {
     for (name, _) in SPECIALISTS {
         out.push_str(&format!(
             "\n[[specialist]]\nname = \"{name}\"\nsurface = \"train\"\nkind = \"llm\"\n\
-             instructions = \"agents/{name}.md\"\nbase_url = {}\nmodel = {}\n{key}",
+             instructions = \"agents/{name}.md\"\nbase_url = {}\nmodel = {}\n{key}\
+             # train.py is shown whole while it fits (autoresearch's 26 KB one takes\n\
+             # about 7,000 of these tokens; README \"Coming from autoresearch\").\n\
+             prompt_tokens = 24000\n",
             toml_str(&args.base_url),
             toml_str(&args.model),
         ));

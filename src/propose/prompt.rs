@@ -68,7 +68,7 @@ pub fn build(input: &PromptInput<'_>) -> (String, String) {
 
     // Files get what the fixed parts leave, each cut to its share if needed.
     let room_for_files = budget.saturating_sub(fixed) * 2 / 3;
-    let files = files(input.files, room_for_files);
+    let files = files(input.files, &input.feedback.recent, room_for_files);
 
     let mut room = budget.saturating_sub(fixed + files.len());
     let mut kept_constraints = Vec::new();
@@ -209,7 +209,7 @@ fn space(spec: &ParamSpec) -> String {
     }
 }
 
-fn files(files: &[(String, String)], room: usize) -> String {
+fn files(files: &[(String, String)], recent: &[Trial], room: usize) -> String {
     if files.is_empty() {
         return String::new();
     }
@@ -217,16 +217,109 @@ fn files(files: &[(String, String)], room: usize) -> String {
     let mut out = String::from("\n# Current files\n");
     for (path, content) in files {
         let body = if content.len() > share {
-            let end = prefix_at_most(content, share).len();
+            let body = excerpt(content, &changed_lines(recent, path), share);
             format!(
-                "{}\n[... cut: {} more bytes]",
-                &content[..end],
-                content.len() - end
+                "[An excerpt: the file has {} bytes; shown are its start and the parts recent \
+                 trials changed. Search texts must come from the lines shown.]\n{body}",
+                content.len()
             )
         } else {
             content.clone()
         };
         let _ = writeln!(out, "\n## {path}\n```\n{}\n```", body.trim_end());
+    }
+    out
+}
+
+/// Lines on either side of a changed line that an excerpt shows.
+const CONTEXT_LINES: usize = 12;
+/// The first lines of a file an excerpt always shows (imports, settings).
+const HEAD_LINES: usize = 30;
+
+/// The lines recent trials' search/replace edits of `path` searched for or
+/// wrote, newest trial first (a file too long for the prompt is shown
+/// around them).
+fn changed_lines(recent: &[Trial], path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in recent {
+        for e in &t.edits {
+            if let crate::domain::Edit::SearchReplace {
+                path: p,
+                search,
+                replace,
+            } = e
+            {
+                if p == path {
+                    out.extend(
+                        replace
+                            .lines()
+                            .chain(search.lines())
+                            .map(str::trim)
+                            .filter(|l| l.len() >= 6)
+                            .map(str::to_string),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// At most `room` bytes of `content`: its head, then windows around the
+/// lines that match `changed` (in that order), then the rest from the top
+/// as room allows; what is left out is marked with the line numbers.
+fn excerpt(content: &str, changed: &[String], room: usize) -> String {
+    let lines: Vec<&str> = content.lines().collect();
+    let n = lines.len();
+    let mut shown = vec![false; n];
+    let mut used = 0usize;
+    let mut take = |range: std::ops::Range<usize>, shown: &mut Vec<bool>| -> bool {
+        let cost: usize = range
+            .clone()
+            .filter(|&i| !shown[i])
+            .map(|i| lines[i].len() + 1)
+            .sum();
+        if used + cost > room {
+            return false;
+        }
+        used += cost;
+        range.for_each(|i| shown[i] = true);
+        true
+    };
+    take(0..HEAD_LINES.min(n), &mut shown);
+    let mut windows = Vec::new();
+    for text in changed {
+        for (i, l) in lines.iter().enumerate() {
+            if l.trim() == text && !windows.contains(&i) {
+                windows.push(i);
+            }
+        }
+    }
+    for i in windows {
+        let range = i.saturating_sub(CONTEXT_LINES)..(i + CONTEXT_LINES + 1).min(n);
+        if !take(range, &mut shown) {
+            break;
+        }
+    }
+    for i in 0..n {
+        if !shown[i] && !take(i..i + 1, &mut shown) {
+            break;
+        }
+    }
+    let mut out = String::new();
+    let mut i = 0;
+    while i < n {
+        if shown[i] {
+            out.push_str(lines[i]);
+            out.push('\n');
+            i += 1;
+        } else {
+            let start = i;
+            while i < n && !shown[i] {
+                i += 1;
+            }
+            let _ = writeln!(out, "[... lines {}-{} not shown ...]", start + 1, i);
+        }
     }
     out
 }
@@ -535,4 +628,45 @@ mod tests {
             "another's prediction is not this one's: {user}"
         );
     }
+
+    #[test]
+    fn a_file_too_long_for_the_prompt_is_shown_around_what_recent_trials_changed() {
+        let content: String = (1..=600).map(|i| format!("line_{i:03} = {i}\n")).collect();
+        let mut t = trial(7, "edit", None);
+        t.edits = vec![crate::domain::Edit::SearchReplace {
+            path: "train.py".into(),
+            search: "line_400 = 400".into(),
+            replace: "line_400 = 401".into(),
+        }];
+        let recent = vec![t];
+        // The incumbent holds the trial's replace text: its line is found.
+        let content = content.replace("line_400 = 400", "line_400 = 401");
+        let room = 3000;
+        let shown = excerpt(&content, &changed_lines(&recent, "train.py"), room);
+        assert!(shown.len() <= room + 200, "{} bytes", shown.len());
+        assert!(shown.starts_with("line_001 = 1\n"));
+        for around in ["line_388 = 388", "line_400 = 401", "line_412 = 412"] {
+            assert!(shown.contains(around), "{around} missing:\n{shown}");
+        }
+        assert!(!shown.contains("line_300 = 300\n"));
+        assert!(shown.contains("[... lines "), "{shown}");
+        // Every line shown is a line of the file, in order (search texts
+        // copied from it apply).
+        let lines: Vec<&str> = content.lines().collect();
+        let mut at = 0;
+        for l in shown.lines().filter(|l| !l.starts_with("[... ")) {
+            at += lines[at..].iter().position(|x| x == &l).expect("a line of the file");
+        }
+        // Another file's edits do not move the windows.
+        let other = excerpt(&content, &changed_lines(&recent, "prepare.py"), room);
+        assert!(!other.contains("line_400 = 401"));
+        // A file that fits is shown whole.
+        let files = vec![("train.py".to_string(), content.clone())];
+        assert!(files_of(&files, &recent, content.len() + 10).contains("line_600 = 600"));
+    }
+
+    fn files_of(files: &[(String, String)], recent: &[Trial], room: usize) -> String {
+        super::files(files, recent, room)
+    }
+
 }
