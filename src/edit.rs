@@ -80,7 +80,10 @@ impl<F: Fn(&str) -> Entry> Reader for F {
 /// `before` and `after`, compared as sorted lists: moving such a line is
 /// allowed, changing, adding or removing one is not.
 fn renamed_score_line<'n>(names: &[&'n str], before: &[u8], after: &[u8]) -> Option<&'n str> {
-    let (before, after) = (String::from_utf8_lossy(before), String::from_utf8_lossy(after));
+    let (before, after) = (
+        String::from_utf8_lossy(before),
+        String::from_utf8_lossy(after),
+    );
     let naming = |text: &str, name: &str| {
         let mut lines: Vec<String> = text
             .lines()
@@ -310,7 +313,9 @@ impl Rules<'_> {
                     Entry::File(c) => c,
                     _ => Vec::new(),
                 };
-                if let Some(name) = renamed_score_line(&self.experiment.scored_names(), &before, after) {
+                if let Some(name) =
+                    renamed_score_line(&self.experiment.scored_names(), &before, after)
+                {
                     return Err(Self::illegal(
                         path,
                         format!(

@@ -642,7 +642,9 @@ pub fn read_value(value: &str) -> Option<f64> {
     let unit = unit.strip_prefix(' ').unwrap_or(unit);
     let is_unit = !unit.is_empty()
         && unit.len() <= 8
-        && unit.chars().all(|c| c.is_ascii_alphabetic() || c == '%' || c == '/');
+        && unit
+            .chars()
+            .all(|c| c.is_ascii_alphabetic() || c == '%' || c == '/');
     is_unit.then(|| number.parse::<f64>().ok()).flatten()
 }
 
@@ -752,7 +754,11 @@ mod tests {
         assert_eq!(m.get("val_bpb"), Some(&0.9979));
         assert_eq!(m.get("val_pass"), Some(&1.0));
         assert_eq!(m.get("mfu_percent"), Some(&39.8));
-        assert_eq!(m.get("loss"), None, "a progress line is not a metric: {m:?}");
+        assert_eq!(
+            m.get("loss"),
+            None,
+            "a progress line is not a metric: {m:?}"
+        );
         assert_eq!(m.len(), 4, "{m:?}");
         // `NAME=value` lines are not read in this format.
         assert!(metrics_of(MetricFormat::Colon, "val_bpb=1\n").is_empty());
@@ -760,13 +766,23 @@ mod tests {
 
     #[test]
     fn a_pattern_reads_its_named_groups() {
-        let per_group = MetricFormat::Regex(r"^Epoch \d+: acc (?P<val_acc>\S+) loss (?P<val_loss>\S+)$".into());
-        let m = metrics_of(per_group, "Epoch 1: acc 50% loss 2.0\nEpoch 2: acc 93.5% loss 0.25\n");
+        let per_group =
+            MetricFormat::Regex(r"^Epoch \d+: acc (?P<val_acc>\S+) loss (?P<val_loss>\S+)$".into());
+        let m = metrics_of(
+            per_group,
+            "Epoch 1: acc 50% loss 2.0\nEpoch 2: acc 93.5% loss 0.25\n",
+        );
         assert_eq!(m.get("val_acc"), Some(&93.5));
         assert_eq!(m.get("val_loss"), Some(&0.25));
         let named = MetricFormat::Regex(r"^\[metric\] (?P<name>\w+) -> (?P<value>.+)$".into());
-        let m = metrics_of(named, "[metric] score -> 0.5\n[metric] ok -> false\nscore=3\n");
-        assert_eq!(m, BTreeMap::from([("score".into(), 0.5), ("ok".into(), 0.0)]));
+        let m = metrics_of(
+            named,
+            "[metric] score -> 0.5\n[metric] ok -> false\nscore=3\n",
+        );
+        assert_eq!(
+            m,
+            BTreeMap::from([("score".into(), 0.5), ("ok".into(), 0.0)])
+        );
         assert!(MetricFormat::Regex("(unclosed".into()).reader().is_err());
         assert!(MetricFormat::Regex(r"loss (\S+)".into()).reader().is_err());
     }

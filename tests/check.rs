@@ -434,3 +434,74 @@ fn a_bad_metric_gate_is_refused_gate_by_gate() {
     let out = dir.ratchet(&["check"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+#[test]
+fn a_score_from_train_needs_its_scorer_protected_and_a_metric_format_that_reads() {
+    let dir = Dir::with_fixture("autoresearch");
+    dir.write(
+        "specialists.toml",
+        "[daemon]\nexperiment = \"experiment\"\n\n[[specialist]]\nname = \"hand\"\nsurface = \"train\"\nkind = \"manual\"\n",
+    );
+    let head = "name = \"t\"\nmetric = \"val_bpb\"\ndirection = \"minimize\"\nbudget_secs = 2\n\
+                timeout_secs = 10\ntrain = [\"python3\", \"train.py\"]\n";
+    let surface = "\n[[surface]]\nname = \"train\"\nfiles = [\"train.py\"]\n";
+    let refused = |body: &str, wants: &[&str]| {
+        dir.write(
+            "experiment/experiment.toml",
+            &format!("{head}{body}{surface}"),
+        );
+        let out = dir.ratchet(&["check"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{body}: {err}");
+        for want in wants {
+            assert!(err.contains(want), "missing {want:?} in: {err}");
+        }
+    };
+    refused(
+        "score_from = \"train\"\n",
+        &["protected: must name the files that compute the score"],
+    );
+    refused(
+        "score_from = \"train\"\nprotected = [\"scorer.py\"]\n",
+        &["protected[0]: `scorer.py` is not in the experiment directory"],
+    );
+    refused(
+        "score_from = \"train\"\nprotected = [\"prepare.py\"]\n[eval]\nproxy = [\"python3\", \"eval.py\"]\n",
+        &["eval.proxy: is not run when `score_from = \"train\"`"],
+    );
+    refused(
+        "protected = [\"prepare.py\"]\n",
+        &["eval.proxy: needs a program (or `score_from = \"train\"`)"],
+    );
+    let train = "score_from = \"train\"\nprotected = [\"prepare.py\"]\n";
+    refused(
+        &format!("{train}[metrics]\nformat = \"regex\"\n"),
+        &["metrics.pattern: `format = \"regex\"` needs a pattern"],
+    );
+    refused(
+        &format!("{train}[metrics]\nformat = \"regex\"\npattern = \"loss (\\\\S+)\"\n"),
+        &["metrics.pattern: the pattern has no named group"],
+    );
+    refused(
+        &format!("{train}[metrics]\nformat = \"colon\"\npattern = \"x\"\n"),
+        &["metrics.pattern: is read only with `format = \"regex\"`"],
+    );
+    // Without a recipe, a surface has files only.
+    dir.write(
+        "experiment/experiment.toml",
+        &format!("{head}{train}{surface}[surface.params]\n\"opt.lr\" = {{ type = \"float\", min = 0.0, max = 1.0 }}\n"),
+    );
+    let out = dir.ratchet(&["check"]);
+    assert!(
+        stderr(&out)
+            .contains("surface[0]: declares recipe keys, but the experiment names no `recipe`"),
+        "{}",
+        stderr(&out)
+    );
+    dir.write(
+        "experiment/experiment.toml",
+        &format!("{head}{train}[metrics]\nformat = \"colon\"\n{surface}"),
+    );
+    let out = dir.ratchet(&["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

@@ -35,7 +35,6 @@ use crate::propose::rng::Rng;
 use crate::propose::{prompt, reply, search};
 use crate::runner::Workshop;
 
-
 /// Follows a shared program written for an agent that runs its own loop
 /// (autoresearch's program.md): here ratchet does that part.
 const PROGRAM_NOTE: &str = "# How this runs here\n\n\
@@ -543,7 +542,12 @@ async fn ask_model(
     if let Some(path) = &state.config.instructions {
         instructions.push_str(&read(path)?);
     }
-    let mut paths: Vec<String> = exp.file.recipe.iter().map(|_| exp.file.recipe_path()).collect();
+    let mut paths: Vec<String> = exp
+        .file
+        .recipe
+        .iter()
+        .map(|_| exp.file.recipe_path())
+        .collect();
     paths.extend(surface.files.iter().cloned());
     let files = state
         .workshop

@@ -177,9 +177,8 @@ pub fn plan(args: &InitArgs) -> Result<Plan, String> {
             missing.join(", ")
         ));
     }
-    let read = |f: &str| {
-        std::fs::read_to_string(dir.join(f)).map_err(|e| format!("cannot read {f}: {e}"))
-    };
+    let read =
+        |f: &str| std::fs::read_to_string(dir.join(f)).map_err(|e| format!("cannot read {f}: {e}"));
     let (train, program) = (read("train.py")?, read("program.md")?);
     let block = summary_block(&train);
     let gates: Vec<String> = block.iter().filter(|n| is_gate(n)).cloned().collect();
@@ -227,7 +226,11 @@ pub fn plan(args: &InitArgs) -> Result<Plan, String> {
     };
     let (budget_secs, timeout_secs, budget_from) = match budget(&program) {
         (Some(b), Some(t)) if t > b => (b, t, "program.md".to_string()),
-        (Some(b), _) => (b, b * 2, "program.md; no kill time stated, twice the budget".into()),
+        (Some(b), _) => (
+            b,
+            b * 2,
+            "program.md; no kill time stated, twice the budget".into(),
+        ),
         (None, _) => (300, 600, "not stated in program.md: the default".into()),
     };
     let uv = dir.join("pyproject.toml").is_file()
@@ -326,9 +329,10 @@ fn direction_of(metric: &str) -> Option<bool> {
 /// kill a run.
 pub fn budget(program: &str) -> (Option<u64>, Option<u64>) {
     let text = program.replace("**", "").replace('\n', " ");
-    let duration =
-        regex::Regex::new(r"(?i)(\d+(?:\.\d+)?)\s*(hours?|hrs?|minutes?|mins?|seconds?|secs?|h|m|s)\b")
-            .expect("a valid pattern");
+    let duration = regex::Regex::new(
+        r"(?i)(\d+(?:\.\d+)?)\s*(hours?|hrs?|minutes?|mins?|seconds?|secs?|h|m|s)\b",
+    )
+    .expect("a valid pattern");
     let first = |sentence: &str| {
         duration.captures(sentence).and_then(|c| {
             let n: f64 = c[1].parse().ok()?;
@@ -359,7 +363,10 @@ pub fn budget(program: &str) -> (Option<u64>, Option<u64>) {
 fn files(plan: &Plan, args: &InitArgs) -> Vec<(PathBuf, String)> {
     let mut out = vec![
         (PathBuf::from("experiment.toml"), experiment_toml(plan)),
-        (PathBuf::from("specialists.toml"), specialists_toml(plan, args)),
+        (
+            PathBuf::from("specialists.toml"),
+            specialists_toml(plan, args),
+        ),
     ];
     for (name, focus) in SPECIALISTS {
         out.push((
@@ -410,7 +417,11 @@ fn experiment_toml(plan: &Plan) -> String {
          false_keep_rate = 0.1\n",
         toml_str(&plan.name),
         toml_str(&plan.metric),
-        if plan.minimize { "minimize" } else { "maximize" },
+        if plan.minimize {
+            "minimize"
+        } else {
+            "maximize"
+        },
         plan.budget_secs,
         plan.timeout_secs,
         toml_list(&plan.train),
@@ -483,7 +494,10 @@ mod tests {
         let train = "print(f\"step {step}\")\nprint(\"---\")\nprint(f\"early: {x}\")\n\
                      print(\"---\")\nprint(f\"val_bpb:          {val_bpb:.6f}\")\n\
                      print(f\"peak_vram_mb:     {peak:.1f}\")\nprint(f\"val_pass: {ok}\")\n";
-        assert_eq!(summary_block(train), ["val_bpb", "peak_vram_mb", "val_pass"]);
+        assert_eq!(
+            summary_block(train),
+            ["val_bpb", "peak_vram_mb", "val_pass"]
+        );
         assert!(summary_block("print(f\"val_bpb: {v}\")\n").is_empty());
         assert_eq!(direction_of("val_bpb"), Some(true));
         assert_eq!(direction_of("val_acc"), Some(false));

@@ -37,9 +37,12 @@ pub fn load_experiment(dir: &Path, errors: &mut Vec<ConfigError>) -> Option<Expe
         err(errors, &file, "train", "needs a program");
     }
     match exp.score_from {
-        ScoreFrom::Eval if exp.eval.proxy.is_empty() => {
-            err(errors, &file, "eval.proxy", "needs a program (or `score_from = \"train\"`)")
-        }
+        ScoreFrom::Eval if exp.eval.proxy.is_empty() => err(
+            errors,
+            &file,
+            "eval.proxy",
+            "needs a program (or `score_from = \"train\"`)",
+        ),
         ScoreFrom::Train if !exp.eval.proxy.is_empty() => err(
             errors,
             &file,

@@ -15,7 +15,11 @@ use crate::domain::{Trial, TrialStatus};
 /// interrupted ones are left out.
 pub fn tsv(out: &mut dyn Write, trials: Trials, ctx: &Context) -> Result<Written, ExportError> {
     let mut w = Written::default();
-    writeln!(out, "commit\t{}\tmemory_gb\tstatus\tdescription", ctx.metric)?;
+    writeln!(
+        out,
+        "commit\t{}\tmemory_gb\tstatus\tdescription",
+        ctx.metric
+    )?;
     for t in trials {
         let t = t.map_err(ExportError::Read)?;
         let Some((status, score)) = outcome(&t) else {
@@ -25,7 +29,11 @@ pub fn tsv(out: &mut dyn Write, trials: Trials, ctx: &Context) -> Result<Written
             Some(c) => c.to_string().chars().take(7).collect(),
             None => "-".into(),
         };
-        let memory = if status == "crash" { 0.0 } else { memory_gb(&t) };
+        let memory = if status == "crash" {
+            0.0
+        } else {
+            memory_gb(&t)
+        };
         writeln!(
             out,
             "{commit}\t{:.6}\t{memory:.1}\t{status}\t{}",

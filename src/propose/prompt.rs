@@ -655,7 +655,10 @@ mod tests {
         let lines: Vec<&str> = content.lines().collect();
         let mut at = 0;
         for l in shown.lines().filter(|l| !l.starts_with("[... ")) {
-            at += lines[at..].iter().position(|x| x == &l).expect("a line of the file");
+            at += lines[at..]
+                .iter()
+                .position(|x| x == &l)
+                .expect("a line of the file");
         }
         // Another file's edits do not move the windows.
         let other = excerpt(&content, &changed_lines(&recent, "prepare.py"), room);
@@ -668,5 +671,4 @@ mod tests {
     fn files_of(files: &[(String, String)], recent: &[Trial], room: usize) -> String {
         super::files(files, recent, room)
     }
-
 }
