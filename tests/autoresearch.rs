@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::llm::{proposal, LlmServer, Reply};
 use common::{stderr, stdout, str_of, Dir};
@@ -234,22 +233,5 @@ print(json.dumps({
                               .loc[lambda d: d["status"] != "crash", "commit"]}),
 }))
 "#;
-    let exe = if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    };
-    let out = Command::new(exe)
-        .arg("-c")
-        .arg(script)
-        .arg(tsv)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the analysis failed: {}\n{}",
-        stderr(&out),
-        std::fs::read_to_string(tsv).unwrap_or_default()
-    );
-    serde_json::from_str(stdout(&out).trim()).unwrap()
+    common::python_json(script, &[tsv])
 }

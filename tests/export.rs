@@ -60,29 +60,6 @@ fn make_run() -> (Dir, Vec<Value>) {
     (dir, trials)
 }
 
-/// Debian's Python, where `.ci/run` installs pandas (python3-pandas); a
-/// `python3` first on PATH may be another one.
-fn python(script: &str, args: &[&Path]) -> Value {
-    let exe = if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    };
-    let out = Command::new(exe)
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python failed: {}\n{}",
-        stderr(&out),
-        stdout(&out)
-    );
-    serde_json::from_str(&stdout(&out)).unwrap()
-}
-
 const LOAD: &str = r#"
 import csv, json, sys
 import pandas as pd
@@ -113,7 +90,7 @@ fn exports_load_back_in_pandas_with_every_trial_and_field() {
     let out = dir.ratchet(&["lineage", "export", "--format", "csv"]);
     assert!(out.status.success(), "{}", stderr(&out));
     std::fs::write(dir.path().join("t.csv"), &out.stdout).unwrap();
-    let got = python(
+    let got = common::python_json(
         LOAD,
         &[&dir.path().join("t.jsonl"), &dir.path().join("t.csv")],
     );
@@ -366,7 +343,7 @@ fn the_html_report_renders_in_chromium_with_every_point() {
     // The screenshot shows the plot: pixels of the kept colour.
     let png = dir.path().join("report.png");
     chromium(&report, &[&format!("--screenshot={}", png.display())]);
-    let counted = python(COUNT_PIXELS, &[&png]);
+    let counted = common::python_json(COUNT_PIXELS, &[&png]);
     assert!(
         counted["kept"].as_u64().unwrap() > 40,
         "the plot is not visible in the screenshot: {counted}"

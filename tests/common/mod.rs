@@ -259,3 +259,27 @@ pub fn terminate(mut child: Child) -> std::process::ExitStatus {
 }
 
 pub mod llm;
+
+/// Debian's Python, where `.ci/run` installs pandas (python3-pandas); a
+/// `python3` first on PATH may be another one. Runs `script` with `args`
+/// and reads its stdout as JSON.
+pub fn python_json(script: &str, args: &[&Path]) -> Value {
+    let exe = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let out = std::process::Command::new(exe)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{}",
+        stderr(&out),
+        stdout(&out)
+    );
+    serde_json::from_str(&stdout(&out)).unwrap()
+}
