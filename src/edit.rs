@@ -87,7 +87,7 @@ fn renamed_score_line<'n>(names: &[&'n str], before: &[u8], after: &[u8]) -> Opt
     let naming = |text: &str, name: &str| {
         let mut lines: Vec<String> = text
             .lines()
-            .filter(|l| l.contains(name))
+            .filter(|l| names_word(l, name))
             .map(str::to_string)
             .collect();
         lines.sort();
@@ -97,6 +97,17 @@ fn renamed_score_line<'n>(names: &[&'n str], before: &[u8], after: &[u8]) -> Opt
         .iter()
         .find(|n| naming(&before, n) != naming(&after, n))
         .copied()
+}
+
+/// Whether `line` holds `name` as a whole word (not inside a longer
+/// identifier: `loss` is not in `loss_fn`).
+fn names_word(line: &str, name: &str) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    line.match_indices(name).any(|(i, _)| {
+        let before = line[..i].chars().next_back();
+        let after = line[i + name.len()..].chars().next();
+        !before.is_some_and(ident) && !after.is_some_and(ident)
+    })
 }
 
 /// The rules one trial's edits are checked against.
@@ -508,6 +519,8 @@ mod tests {
         };
         // An ordinary change applies; so does moving a scored line as it is.
         assert!(apply(&[sr("train.py", "LR = 0.1", "LR = 0.2")]).is_ok());
+        // A longer name that holds the metric's is another name.
+        assert!(apply(&[sr("train.py", "LR = 0.1", "LR = 0.1\nval_bpb_ema = 0")]).is_ok());
         let moved = "val_bpb = evaluate_bpb(model)\nLR = 0.1\nprint(f\"val_bpb: {val_bpb:.6f}\")\n\
                      print(f\"val_pass: {passed}\")\n";
         assert!(apply(&[replace("train.py", moved)]).is_ok());

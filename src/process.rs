@@ -593,8 +593,13 @@ fn parse_line(
             out.non_finite.clear();
         }
         Read::Metrics(list) => {
+            // In a block format the last value stands; a `NAME=value` line
+            // that was ever non-finite stays so (the run diverged on the way).
+            let last_wins = reader.is_some_and(|r| r.format != MetricFormat::Equals);
             for (name, value) in list {
-                out.non_finite.retain(|n| *n != name);
+                if last_wins {
+                    out.non_finite.retain(|n| *n != name);
+                }
                 if value.is_finite() {
                     out.metrics.insert(name.into_owned(), value);
                 } else {
@@ -762,6 +767,22 @@ mod tests {
         assert_eq!(m.len(), 4, "{m:?}");
         // `NAME=value` lines are not read in this format.
         assert!(metrics_of(MetricFormat::Colon, "val_bpb=1\n").is_empty());
+    }
+
+    #[test]
+    fn a_non_finite_equals_line_stays_so_and_a_block_takes_its_last_value() {
+        let read = |format: MetricFormat, text: &str| {
+            let reader = format.reader().unwrap();
+            let mut out = Captured::default();
+            for line in text.lines() {
+                parse_line(line.as_bytes(), &mut out, None, Some(&reader));
+            }
+            (out.metrics, out.non_finite)
+        };
+        let (m, bad) = read(MetricFormat::Equals, "acc=nan\nacc=0.5\n");
+        assert_eq!((m.get("acc"), bad), (Some(&0.5), vec!["acc".to_string()]));
+        let (m, bad) = read(MetricFormat::Colon, "acc: nan\nacc: 0.5\n");
+        assert_eq!((m.get("acc"), bad), (Some(&0.5), Vec::<String>::new()));
     }
 
     #[test]

@@ -40,6 +40,12 @@ fn replies(n: usize) -> Reply {
             json!([{"kind": "search_replace", "path": "train.py",
                     "search": PRINT_LINE, "replace": "print(f\"val_bpb:          {0.5:.6f}\")"}]),
         ),
+        // A run that crashes.
+        4 => proposal(
+            "stop early",
+            json!([{"kind": "search_replace", "path": "train.py",
+                    "search": "SEED = 42 ", "replace": "SEED = 42; raise SystemExit(3) "}]),
+        ),
         _ => "no proposal today".to_string(),
     };
     Reply::Text(text)
@@ -124,7 +130,7 @@ fn an_autoresearch_directory_runs_from_init_to_results_tsv() {
     let checked = dir.ratchet_ok(&["check", "-c", c]);
     assert!(checked.starts_with("ok:"), "{checked}");
 
-    let run = dir.ratchet_ok(&["run", "-c", c, "-n", "5"]);
+    let run = dir.ratchet_ok(&["run", "-c", c, "-n", "6"]);
     let trials: Vec<Value> = dir
         .ratchet_ok(&["lineage", "-c", c, "list", "--json"])
         .lines()
@@ -157,6 +163,9 @@ fn an_autoresearch_directory_runs_from_init_to_results_tsv() {
     let lie = by("print a better number");
     assert_eq!(str_of(lie, "label"), "illegal_edit", "{lie}");
     assert!(str_of(lie, "detail").contains("`val_bpb`"), "{lie}");
+
+    let crash = by("stop early");
+    assert_eq!(str_of(crash, "label"), "crash", "{crash}");
 
     // Every specialist read program.md, its own focus, and the whole train.py.
     let requests = server.requests_of("m");
@@ -192,12 +201,13 @@ fn an_autoresearch_directory_runs_from_init_to_results_tsv() {
         analysis["columns"],
         json!(["commit", "val_bpb", "memory_gb", "status", "description"])
     );
-    assert_eq!(analysis["rows"], json!(5), "{analysis}");
+    // The refused proposals never ran: no rows.
+    assert_eq!(analysis["rows"], json!(4), "{analysis}");
     assert_eq!(
         analysis["counts"],
-        json!({"KEEP": 2, "DISCARD": 1, "CRASH": 2})
+        json!({"KEEP": 2, "DISCARD": 1, "CRASH": 1})
     );
-    assert_eq!(analysis["crash_values"], json!([[0.0, 0.0], [0.0, 0.0]]));
+    assert_eq!(analysis["crash_values"], json!([[0.0, 0.0]]));
     assert!((analysis["baseline"].as_f64().unwrap() - base_score).abs() < 1e-6);
     let best = better["score"].as_f64().unwrap();
     assert!((analysis["best"].as_f64().unwrap() - best).abs() < 1e-6);

@@ -499,6 +499,21 @@ mod tests {
             ["val_bpb", "peak_vram_mb", "val_pass"]
         );
         assert!(summary_block("print(f\"val_bpb: {v}\")\n").is_empty());
+        // karpathy/autoresearch's train.py (commit 228791f), its last lines.
+        let real = r#"print("---")
+print(f"val_bpb:          {val_bpb:.6f}")
+print(f"training_seconds: {total_training_time:.1f}")
+print(f"total_seconds:    {t_end - t_start:.1f}")
+print(f"peak_vram_mb:     {peak_vram_mb:.1f}")
+print(f"mfu_percent:      {steady_state_mfu:.2f}")
+print(f"total_tokens_M:   {total_tokens / 1e6:.1f}")
+print(f"num_steps:        {step}")
+print(f"num_params_M:     {num_params / 1e6:.1f}")
+print(f"depth:            {DEPTH}")
+"#;
+        let names = summary_block(real);
+        assert_eq!(names.len(), 9);
+        assert_eq!(names.iter().filter(|n| n.starts_with("val_")).count(), 1);
         assert_eq!(direction_of("val_bpb"), Some(true));
         assert_eq!(direction_of("val_acc"), Some(false));
         assert_eq!(direction_of("val_sharpe"), Some(false));

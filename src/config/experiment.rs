@@ -444,10 +444,11 @@ impl ExperimentFile {
     }
 
     /// The metrics a train-scored trial's edit may not touch the lines of:
-    /// the metric and every gated one.
+    /// the metric and every gated one (`artifact_bytes` under a size gate).
     pub fn scored_names(&self) -> Vec<&str> {
         std::iter::once(self.metric.as_str())
             .chain(self.gates.metric.iter().map(|g| g.name.as_str()))
+            .chain(self.gates.max_artifact_bytes.map(|_| "artifact_bytes"))
             .collect()
     }
 

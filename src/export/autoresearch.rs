@@ -8,11 +8,13 @@ use std::io::Write;
 use super::{Context, ExportError, Trials, Written};
 use crate::domain::{Trial, TrialStatus};
 
-/// One row per finished trial, in lineage order: `keep` (kept), `discard`
+/// One row per trial that ran, in lineage order: `keep` (kept), `discard`
 /// (measured and not kept, or failed with a score, such as a gate miss) or
-/// `crash` (failed without a score: the metric is written `0.000000` and
-/// the memory `0.0`, as program.md asks). Trials still running and
-/// interrupted ones are left out.
+/// `crash` (its run failed without a score: the metric is written
+/// `0.000000` and the memory `0.0`, as program.md asks). Proposals refused
+/// before they ran (an illegal edit, a search text not found, a duplicate),
+/// trials still running and interrupted ones are left out: autoresearch
+/// logs runs.
 pub fn tsv(out: &mut dyn Write, trials: Trials, ctx: &Context) -> Result<Written, ExportError> {
     let mut w = Written::default();
     writeln!(
@@ -25,7 +27,8 @@ pub fn tsv(out: &mut dyn Write, trials: Trials, ctx: &Context) -> Result<Written
         let Some((status, score)) = outcome(&t) else {
             continue;
         };
-        let commit: String = match &t.commit {
+        // A trial kept over a moved incumbent is its keep commit.
+        let commit: String = match t.keep_commit.as_ref().or(t.commit.as_ref()) {
             Some(c) => c.to_string().chars().take(7).collect(),
             None => "-".into(),
         };
@@ -48,6 +51,7 @@ pub fn tsv(out: &mut dyn Write, trials: Trials, ctx: &Context) -> Result<Written
 /// The status column and the score written, or `None` for a trial that
 /// is not a row.
 fn outcome(t: &Trial) -> Option<(&'static str, Option<f64>)> {
+    t.train.as_ref()?;
     match t.status {
         TrialStatus::Kept => Some(("keep", t.score)),
         TrialStatus::Discarded => Some(("discard", t.score)),

@@ -15,6 +15,25 @@ pub struct Failure {
     pub score: Option<f64>,
 }
 
+/// The program whose output is scored: `eval`, or `train` where the score
+/// comes from the train run.
+fn scorer(config: &Config) -> &'static str {
+    match config.experiment.file.score_from {
+        crate::config::ScoreFrom::Eval => "eval",
+        crate::config::ScoreFrom::Train => "train",
+    }
+}
+
+/// How a metric's line looks in the experiment's format, for messages.
+fn metric_line(config: &Config, name: &str) -> String {
+    use crate::process::MetricFormat;
+    match config.experiment.file.metrics.format() {
+        MetricFormat::Equals => format!("`{name}=` line"),
+        MetricFormat::Colon => format!("`{name}:` line in its last `---` block"),
+        MetricFormat::Regex(_) => format!("`{name}` value matching metrics.pattern"),
+    }
+}
+
 /// The gates on one eval run, in order: the eval must succeed, print the
 /// metric, print a finite metric, and pass the size and quality gates.
 pub fn check(config: &Config, eval: &ProcessReport) -> Result<f64, Failure> {
@@ -33,13 +52,17 @@ pub fn check(config: &Config, eval: &ProcessReport) -> Result<f64, Failure> {
     if eval.non_finite.contains(&exp.metric) {
         return Err(fail(
             FailureLabel::Diverged,
-            format!("eval printed a non-finite {}", exp.metric),
+            format!("{} printed a non-finite {}", scorer(config), exp.metric),
         ));
     }
     let Some(&score) = eval.metrics.get(&exp.metric) else {
         return Err(fail(
             FailureLabel::MetricMissing,
-            format!("eval printed no `{}=` line", exp.metric),
+            format!(
+                "{} printed no {}",
+                scorer(config),
+                metric_line(config, &exp.metric)
+            ),
         ));
     };
     if let (Some(limit), Some(&size)) = (
@@ -67,7 +90,11 @@ pub fn check(config: &Config, eval: &ProcessReport) -> Result<f64, Failure> {
         let Some(value) = printed(eval, &gate.name) else {
             return Err(Failure {
                 label: FailureLabel::MetricMissing,
-                detail: format!("eval printed no `{}=` line, which a gate bounds", gate.name),
+                detail: format!(
+                    "{} printed no {}, which a gate bounds",
+                    scorer(config),
+                    metric_line(config, &gate.name)
+                ),
                 score: Some(score),
             });
         };

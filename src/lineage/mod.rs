@@ -79,7 +79,9 @@ pub struct NewTrial {
 
 impl NewTrial {
     /// What makes two proposals the same measurement: the configuration, and
-    /// for proposals that edit files, the file edits too.
+    /// for proposals that edit files, the file edits and the incumbent they
+    /// apply to (the same edits on a newer incumbent, as a rebase makes,
+    /// are other files).
     fn dedup_key(&self) -> String {
         let mut k = config_key(&self.config);
         let files: Vec<&Edit> = self.edits.iter().filter(|e| e.path().is_some()).collect();
@@ -88,6 +90,10 @@ impl NewTrial {
             k.push_str("\nfiles ");
             for b in blob_hash(&json) {
                 k.push_str(&format!("{b:02x}"));
+            }
+            match self.parent {
+                Some(p) => k.push_str(&format!(" on {p}")),
+                None => k.push_str(" on base"),
             }
         }
         k

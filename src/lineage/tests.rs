@@ -58,6 +58,37 @@ fn a_repeated_configuration_is_recorded_as_duplicate() {
 }
 
 #[test]
+fn the_same_file_edits_on_another_incumbent_are_another_measurement() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let edit = |parent: Option<u64>| NewTrial {
+        specialist: "s".into(),
+        surface: Some("code".into()),
+        parent: parent.map(TrialId),
+        hypothesis: "a larger learning rate".into(),
+        edits: vec![crate::domain::Edit::SearchReplace {
+            path: "train.py".into(),
+            search: "LR = 0.1".into(),
+            replace: "LR = 0.5".into(),
+        }],
+        ..Default::default()
+    };
+    assert_eq!(
+        store.propose(edit(None)).unwrap().status,
+        TrialStatus::Proposed
+    );
+    let again = store.propose(edit(None)).unwrap();
+    assert_eq!(again.label, Some(FailureLabel::Duplicate));
+    // A rebase re-applies the edits onto a newer incumbent: other files.
+    let rebased = store.propose(edit(Some(1))).unwrap();
+    assert_eq!(rebased.status, TrialStatus::Proposed, "{:?}", rebased.label);
+    assert_eq!(
+        store.propose(edit(Some(1))).unwrap().label,
+        Some(FailureLabel::Duplicate)
+    );
+}
+
+#[test]
 fn the_summary_counts_outcomes_as_a_full_scan_would() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
