@@ -26,11 +26,11 @@ fn scorer(config: &Config) -> &'static str {
 
 /// How a metric's line looks in the experiment's format, for messages.
 fn metric_line(config: &Config, name: &str) -> String {
-    use crate::process::MetricFormat;
-    match config.experiment.file.metrics.format() {
-        MetricFormat::Equals => format!("`{name}=` line"),
-        MetricFormat::Colon => format!("`{name}:` line in its last `---` block"),
-        MetricFormat::Regex(_) => format!("`{name}` value matching metrics.pattern"),
+    use crate::config::FormatName;
+    match config.experiment.file.metrics.format {
+        FormatName::Equals => format!("`{name}=` line"),
+        FormatName::Colon => format!("`{name}:` line in its last `---` block"),
+        FormatName::Regex => format!("`{name}` value matching metrics.pattern"),
     }
 }
 
