@@ -180,6 +180,17 @@ fn header(input: &PromptInput<'_>) -> String {
     if !s.files.is_empty() {
         let _ = writeln!(out, "Files you may edit: {}", s.files.join(", "));
     }
+    if e.score_from == crate::config::ScoreFrom::Train {
+        let names: Vec<String> = e.scored_names().iter().map(|n| format!("`{n}`")).collect();
+        let _ = writeln!(
+            out,
+            "The train run prints the score itself: leave every line that names {} exactly as \
+             it is (an edit that changes, adds or removes one is refused), and do not edit \
+             the protected files ({}).",
+            names.join(" or "),
+            e.protected.join(", ")
+        );
+    }
     match input.incumbent {
         Some(inc) => {
             let _ = writeln!(
@@ -626,6 +637,33 @@ mod tests {
         assert!(
             !user.contains("-0.7500"),
             "another's prediction is not this one's: {user}"
+        );
+    }
+
+    #[test]
+    fn a_train_scored_prompt_says_which_lines_stay() {
+        let mut exp = experiment();
+        let (_, user) = prompt(&Feedback::default(), 4000);
+        assert!(!user.contains("prints the score itself"), "{user}");
+        exp.score_from = crate::config::ScoreFrom::Train;
+        exp.protected = vec!["prepare.py".into()];
+        let files = vec![("model.py".to_string(), "x = 1\n".to_string())];
+        let (_, user) = build(&PromptInput {
+            instructions: "",
+            specialist: "opt",
+            experiment: &exp,
+            surface: &exp.surfaces[0],
+            incumbent: None,
+            values: &Params::new(),
+            files: &files,
+            feedback: &Feedback::default(),
+            stderr_tails: &Default::default(),
+            budget_tokens: 4000,
+        });
+        assert!(
+            user.contains("leave every line that names `loss` exactly as it is")
+                && user.contains("(prepare.py)"),
+            "{user}"
         );
     }
 
