@@ -511,12 +511,15 @@ mod tests {
     }
 
     fn prompt(feedback: &Feedback, budget: usize) -> (String, String) {
-        let exp = experiment();
+        prompt_of(&experiment(), feedback, budget)
+    }
+
+    fn prompt_of(exp: &ExperimentFile, feedback: &Feedback, budget: usize) -> (String, String) {
         let files = vec![("model.py".to_string(), "x = 1\n".repeat(10))];
         build(&PromptInput {
             instructions: "You tune optimizers.",
             specialist: "opt",
-            experiment: &exp,
+            experiment: exp,
             surface: &exp.surfaces[0],
             incumbent: None,
             values: &Params::new(),
@@ -647,19 +650,7 @@ mod tests {
         assert!(!user.contains("prints the score itself"), "{user}");
         exp.score_from = crate::config::ScoreFrom::Train;
         exp.protected = vec!["prepare.py".into()];
-        let files = vec![("model.py".to_string(), "x = 1\n".to_string())];
-        let (_, user) = build(&PromptInput {
-            instructions: "",
-            specialist: "opt",
-            experiment: &exp,
-            surface: &exp.surfaces[0],
-            incumbent: None,
-            values: &Params::new(),
-            files: &files,
-            feedback: &Feedback::default(),
-            stderr_tails: &Default::default(),
-            budget_tokens: 4000,
-        });
+        let (_, user) = prompt_of(&exp, &Feedback::default(), 4000);
         assert!(
             user.contains("leave every line that names `loss` exactly as it is")
                 && user.contains("(prepare.py)"),
