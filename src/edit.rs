@@ -79,7 +79,7 @@ impl<F: Fn(&str) -> Entry> Reader for F {
 /// The first of `names` whose lines (those containing it) differ between
 /// `before` and `after`, compared as sorted lists: moving such a line is
 /// allowed, changing, adding or removing one is not.
-fn renamed_score_line<'n>(names: &[&'n str], before: &[u8], after: &[u8]) -> Option<&'n str> {
+fn changed_score_line<'n>(names: &[&'n str], before: &[u8], after: &[u8]) -> Option<&'n str> {
     let (before, after) = (
         String::from_utf8_lossy(before),
         String::from_utf8_lossy(after),
@@ -325,7 +325,7 @@ impl Rules<'_> {
                     _ => Vec::new(),
                 };
                 if let Some(name) =
-                    renamed_score_line(&self.experiment.scored_names(), &before, after)
+                    changed_score_line(&self.experiment.scored_names(), &before, after)
                 {
                     return Err(Self::illegal(
                         path,
