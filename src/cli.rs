@@ -110,6 +110,17 @@ enum Command {
         #[command(subcommand)]
         command: JobCommand,
     },
+    /// A local model's process (what an LLM specialist with `model_path`
+    /// talks to): loads the GGUF file, then answers one JSON request per
+    /// stdin line with one JSON line on stdout.
+    #[command(hide = true)]
+    LlmWorker {
+        #[arg(long)]
+        model: PathBuf,
+        /// `cpu`, or `cuda:N` in a build with --features cuda.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Benchmarks that print figures.
     Bench {
         #[command(subcommand)]
@@ -224,6 +235,20 @@ enum BenchCommand {
         /// Proposals per search.
         #[arg(long, default_value_t = 80)]
         proposals: usize,
+    },
+    /// A local model's prompt and reply tokens/s and seconds per proposal on
+    /// a typical specialist prompt, constrained and free, and llama.cpp's on
+    /// the same file when llama-cpp-python is importable (--python).
+    Llm {
+        /// The GGUF file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Proposals to time (after one warm-up).
+        #[arg(long, default_value_t = 3)]
+        proposals: u32,
+        /// The Python with llama-cpp-python installed (none: candle only).
+        #[arg(long)]
+        python: Option<PathBuf>,
     },
     /// Training tokens/s and GFLOP/s of the default tinylm recipe, and the machine's matmul GFLOP/s.
     Tinylm {
@@ -407,6 +432,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let code = crate::slurm::run_job_file(&file).map_err(anyhow::Error::msg)?;
             Ok(ExitCode::from(code))
+        }
+        Command::LlmWorker { model, device } => {
+            crate::localmodel::worker::run(&model, &device).map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Llm {
+                    model,
+                    proposals,
+                    python,
+                },
+        } => {
+            crate::bench::llm::llm_command(&model, proposals, python.as_deref())?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
             command: BenchCommand::Tinylm { secs },

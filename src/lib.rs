@@ -14,6 +14,7 @@ pub mod gpu;
 pub mod judge;
 pub mod lineage;
 pub mod llm;
+pub mod localmodel;
 pub mod probe;
 pub mod process;
 pub mod propose;

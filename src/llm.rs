@@ -11,6 +11,14 @@
 //! The API key is read from the environment variable the configuration
 //! names, handed to async-openai (which keeps it as a secret), and never
 //! logged, stored or passed to trial processes.
+//!
+//! The reply is asked for in the shape of the surface's proposal schema
+//! (`propose::schema`): as `response_format: json_schema`, falling back to
+//! `json_object` and then to plain text when the server refuses it
+//! (`json_mode = "auto"`). A specialist with `model_path` instead runs a
+//! GGUF model in a worker process (`local.rs`), decoded under that schema.
+
+pub mod local;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -23,6 +31,7 @@ use async_openai::middleware::HttpRequestFactory;
 use async_openai::types::chat::{
     ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
     ChatCompletionRequestUserMessage, CreateChatCompletionRequest, ResponseFormat,
+    ResponseFormatJsonSchema,
 };
 use async_openai::Client;
 
@@ -183,6 +192,8 @@ pub struct Completion {
     /// Prompt and reply tokens as the server counted them (estimated when it did not).
     pub tokens: u64,
     pub attempts: u32,
+    /// Events to record beside the proposal: (kind, detail).
+    pub events: Vec<(&'static str, String)>,
 }
 
 /// A request that failed for good.
@@ -192,12 +203,28 @@ pub struct Failure {
     pub attempts: u32,
 }
 
+/// What the request's `response_format` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Schema,
+    Object,
+    Plain,
+}
+
+enum Backend {
+    Http(Client<OpenAIConfig>),
+    Local(std::sync::Arc<local::Worker>),
+}
+
 /// One specialist's connection to its model.
 pub struct LlmClient {
-    client: Client<OpenAIConfig>,
+    backend: Backend,
     config: LlmSection,
-    /// Whether requests ask for `response_format: json_object`.
-    json: bool,
+    /// The proposal schema of the specialist's surface.
+    schema: Option<serde_json::Value>,
+    format: Format,
+    /// Requests sent so far (a local model's seed moves on by one each).
+    sent: u64,
     /// (time, tokens) of each request in the last hour.
     window: VecDeque<(Instant, u64)>,
     /// The API key, to redact from error bodies a server echoes it in.
@@ -206,7 +233,25 @@ pub struct LlmClient {
 
 impl LlmClient {
     /// A client for `config`; reads the API key from the environment.
-    pub fn new(config: &LlmSection) -> Result<LlmClient, String> {
+    /// Replies are asked for in the shape of `schema`, where there is one.
+    pub fn new(config: &LlmSection, schema: Option<serde_json::Value>) -> Result<LlmClient, String> {
+        let format = match (config.json_mode, &schema) {
+            (JsonMode::Off, _) => Format::Plain,
+            (JsonMode::On, _) | (JsonMode::Auto | JsonMode::Schema, None) => Format::Object,
+            (JsonMode::Auto | JsonMode::Schema, Some(_)) => Format::Schema,
+        };
+        if let Some(path) = &config.model_path {
+            return Ok(LlmClient {
+                backend: Backend::Local(local::Worker::shared(path, &config.device)),
+                config: config.clone(),
+                // A local model decodes under the schema unless it is off.
+                schema: schema.filter(|_| config.json_mode != JsonMode::Off),
+                format,
+                sent: 0,
+                window: VecDeque::new(),
+                secret: None,
+            });
+        }
         // reqwest's rustls needs a process-wide crypto provider; ring is it.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut secret = None;
@@ -233,9 +278,11 @@ impl LlmClient {
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let client = Client::with_config(openai).with_http_service(Transport { http });
         Ok(LlmClient {
-            client,
+            backend: Backend::Http(client),
             secret,
-            json: config.json_mode != JsonMode::Off,
+            schema,
+            format,
+            sent: 0,
             config: config.clone(),
             window: VecDeque::new(),
         })
@@ -278,7 +325,19 @@ impl LlmClient {
             // `max_tokens` rather than `max_completion_tokens`: llama.cpp,
             // Ollama and older vLLM know only the former.
             max_tokens: Some(self.config.max_reply_tokens),
-            response_format: self.json.then_some(ResponseFormat::JsonObject),
+            top_p: self.config.top_p,
+            response_format: match (self.format, &self.schema) {
+                (Format::Schema, Some(schema)) => Some(ResponseFormat::JsonSchema {
+                    json_schema: ResponseFormatJsonSchema {
+                        description: Some("One trial: a hypothesis and the edits that test it.".into()),
+                        name: "proposal".into(),
+                        schema: schema.clone(),
+                        strict: None,
+                    },
+                }),
+                (Format::Plain, _) => None,
+                _ => Some(ResponseFormat::JsonObject),
+            },
             ..Default::default()
         }
     }
@@ -312,6 +371,14 @@ impl LlmClient {
         user: &str,
         rng: &mut Rng,
     ) -> Result<Completion, Failure> {
+        if let Backend::Local(worker) = &self.backend {
+            let worker = worker.clone();
+            return self.complete_local(&worker, system, user, rng).await;
+        }
+        let Backend::Http(client) = &self.backend else {
+            unreachable!("local requests returned above")
+        };
+        let client = client.clone();
         let estimate = ((system.len() + user.len()) / 4) as u64;
         let mut attempts = 0;
         let mut backoff = 0;
@@ -321,7 +388,7 @@ impl LlmClient {
             let sent = Instant::now();
             let result = tokio::time::timeout(
                 Duration::from_secs(self.config.timeout_secs),
-                self.client.chat().create(request),
+                client.chat().create(request),
             )
             .await;
             let error = match result {
@@ -343,6 +410,7 @@ impl LlmClient {
                             text,
                             tokens,
                             attempts,
+                            events: Vec::new(),
                         }),
                         None => Err(Failure {
                             error: LlmError::Empty,
@@ -354,9 +422,9 @@ impl LlmClient {
                 Err(_) => LlmError::Timeout(self.config.timeout_secs),
             };
             self.window.push_back((sent, estimate));
-            // A server that does not know response_format says 400 (or 422):
-            // ask again without it, and never again.
-            if self.json
+            // A server that does not know a response_format says 400 (or
+            // 422): ask again with the next simpler one, and keep to it.
+            if self.format != Format::Plain
                 && self.config.json_mode == JsonMode::Auto
                 && matches!(
                     error,
@@ -366,8 +434,12 @@ impl LlmClient {
                     }
                 )
             {
-                tracing::info!(model = %self.config.model, "the endpoint refused response_format; asking for plain text from now on");
-                self.json = false;
+                let (from, to) = match self.format {
+                    Format::Schema => ("json_schema", Format::Object),
+                    _ => ("json_object", Format::Plain),
+                };
+                tracing::info!(model = %self.config.model, refused = from, "the endpoint refused a response_format; asking for {} from now on", if to == Format::Object { "json_object" } else { "plain text" });
+                self.format = to;
                 continue;
             }
             if !error.retryable() || attempts > self.config.max_retries {
@@ -386,6 +458,92 @@ impl LlmClient {
             };
             tracing::warn!(model = %self.config.model, attempt = attempts, error = %error, delay_ms = delay.as_millis() as u64, "LLM request failed; retrying");
             tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+impl LlmClient {
+    /// The prompt's budget in tokens: the configured one, and for a local
+    /// model no more than its context leaves beside the reply.
+    pub fn prompt_budget(&self) -> usize {
+        let configured = self.config.prompt_tokens;
+        match &self.config.model_path {
+            Some(path) => match crate::localmodel::inspect(path) {
+                Ok(info) => configured.min(
+                    info.context
+                        .saturating_sub(self.config.max_reply_tokens as usize)
+                        .max(info.context / 2)
+                        .saturating_sub(64),
+                ),
+                Err(_) => configured,
+            },
+            None => configured,
+        }
+    }
+
+    /// One reply of a local model; a worker that died is started again
+    /// (the retry policy's next attempt), and its restart is an event.
+    async fn complete_local(
+        &mut self,
+        worker: &local::Worker,
+        system: &str,
+        user: &str,
+        rng: &mut Rng,
+    ) -> Result<Completion, Failure> {
+        let seed = match self.config.seed {
+            Some(s) => s.wrapping_add(self.sent),
+            None => rng.next_u64(),
+        };
+        self.sent += 1;
+        let request = crate::localmodel::Request {
+            system: system.to_string(),
+            user: user.to_string(),
+            schema: self.schema.clone(),
+            sampling: crate::localmodel::Sampling {
+                temperature: self.config.temperature,
+                top_p: self.config.top_p.unwrap_or(0.95),
+                seed,
+                max_tokens: self.config.max_reply_tokens,
+            },
+        };
+        let mut events = Vec::new();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let sent = Instant::now();
+            let timeout = Duration::from_secs(self.config.timeout_secs);
+            match worker.ask(&request, timeout).await {
+                Ok(asked) => {
+                    if let Some(why) = asked.restarted {
+                        events.push(("llm_worker_restarted", format!("{}: the worker was started again ({why})", self.config.model)));
+                    }
+                    let r = asked.reply;
+                    let tokens = (r.prompt_tokens + r.reply_tokens) as u64;
+                    self.window.push_back((sent, tokens));
+                    let mut detail = r.speed();
+                    if r.cut_tokens > 0 {
+                        detail.push_str(&format!("; {} prompt tokens cut to fit the context", r.cut_tokens));
+                    }
+                    if r.stop == crate::localmodel::Stop::Length {
+                        detail.push_str("; the reply reached max_reply_tokens");
+                    }
+                    events.push(("llm_reply", format!("{}: {detail}", self.config.model)));
+                    return Ok(Completion {
+                        text: r.text,
+                        tokens,
+                        attempts,
+                        events,
+                    });
+                }
+                Err(error) => {
+                    self.window.push_back((sent, 0));
+                    if !error.retryable() || attempts > self.config.max_retries {
+                        return Err(Failure { error, attempts });
+                    }
+                    tracing::warn!(model = %self.config.model, attempt = attempts, error = %error, "local model request failed; starting its worker again");
+                    events.push(("llm_worker_died", format!("{}: {error}", self.config.model)));
+                }
+            }
         }
     }
 }
@@ -419,7 +577,7 @@ mod tests {
     fn the_hourly_budget_counts_requests_in_the_window() {
         let mut config = LlmSection::new("http://127.0.0.1:1/v1", "m");
         config.max_requests_per_hour = 2;
-        let mut c = LlmClient::new(&config).unwrap();
+        let mut c = LlmClient::new(&config, None).unwrap();
         let t0 = Instant::now();
         assert_eq!(c.budget_wait(t0), Duration::ZERO);
         c.window.push_back((t0, 10));

@@ -138,10 +138,7 @@ impl Actor for Specialist {
                 .map_err(|e| format!("cannot create inbox {}: {e}", inbox.display()))?;
             info!(specialist = %args.config.name, inbox = %inbox.display(), "manual specialist reads proposals from its inbox");
         }
-        let llm = match (&args.config.kind, &args.config.llm) {
-            (SpecialistKind::Llm, Some(section)) => Some(LlmClient::new(section)?),
-            _ => None,
-        };
+        let llm = llm_client(&args.config, &args.experiment)?;
         // Reads (incumbent, outcomes, which candidates are new) go straight
         // to the database, not through the lineage actor's mailbox behind
         // every other actor's writes; proposals are still written by it.
@@ -226,7 +223,7 @@ impl Actor for Specialist {
                 } = *replied;
                 state.llm = match client {
                     Some(c) => Some(c),
-                    None => state.config.llm.as_ref().map(LlmClient::new).transpose()?,
+                    None => llm_client(&state.config, &state.experiment)?,
                 };
                 state.request = None;
                 // The newest executor that asked (it may have been restarted
@@ -239,6 +236,13 @@ impl Actor for Specialist {
                     Ok(completion) => {
                         state.failures = 0;
                         debug!(specialist = %state.config.name, tokens = completion.tokens, attempts = completion.attempts, "model replied");
+                        for (kind, detail) in completion.events {
+                            let _ = state.lineage.cast(LineageMsg::Event {
+                                kind: kind.into(),
+                                subject: state.config.name.clone(),
+                                detail,
+                            });
+                        }
                         let new = proposal_trial(
                             state,
                             Ok(completion.text),
@@ -477,6 +481,22 @@ async fn propose_from_inbox(
     Ok(Some(trial))
 }
 
+/// An LLM specialist's client, its replies held to its surface's proposal schema.
+fn llm_client(
+    config: &SpecialistConfig,
+    experiment: &Experiment,
+) -> Result<Option<LlmClient>, String> {
+    match (&config.kind, &config.llm) {
+        (SpecialistKind::Llm, Some(section)) => {
+            let schema = experiment
+                .surface(&config.surface)
+                .map(crate::propose::schema::proposal);
+            LlmClient::new(section, schema).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// What became of an ask to an LLM specialist.
 enum Asked {
     /// A request is under way; its `Replied` answers the executor.
@@ -560,11 +580,7 @@ async fn ask_model(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let stderr_tails = stderr_tails(&feedback.recent);
-    let budget = state
-        .config
-        .llm
-        .as_ref()
-        .map_or(12_000, |l| l.prompt_tokens);
+    let budget = state.llm.as_ref().map_or(12_000, LlmClient::prompt_budget);
     let (system, user) = prompt::build(&prompt::PromptInput {
         instructions: &instructions,
         specialist: &state.config.name,

@@ -9,6 +9,7 @@
 //!   labels read for their direction and without.
 
 pub mod failures;
+pub mod llm;
 pub mod lineage;
 pub mod looping;
 

@@ -256,7 +256,7 @@ pub(super) fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<C
                 Some(_) => {}
             }
         }
-        check_llm(s, &mut |k, m| err(errors, &file, key(k), m));
+        check_llm(s, &base, &mut |k, m| err(errors, &file, key(k), m));
         if let Some(path) = &s.instructions {
             if !base.join(path).is_file() {
                 err(
@@ -314,7 +314,11 @@ pub(super) fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<C
                 program: parsed.program.as_ref().map(|p| base.join(p)),
                 llm: (s.kind == SpecialistKind::Llm)
                     .then(|| s.llm_section())
-                    .flatten(),
+                    .flatten()
+                    .map(|mut l| {
+                        l.model_path = l.model_path.map(|p| base.join(p));
+                        l
+                    }),
             })
             .collect(),
         experiment,
@@ -323,19 +327,35 @@ pub(super) fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<C
 }
 
 /// The llm keys are there exactly for `kind = "llm"`, with sane values.
-pub(super) fn check_llm(s: &SpecialistSection, report: &mut dyn FnMut(&str, String)) {
+pub(super) fn check_llm(
+    s: &SpecialistSection,
+    base: &Path,
+    report: &mut dyn FnMut(&str, String),
+) {
     if s.kind != SpecialistKind::Llm {
         for k in s.llm_keys_set() {
             report(k, "only a kind = \"llm\" specialist takes this key".into());
         }
         return;
     }
-    for (k, missing) in [
-        ("base_url", s.base_url.is_none()),
-        ("model", s.model.is_none()),
-    ] {
-        if missing {
-            report(k, "required for kind = \"llm\"".into());
+    if let Some(path) = &s.model_path {
+        check_local(s, &base.join(path), report);
+    } else {
+        for (k, missing) in [
+            ("base_url", s.base_url.is_none()),
+            ("model", s.model.is_none()),
+        ] {
+            if missing {
+                report(
+                    k,
+                    "required for kind = \"llm\" (or model_path, a local GGUF file)".into(),
+                );
+            }
+        }
+        for (k, set) in [("device", s.device.is_some())] {
+            if set {
+                report(k, "only a local model (model_path) takes this key".into());
+            }
         }
     }
     if s.instructions.is_none() {
@@ -347,7 +367,9 @@ pub(super) fn check_llm(s: &SpecialistSection, report: &mut dyn FnMut(&str, Stri
     let Some(llm) = s.llm_section() else {
         return;
     };
-    if !(llm.base_url.starts_with("http://") || llm.base_url.starts_with("https://")) {
+    if llm.model_path.is_none()
+        && !(llm.base_url.starts_with("http://") || llm.base_url.starts_with("https://"))
+    {
         report(
             "base_url",
             format!("`{}` is not an http:// or https:// URL", llm.base_url),
@@ -369,6 +391,9 @@ pub(super) fn check_llm(s: &SpecialistSection, report: &mut dyn FnMut(&str, Stri
             );
         }
     }
+    if let Some(p) = llm.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+        report("top_p", format!("{p} is outside (0, 1]"));
+    }
     if !(0.0..=2.0).contains(&llm.temperature) {
         report(
             "temperature",
@@ -384,6 +409,35 @@ pub(super) fn check_llm(s: &SpecialistSection, report: &mut dyn FnMut(&str, Stri
     ] {
         if small {
             report(k, "is too small".into());
+        }
+    }
+}
+
+/// A local model: no endpoint keys, and a file the worker can run (its
+/// GGUF header read here, so `ratchet check` names what is wrong).
+fn check_local(s: &SpecialistSection, path: &Path, report: &mut dyn FnMut(&str, String)) {
+    for (k, set) in [
+        ("base_url", s.base_url.is_some()),
+        ("api_key_env", s.api_key_env.is_some()),
+    ] {
+        if set {
+            report(k, "a local model (model_path) takes no endpoint keys".into());
+        }
+    }
+    if let Err(e) = crate::localmodel::inspect(path) {
+        report("model_path", e);
+    }
+    if let Some(device) = &s.device {
+        let cuda = device
+            .strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<usize>().is_ok());
+        if device != "cpu" && !cuda {
+            report("device", format!("`{device}`: expected `cpu` or `cuda:N`"));
+        } else if cuda && !cfg!(feature = "cuda") {
+            report(
+                "device",
+                format!("`{device}` needs a ratchet built with --features cuda"),
+            );
         }
     }
 }

@@ -241,9 +241,14 @@ pub struct SpecialistSection {
     // kind = "llm": the endpoint and the limits of its use, on the specialist
     // itself (see `LlmSection` for what each means and its default).
     pub base_url: Option<String>,
+    /// A GGUF file run by ratchet itself instead of an endpoint.
+    pub model_path: Option<PathBuf>,
     pub model: Option<String>,
     pub api_key_env: Option<String>,
     pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub device: Option<String>,
     pub timeout_secs: Option<u64>,
     pub max_requests_per_hour: Option<u32>,
     pub max_tokens_per_hour: Option<u64>,
@@ -260,9 +265,13 @@ impl SpecialistSection {
     pub(super) fn llm_keys_set(&self) -> Vec<&'static str> {
         let set = [
             ("base_url", self.base_url.is_some()),
+            ("model_path", self.model_path.is_some()),
             ("model", self.model.is_some()),
             ("api_key_env", self.api_key_env.is_some()),
             ("temperature", self.temperature.is_some()),
+            ("top_p", self.top_p.is_some()),
+            ("seed", self.seed.is_some()),
+            ("device", self.device.is_some()),
             ("timeout_secs", self.timeout_secs.is_some()),
             (
                 "max_requests_per_hour",
@@ -279,11 +288,21 @@ impl SpecialistSection {
         set.iter().filter(|(_, s)| *s).map(|(k, _)| *k).collect()
     }
 
-    /// The endpoint settings with defaults, when `base_url` and `model` are given.
+    /// The model's settings with defaults, when `base_url` and `model` or
+    /// `model_path` are given (`model_path` as written, relative to the file).
     pub fn llm_section(&self) -> Option<LlmSection> {
-        let mut l = LlmSection::new(self.base_url.as_ref()?, self.model.as_ref()?);
+        let mut l = match &self.model_path {
+            Some(path) => LlmSection::local(path.clone()),
+            None => LlmSection::new(self.base_url.as_ref()?, self.model.as_ref()?),
+        };
+        if let Some(model) = &self.model {
+            l.model = model.clone();
+        }
         l.api_key_env = self.api_key_env.clone();
         l.temperature = self.temperature.unwrap_or(l.temperature);
+        l.top_p = self.top_p;
+        l.seed = self.seed;
+        l.device = self.device.clone().unwrap_or(l.device);
         l.timeout_secs = self.timeout_secs.unwrap_or(l.timeout_secs);
         l.max_requests_per_hour = self
             .max_requests_per_hour
@@ -302,14 +321,29 @@ impl SpecialistSection {
 /// An OpenAI-compatible chat completions endpoint and the limits of its use.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlmSection {
-    /// The API root, such as `https://api.openai.com/v1` or `http://127.0.0.1:8080/v1`.
+    /// The API root, such as `https://api.openai.com/v1` or `http://127.0.0.1:8080/v1`
+    /// (empty for a local model).
     pub base_url: String,
+    /// A GGUF file run in a `ratchet llm-worker` child process instead of an
+    /// endpoint (resolved against specialists.toml's directory).
+    pub model_path: Option<PathBuf>,
+    /// The model's name at the endpoint (a local model: the file's stem, for logs).
     pub model: String,
     /// The name of the environment variable holding the API key (the key
     /// itself never appears in configuration). Local servers need none.
     pub api_key_env: Option<String>,
     /// Default 0.7.
     pub temperature: f32,
+    /// Nucleus sampling (a local model: default 0.95; an endpoint gets it
+    /// only when set).
+    pub top_p: Option<f32>,
+    /// The first reply's sampling seed, one more for each reply after it
+    /// (a local model; default: drawn from the daemon's seed).
+    pub seed: Option<u64>,
+    /// Where a local model runs: `cpu` (default) or `cuda:N` (a build with
+    /// `--features cuda`; that GPU is not leased to trials, so leave it out
+    /// of `[executor] gpus`).
+    pub device: String,
     /// Limit of one request, retries not included. Default 120.
     pub timeout_secs: u64,
     /// Requests in any sliding hour; over it the specialist waits. Default 120.
@@ -339,9 +373,13 @@ impl LlmSection {
     pub fn new(base_url: &str, model: &str) -> LlmSection {
         LlmSection {
             base_url: base_url.to_string(),
+            model_path: None,
             model: model.to_string(),
             api_key_env: None,
             temperature: 0.7,
+            top_p: None,
+            seed: None,
+            device: "cpu".into(),
             timeout_secs: 120,
             max_requests_per_hour: 120,
             max_tokens_per_hour: 2_000_000,
@@ -353,14 +391,35 @@ impl LlmSection {
             failure_backoff_secs: 30,
         }
     }
+
+    /// A local model file with every limit at its default.
+    pub fn local(path: PathBuf) -> LlmSection {
+        let name = path
+            .file_stem()
+            .map_or("local".into(), |s| s.to_string_lossy().into_owned());
+        LlmSection {
+            model_path: Some(path),
+            // A small model's replies are short: the most a proposal needs.
+            max_reply_tokens: 1024,
+            // Decoding on a CPU: several minutes for a long prompt.
+            timeout_secs: 600,
+            ..LlmSection::new("", &name)
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JsonMode {
+    /// The surface's schema (`json_schema`); a server that refuses it is
+    /// asked for `json_object`, and one that refuses that for plain text.
     #[default]
     Auto,
+    /// `json_object` only.
     On,
+    /// The surface's schema only.
+    Schema,
+    /// Plain text (a local model: decoded without the grammar).
     Off,
 }
 

@@ -6,4 +6,5 @@ pub mod model;
 pub mod prompt;
 pub mod reply;
 pub mod rng;
+pub mod schema;
 pub mod search;
