@@ -234,7 +234,10 @@ pub struct LlmClient {
 impl LlmClient {
     /// A client for `config`; reads the API key from the environment.
     /// Replies are asked for in the shape of `schema`, where there is one.
-    pub fn new(config: &LlmSection, schema: Option<serde_json::Value>) -> Result<LlmClient, String> {
+    pub fn new(
+        config: &LlmSection,
+        schema: Option<serde_json::Value>,
+    ) -> Result<LlmClient, String> {
         let format = match (config.json_mode, &schema) {
             (JsonMode::Off, _) => Format::Plain,
             (JsonMode::On, _) | (JsonMode::Auto | JsonMode::Schema, None) => Format::Object,
@@ -329,7 +332,9 @@ impl LlmClient {
             response_format: match (self.format, &self.schema) {
                 (Format::Schema, Some(schema)) => Some(ResponseFormat::JsonSchema {
                     json_schema: ResponseFormatJsonSchema {
-                        description: Some("One trial: a hypothesis and the edits that test it.".into()),
+                        description: Some(
+                            "One trial: a hypothesis and the edits that test it.".into(),
+                        ),
                         name: "proposal".into(),
                         schema: schema.clone(),
                         strict: None,
@@ -515,14 +520,23 @@ impl LlmClient {
             match worker.ask(&request, timeout).await {
                 Ok(asked) => {
                     if let Some(why) = asked.restarted {
-                        events.push(("llm_worker_restarted", format!("{}: the worker was started again ({why})", self.config.model)));
+                        events.push((
+                            "llm_worker_restarted",
+                            format!(
+                                "{}: the worker was started again ({why})",
+                                self.config.model
+                            ),
+                        ));
                     }
                     let r = asked.reply;
                     let tokens = (r.prompt_tokens + r.reply_tokens) as u64;
                     self.window.push_back((sent, tokens));
                     let mut detail = r.speed();
                     if r.cut_tokens > 0 {
-                        detail.push_str(&format!("; {} prompt tokens cut to fit the context", r.cut_tokens));
+                        detail.push_str(&format!(
+                            "; {} prompt tokens cut to fit the context",
+                            r.cut_tokens
+                        ));
                     }
                     if r.stop == crate::localmodel::Stop::Length {
                         detail.push_str("; the reply reached max_reply_tokens");

@@ -505,3 +505,72 @@ fn a_score_from_train_needs_its_scorer_protected_and_a_metric_format_that_reads(
     let out = dir.ratchet(&["check"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+/// A GGUF header (version 3, no tensors) with these string metadata.
+fn gguf_header(metadata: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.extend((metadata.len() as u64).to_le_bytes());
+    for (k, v) in metadata {
+        b.extend((k.len() as u64).to_le_bytes());
+        b.extend(k.as_bytes());
+        b.extend(8u32.to_le_bytes()); // a string
+        b.extend((v.len() as u64).to_le_bytes());
+        b.extend(v.as_bytes());
+    }
+    b
+}
+
+#[test]
+fn a_local_model_the_worker_cannot_run_is_refused_with_its_path_and_reason() {
+    let dir = Dir::with_fixture("faulty");
+    dir.write("agents/a.md", "instructions\n");
+    dir.write("models/notes.gguf", "these are notes, not a model\n");
+    std::fs::write(
+        dir.path().join("models/bert.gguf"),
+        gguf_header(&[
+            ("general.architecture", "bert"),
+            ("tokenizer.ggml.model", "gpt2"),
+        ]),
+    )
+    .unwrap();
+    let mut truncated = gguf_header(&[("general.architecture", "llama")]);
+    truncated.truncate(truncated.len() - 3);
+    std::fs::write(dir.path().join("models/cut.gguf"), truncated).unwrap();
+    let specialist = |name: &str, extra: &str| {
+        format!(
+            "\n[[specialist]]\nname = \"{name}\"\nsurface = \"search\"\nkind = \"llm\"\n\
+             instructions = \"agents/a.md\"\n{extra}\n"
+        )
+    };
+    dir.write(
+        "specialists.toml",
+        &format!(
+            "[daemon]\nexperiment = \"experiment\"\n{}{}{}{}{}",
+            specialist("missing", "model_path = \"models/absent.gguf\""),
+            specialist("text", "model_path = \"models/notes.gguf\""),
+            specialist("arch", "model_path = \"models/bert.gguf\""),
+            specialist("cut", "model_path = \"models/cut.gguf\""),
+            specialist(
+                "both",
+                "model_path = \"models/absent.gguf\"\nbase_url = \"http://127.0.0.1:1/v1\"\ndevice = \"gpu\"\ntop_p = 1.5"
+            ),
+        ),
+    );
+    let out = dir.ratchet(&["check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    let models = dir.path().join("models");
+    for expected in [
+        format!("specialist[0].model_path: model {}/absent.gguf: cannot open", models.display()),
+        format!("specialist[1].model_path: model {}/notes.gguf: not a GGUF file", models.display()),
+        format!("specialist[2].model_path: model {}/bert.gguf: architecture `bert` is not supported (supported: llama, mistral, qwen2, qwen3)", models.display()),
+        format!("specialist[3].model_path: model {}/cut.gguf: the GGUF header cannot be read", models.display()),
+        "specialist[4].base_url: a local model (model_path) takes no endpoint keys".to_string(),
+        "specialist[4].device: `gpu`: expected `cpu` or `cuda:N`".to_string(),
+        "specialist[4].top_p: 1.5 is outside (0, 1]".to_string(),
+    ] {
+        assert!(err.contains(&expected), "missing `{expected}` in:\n{err}");
+    }
+}

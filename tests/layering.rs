@@ -20,9 +20,15 @@ const MAX_LINES: usize = 800;
 /// everything under it).
 const CRATES: &[(&str, &[&str])] = &[
     ("sled", &["lineage::*"]),
-    ("candle_core", &["tinylm::*"]),
+    ("candle_core", &["tinylm::*", "localmodel::*"]),
     ("candle_nn", &["tinylm::*"]),
-    ("candle_transformers", &["tinylm::*"]),
+    ("candle_transformers", &["tinylm::*", "localmodel::*"]),
+    // A local model's tokenizer, chat template and constrained decoding.
+    ("tokenizers", &["localmodel::*"]),
+    ("toktrie", &["localmodel::*"]),
+    ("llguidance", &["localmodel::*"]),
+    ("minijinja", &["localmodel::*"]),
+    ("minijinja_contrib", &["localmodel::*"]),
     ("async_openai", &["llm"]),
     ("git2", &["provenance"]),
     ("anyhow", &["cli::*", "run", "bench::*", "main"]),

@@ -371,7 +371,7 @@ except OSError:\n    print('parent_env=unreadable')"}]),
 }
 
 #[test]
-fn a_server_without_json_mode_is_asked_again_in_plain_text_and_remembered() {
+fn a_server_without_structured_output_is_asked_again_more_simply_and_remembered() {
     let server = LlmServer::start(|_, n, body| {
         if body.get("response_format").is_some_and(|f| !f.is_null()) {
             Reply::Status(400, vec![])
@@ -390,18 +390,29 @@ fn a_server_without_json_mode_is_asked_again_in_plain_text_and_remembered() {
     );
     dir.ratchet_ok(&["run", "--trials", "4"]);
     let requests = server.requests_of("m");
-    let with_format = requests
+    let formats: Vec<&str> = requests
         .iter()
-        .filter(|r| r.body.get("response_format").is_some_and(|f| !f.is_null()))
-        .count();
+        .filter_map(|r| r.body.get("response_format"))
+        .filter(|f| !f.is_null())
+        .map(|f| f["type"].as_str().unwrap_or("?"))
+        .collect();
     assert_eq!(
-        with_format, 1,
-        "asked once with response_format, then never"
+        formats,
+        ["json_schema", "json_object"],
+        "asked once with the surface's schema, once with json_object, then never"
+    );
+    let schema = &requests[0].body["response_format"]["json_schema"]["schema"];
+    let set = &schema["properties"]["edits"]["items"];
+    assert!(
+        set["properties"]["values"]["properties"]
+            .get("search.x")
+            .is_some(),
+        "the schema names the surface's key: {schema}"
     );
     assert_eq!(
         requests.len(),
-        4,
-        "the refusal plus one request per proposal"
+        5,
+        "the two refusals plus one request per proposal"
     );
     assert_eq!(
         dir.trials().iter().filter(|t| t["score"].is_f64()).count(),

@@ -103,7 +103,11 @@ pub fn llm_command(model: &Path, proposals: u32, python: Option<&Path>) -> anyho
         total += reply.prompt_secs + reply.reply_secs;
         let ok = reply::parse(&reply.text).is_ok();
         candle.parsed += u32::from(ok);
-        println!("  candle proposal {}: {}; parses: {ok}", i + 1, reply.speed());
+        println!(
+            "  candle proposal {}: {}; parses: {ok}",
+            i + 1,
+            reply.speed()
+        );
     }
     candle.secs_per_proposal = total / f64::from(proposals.max(1));
     let llama = match python {
@@ -130,7 +134,12 @@ pub fn llm_command(model: &Path, proposals: u32, python: Option<&Path>) -> anyho
 }
 
 /// The same figures from llama-cpp-python on the same file and prompt.
-fn llama_cpp(python: &Path, model: &Path, proposals: u32, threads: usize) -> anyhow::Result<Figures> {
+fn llama_cpp(
+    python: &Path,
+    model: &Path,
+    proposals: u32,
+    threads: usize,
+) -> anyhow::Result<Figures> {
     let dir = tempfile_dir()?;
     let script = dir.join("llama_cpp_bench.py");
     std::fs::write(&script, LLAMA_CPP)?;
@@ -160,8 +169,8 @@ fn llama_cpp(python: &Path, model: &Path, proposals: u32, threads: usize) -> any
         println!("{line}");
     }
     let last = stdout.lines().last().unwrap_or_default();
-    let v: serde_json::Value =
-        serde_json::from_str(last).with_context(|| format!("llama_cpp_bench.py printed {last:?}"))?;
+    let v: serde_json::Value = serde_json::from_str(last)
+        .with_context(|| format!("llama_cpp_bench.py printed {last:?}"))?;
     let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let texts = v["replies"].as_array().cloned().unwrap_or_default();
     Ok(Figures {

@@ -9,8 +9,8 @@
 //!   labels read for their direction and without.
 
 pub mod failures;
-pub mod llm;
 pub mod lineage;
+pub mod llm;
 pub mod looping;
 
 pub use lineage::lineage_command;

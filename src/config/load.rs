@@ -327,11 +327,7 @@ pub(super) fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<C
 }
 
 /// The llm keys are there exactly for `kind = "llm"`, with sane values.
-pub(super) fn check_llm(
-    s: &SpecialistSection,
-    base: &Path,
-    report: &mut dyn FnMut(&str, String),
-) {
+pub(super) fn check_llm(s: &SpecialistSection, base: &Path, report: &mut dyn FnMut(&str, String)) {
     if s.kind != SpecialistKind::Llm {
         for k in s.llm_keys_set() {
             report(k, "only a kind = \"llm\" specialist takes this key".into());
@@ -421,7 +417,10 @@ fn check_local(s: &SpecialistSection, path: &Path, report: &mut dyn FnMut(&str, 
         ("api_key_env", s.api_key_env.is_some()),
     ] {
         if set {
-            report(k, "a local model (model_path) takes no endpoint keys".into());
+            report(
+                k,
+                "a local model (model_path) takes no endpoint keys".into(),
+            );
         }
     }
     if let Err(e) = crate::localmodel::inspect(path) {

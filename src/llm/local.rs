@@ -81,7 +81,12 @@ impl Worker {
 
     /// The process id of the running worker, if one runs.
     pub async fn pid(&self) -> Option<u32> {
-        self.process.lock().await.running.as_ref().and_then(|p| p.child.id())
+        self.process
+            .lock()
+            .await
+            .running
+            .as_ref()
+            .and_then(|p| p.child.id())
     }
 
     /// One reply; `timeout` covers the request, not the model's loading.
@@ -118,7 +123,13 @@ impl Worker {
         };
         let result = match outcome {
             Err(_) => {
-                let why = died(p, format!("it gave no reply within {} s and was stopped", timeout.as_secs()));
+                let why = died(
+                    p,
+                    format!(
+                        "it gave no reply within {} s and was stopped",
+                        timeout.as_secs()
+                    ),
+                );
                 slot.ended = Some(why.clone());
                 slot.running = None;
                 return Err(LlmError::Other(format!("the local model {why}")));
@@ -131,17 +142,24 @@ impl Worker {
         match result {
             Ok(Answer::Reply(reply)) => Ok(Asked { reply, restarted }),
             Ok(Answer::Error(e)) => Err(LlmError::Other(format!("the local model: {e}"))),
-            Ok(Answer::Ready(_)) => Err(LlmError::Other("the local model answered out of turn".into())),
+            Ok(Answer::Ready(_)) => Err(LlmError::Other(
+                "the local model answered out of turn".into(),
+            )),
             Err(why) => {
                 let status = p.child.try_wait().ok().flatten();
-                let why = died(p, match status {
-                    Some(s) => format!("{why} ({s})"),
-                    None => why,
-                });
+                let why = died(
+                    p,
+                    match status {
+                        Some(s) => format!("{why} ({s})"),
+                        None => why,
+                    },
+                );
                 slot.ended = Some(why.clone());
                 slot.running = None;
                 // Worth another try: the next one starts a new worker.
-                Err(LlmError::Transport(format!("the local model's worker: {why}")))
+                Err(LlmError::Transport(format!(
+                    "the local model's worker: {why}"
+                )))
             }
         }
     }
@@ -184,7 +202,10 @@ impl Worker {
                 )))
             }
             Ok(Err(e)) => fail(format!("cannot read its worker: {e}")),
-            Err(_) => fail(format!("its worker did not load within {} s", LOAD_TIMEOUT.as_secs())),
+            Err(_) => fail(format!(
+                "its worker did not load within {} s",
+                LOAD_TIMEOUT.as_secs()
+            )),
         }
     }
 }

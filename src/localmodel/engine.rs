@@ -27,7 +27,12 @@ enum Weights {
 
 impl Weights {
     /// The logits of the next token after `tokens`, which start at `pos`.
-    fn forward(&mut self, tokens: &[TokenId], pos: usize, device: &Device) -> Result<Vec<f32>, String> {
+    fn forward(
+        &mut self,
+        tokens: &[TokenId],
+        pos: usize,
+        device: &Device,
+    ) -> Result<Vec<f32>, String> {
         let mut run = || -> candle_core::Result<Vec<f32>> {
             let x = Tensor::new(tokens, device)?.unsqueeze(0)?;
             let logits = match self {
@@ -80,7 +85,14 @@ pub struct Engine {
     template: ChatTemplate,
     /// Tokens that end a reply (the file's eos and the chat end-of-turn tokens).
     stops: Vec<TokenId>,
+    /// Tokens whose text starts with a digit (see [`MAX_DIGITS`]).
+    digit_first: Vec<bool>,
 }
+
+/// The most digits in a row a constrained reply may write: a JSON number
+/// has no length limit in a schema, and a small model can write digits
+/// until its reply runs out (`0.0173448598439854995890978...`).
+const MAX_DIGITS: usize = 12;
 
 /// End-of-turn tokens of the common chat formats, besides the file's eos.
 const END_OF_TURN: [&str; 4] = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>"];
@@ -129,8 +141,12 @@ impl Engine {
         stops.sort_unstable();
         stops.dedup();
         let env = token_env(tokenizer.clone(), vocab_rows, eos, &stops).map_err(fail)?;
-        let mut factory = ParserFactory::new_simple(&env)
-            .map_err(|e| fail(format!("llguidance: {e}")))?;
+        let trie = env.tok_trie();
+        let digit_first = (0..trie.vocab_size() as TokenId)
+            .map(|t| trie.token(t).first().is_some_and(u8::is_ascii_digit))
+            .collect();
+        let mut factory =
+            ParserFactory::new_simple(&env).map_err(|e| fail(format!("llguidance: {e}")))?;
         factory.quiet();
         file.rewind().map_err(|e| fail(e.to_string()))?;
         let loaded = match info.architecture.as_str() {
@@ -150,6 +166,7 @@ impl Engine {
             factory,
             template,
             stops,
+            digit_first,
         })
     }
 
@@ -196,11 +213,23 @@ impl Engine {
         let (prompt, cut_tokens) = self.prompt(request)?;
         let mut matcher = match &request.schema {
             Some(schema) => {
-                let grammar = TopLevelGrammar::from_json_schema(schema.clone());
-                let parser = self
-                    .factory
-                    .create_parser(grammar)
-                    .map_err(|e| format!("the reply schema is not a grammar llguidance accepts: {e}"))?;
+                // Compact JSON: a small model otherwise pads with blank lines
+                // until its reply runs out.
+                let mut schema = schema.clone();
+                if let Some(o) = schema.as_object_mut() {
+                    o.insert(
+                        "x-guidance".into(),
+                        serde_json::json!({
+                            "whitespace_flexible": false,
+                            "item_separator": ", ",
+                            "key_separator": ": ",
+                        }),
+                    );
+                }
+                let grammar = TopLevelGrammar::from_json_schema(schema);
+                let parser = self.factory.create_parser(grammar).map_err(|e| {
+                    format!("the reply schema is not a grammar llguidance accepts: {e}")
+                })?;
                 Some(Matcher::new(Ok(parser)))
             }
             None => None,
@@ -221,21 +250,21 @@ impl Engine {
                     stop = Stop::Done;
                     break;
                 }
-                Some(m) => Some(
-                    m.compute_mask()
-                        .map_err(|e| format!("llguidance: {e}"))?,
-                ),
+                Some(m) => Some(m.compute_mask().map_err(|e| format!("llguidance: {e}"))?),
                 None => None,
             };
             if let Some(mask) = &allowed {
+                let too_long = self.trailing_digits(&out) >= MAX_DIGITS;
                 for (i, l) in logits.iter_mut().enumerate() {
-                    if !mask.is_allowed(i as TokenId) {
+                    let cut = too_long && self.digit_first[i];
+                    if !mask.is_allowed(i as TokenId) || cut {
                         *l = f32::NEG_INFINITY;
                     }
                 }
             }
-            let token = sample(&logits, sampling, &mut rng)
-                .ok_or("the grammar allows no token here (llguidance found the schema unsatisfiable)")?;
+            let token = sample(&logits, sampling, &mut rng).ok_or(
+                "the grammar allows no token here (llguidance found the schema unsatisfiable)",
+            )?;
             if self.stops.contains(&token) {
                 stop = Stop::Done;
                 break;
@@ -262,6 +291,22 @@ impl Engine {
             prompt_secs,
             reply_secs: t1.elapsed().as_secs_f64(),
         })
+    }
+}
+
+impl Engine {
+    /// How many digits the reply so far ends with.
+    fn trailing_digits(&self, out: &[TokenId]) -> usize {
+        let mut n = 0;
+        for &t in out.iter().rev() {
+            let text = self.tokenizer.id_to_token(t).unwrap_or_default();
+            let digits = text.bytes().rev().take_while(u8::is_ascii_digit).count();
+            n += digits;
+            if digits < text.len() {
+                break;
+            }
+        }
+        n
     }
 }
 
@@ -390,14 +435,20 @@ mod tests {
         // Tokens 2 and 3 hold ~0.7 of the mass: a nucleus of 0.6 is them alone.
         for _ in 0..200 {
             let t = sample(&logits, &sampling(1.0, 0.6), &mut rng).unwrap();
-            assert!(t == 2 || t == 3, "token {t} is outside the nucleus (seed 7)");
+            assert!(
+                t == 2 || t == 3,
+                "token {t} is outside the nucleus (seed 7)"
+            );
         }
         let mut seen = [0; 5];
         for _ in 0..2000 {
             seen[sample(&logits, &sampling(1.0, 1.0), &mut rng).unwrap() as usize] += 1;
         }
         assert_eq!(seen[1], 0, "a masked token was drawn (seed 7)");
-        assert!(seen[0] > 0, "the whole distribution is reachable at top_p 1 (seed 7)");
+        assert!(
+            seen[0] > 0,
+            "the whole distribution is reachable at top_p 1 (seed 7)"
+        );
         assert_eq!(
             sample(&[f32::NEG_INFINITY; 3], &sampling(1.0, 1.0), &mut rng),
             None

@@ -76,7 +76,10 @@ mod tests {
         assert!(bad.err().unwrap().contains("does not parse"));
         let raising =
             ChatTemplate::new(Some("{{ raise_exception('no system role') }}"), "", "").unwrap();
-        assert!(raising.render("a", "b").unwrap_err().contains("no system role"));
+        assert!(raising
+            .render("a", "b")
+            .unwrap_err()
+            .contains("no system role"));
     }
 
     #[test]

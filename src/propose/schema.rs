@@ -31,7 +31,10 @@ pub fn proposal(surface: &SurfaceSection) -> Value {
             "search_replace",
             &[
                 ("path", path.clone()),
-                ("search", json!({"type": "string", "minLength": 1, "maxLength": 4000})),
+                (
+                    "search",
+                    json!({"type": "string", "minLength": 1, "maxLength": 4000}),
+                ),
                 ("replace", json!({"type": "string", "maxLength": 4000})),
             ],
         ));
@@ -43,6 +46,12 @@ pub fn proposal(surface: &SurfaceSection) -> Value {
             ],
         ));
     }
+    // One `set` says all a value surface can; file edits may need several.
+    let max_edits = if surface.files.is_empty() {
+        1
+    } else {
+        MAX_EDITS
+    };
     let item = match kinds.len() {
         1 => kinds.pop().expect("one"),
         _ => json!({"anyOf": kinds}),
@@ -51,7 +60,7 @@ pub fn proposal(surface: &SurfaceSection) -> Value {
         "type": "object",
         "properties": {
             "hypothesis": {"type": "string", "minLength": 1, "maxLength": MAX_HYPOTHESIS},
-            "edits": {"type": "array", "minItems": 1, "maxItems": MAX_EDITS, "items": item},
+            "edits": {"type": "array", "minItems": 1, "maxItems": max_edits, "items": item},
             "expected_delta": {"type": "number"},
         },
         "required": ["hypothesis", "edits"],
@@ -150,14 +159,19 @@ mod tests {
         assert_eq!(values["properties"]["optimizer.warmup"]["type"], "integer");
         assert_eq!(
             values["properties"]["optimizer.kind"]["enum"],
-            json!([ParamValue::Str("adam".into()), ParamValue::Str("sgd".into())])
+            json!([
+                ParamValue::Str("adam".into()),
+                ParamValue::Str("sgd".into())
+            ])
         );
     }
 
     #[test]
     fn file_edits_name_the_surface_files() {
         let s = proposal(&surface(&["train.py", "model/"]));
-        let kinds = s["properties"]["edits"]["items"]["anyOf"].as_array().unwrap();
+        let kinds = s["properties"]["edits"]["items"]["anyOf"]
+            .as_array()
+            .unwrap();
         assert_eq!(kinds.len(), 3);
         let pattern = kinds[1]["properties"]["path"]["pattern"].as_str().unwrap();
         let re = regex::Regex::new(pattern).unwrap();
