@@ -182,7 +182,7 @@ fn workers_in(dir: &std::path::Path) -> Vec<i32> {
 fn a_worker_killed_during_a_proposal_is_started_again_and_the_specialist_goes_on() {
     let seed = 12;
     let dir = setup(seed);
-    let mut run = Command::new(env!("CARGO_BIN_EXE_ratchet"))
+    let run = Command::new(env!("CARGO_BIN_EXE_ratchet"))
         .args(["run", "--trials", "3"])
         .current_dir(dir.path())
         .stdout(Stdio::piped())

@@ -134,7 +134,7 @@ async fn drive(config: Config, trials: u64) -> anyhow::Result<Measured> {
                 let before = seen.insert(t.id, t.status);
                 if t.status.is_terminal() && before != Some(t.status) {
                     done += 1;
-                    if done % 100 == 0 {
+                    if done.is_multiple_of(100) {
                         let _ = writeln!(
                             progress.lock(),
                             "{done} trials finished, {:.1} s",

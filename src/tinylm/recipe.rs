@@ -210,15 +210,15 @@ impl Recipe {
             format!("architecture.width must be in 8..=4096, got {}", a.width),
         );
         check(
-            a.heads >= 1 && a.width % a.heads.max(1) == 0,
+            a.heads >= 1 && a.width.is_multiple_of(a.heads.max(1)),
             format!(
                 "architecture.heads ({}) must divide architecture.width ({})",
                 a.heads, a.width
             ),
         );
-        if a.position == Position::Rope && a.heads >= 1 && a.width % a.heads == 0 {
+        if a.position == Position::Rope && a.heads >= 1 && a.width.is_multiple_of(a.heads) {
             check(
-                (a.width / a.heads) % 2 == 0,
+                (a.width / a.heads).is_multiple_of(2),
                 format!(
                     "rope needs an even head size, width/heads = {}",
                     a.width / a.heads

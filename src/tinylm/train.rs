@@ -287,7 +287,7 @@ pub fn train(recipe: &Recipe, out: &Path, opts: &TrainOptions) -> Result<TrainRe
             );
             next_progress = at + PROGRESS_SECS;
         }
-        if opts.log_every > 0 && state.step % opts.log_every == 0 {
+        if opts.log_every > 0 && state.step.is_multiple_of(opts.log_every) {
             let secs = session.elapsed().as_secs_f64().max(1e-9);
             println!(
                 "step {} loss {:.4} lr {:.2e} tok/s {:.0}",
@@ -297,7 +297,7 @@ pub fn train(recipe: &Recipe, out: &Path, opts: &TrainOptions) -> Result<TrainRe
                 session_tokens as f64 / secs
             );
         }
-        if state.step % recipe.checkpoint.save_interval == 0 {
+        if state.step.is_multiple_of(recipe.checkpoint.save_interval) {
             state.elapsed_secs = base_elapsed + session.elapsed().as_secs_f64();
             state.rng = rng.state();
             save_checkpoint(
