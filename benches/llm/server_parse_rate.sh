@@ -7,18 +7,24 @@
 # specialist of the regression experiment with the shipped
 # agents/optimizer.md, TRIALS trials (the baseline is one of them).
 #
-# Usage: benches/llm/server_parse_rate.sh [TRIALS] [MODEL.gguf]
+# Usage: benches/llm/server_parse_rate.sh [TRIALS] [MODEL.gguf] [RUNS]
+#   RUNS: some of "plain object schema local" (default all four).
 #   PYTHON: a Python with llama-cpp-python[server] (default python3);
 #   pip install 'llama-cpp-python[server]' builds llama.cpp (~30 min on 2 cores).
-#   RATCHET: the ratchet binary (default target/release/ratchet, else
-#   target/debug/ratchet, whose model code is optimized too).
+#   RATCHET: the ratchet binary (default the newer of target/release/ratchet
+#   and target/debug/ratchet, whose model code is optimized too).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 trials=${1:-11}
 model=${2:-$("$root/.ci/fetch-model")}
 python=${PYTHON:-python3}
-ratchet=${RATCHET:-$root/target/release/ratchet}
-[[ -x $ratchet ]] || ratchet=$root/target/debug/ratchet
+runs=${3:-plain object schema local}
+ratchet=${RATCHET:-}
+if [[ -z $ratchet ]]; then
+    ratchet=$root/target/debug/ratchet
+    release=$root/target/release/ratchet
+    [[ -x $release && ( ! -x $ratchet || $release -nt $ratchet ) ]] && ratchet=$release
+fi
 port=${PORT:-18765}
 work=$(mktemp -d)
 server_pid=
@@ -75,11 +81,16 @@ print(f"{sys.argv[1]:<34} {len(ok):>3} of {len(mine):<3} replies are proposals  
 
 base="base_url = \"http://127.0.0.1:$port/v1\"
 model = \"smollm2\""
-echo "parse rates, $((trials - 1)) proposals each, $(basename "$model"):"
-run "llama.cpp server, plain text" "$base
-json_mode = \"off\""
-run "llama.cpp server, json_object" "$base
-json_mode = \"on\""
-run "llama.cpp server, JSON Schema" "$base
-json_mode = \"schema\""
-run "ratchet llm-worker (candle), schema" "model_path = \"$model\""
+echo "parse rates, $((trials - 1)) proposals each, $(basename "$model"), $ratchet:"
+for r in $runs; do
+    case $r in
+        plain) run "llama.cpp server, plain text" "$base
+json_mode = \"off\"" ;;
+        object) run "llama.cpp server, json_object" "$base
+json_mode = \"on\"" ;;
+        schema) run "llama.cpp server, JSON Schema" "$base
+json_mode = \"schema\"" ;;
+        local) run "ratchet llm-worker (candle), schema" "model_path = \"$model\"" ;;
+        *) echo "unknown run $r" >&2; exit 2 ;;
+    esac
+done
