@@ -428,17 +428,18 @@ impl LlmClient {
             };
             self.window.push_back((sent, estimate));
             // A server that does not know a response_format says 400 (or
-            // 422): ask again with the next simpler one, and keep to it.
-            if self.format != Format::Plain
-                && self.config.json_mode == JsonMode::Auto
-                && matches!(
-                    error,
-                    LlmError::Status {
-                        status: 400 | 422,
-                        ..
-                    }
-                )
-            {
+            // 422; llama-cpp-python's says 500 and names the field): ask
+            // again with the next simpler one, and keep to it.
+            let refused = match &error {
+                LlmError::Status {
+                    status: 400 | 422, ..
+                } => true,
+                LlmError::Status {
+                    status: 500, body, ..
+                } => body.contains("response_format"),
+                _ => false,
+            };
+            if self.format != Format::Plain && self.config.json_mode == JsonMode::Auto && refused {
                 let (from, to) = match self.format {
                     Format::Schema => ("json_schema", Format::Object),
                     _ => ("json_object", Format::Plain),

@@ -108,7 +108,7 @@ fn a_valid_edit_runs_and_a_crash_reaches_the_next_prompt() {
     );
     assert!(first.contains("## train.py"), "the surface's files");
     assert!(!first.contains("HYP-CRASH-17"));
-    assert_eq!(requests[0].body["response_format"]["type"], "json_object");
+    assert_eq!(requests[0].body["response_format"]["type"], "json_schema");
     let last = requests.last().unwrap().prompt();
     let crash_id = format!("#{} ", crash["id"]);
     for needle in [
@@ -373,7 +373,14 @@ except OSError:\n    print('parent_env=unreadable')"}]),
 #[test]
 fn a_server_without_structured_output_is_asked_again_more_simply_and_remembered() {
     let server = LlmServer::start(|_, n, body| {
-        if body.get("response_format").is_some_and(|f| !f.is_null()) {
+        let format = &body["response_format"]["type"];
+        if format == "json_schema" {
+            // What llama-cpp-python's server answers.
+            Reply::Body(
+                500,
+                r#"{"error":{"message":"1 validation error: ('body', 'response_format', 'type'): Input should be 'text' or 'json_object'"}}"#.into(),
+            )
+        } else if !format.is_null() {
             Reply::Status(400, vec![])
         } else {
             Reply::Text(proposal(
@@ -402,7 +409,8 @@ fn a_server_without_structured_output_is_asked_again_more_simply_and_remembered(
         "asked once with the surface's schema, once with json_object, then never"
     );
     let schema = &requests[0].body["response_format"]["json_schema"]["schema"];
-    let set = &schema["properties"]["edits"]["items"];
+    let set = &schema["properties"]["edits"]["items"]["anyOf"][0];
+    assert_eq!(set["properties"]["kind"]["const"], "set", "{schema}");
     assert!(
         set["properties"]["values"]["properties"]
             .get("search.x")
