@@ -225,6 +225,8 @@ pub struct LlmClient {
     format: Format,
     /// Requests sent so far (a local model's seed moves on by one each).
     sent: u64,
+    /// A local model's context in tokens (read once from its header).
+    context: Option<usize>,
     /// (time, tokens) of each request in the last hour.
     window: VecDeque<(Instant, u64)>,
     /// The API key, to redact from error bodies a server echoes it in.
@@ -251,6 +253,7 @@ impl LlmClient {
                 schema: schema.filter(|_| config.json_mode != JsonMode::Off),
                 format,
                 sent: 0,
+                context: crate::localmodel::inspect(path).ok().map(|i| i.context),
                 window: VecDeque::new(),
                 secret: None,
             });
@@ -286,6 +289,7 @@ impl LlmClient {
             schema,
             format,
             sent: 0,
+            context: None,
             config: config.clone(),
             window: VecDeque::new(),
         })
@@ -473,16 +477,13 @@ impl LlmClient {
     /// model no more than its context leaves beside the reply.
     pub fn prompt_budget(&self) -> usize {
         let configured = self.config.prompt_tokens;
-        match &self.config.model_path {
-            Some(path) => match crate::localmodel::inspect(path) {
-                Ok(info) => configured.min(
-                    info.context
-                        .saturating_sub(self.config.max_reply_tokens as usize)
-                        .max(info.context / 2)
-                        .saturating_sub(64),
-                ),
-                Err(_) => configured,
-            },
+        match self.context {
+            Some(context) => configured.min(
+                context
+                    .saturating_sub(self.config.max_reply_tokens as usize)
+                    .max(context / 2)
+                    .saturating_sub(64),
+            ),
             None => configured,
         }
     }
