@@ -14,7 +14,8 @@
 //!
 //! The reply is asked for in the shape of the surface's proposal schema
 //! (`propose::schema`): as `response_format: json_schema`, falling back to
-//! `json_object` and then to plain text when the server refuses it
+//! `json_object` with the schema beside it (llama-cpp-python's form), to
+//! plain `json_object` and then to plain text when the server refuses each
 //! (`json_mode = "auto"`). A specialist with `model_path` instead runs a
 //! GGUF model in a worker process (`local.rs`), decoded under that schema.
 
@@ -30,8 +31,8 @@ use async_openai::error::OpenAIError;
 use async_openai::middleware::HttpRequestFactory;
 use async_openai::types::chat::{
     ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
-    ChatCompletionRequestUserMessage, CreateChatCompletionRequest, ResponseFormat,
-    ResponseFormatJsonSchema,
+    ChatCompletionRequestUserMessage, CreateChatCompletionRequest, CreateChatCompletionResponse,
+    ResponseFormat, ResponseFormatJsonSchema,
 };
 use async_openai::Client;
 
@@ -206,9 +207,35 @@ pub struct Failure {
 /// What the request's `response_format` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {
+    /// `json_schema` with the surface's schema (OpenAI, vLLM, Ollama,
+    /// llama.cpp's own server).
     Schema,
+    /// `json_object` with the schema in a `schema` field: the only form
+    /// llama-cpp-python's server takes a schema in.
+    ObjectSchema,
+    /// `json_object`: any JSON.
     Object,
     Plain,
+}
+
+impl Format {
+    /// The next simpler format, for a server that refused this one.
+    fn simpler(self) -> Format {
+        match self {
+            Format::Schema => Format::ObjectSchema,
+            Format::ObjectSchema => Format::Object,
+            Format::Object | Format::Plain => Format::Plain,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Format::Schema => "json_schema",
+            Format::ObjectSchema => "json_object with a schema",
+            Format::Object => "json_object",
+            Format::Plain => "plain text",
+        }
+    }
 }
 
 enum Backend {
@@ -314,9 +341,10 @@ impl LlmClient {
         }
     }
 
-    fn request(&self, system: &str, user: &str) -> CreateChatCompletionRequest {
+    /// The request's JSON body.
+    fn request(&self, system: &str, user: &str) -> serde_json::Value {
         #[allow(deprecated)]
-        CreateChatCompletionRequest {
+        let request = CreateChatCompletionRequest {
             model: self.config.model.clone(),
             messages: vec![
                 ChatCompletionRequestMessage::System(ChatCompletionRequestSystemMessage {
@@ -348,7 +376,12 @@ impl LlmClient {
                 _ => Some(ResponseFormat::JsonObject),
             },
             ..Default::default()
+        };
+        let mut body = serde_json::to_value(request).expect("a chat request serializes");
+        if let (Format::ObjectSchema, Some(schema)) = (self.format, &self.schema) {
+            body["response_format"] = serde_json::json!({"type": "json_object", "schema": schema});
         }
+        body
     }
 
     /// `error` with any occurrence of the API key replaced.
@@ -397,7 +430,9 @@ impl LlmClient {
             let sent = Instant::now();
             let result = tokio::time::timeout(
                 Duration::from_secs(self.config.timeout_secs),
-                client.chat().create(request),
+                client
+                    .chat()
+                    .create_byot::<_, CreateChatCompletionResponse>(request),
             )
             .await;
             let error = match result {
@@ -443,12 +478,15 @@ impl LlmClient {
                 } => body.contains("response_format"),
                 _ => false,
             };
-            if self.format != Format::Plain && self.config.json_mode == JsonMode::Auto && refused {
-                let (from, to) = match self.format {
-                    Format::Schema => ("json_schema", Format::Object),
-                    _ => ("json_object", Format::Plain),
-                };
-                tracing::info!(model = %self.config.model, refused = from, "the endpoint refused a response_format; asking for {} from now on", if to == Format::Object { "json_object" } else { "plain text" });
+            // "schema" keeps to the two forms that carry the schema.
+            let to = self.format.simpler();
+            let allowed = match self.config.json_mode {
+                JsonMode::Auto => to != self.format,
+                JsonMode::Schema => to == Format::ObjectSchema,
+                JsonMode::On | JsonMode::Off => false,
+            };
+            if refused && allowed {
+                tracing::info!(model = %self.config.model, refused = self.format.name(), "the endpoint refused a response_format; asking for {} from now on", to.name());
                 self.format = to;
                 continue;
             }

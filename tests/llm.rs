@@ -370,6 +370,18 @@ except OSError:\n    print('parent_env=unreadable')"}]),
     }
 }
 
+/// The `response_format` a request asked for: its type, and "+schema" when a
+/// json_object request carries a schema beside it.
+fn format_of(body: &Value) -> Option<String> {
+    let f = body.get("response_format").filter(|f| !f.is_null())?;
+    let kind = f["type"].as_str().unwrap_or("?").to_string();
+    Some(if f.get("schema").is_some() {
+        kind + "+schema"
+    } else {
+        kind
+    })
+}
+
 #[test]
 fn a_server_without_structured_output_is_asked_again_more_simply_and_remembered() {
     let server = LlmServer::start(|_, n, body| {
@@ -397,16 +409,11 @@ fn a_server_without_structured_output_is_asked_again_more_simply_and_remembered(
     );
     dir.ratchet_ok(&["run", "--trials", "4"]);
     let requests = server.requests_of("m");
-    let formats: Vec<&str> = requests
-        .iter()
-        .filter_map(|r| r.body.get("response_format"))
-        .filter(|f| !f.is_null())
-        .map(|f| f["type"].as_str().unwrap_or("?"))
-        .collect();
+    let formats: Vec<String> = requests.iter().filter_map(|r| format_of(&r.body)).collect();
     assert_eq!(
         formats,
-        ["json_schema", "json_object"],
-        "asked once with the surface's schema, once with json_object, then never"
+        ["json_schema", "json_object+schema", "json_object"],
+        "asked once with each structured format, simpler each time, then never"
     );
     let schema = &requests[0].body["response_format"]["json_schema"]["schema"];
     let set = &schema["properties"]["edits"]["items"]["anyOf"][0];
@@ -418,14 +425,74 @@ fn a_server_without_structured_output_is_asked_again_more_simply_and_remembered(
         "the schema names the surface's key: {schema}"
     );
     assert_eq!(
+        requests[1].body["response_format"]["schema"], *schema,
+        "the same schema beside json_object"
+    );
+    assert_eq!(
         requests.len(),
-        5,
-        "the two refusals plus one request per proposal"
+        6,
+        "the three refusals plus one request per proposal (3; the baseline is the fourth trial)"
     );
     assert_eq!(
         dir.trials().iter().filter(|t| t["score"].is_f64()).count(),
         4
     );
+}
+
+#[test]
+fn a_server_that_takes_a_schema_only_beside_json_object_gets_it_there() {
+    // llama-cpp-python's server: json_schema is a validation error (500);
+    // {"type": "json_object", "schema": ...} constrains the reply.
+    for (mode, expected) in [
+        (
+            "auto",
+            ["json_schema", "json_object+schema", "json_object+schema"],
+        ),
+        (
+            "schema",
+            ["json_schema", "json_object+schema", "json_object+schema"],
+        ),
+    ] {
+        let server = LlmServer::start(|_, n, body| {
+            let format = &body["response_format"];
+            if format["type"] == "json_schema" {
+                Reply::Body(
+                    500,
+                    r#"{"error":{"message":"1 validation error: ('body', 'response_format', 'type'): Input should be 'text' or 'json_object'"}}"#.into(),
+                )
+            } else if format["type"] == "json_object" && format["schema"].is_object() {
+                Reply::Text(proposal(
+                    &format!("schema {n}"),
+                    set_x(2.5 + n as f64 / 10.0),
+                ))
+            } else {
+                Reply::Text("{\"recipe\": {\"layer-2\": 1}}".into())
+            }
+        });
+        let dir = Dir::with_fixture("faulty");
+        setup(
+            &dir,
+            &llm_specialist(
+                "llm",
+                "m",
+                &server.base_url(),
+                &format!("json_mode = \"{mode}\""),
+            ),
+            &["llm"],
+        );
+        dir.ratchet_ok(&["run", "--trials", "3"]);
+        let formats: Vec<String> = server
+            .requests_of("m")
+            .iter()
+            .filter_map(|r| format_of(&r.body))
+            .collect();
+        assert_eq!(formats, expected, "json_mode = {mode}");
+        assert_eq!(
+            dir.trials().iter().filter(|t| t["score"].is_f64()).count(),
+            3,
+            "json_mode = {mode}: every reply was a proposal"
+        );
+    }
 }
 
 #[test]

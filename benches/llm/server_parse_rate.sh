@@ -34,17 +34,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$python" -c 'import llama_cpp' || { echo "no llama-cpp-python in $python (set PYTHON)" >&2; exit 1; }
 [[ -x $ratchet ]] || { echo "build ratchet first: cargo build (or set RATCHET)" >&2; exit 1; }
 
-"$python" -m llama_cpp.server --model "$model" --host 127.0.0.1 --port "$port" \
-    --n_ctx 4096 --model_alias smollm2 >"$work/server.log" 2>&1 &
-server_pid=$!
-for _ in $(seq 120); do
-    curl -sf "http://127.0.0.1:$port/v1/models" >/dev/null && break
-    sleep 1
-done
-curl -sf "http://127.0.0.1:$port/v1/models" >/dev/null || { cat "$work/server.log" >&2; exit 1; }
+# The server, only for runs that use it.
+if [[ " $runs " =~ \ (plain|object|schema)\  ]]; then
+    "$python" -c 'import llama_cpp' || { echo "no llama-cpp-python in $python (set PYTHON)" >&2; exit 1; }
+    "$python" -m llama_cpp.server --model "$model" --host 127.0.0.1 --port "$port" \
+        --n_ctx 4096 --model_alias smollm2 >"$work/server.log" 2>&1 &
+    server_pid=$!
+    for _ in $(seq 120); do
+        curl -sf "http://127.0.0.1:$port/v1/models" >/dev/null && break
+        sleep 1
+    done
+    curl -sf "http://127.0.0.1:$port/v1/models" >/dev/null || { cat "$work/server.log" >&2; exit 1; }
+fi
 
 # One run: $1 names it, $2 is the specialist's model keys.
 run() {
@@ -88,7 +91,7 @@ for r in $runs; do
 json_mode = \"off\"" ;;
         object) run "llama.cpp server, json_object" "$base
 json_mode = \"on\"" ;;
-        schema) run "llama.cpp server, JSON Schema" "$base
+        schema) run "llama.cpp server, json_mode = schema" "$base
 json_mode = \"schema\"" ;;
         local) run "ratchet llm-worker (candle), schema" "model_path = \"$model\"" ;;
         *) echo "unknown run $r" >&2; exit 2 ;;

@@ -412,12 +412,14 @@ impl LlmSection {
 #[serde(rename_all = "snake_case")]
 pub enum JsonMode {
     /// The surface's schema (`json_schema`); a server that refuses it is
-    /// asked for `json_object`, and one that refuses that for plain text.
+    /// asked for `json_object` with the schema beside it (llama-cpp-python),
+    /// then plain `json_object`, then plain text.
     #[default]
     Auto,
     /// `json_object` only.
     On,
-    /// The surface's schema only.
+    /// The surface's schema only (`json_schema`, or `json_object` with the
+    /// schema where a server refuses `json_schema`).
     Schema,
     /// Plain text (a local model: decoded without the grammar).
     Off,
