@@ -128,10 +128,22 @@ fn a_local_model_proposes_inside_its_surface_every_time() {
     for e in &replies {
         let d = str_of(e, "detail");
         assert!(
-            d.contains("prompt tokens at") && d.contains("reply tokens at"),
+            d.contains("prompt tokens") && d.contains("reply tokens at"),
             "{d}"
         );
     }
+    // The prompts share their first 512-token chunk (system message, surface).
+    assert!(
+        replies[1..]
+            .iter()
+            .any(|e| str_of(e, "detail").contains("(512 reused)")),
+        "seed {seed}: a later prompt ran from the kept state: {replies:#?}"
+    );
+    let status = dir.ratchet_ok(&["status"]);
+    assert!(
+        status.contains("last reply") && status.contains("reply tokens at"),
+        "status shows the specialist's last reply speed: {status}"
+    );
     eprintln!(
         "seed {seed}: 4 trials in {:.0} s; {}",
         t0.elapsed().as_secs_f64(),
@@ -227,4 +239,86 @@ fn a_worker_killed_during_a_proposal_is_started_again_and_the_specialist_goes_on
     common::wait_for("the run's workers to stop", 10, || {
         workers_in(dir.path()).is_empty().then_some(())
     });
+}
+
+/// One `ratchet llm-worker` on the model; `ask` sends a request and reads its reply.
+struct Worker {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Worker {
+    fn start() -> Worker {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ratchet"))
+            .args(["llm-worker", "--model"])
+            .arg(model())
+            .args(["--device", "cpu"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert!(ready.get("ready").is_some(), "{ready}");
+        Worker { child, lines }
+    }
+
+    /// A greedy free-text reply of 12 tokens to `user`.
+    fn ask(&mut self, user: &str) -> Value {
+        use std::io::Write;
+        let request = serde_json::json!({
+            "system": "You are a helpful assistant.",
+            "user": user,
+            "schema": null,
+            "sampling": {"temperature": 0.0, "top_p": 1.0, "seed": 1, "max_tokens": 12},
+        });
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{request}").unwrap();
+        let answer: Value = serde_json::from_str(&self.lines.next().unwrap().unwrap()).unwrap();
+        answer
+            .get("reply")
+            .cloned()
+            .unwrap_or_else(|| panic!("{answer}"))
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_prompt_that_starts_like_the_last_one_runs_from_the_kept_state_and_replies_the_same() {
+    // ~1,300 tokens shared, then a different question: the state after the
+    // shared whole chunks (512 tokens each) is kept from the first request.
+    let notes: String = (0..60)
+        .map(|i| format!("Note {i}: trial {i} set the learning rate to 0.{i:02} and kept it.\n"))
+        .collect();
+    let first = format!("{notes}\nWhich trial had the largest learning rate?");
+    let second = format!("{notes}\nWhich trial had the smallest learning rate?");
+
+    let mut warm = Worker::start();
+    let a = warm.ask(&first);
+    assert_eq!(a["reused_tokens"], 0, "nothing to reuse yet: {a}");
+    let b = warm.ask(&second);
+    let reused = b["reused_tokens"].as_u64().unwrap();
+    let prompt = b["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        reused >= 1024 && reused % 512 == 0 && reused < prompt,
+        "whole shared chunks reused: {b}"
+    );
+
+    // A fresh worker runs the whole second prompt: the same greedy reply.
+    let mut cold = Worker::start();
+    let c = cold.ask(&second);
+    assert_eq!(c["reused_tokens"], 0, "{c}");
+    assert_eq!(c["prompt_tokens"], b["prompt_tokens"]);
+    assert!(c["reply_tokens"].as_u64().unwrap() > 0, "{c}");
+    assert_eq!(
+        c["text"], b["text"],
+        "the kept state gives the reply the whole prompt gives"
+    );
 }

@@ -184,9 +184,14 @@ pub struct Summary {
     pub keeps: u64,
     /// Paused specialists and since when (ms).
     pub paused: BTreeMap<String, u64>,
+    /// Each LLM specialist's last reply: its speed (`llm_reply` events).
+    #[serde(default)]
+    pub llm: BTreeMap<String, Event>,
 }
 
 pub const SUMMARY_INCUMBENTS: usize = 10;
+/// How many of the newest events a summary looks through.
+const SUMMARY_EVENTS: usize = 2000;
 
 /// Adds one to the count of `outcome` inside a transaction.
 fn count(counts: &sled::transaction::TransactionalTree, outcome: &str) -> TxResult<()> {
@@ -730,6 +735,7 @@ impl LineageStore {
         }
         const HOUR: u64 = 3_600_000;
         s.finished_last_hour = self.finished_since(now.saturating_sub(HOUR))?;
+        s.llm = self.latest_events("llm_reply", SUMMARY_EVENTS)?;
         Ok(s)
     }
 }

@@ -138,4 +138,23 @@ impl LineageStore {
         }
         Ok(out)
     }
+
+    /// The newest event of `kind` for each subject, among the last `scan`
+    /// events (newest first: a long lineage is not read whole).
+    pub fn latest_events(
+        &self,
+        kind: &str,
+        scan: usize,
+    ) -> Result<BTreeMap<String, Event>, LineageError> {
+        let mut out = BTreeMap::new();
+        for kv in self.events.iter().rev().take(scan) {
+            let (_, v) = kv?;
+            if let Ok(e) = serde_json::from_slice::<Event>(&v) {
+                if e.kind == kind && !out.contains_key(&e.subject) {
+                    out.insert(e.subject.clone(), e);
+                }
+            }
+        }
+        Ok(out)
+    }
 }

@@ -52,6 +52,23 @@ impl Weights {
             Weights::Qwen3(m) => m.clear_kv_cache(),
         }
     }
+
+    /// A copy with its own KV cache, where the model allows one: llama's
+    /// weights are shared by its clones and its cache grows by
+    /// concatenation (new tensors), so a copy taken after a prefix stays as
+    /// it was. candle's qwen2 cannot be cloned, and its qwen3 writes into a
+    /// preallocated cache on the CPU that clones share.
+    fn copy(&self) -> Option<Weights> {
+        match self {
+            Weights::Llama(m) => Some(Weights::Llama(m.clone())),
+            Weights::Qwen2(_) | Weights::Qwen3(_) => None,
+        }
+    }
+}
+
+/// How many tokens `a` and `b` start with in common.
+fn shared_prefix(a: &[TokenId], b: &[TokenId]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// The tokenizer as llguidance sees it: a trie of every token's bytes, and
@@ -78,7 +95,15 @@ impl TokenizerEnv for Env {
 
 pub struct Engine {
     pub info: ModelInfo,
+    /// The loaded model. A llama model keeps nothing in its KV cache here:
+    /// each request runs on a copy (the weights are shared, only the cache
+    /// is its own). Others run here, their cache cleared first.
     weights: Weights,
+    /// The last prompt's tokens, and the model's state after some of its
+    /// whole chunks of [`CHUNK`] tokens (where the model allows; see
+    /// [`Weights::copy`]).
+    last_prompt: Vec<TokenId>,
+    checkpoints: Vec<(usize, Weights)>,
     device: Device,
     tokenizer: Tokenizer,
     factory: ParserFactory,
@@ -88,6 +113,13 @@ pub struct Engine {
     /// Tokens whose text starts with a digit (see [`MAX_DIGITS`]).
     digit_first: Vec<bool>,
 }
+
+/// Prompt tokens run through the model at once. After each whole chunk the
+/// model's state is kept, so a next prompt that starts with the same tokens
+/// (the same specialist's system message, surface and files; only the
+/// lineage feedback after them changes between its proposals) runs only
+/// from its last shared chunk, as llama.cpp's server reuses its cache.
+const CHUNK: usize = 512;
 
 /// The most digits in a row a constrained reply may write: a JSON number
 /// has no length limit in a schema, and a small model can write digits
@@ -161,6 +193,8 @@ impl Engine {
         Ok(Engine {
             info,
             weights,
+            last_prompt: Vec::new(),
+            checkpoints: Vec::new(),
             device,
             tokenizer,
             factory,
@@ -237,9 +271,8 @@ impl Engine {
         let sampling = &request.sampling;
         let max_tokens = (sampling.max_tokens as usize).min(self.info.context - prompt.len());
         let mut rng = Rng::new(sampling.seed);
-        self.weights.clear();
         let t0 = Instant::now();
-        let mut logits = self.weights.forward(&prompt, 0, &self.device)?;
+        let (mut state, reused, mut logits) = self.prefill(&prompt)?;
         let prompt_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let mut out: Vec<TokenId> = Vec::new();
@@ -274,9 +307,8 @@ impl Engine {
                     .map_err(|e| format!("llguidance: {e}"))?;
             }
             out.push(token);
-            logits = self
-                .weights
-                .forward(&[token], prompt.len() + out.len() - 1, &self.device)?;
+            let model = state.as_mut().unwrap_or(&mut self.weights);
+            logits = model.forward(&[token], prompt.len() + out.len() - 1, &self.device)?;
         }
         let text = self
             .tokenizer
@@ -286,6 +318,7 @@ impl Engine {
             text,
             stop,
             prompt_tokens: prompt.len(),
+            reused_tokens: reused,
             cut_tokens,
             reply_tokens: out.len(),
             prompt_secs,
@@ -295,6 +328,56 @@ impl Engine {
 }
 
 impl Engine {
+    /// Runs `prompt` through the model from the last kept state it starts
+    /// with: the copy of the model that holds its state (none: `weights`
+    /// itself does), how many of its tokens came from a kept state, and the
+    /// next token's logits.
+    fn prefill(
+        &mut self,
+        prompt: &[TokenId],
+    ) -> Result<(Option<Weights>, usize, Vec<f32>), String> {
+        // At least one token must run, for the logits.
+        let shared = shared_prefix(&self.last_prompt, prompt).min(prompt.len().saturating_sub(1));
+        let (mut state, mut pos) = match self.checkpoints.iter().rfind(|(n, _)| *n <= shared) {
+            Some((n, kept)) => (kept.copy(), *n),
+            None => (self.weights.copy(), 0),
+        };
+        // What is kept for the next prompt: the state at the last whole
+        // chunk this prompt shares with the one before (the next will likely
+        // share as much); for a first prompt, nothing being known yet, each
+        // chunk's. A state holds its own KV cache (SmolLM2-135M: 46 KB a
+        // token), so no more are kept.
+        let boundary = (!self.last_prompt.is_empty()).then_some(shared / CHUNK * CHUNK);
+        self.checkpoints
+            .retain(|(n, _)| boundary.is_some_and(|b| *n == b));
+        if state.is_none() {
+            self.weights.clear();
+        }
+        let reused = pos;
+        self.last_prompt = prompt.to_vec();
+        let mut logits = Vec::new();
+        while pos < prompt.len() {
+            let end = ((pos / CHUNK + 1) * CHUNK).min(prompt.len());
+            let model = state.as_mut().unwrap_or(&mut self.weights);
+            logits = model.forward(&prompt[pos..end], pos, &self.device)?;
+            pos = end;
+            let wanted = boundary.is_none_or(|b| b == end)
+                && !self.checkpoints.iter().any(|(n, _)| *n == end);
+            if end % CHUNK == 0 && end < prompt.len() && wanted {
+                if let Some(copy) = state.as_ref().and_then(Weights::copy) {
+                    self.checkpoints.push((end, copy));
+                }
+            }
+        }
+        Ok((state, reused, logits))
+    }
+
+    /// Drops the kept prompt states: the next request runs its whole prompt.
+    pub fn forget(&mut self) {
+        self.last_prompt.clear();
+        self.checkpoints.clear();
+    }
+
     /// How many digits the reply so far ends with.
     fn trailing_digits(&self, out: &[TokenId]) -> usize {
         let mut n = 0;
