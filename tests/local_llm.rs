@@ -307,7 +307,7 @@ fn a_prompt_that_starts_like_the_last_one_runs_from_the_kept_state_and_replies_t
     let reused = b["reused_tokens"].as_u64().unwrap();
     let prompt = b["prompt_tokens"].as_u64().unwrap();
     assert!(
-        reused >= 1024 && reused % 512 == 0 && reused < prompt,
+        reused >= 1024 && reused.is_multiple_of(512) && reused < prompt,
         "whole shared chunks reused: {b}"
     );
 

@@ -363,7 +363,7 @@ impl Engine {
             pos = end;
             let wanted = boundary.is_none_or(|b| b == end)
                 && !self.checkpoints.iter().any(|(n, _)| *n == end);
-            if end % CHUNK == 0 && end < prompt.len() && wanted {
+            if end.is_multiple_of(CHUNK) && end < prompt.len() && wanted {
                 if let Some(copy) = state.as_ref().and_then(Weights::copy) {
                     self.checkpoints.push((end, copy));
                 }
