@@ -105,6 +105,20 @@ fn the_daemon_tells_systemd_ready_watchdog_and_stopping() {
         .any(|l| l.starts_with("STATUS=") && l.contains("slots busy")));
 
     let pid = Pid::from_raw(child.id() as i32);
+    // A reload says RELOADING with the monotonic time (systemd 253 and
+    // newer need it), then READY again.
+    kill(pid, Signal::SIGHUP).unwrap();
+    let reload = recv("READY=1");
+    let reloading = reload
+        .iter()
+        .find(|m| m.lines().any(|l| l == "RELOADING=1"))
+        .unwrap_or_else(|| panic!("no RELOADING=1 before READY=1: {reload:?}"));
+    assert!(
+        reloading.lines().any(|l| l
+            .strip_prefix("MONOTONIC_USEC=")
+            .is_some_and(|v| v.parse::<u64>().is_ok_and(|u| u > 0))),
+        "{reloading:?}"
+    );
     kill(pid, Signal::SIGTERM).unwrap();
     recv("STOPPING=1");
     let mut child = child;

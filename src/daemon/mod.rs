@@ -28,7 +28,7 @@ use crate::domain::{format_float, now_ms, Trial, TrialStatus};
 use crate::lineage::actor::RunEvent;
 use crate::lineage::LineageStore;
 use control::{Command, ControlError, DaemonStatus, Reply, Response};
-use notify::Notifier;
+use notify::{Notifier, State};
 pub use render::{render_lineage, render_status};
 
 /// Why the daemon (or the control socket of a foreground run) could not
@@ -192,19 +192,17 @@ pub async fn daemon(config: Config) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::Start(e.to_string()))?;
     let handle = Handle::new(&config, supervisor.clone()).await?;
     // The supervisor's start includes the executor's recovery.
-    let notify = |s: &str| {
+    let tell = |states: &[State]| {
         if let Some(n) = &notifier {
-            n.send(s)
+            n.send(states)
         }
     };
     let status = live_status(&handle.supervisor).await.ok();
-    notify(&format!(
-        "READY=1\nSTATUS={}",
-        status
-            .as_ref()
-            .map(|s| status_line(s, &handle.metric))
-            .unwrap_or_else(|| "started".into())
-    ));
+    let line = status
+        .as_ref()
+        .map(|s| status_line(s, &handle.metric))
+        .unwrap_or_else(|| "started".into());
+    tell(&[State::Ready, State::Status(&notify::status(&line))]);
     info!("ready");
 
     control.serve_handle(handle.clone());
@@ -242,9 +240,9 @@ pub async fn daemon(config: Config) -> Result<(), DaemonError> {
             _ = tick.tick() => ping(&handle, &notifier, watchdog.is_some()).await,
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading the configuration");
-                notify("RELOADING=1");
+                tell(&notify::reloading());
                 let _ = reload(&handle).await;
-                notify("READY=1");
+                tell(&[State::Ready]);
             }
             _ = sigterm.recv() => break Ok("SIGTERM".to_string()),
             _ = sigint.recv() => break Ok("SIGINT".to_string()),
@@ -261,9 +259,8 @@ pub async fn daemon(config: Config) -> Result<(), DaemonError> {
     if !signalled {
         info!(rule = %stopped_by, "a stop rule fired");
     }
-    notify(&format!(
-        "STOPPING=1\nSTATUS=draining ({stopped_by}): waiting for running trials"
-    ));
+    let line = format!("draining ({stopped_by}): waiting for running trials");
+    tell(&[State::Stopping, State::Status(&notify::status(&line))]);
     if let Ok(mut s) = handle.stopping.lock() {
         *s = Some(stopped_by.clone());
     }
@@ -292,7 +289,7 @@ pub async fn daemon(config: Config) -> Result<(), DaemonError> {
                         warn!(running = busy(&s), "drain timeout: killing running trials and recording them interrupted");
                         break;
                     }
-                    Ok(s) => notify(&format!("STATUS=draining: {} trial run(s) still going", busy(&s))),
+                    Ok(s) => tell(&[State::Status(&format!("draining: {} trial run(s) still going", busy(&s)))]),
                     Err(e) => warn!(error = %e, "cannot ask the actor tree while draining"),
                 }
             }
@@ -355,11 +352,11 @@ async fn ping(handle: &Handle, notifier: &Option<Notifier>, watchdog: bool) {
     let Some(n) = notifier else { return };
     match live_status(&handle.supervisor).await {
         Ok(s) => {
-            let line = status_line(&s, &handle.metric);
+            let line = notify::status(&status_line(&s, &handle.metric));
             if watchdog {
-                n.send(&format!("WATCHDOG=1\nSTATUS={line}"));
+                n.send(&[State::Watchdog, State::Status(&line)]);
             } else {
-                n.status(&line);
+                n.send(&[State::Status(&line)]);
             }
         }
         Err(e) => warn!(error = %e, "no watchdog ping: the actor tree did not answer"),

@@ -1,85 +1,67 @@
-//! The systemd notification protocol (`sd_notify(3)`): datagrams such as
-//! `READY=1` to the socket named by `NOTIFY_SOCKET`, and the watchdog
-//! interval from `WATCHDOG_USEC`. Without `NOTIFY_SOCKET` (not under
-//! systemd) every call is a no-op.
+//! systemd notifications (`sd_notify(3)`) through the sd-notify crate:
+//! READY, RELOADING, STOPPING, STATUS and WATCHDOG datagrams to the socket
+//! named by `NOTIFY_SOCKET`, and the watchdog interval from `WATCHDOG_USEC`.
+//! Without `NOTIFY_SOCKET` (not under systemd) there is no notifier.
 
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
+pub use sd_notify::NotifyState as State;
 use tracing::debug;
 
-pub struct Notifier {
-    socket: UnixDatagram,
-    addr: SocketAddr,
-}
+/// systemd asked for notifications.
+pub struct Notifier;
 
 impl Notifier {
-    /// The notifier systemd asked for, if any. A path starting with `@` is
-    /// in the abstract namespace.
     pub fn from_env() -> Option<Notifier> {
-        let path = std::env::var_os("NOTIFY_SOCKET")?;
-        let bytes = path.as_encoded_bytes();
-        let addr = match bytes.strip_prefix(b"@") {
-            Some(name) => SocketAddr::from_abstract_name(name),
-            None => SocketAddr::from_pathname(&path),
-        };
-        let addr = match addr {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(socket = ?path, error = %e, "NOTIFY_SOCKET is not a socket address; not notifying systemd");
-                return None;
-            }
-        };
-        let socket = UnixDatagram::unbound().ok()?;
-        Some(Notifier { socket, addr })
+        std::env::var_os("NOTIFY_SOCKET").map(|_| Notifier)
     }
 
-    /// Sends one notification (`KEY=value` lines). Failures are logged:
-    /// systemd going away must not stop the research.
-    pub fn send(&self, state: &str) {
-        if let Err(e) = self.socket.send_to_addr(state.as_bytes(), &self.addr) {
+    /// Sends one datagram of `states`. Failures are logged: systemd going
+    /// away must not stop the research.
+    pub fn send(&self, states: &[State]) {
+        if let Err(e) = sd_notify::notify(states) {
             debug!(error = %e, "sd_notify failed");
         }
     }
+}
 
-    /// `STATUS=`: one line that `systemctl status` shows.
-    pub fn status(&self, line: &str) {
-        self.send(&format!("STATUS={}", line.replace('\n', " ")));
-    }
+/// `STATUS=`, on one line (what `systemctl status` shows).
+pub fn status(line: &str) -> String {
+    line.replace('\n', " ")
+}
+
+/// `RELOADING=1` with the `MONOTONIC_USEC=` that systemd 253 and newer
+/// require beside it.
+pub fn reloading() -> Vec<State<'static>> {
+    let mut states = vec![State::Reloading];
+    states.extend(State::monotonic_usec_now().ok());
+    states
 }
 
 /// How often to send `WATCHDOG=1`: half of `WATCHDOG_USEC`, when that is set
 /// for this process (`WATCHDOG_PID` absent or ours).
 pub fn watchdog_interval() -> Option<Duration> {
-    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
-        if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
-            return None;
-        }
-    }
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
-    (usec > 0).then(|| Duration::from_micros(usec / 2))
+    sd_notify::watchdog_enabled()
+        .filter(|d| !d.is_zero())
+        .map(|d| d / 2)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    // The datagrams themselves are read from a real socket by
+    // tests/daemon.rs (sd-notify reads NOTIFY_SOCKET from the environment,
+    // which a unit test must not set under other threads).
     #[test]
-    fn notifications_reach_a_path_socket() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify");
-        let listener = UnixDatagram::bind(&path).unwrap();
-        let n = Notifier {
-            socket: UnixDatagram::unbound().unwrap(),
-            addr: SocketAddr::from_pathname(&path).unwrap(),
-        };
-        n.send("READY=1");
-        n.status("3 running\nsecond line");
-        let mut buf = [0u8; 256];
-        let k = listener.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..k], b"READY=1");
-        let k = listener.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..k], b"STATUS=3 running second line");
+    fn a_reload_carries_the_monotonic_time_and_status_is_one_line() {
+        let states: Vec<String> = reloading().iter().map(|s| s.to_string()).collect();
+        assert_eq!(states[0], "RELOADING=1");
+        let usec: i128 = states[1]
+            .strip_prefix("MONOTONIC_USEC=")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{states:?}"));
+        assert!(usec > 0);
+        assert_eq!(status("3 running\nsecond line"), "3 running second line");
     }
 }
