@@ -321,15 +321,14 @@ fn finished_ms(t: &Trial) -> Option<u64> {
         .map(|c| c.at_ms)
 }
 
-/// A CSV field (RFC 4180): quoted when it holds a comma, a quote, a line
-/// break or leading/trailing space; quotes doubled.
-pub fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
-    let needs = s.contains([',', '"', '\n', '\r']) || s.starts_with(' ') || s.ends_with(' ');
-    if needs {
-        format!("\"{}\"", s.replace('"', "\"\"")).into()
-    } else {
-        s.into()
-    }
+/// The CSV writer of exports (RFC 4180 through the csv crate): fields
+/// quoted only when they hold a comma, a quote or a line break, quotes
+/// doubled, CRLF line ends.
+pub fn csv_writer<W: Write>(out: W) -> ::csv::Writer<W> {
+    ::csv::WriterBuilder::new()
+        .terminator(::csv::Terminator::CRLF)
+        .quote_style(::csv::QuoteStyle::Necessary)
+        .from_writer(out)
 }
 
 /// What an export wrote.
@@ -354,6 +353,8 @@ pub enum ExportError {
     Write(#[from] std::io::Error),
     #[error("writing the export")]
     Json(#[from] serde_json::Error),
+    #[error("writing the export")]
+    Csv(#[from] ::csv::Error),
 }
 
 /// One JSON object per line, [`COLUMNS`] as keys.
@@ -372,20 +373,14 @@ pub fn jsonl(out: &mut dyn Write, trials: Trials, ctx: &Context) -> Result<Writt
 /// inside fields are kept inside quotes.
 pub fn csv(out: &mut dyn Write, trials: Trials, ctx: &Context) -> Result<Written, ExportError> {
     let mut w = Written::default();
-    out.write_all(COLUMNS.join(",").as_bytes())?;
-    out.write_all(b"\r\n")?;
+    let mut csv = csv_writer(out);
+    csv.write_record(COLUMNS)?;
     for t in trials {
         let t = t.map_err(ExportError::Read)?;
-        let cells = Row::new(&t, ctx.direction).cells();
-        for (i, c) in cells.iter().enumerate() {
-            if i > 0 {
-                out.write_all(b",")?;
-            }
-            out.write_all(csv_field(c).as_bytes())?;
-        }
-        out.write_all(b"\r\n")?;
+        csv.write_record(Row::new(&t, ctx.direction).cells())?;
         w.trials += 1;
     }
+    csv.flush()?;
     Ok(w)
 }
 
@@ -624,25 +619,9 @@ fn trial_row(t: &Trial, gain: Option<f64>, diff_bytes: usize) -> String {
 
 /// `2026-11-23 10:04:05` for ms since the epoch (UTC).
 pub fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil from days (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(ms / 1000);
+    let iso = humantime::format_rfc3339_seconds(t).to_string();
+    iso.trim_end_matches('Z').replacen('T', " ", 1)
 }
 
 const CSS: &str = r#"

@@ -167,47 +167,20 @@ fn parse_since(s: &str) -> Result<u64, String> {
 fn parse_since_at(s: &str, now: u64) -> Result<u64, String> {
     let bad =
         || format!("`{s}`: use an age such as 30m, 6h, 2d or a UTC time such as 2026-11-23T14:00");
-    if let Some(unit) = s.chars().last().filter(|c| c.is_ascii_alphabetic()) {
-        let n: f64 = s[..s.len() - 1].parse().map_err(|_| bad())?;
-        let ms = match unit {
-            's' => 1e3,
-            'm' => 60e3,
-            'h' => 3600e3,
-            'd' => 86_400e3,
-            'w' => 7.0 * 86_400e3,
-            _ => return Err(bad()),
-        };
-        if !(n.is_finite() && n >= 0.0) {
-            return Err(bad());
-        }
-        return Ok(now.saturating_sub((n * ms) as u64));
+    if let Ok(age) = humantime::parse_duration(s) {
+        return Ok(now.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)));
     }
-    let (date, time) = s.split_once(['T', ' ']).unwrap_or((s, "00:00"));
-    let num = |p: Option<&str>| p.and_then(|p| p.parse::<i64>().ok()).ok_or_else(bad);
-    let mut d = date.split('-');
-    let (y, m, day) = (num(d.next())?, num(d.next())?, num(d.next())?);
-    let mut t = time.split(':');
-    let (hh, mm) = (num(t.next())?, num(t.next())?);
-    let ss = t.next().map(|x| num(Some(x))).transpose()?.unwrap_or(0);
-    if d.next().is_some()
-        || !(1..=12).contains(&m)
-        || !(1..=31).contains(&day)
-        || hh > 23
-        || mm > 59
-        || ss > 60
-    {
-        return Err(bad());
-    }
-    // Days from civil (H. Hinnant).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    u64::try_from(secs * 1000).map_err(|_| bad())
+    // humantime wants the seconds; a date alone is its midnight.
+    let full = match s.len() {
+        10 => format!("{s}T00:00:00"),
+        16 => format!("{s}:00"),
+        _ => s.to_string(),
+    };
+    let at = humantime::parse_rfc3339_weak(&full).map_err(|_| bad())?;
+    let since = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| bad())?;
+    u64::try_from(since.as_millis()).map_err(|_| bad())
 }
 
 pub fn main(

@@ -2,12 +2,18 @@ use super::*;
 
 #[test]
 fn csv_fields_are_quoted_only_when_needed() {
-    assert_eq!(csv_field("plain"), "plain");
-    assert_eq!(csv_field("a,b"), "\"a,b\"");
-    assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-    assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
-    assert_eq!(csv_field(" pad"), "\" pad\"");
-    assert_eq!(csv_field(""), "");
+    let mut out = Vec::new();
+    {
+        let mut w = csv_writer(&mut out);
+        w.write_record(["plain", "a,b", "say \"hi\"", "two\nlines", " pad", ""])
+            .unwrap();
+        w.write_record(["x", "", "", "", "", "y"]).unwrap();
+        w.flush().unwrap();
+    }
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "plain,\"a,b\",\"say \"\"hi\"\"\",\"two\nlines\", pad,\r\nx,,,,,y\r\n"
+    );
 }
 
 #[test]

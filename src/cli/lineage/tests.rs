@@ -5,7 +5,8 @@ fn since_takes_ages_and_utc_times() {
     let now = 1_795_430_096_000; // 2026-11-23 10:34:56 UTC
     assert_eq!(parse_since_at("30m", now), Ok(now - 30 * 60_000));
     assert_eq!(parse_since_at("2d", now), Ok(now - 2 * 86_400_000));
-    assert_eq!(parse_since_at("1.5h", now), Ok(now - 5_400_000));
+    assert_eq!(parse_since_at("1h 30m", now), Ok(now - 5_400_000));
+    assert_eq!(parse_since_at("1h30m", now), Ok(now - 5_400_000));
     assert_eq!(
         export::utc(parse_since_at("2026-11-23", now).unwrap()),
         "2026-11-23 00:00:00"
