@@ -280,6 +280,19 @@ fn list_filters_select_what_they_say_and_show_tells_everything() {
     let changes = t["history"].as_array().unwrap().len();
     let shown = text.lines().filter(|l| l.contains(" UTC  +")).count();
     assert_eq!(shown, changes, "{text}");
+
+    // show --json: the record list --json writes, the diff left out on request.
+    let id = t["id"].to_string();
+    let json: Value =
+        serde_json::from_str(&dir.ratchet_ok(&["lineage", "show", &id, "--json"])).unwrap();
+    assert_eq!(&json, t, "show --json is the record list --json has");
+    let bare: Value =
+        serde_json::from_str(&dir.ratchet_ok(&["lineage", "show", &id, "--json", "--no-diff"]))
+            .unwrap();
+    assert!(json["diff"]
+        .as_str()
+        .is_some_and(|d| d.contains("+x = 2.5")));
+    assert!(bare["diff"].is_null(), "{bare}");
 }
 
 /// The report as headless Chromium sees it: the DOM after its scripts ran,

@@ -40,6 +40,9 @@ pub enum LineageCommand {
         /// (The diff is shown by default; kept for older scripts.)
         #[arg(long, hide = true)]
         diff: bool,
+        /// The whole record as one JSON object (as `list --json` writes it).
+        #[arg(long)]
+        json: bool,
     },
     /// Write a trial's exact files (its commit) into DIR, to reproduce it.
     Checkout { id: TrialId, dir: PathBuf },
@@ -225,10 +228,20 @@ pub fn main(
                 }
             }
         }
-        LineageCommand::Show { id, no_diff, .. } => {
-            let Some(t) = source.trial(id)? else {
+        LineageCommand::Show {
+            id, no_diff, json, ..
+        } => {
+            let Some(mut t) = source.trial(id)? else {
                 anyhow::bail!("no trial {id} in lineage")
             };
+            if json {
+                if no_diff {
+                    t.diff = None;
+                }
+                serde_json::to_writer(&mut out, &t)?;
+                writeln!(out)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             show(&mut out, &t)?;
             if !no_diff {
                 show_diff(&mut out, &t)?;
