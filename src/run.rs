@@ -3,7 +3,6 @@
 //! nothing left to propose, or Ctrl-C.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,6 +14,8 @@ use crate::actors::supervisor::{Supervisor, SupervisorArgs};
 use crate::config::Config;
 use crate::domain::{format_float, Decision, Trial, TrialId, TrialStatus};
 use crate::lineage::actor::RunEvent;
+
+mod live;
 
 /// What a foreground run did.
 #[derive(Debug, Default)]
@@ -37,7 +38,6 @@ pub struct RunSummary {
 pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunSummary> {
     let config = Arc::new(config);
     let exp = &config.experiment.file;
-    let out = std::io::stdout();
     println!(
         "ratchet: experiment `{}` ({} {}), {} specialist(s), {}, budget {}s per trial{}",
         exp.name,
@@ -99,6 +99,8 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut supervisor_gone = false;
+    let mut live = live::Live::new(max_trials, exp.budget_secs);
+    let mut redraw = tokio::time::interval(std::time::Duration::from_secs(1));
 
     loop {
         if drained && measuring.is_none() && seen.values().all(|s| s.is_terminal()) {
@@ -121,11 +123,12 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
                         }
                     }
                     let changed = seen.insert(t.id, t.status) != Some(t.status);
+                    live.trial(t.id, t.status);
                     if t.status == TrialStatus::Evaluating
                         && !t.seed_runs.is_empty()
                         && confirming.insert(t.id)
                     {
-                        let _ = writeln!(out.lock(), "{}", confirming_line(&t));
+                        live.line(&confirming_line(&t));
                     }
                     if !changed {
                         continue;
@@ -155,12 +158,14 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
                         }
                     }
                     if matches!(t.status, TrialStatus::Running) || t.status.is_terminal() {
-                        let _ = writeln!(out.lock(), "{}", progress_line(&t, &exp.metric, incumbent));
+                        live.line(&progress_line(&t, &exp.metric, incumbent));
                     }
+                    live.refresh(summary.trials, incumbent, &exp.metric);
                 }
                 Some(RunEvent::Drained { .. }) => drained = true,
                 None => break,
             },
+            _ = redraw.tick() => live.refresh(summary.trials, incumbent, &exp.metric),
             r = &mut handle => {
                 supervisor_gone = true;
                 if let Err(e) = r {
@@ -175,6 +180,7 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
             }
         }
     }
+    live.finish();
     if !supervisor_gone {
         supervisor.stop(None);
         tokio::select! {

@@ -147,7 +147,11 @@ fn failure_regions_get_their_labels_and_process_groups_die() {
 fn lineage_survives_a_restart_and_ids_continue() {
     let dir = Dir::with_fixture("faulty");
     dir.specialists(1, &[("x", "search")]);
-    dir.ratchet_ok(&["run", "--trials", "3"]);
+    let piped = dir.ratchet_ok(&["run", "--trials", "3"]);
+    assert!(
+        !piped.contains(" elapsed") && !piped.contains('\r'),
+        "no status line when stdout is not a terminal:\n{piped}"
+    );
     let first = dir.trials();
     dir.ratchet_ok(&["run", "--trials", "2"]);
     let all = dir.trials();
@@ -298,4 +302,29 @@ fn the_size_and_quality_gates_label_trials_and_keep_their_scores() {
             "a failed trial is never the incumbent"
         );
     }
+}
+
+#[test]
+fn on_a_terminal_the_run_keeps_a_live_status_line_under_its_events() {
+    let dir = Dir::with_fixture("faulty");
+    dir.specialists(1, &[("x", "search")]);
+    // script(1) runs ratchet on a pseudo-terminal and copies what it drew.
+    let cmd = format!("{} run --trials 3", env!("CARGO_BIN_EXE_ratchet"));
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("TERM", "xterm")
+        .current_dir(dir.path())
+        .output()
+        .expect("script(1) from util-linux");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("done: 3 trial(s)"), "{text}");
+    for want in ["/3 trials", " elapsed", "incumbent #1 "] {
+        assert!(
+            text.contains(want),
+            "the status line lacks {want:?}:\n{text}"
+        );
+    }
+    // Event lines are still printed whole, above the status line.
+    assert!(text.contains("#2 "), "{text}");
 }
