@@ -691,15 +691,31 @@ const SCRIPT: &str = r#"
   var axis = el('g', {'class': 'axis'});
   el('line', {x1: L, y1: B, x2: W - R, y2: B}, axis);
   el('line', {x1: L, y1: T, x2: L, y2: B}, axis);
-  for (var i = 0; i <= 5; i++) {
-    var v = lo + (hi - lo) * i / 5, y = Y(v);
-    el('line', {x1: L - 4, y1: y, x2: W - R, y2: y, stroke: '#eee'}, axis);
-    el('text', {x: L - 6, y: y + 4, 'text-anchor': 'end'}, axis).textContent = fmt(v);
+  // Ticks at round numbers: a step of 1, 2, 2.5 or 5 times a power of
+  // ten, [step, decimals its labels need].
+  function step(span, n) {
+    var raw = span / n, e = Math.floor(Math.log10(raw)), p = Math.pow(10, e);
+    var m = [1, 2, 2.5, 5, 10].find(function (k) { return k * p >= raw * (1 - 1e-9); });
+    if (m === 10) { m = 1; e += 1; p *= 10; }
+    return [m * p, Math.max(0, -e + (m === 2.5 ? 1 : 0))];
   }
-  for (var j = 0; j <= 8; j++) {
-    var id = Math.round(x0 + (x1 - x0) * j / 8), x = X(id);
+  function label(v, d) {
+    var a = Math.abs(v);
+    if (a !== 0 && (a < 1e-3 || a >= 1e6)) return v.toExponential(2);
+    return v.toFixed(Math.min(d, 10));
+  }
+  var yt = step(hi - lo, 5), ys = yt[0];
+  for (var k = Math.ceil(lo / ys); k * ys <= hi + ys * 1e-9; k++) {
+    var v = k * ys, y = Y(v);
+    el('line', {x1: L - 4, y1: y, x2: W - R, y2: y, stroke: '#eee'}, axis);
+    el('text', {x: L - 6, y: y + 4, 'text-anchor': 'end', 'class': 'ytick'}, axis).textContent = label(v, yt[1]);
+  }
+  var xs = Math.max(1, Math.round(step(x1 - x0, 8)[0]));
+  if (xs === 3) xs = 2; // a step of 2.5 trials
+  for (var id = Math.ceil(x0 / xs) * xs; id <= x1; id += xs) {
+    var x = X(id);
     el('line', {x1: x, y1: B, x2: x, y2: B + 4}, axis);
-    el('text', {x: x, y: LANE + 30, 'text-anchor': 'middle'}, axis).textContent = id;
+    el('text', {x: x, y: LANE + 30, 'text-anchor': 'middle', 'class': 'xtick'}, axis).textContent = id;
   }
   el('text', {x: (L + W) / 2, y: LANE + 52, 'text-anchor': 'middle'}, axis).textContent = 'trial';
   el('text', {x: 14, y: (T + B) / 2, transform: 'rotate(-90 14 ' + (T + B) / 2 + ')', 'text-anchor': 'middle'}, axis).textContent = D.metric + (minimize ? ' (lower is better)' : ' (higher is better)');

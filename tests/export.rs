@@ -353,6 +353,41 @@ fn the_html_report_renders_in_chromium_with_every_point() {
         );
     }
 
+    // The axes are labelled at round numbers: a step of 1, 2, 2.5 or 5
+    // times a power of ten, every label a multiple of it.
+    let ticks = |class: &str| -> Vec<f64> {
+        dom.split(&format!("class=\"{class}\""))
+            .skip(1)
+            .map(|rest| {
+                let text = &rest[rest.find('>').unwrap() + 1..rest.find("</text>").unwrap()];
+                text.parse::<f64>()
+                    .unwrap_or_else(|_| panic!("tick {text:?}"))
+            })
+            .collect()
+    };
+    for (class, at_least) in [("ytick", 3), ("xtick", 3)] {
+        let v = ticks(class);
+        assert!(v.len() >= at_least, "{class}: {v:?}");
+        let step = v[1] - v[0];
+        let exp = step.log10().floor();
+        let mantissa = step / 10f64.powf(exp);
+        assert!(
+            [1.0, 2.0, 2.5, 5.0]
+                .iter()
+                .any(|m| (mantissa - m).abs() < 1e-6),
+            "{class}: a step of {step}: {v:?}"
+        );
+        for w in v.windows(2) {
+            assert!(((w[1] - w[0]) - step).abs() < step * 1e-6, "{class}: {v:?}");
+        }
+        for x in &v {
+            assert!(
+                ((x / step) - (x / step).round()).abs() < 1e-6,
+                "{class}: {v:?}"
+            );
+        }
+    }
+
     // The screenshot shows the plot: pixels of the kept colour.
     let png = dir.path().join("report.png");
     chromium(&report, &[&format!("--screenshot={}", png.display())]);
