@@ -353,8 +353,17 @@ pub enum ExportError {
     Write(#[from] std::io::Error),
     #[error("writing the export")]
     Json(#[from] serde_json::Error),
-    #[error("writing the export")]
-    Csv(#[from] ::csv::Error),
+}
+
+/// The csv crate's I/O errors as the I/O errors they are (a closed pipe
+/// is then recognised as one).
+impl From<::csv::Error> for ExportError {
+    fn from(e: ::csv::Error) -> ExportError {
+        match e.into_kind() {
+            ::csv::ErrorKind::Io(io) => ExportError::Write(io),
+            other => ExportError::Write(std::io::Error::other(format!("{other:?}"))),
+        }
+    }
 }
 
 /// One JSON object per line, [`COLUMNS`] as keys.
@@ -619,6 +628,11 @@ fn trial_row(t: &Trial, gain: Option<f64>, diff_bytes: usize) -> String {
 
 /// `2026-11-23 10:04:05` for ms since the epoch (UTC).
 pub fn utc(ms: u64) -> String {
+    // humantime writes years up to 9999 (and panics past it).
+    const LAST: u64 = 253_402_300_799;
+    if ms / 1000 > LAST {
+        return format!("{ms} ms after 1970");
+    }
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(ms / 1000);
     let iso = humantime::format_rfc3339_seconds(t).to_string();
     iso.trim_end_matches('Z').replacen('T', " ", 1)
@@ -705,14 +719,18 @@ const SCRIPT: &str = r#"
     return v.toFixed(Math.min(d, 10));
   }
   var yt = step(hi - lo, 5), ys = yt[0];
-  for (var k = Math.ceil(lo / ys); k * ys <= hi + ys * 1e-9; k++) {
-    var v = k * ys, y = Y(v);
+  // A range too narrow for the numbers' precision (or none) gets fifths.
+  var round = ys > Math.abs(lo) * 1e-12 && isFinite(ys);
+  var first = round ? Math.ceil(lo / ys) * ys : lo;
+  if (!round) ys = (hi - lo) / 5;
+  for (var k = 0; k <= 12 && first + k * ys <= hi + ys * 1e-9; k++) {
+    var v = first + k * ys, y = Y(v);
     el('line', {x1: L - 4, y1: y, x2: W - R, y2: y, stroke: '#eee'}, axis);
-    el('text', {x: L - 6, y: y + 4, 'text-anchor': 'end', 'class': 'ytick'}, axis).textContent = label(v, yt[1]);
+    el('text', {x: L - 6, y: y + 4, 'text-anchor': 'end', 'class': 'ytick'}, axis).textContent = round ? label(v, yt[1]) : fmt(v);
   }
   var xs = Math.max(1, Math.round(step(x1 - x0, 8)[0]));
   if (xs === 3) xs = 2; // a step of 2.5 trials
-  for (var id = Math.ceil(x0 / xs) * xs; id <= x1; id += xs) {
+  for (var id = Math.ceil(x0 / xs) * xs, n = 0; id <= x1 && n <= 12; id += xs, n++) {
     var x = X(id);
     el('line', {x1: x, y1: B, x2: x, y2: B + 4}, axis);
     el('text', {x: x, y: LANE + 30, 'text-anchor': 'middle', 'class': 'xtick'}, axis).textContent = id;

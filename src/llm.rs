@@ -469,10 +469,17 @@ impl LlmClient {
             // A server that does not know a response_format says 400 (or
             // 422; llama-cpp-python's says 500 and names the field): ask
             // again with the next simpler one, and keep to it.
+            // A 400 about something else (a prompt over the context) is no
+            // reason to give up the schema.
             let refused = match &error {
                 LlmError::Status {
-                    status: 400 | 422, ..
-                } => true,
+                    status: 400 | 422,
+                    body,
+                    ..
+                } => {
+                    let body = body.to_ascii_lowercase();
+                    body.trim().is_empty() || body.contains("format") || body.contains("schema")
+                }
                 LlmError::Status {
                     status: 500, body, ..
                 } => body.contains("response_format"),

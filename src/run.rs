@@ -174,6 +174,7 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
                 break;
             }
             _ = async { tokio::select! { _ = sigint.recv() => {}, _ = sigterm.recv() => {} } } => {
+                live.finish();
                 eprintln!("\nratchet: interrupted; killing running trials and recording them (signal again to quit at once)");
                 summary.interrupted = true;
                 break;

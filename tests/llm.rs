@@ -393,7 +393,11 @@ fn a_server_without_structured_output_is_asked_again_more_simply_and_remembered(
                 r#"{"error":{"message":"1 validation error: ('body', 'response_format', 'type'): Input should be 'text' or 'json_object'"}}"#.into(),
             )
         } else if !format.is_null() {
-            Reply::Status(400, vec![])
+            // OpenAI's words for a model without structured output.
+            Reply::Body(
+                400,
+                r#"{"error":{"message":"Invalid parameter: 'response_format' of type 'json_object' is not supported with this model."}}"#.into(),
+            )
         } else {
             Reply::Text(proposal(
                 &format!("plain {n}"),
@@ -545,4 +549,32 @@ fn a_lone_llm_specialist_that_rests_is_waited_for_not_given_up_on() {
     let requests = server.requests_of("m");
     assert!(requests[1].at - requests[0].at >= Duration::from_secs(1));
     assert_eq!(events(&dir).len(), 1);
+}
+
+#[test]
+fn a_bad_request_about_something_else_keeps_the_schema() {
+    let server = LlmServer::start(|_, n, _| match n {
+        0 => Reply::Body(
+            400,
+            r#"{"error":{"message":"This model's maximum context length is 4096 tokens."}}"#.into(),
+        ),
+        n => Reply::Text(proposal(&format!("x {n}"), set_x(2.5 + n as f64 / 10.0))),
+    });
+    let dir = Dir::with_fixture("faulty");
+    setup(
+        &dir,
+        &llm_specialist("llm", "m", &server.base_url(), ""),
+        &["llm"],
+    );
+    dir.ratchet_ok(&["run", "--trials", "3"]);
+    let formats: Vec<String> = server
+        .requests_of("m")
+        .iter()
+        .filter_map(|r| format_of(&r.body))
+        .collect();
+    assert!(formats.len() >= 3, "{formats:?}");
+    assert!(
+        formats.iter().all(|f| f == "json_schema"),
+        "a 400 that is not about the response format changed it: {formats:?}"
+    );
 }

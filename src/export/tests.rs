@@ -21,6 +21,8 @@ fn utc_dates_are_civil() {
     assert_eq!(utc(0), "1970-01-01 00:00:00");
     assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
     assert_eq!(utc(1_795_430_096_000), "2026-11-23 10:34:56");
+    assert_eq!(utc(253_402_300_799_000), "9999-12-31 23:59:59");
+    assert_eq!(utc(u64::MAX), format!("{} ms after 1970", u64::MAX));
 }
 
 #[test]

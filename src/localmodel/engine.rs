@@ -344,9 +344,9 @@ impl Engine {
         };
         // What is kept for the next prompt: the state at the last whole
         // chunk this prompt shares with the one before (the next will likely
-        // share as much); for a first prompt, nothing being known yet, each
-        // chunk's. A state holds its own KV cache (SmolLM2-135M: 46 KB a
-        // token), so no more are kept.
+        // share as much); for a first prompt, nothing being known yet, its
+        // last two chunks'. A state holds its own KV cache (SmolLM2-135M:
+        // 46 KB a token), so no more are kept.
         let boundary = (!self.last_prompt.is_empty()).then_some(shared / CHUNK * CHUNK);
         self.checkpoints
             .retain(|(n, _)| boundary.is_some_and(|b| *n == b));
@@ -366,6 +366,11 @@ impl Engine {
             if end.is_multiple_of(CHUNK) && end < prompt.len() && wanted {
                 if let Some(copy) = state.as_ref().and_then(Weights::copy) {
                     self.checkpoints.push((end, copy));
+                    // Each holds its own KV cache: a first prompt keeps its
+                    // last two (a next one will likely share most of it).
+                    if self.checkpoints.len() > 2 {
+                        self.checkpoints.remove(0);
+                    }
                 }
             }
         }

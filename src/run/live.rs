@@ -39,7 +39,9 @@ impl Live {
     /// One event line: above the status line on a terminal.
     pub fn line(&self, text: &str) {
         if self.bar.is_hidden() {
-            println!("{text}");
+            // A closed pipe (`ratchet run | head`) must not stop the run.
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout().lock(), "{text}");
         } else {
             self.bar.println(text);
         }
