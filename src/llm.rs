@@ -466,11 +466,11 @@ impl LlmClient {
                 Err(_) => LlmError::Timeout(self.config.timeout_secs),
             };
             self.window.push_back((sent, estimate));
-            // A server that does not know a response_format says 400 (or
-            // 422; llama-cpp-python's says 500 and names the field): ask
-            // again with the next simpler one, and keep to it.
-            // A 400 about something else (a prompt over the context) is no
-            // reason to give up the schema.
+            // A server that does not know a response_format says 400 or 422
+            // about it (llama-cpp-python's says 500 and names the field):
+            // ask again with the next simpler one, and keep to it. A 400
+            // about something else (a prompt over the context) is no reason
+            // to give up the schema.
             let refused = match &error {
                 LlmError::Status {
                     status: 400 | 422,

@@ -382,16 +382,38 @@ fn format_of(body: &Value) -> Option<String> {
     })
 }
 
+/// What llama-cpp-python's server answers a `json_schema` request.
+fn llama_cpp_python_refusal() -> Reply {
+    Reply::Body(
+        500,
+        r#"{"error":{"message":"1 validation error: ('body', 'response_format', 'type'): Input should be 'text' or 'json_object'"}}"#.into(),
+    )
+}
+
+/// Runs `trials` trials of one llm specialist (with `extra` keys) against
+/// `server`: the run's directory, and the formats it asked for, in order.
+fn run_against(server: &LlmServer, extra: &str, trials: &str) -> (Dir, Vec<String>) {
+    let dir = Dir::with_fixture("faulty");
+    setup(
+        &dir,
+        &llm_specialist("llm", "m", &server.base_url(), extra),
+        &["llm"],
+    );
+    dir.ratchet_ok(&["run", "--trials", trials]);
+    let formats = server
+        .requests_of("m")
+        .iter()
+        .filter_map(|r| format_of(&r.body))
+        .collect();
+    (dir, formats)
+}
+
 #[test]
 fn a_server_without_structured_output_is_asked_again_more_simply_and_remembered() {
     let server = LlmServer::start(|_, n, body| {
         let format = &body["response_format"]["type"];
         if format == "json_schema" {
-            // What llama-cpp-python's server answers.
-            Reply::Body(
-                500,
-                r#"{"error":{"message":"1 validation error: ('body', 'response_format', 'type'): Input should be 'text' or 'json_object'"}}"#.into(),
-            )
+            llama_cpp_python_refusal()
         } else if !format.is_null() {
             // OpenAI's words for a model without structured output.
             Reply::Body(
@@ -405,15 +427,8 @@ fn a_server_without_structured_output_is_asked_again_more_simply_and_remembered(
             ))
         }
     });
-    let dir = Dir::with_fixture("faulty");
-    setup(
-        &dir,
-        &llm_specialist("llm", "m", &server.base_url(), ""),
-        &["llm"],
-    );
-    dir.ratchet_ok(&["run", "--trials", "4"]);
+    let (dir, formats) = run_against(&server, "", "4");
     let requests = server.requests_of("m");
-    let formats: Vec<String> = requests.iter().filter_map(|r| format_of(&r.body)).collect();
     assert_eq!(
         formats,
         ["json_schema", "json_object+schema", "json_object"],
@@ -460,10 +475,7 @@ fn a_server_that_takes_a_schema_only_beside_json_object_gets_it_there() {
         let server = LlmServer::start(|_, n, body| {
             let format = &body["response_format"];
             if format["type"] == "json_schema" {
-                Reply::Body(
-                    500,
-                    r#"{"error":{"message":"1 validation error: ('body', 'response_format', 'type'): Input should be 'text' or 'json_object'"}}"#.into(),
-                )
+                llama_cpp_python_refusal()
             } else if format["type"] == "json_object" && format["schema"].is_object() {
                 Reply::Text(proposal(
                     &format!("schema {n}"),
@@ -473,23 +485,7 @@ fn a_server_that_takes_a_schema_only_beside_json_object_gets_it_there() {
                 Reply::Text("{\"recipe\": {\"layer-2\": 1}}".into())
             }
         });
-        let dir = Dir::with_fixture("faulty");
-        setup(
-            &dir,
-            &llm_specialist(
-                "llm",
-                "m",
-                &server.base_url(),
-                &format!("json_mode = \"{mode}\""),
-            ),
-            &["llm"],
-        );
-        dir.ratchet_ok(&["run", "--trials", "3"]);
-        let formats: Vec<String> = server
-            .requests_of("m")
-            .iter()
-            .filter_map(|r| format_of(&r.body))
-            .collect();
+        let (dir, formats) = run_against(&server, &format!("json_mode = \"{mode}\""), "3");
         assert_eq!(formats, expected, "json_mode = {mode}");
         assert_eq!(
             dir.trials().iter().filter(|t| t["score"].is_f64()).count(),
@@ -560,18 +556,7 @@ fn a_bad_request_about_something_else_keeps_the_schema() {
         ),
         n => Reply::Text(proposal(&format!("x {n}"), set_x(2.5 + n as f64 / 10.0))),
     });
-    let dir = Dir::with_fixture("faulty");
-    setup(
-        &dir,
-        &llm_specialist("llm", "m", &server.base_url(), ""),
-        &["llm"],
-    );
-    dir.ratchet_ok(&["run", "--trials", "3"]);
-    let formats: Vec<String> = server
-        .requests_of("m")
-        .iter()
-        .filter_map(|r| format_of(&r.body))
-        .collect();
+    let (_dir, formats) = run_against(&server, "", "3");
     assert!(formats.len() >= 3, "{formats:?}");
     assert!(
         formats.iter().all(|f| f == "json_schema"),
