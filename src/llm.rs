@@ -20,6 +20,7 @@
 //! GGUF model in a worker process (`local.rs`), decoded under that schema.
 
 pub mod local;
+pub mod usage;
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -58,11 +58,15 @@ pub async fn run(config: Config, max_trials: Option<u64>) -> anyhow::Result<RunS
 
     // The control socket, so `ratchet status`, `pause` and `lineage ...`
     // work from another terminal while this runs. Another ratchet on the
-    // same socket is an error; a socket that cannot be made is not.
+    // same socket is an error, and so is a dashboard address (`daemon.http`)
+    // that cannot be had; a socket that cannot be made is not.
     let mut control = match crate::daemon::Control::bind(&config) {
         Ok(c) => Some(c),
         Err(
-            e @ crate::daemon::DaemonError::Control(crate::daemon::control::ControlError::InUse(_)),
+            e @ (crate::daemon::DaemonError::Control(crate::daemon::control::ControlError::InUse(
+                _,
+            ))
+            | crate::daemon::DaemonError::Http { .. }),
         ) => return Err(e.into()),
         Err(e) => {
             tracing::warn!(error = %e, "no control socket: status and lineage reads from another terminal will wait for this run");

@@ -139,6 +139,10 @@ impl Actor for Specialist {
             info!(specialist = %args.config.name, inbox = %inbox.display(), "manual specialist reads proposals from its inbox");
         }
         let llm = llm_client(&args.config, &args.experiment)?;
+        if llm.is_some() {
+            // Its counters are shown (at zero) before its first request.
+            crate::llm::usage::add(&args.config.name, 0, 0);
+        }
         // Reads (incumbent, outcomes, which candidates are new) go straight
         // to the database, not through the lineage actor's mailbox behind
         // every other actor's writes; proposals are still written by it.
@@ -234,6 +238,11 @@ impl Actor for Specialist {
                     .ok_or("a model reply without an executor that asked")?;
                 let trial = match result {
                     Ok(completion) => {
+                        crate::llm::usage::add(
+                            &state.config.name,
+                            completion.attempts.into(),
+                            completion.tokens,
+                        );
                         state.failures = 0;
                         debug!(specialist = %state.config.name, tokens = completion.tokens, attempts = completion.attempts, "model replied");
                         for (kind, detail) in completion.events {
@@ -253,6 +262,7 @@ impl Actor for Specialist {
                         Some(propose_trial(&state.lineage, new).await?)
                     }
                     Err(failure) => {
+                        crate::llm::usage::add(&state.config.name, failure.attempts.into(), 0);
                         rest_after_failure(&myself, state, failure);
                         reply_to.cast(ExecutorMsg::Resting(state.config.name.clone()))?;
                         return Ok(());

@@ -465,7 +465,7 @@ async fn pause(
 
 /// Applies a new configuration: specialists added, removed or changed are
 /// started, stopped or restarted, slots change; running trials go on. The
-/// experiment, the lineage directory and the socket stay as they started
+/// experiment, the lineage directory, the socket and the dashboard's address stay as they started
 /// (reported in `at_restart` when the file changed them).
 async fn reload(
     state: &mut SupervisorState,
@@ -479,6 +479,9 @@ async fn reload(
     }
     if new.socket != old.socket {
         report.at_restart.push("daemon.socket".into());
+    }
+    if new.http != old.http {
+        report.at_restart.push("daemon.http".into());
     }
     if new.experiment.dir != old.experiment.dir
         || format!("{:?}{:?}", new.experiment.file, new.experiment.defaults)
@@ -515,6 +518,7 @@ async fn reload(
     let applied = Config {
         lineage_dir: old.lineage_dir.clone(),
         socket: old.socket.clone(),
+        http: old.http,
         experiment: old.experiment.clone(),
         slurm: old.slurm.clone(),
         gpus: old.gpus.clone(),

@@ -601,6 +601,7 @@ async fn answer(store: LineageStore, command: Command) -> Reply {
                         experiment: "bench".into(),
                         metric: "val_bpb".into(),
                         direction: "minimize".into(),
+                        budget_secs: 300,
                         stopping: None,
                         live,
                     }),

@@ -168,6 +168,27 @@ pub(super) fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<C
             ),
         );
     }
+    let http = d.http.as_deref().and_then(|a| match a.parse::<std::net::SocketAddr>() {
+        Ok(addr) if !addr.ip().is_loopback() && !d.http_allow_remote => {
+            err(
+                errors,
+                &file,
+                "daemon.http",
+                format!("{addr} is not a loopback address: anyone who reaches it reads the lineage (use an SSH tunnel to a 127.0.0.1 address, or set daemon.http_allow_remote = true)"),
+            );
+            None
+        }
+        Ok(addr) => Some(addr),
+        Err(e) => {
+            err(
+                errors,
+                &file,
+                "daemon.http",
+                format!("{a:?} is not an address and port such as \"127.0.0.1:8787\": {e}"),
+            );
+            None
+        }
+    });
     let mut names = BTreeSet::new();
     for (i, s) in parsed.specialists.iter().enumerate() {
         let key = |k: &str| format!("specialist[{i}].{k}");
@@ -294,6 +315,7 @@ pub(super) fn load_inner(file: &Path, errors: &mut Vec<ConfigError>) -> Option<C
         slots: slurm.as_ref().and_then(|s| s.max_jobs).unwrap_or(d.slots),
         seed: d.seed,
         socket,
+        http,
         drain_timeout_secs: d.drain_timeout_secs,
         max_attempts: d.max_attempts,
         confirm_first: d.confirm_first,

@@ -68,6 +68,8 @@ pub struct Config {
     pub slots: usize,
     pub seed: u64,
     pub socket: PathBuf,
+    /// `daemon.http`: where the dashboard and `/metrics` listen.
+    pub http: Option<std::net::SocketAddr>,
     pub drain_timeout_secs: u64,
     pub max_attempts: u32,
     pub confirm_first: bool,

@@ -193,6 +193,13 @@ pub struct DaemonSection {
     /// The trials lineage may hold; the daemon asks for no more and stops
     /// once those are decided.
     pub stop_after_trials: Option<u64>,
+    /// The read-only web dashboard and `/metrics` (`"127.0.0.1:8787"`);
+    /// off when absent.
+    pub http: Option<String>,
+    /// `http` may be an address other than loopback (anyone who reaches
+    /// it reads the lineage: prompts, diffs, logs).
+    #[serde(default)]
+    pub http_allow_remote: bool,
 }
 
 pub(super) fn default_true() -> bool {

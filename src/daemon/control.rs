@@ -145,6 +145,9 @@ pub struct DaemonStatus {
     pub experiment: String,
     pub metric: String,
     pub direction: String,
+    /// The experiment's train budget per run, seconds.
+    #[serde(default)]
+    pub budget_secs: u64,
     /// Why the daemon is draining (a signal, or the stop rule that fired).
     #[serde(default)]
     pub stopping: Option<String>,

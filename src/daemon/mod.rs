@@ -5,12 +5,14 @@
 //! within `daemon.drain_timeout_secs`, then they are killed and recorded
 //! `interrupted`); a second signal stops at once. SIGHUP and `ratchet reload`
 //! re-read the configuration. The control socket serves `status`, `pause`,
-//! `resume` and `reload`.
+//! `resume` and `reload`; `daemon.http` adds a read-only dashboard and
+//! `/metrics` (`web`).
 
 pub mod control;
 pub mod notify;
 mod render;
 pub mod stop;
+mod web;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,6 +56,11 @@ pub enum DaemonError {
     NoReader(String),
     #[error("the actor tree stopped: {0}")]
     Stopped(String),
+    #[error("the dashboard cannot listen on {addr} (daemon.http): {error}")]
+    Http {
+        addr: std::net::SocketAddr,
+        error: std::io::Error,
+    },
 }
 
 /// How long a control request may wait for the actor tree.
@@ -72,6 +79,7 @@ struct Handle {
     experiment: String,
     metric: String,
     direction: String,
+    budget_secs: u64,
     /// Why the daemon is stopping (a signal or a stop rule), once it is.
     stopping: Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -92,6 +100,7 @@ impl Handle {
             experiment: exp.name.clone(),
             metric: exp.metric.clone(),
             direction: exp.direction.as_str().into(),
+            budget_secs: exp.budget_secs,
             stopping: Arc::default(),
         })
     }
@@ -106,11 +115,23 @@ pub struct Control {
     pointer: PathBuf,
     listener: Option<tokio::net::UnixListener>,
     server: Option<tokio::task::JoinHandle<()>>,
+    /// The dashboard (`daemon.http`), bound with the socket.
+    http: Option<std::net::TcpListener>,
+    http_server: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Control {
     pub fn bind(config: &Config) -> Result<Control, DaemonError> {
         let listener = control::bind(&config.socket)?;
+        let http = match config.http {
+            Some(addr) => {
+                if !addr.ip().is_loopback() {
+                    warn!(address = %addr, "the dashboard listens beyond this machine (daemon.http_allow_remote): anyone who reaches it reads the lineage, prompts, diffs and logs");
+                }
+                Some(web::bind(addr).map_err(|error| DaemonError::Http { addr, error })?)
+            }
+            None => None,
+        };
         let pointer = control::pointer_path(&config.lineage_dir);
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -128,6 +149,8 @@ impl Control {
             pointer,
             listener: Some(listener),
             server: None,
+            http,
+            http_server: None,
         })
     }
 
@@ -144,13 +167,19 @@ impl Control {
 
     fn serve_handle(&mut self, handle: Handle) {
         if let Some(listener) = self.listener.take() {
-            self.server = Some(tokio::spawn(serve(listener, handle)));
+            self.server = Some(tokio::spawn(serve(listener, handle.clone())));
+        }
+        if let Some(listener) = self.http.take() {
+            self.http_server = Some(tokio::spawn(web::serve(listener, handle)));
         }
     }
 
     /// Stops answering (the socket file stays until drop).
     fn stop_serving(&mut self) {
-        if let Some(s) = self.server.take() {
+        for s in [self.server.take(), self.http_server.take()]
+            .into_iter()
+            .flatten()
+        {
             s.abort();
         }
     }
@@ -474,18 +503,9 @@ pub fn stream_read(store: LineageStore, read: crate::lineage::query::Read) -> Re
 async fn answer_one(handle: Handle, command: Command) -> Response {
     match command {
         Command::Read { .. } => Response::error("a read streams its answer"),
-        Command::Status => match live_status(&handle.supervisor).await {
-            Ok(live) => Response {
-                status: Some(DaemonStatus {
-                    pid: std::process::id(),
-                    started_ms: handle.started_ms,
-                    config: handle.file.clone(),
-                    experiment: handle.experiment.clone(),
-                    metric: handle.metric.clone(),
-                    direction: handle.direction.clone(),
-                    stopping: handle.stopping.lock().ok().and_then(|s| s.clone()),
-                    live,
-                }),
+        Command::Status => match daemon_status(&handle).await {
+            Ok(status) => Response {
+                status: Some(status),
                 ..Response::ok()
             },
             Err(e) => Response::error(e),
@@ -503,6 +523,22 @@ async fn answer_one(handle: Handle, command: Command) -> Response {
             },
         },
     }
+}
+
+/// What `status` answers: the daemon and its actor tree now.
+async fn daemon_status(handle: &Handle) -> Result<DaemonStatus, String> {
+    let live = live_status(&handle.supervisor).await?;
+    Ok(DaemonStatus {
+        pid: std::process::id(),
+        started_ms: handle.started_ms,
+        config: handle.file.clone(),
+        experiment: handle.experiment.clone(),
+        metric: handle.metric.clone(),
+        direction: handle.direction.clone(),
+        budget_secs: handle.budget_secs,
+        stopping: handle.stopping.lock().ok().and_then(|s| s.clone()),
+        live,
+    })
 }
 
 async fn pause(

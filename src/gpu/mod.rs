@@ -276,7 +276,7 @@ pub fn parse_devices(text: &str) -> Result<Vec<GpuDevice>, String> {
 }
 
 /// One device in one sample.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     pub uuid: String,
     /// Percent; `None` where the device does not report it (`[N/A]`).
@@ -358,6 +358,8 @@ struct Set {
     /// Samples in a row that lacked one of its devices.
     missing: u32,
     usage: Usage,
+    /// Its devices' last samples.
+    latest: Vec<Sample>,
 }
 
 /// Telemetry of the current lease.
@@ -389,6 +391,10 @@ pub struct GpuSlot {
     /// Why it is out of rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub out: Option<String>,
+    /// Each device's last nvidia-smi sample (taken while any slot is
+    /// leased), in the order of `devices`; empty before the first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latest: Vec<Sample>,
 }
 
 impl Gpus {
@@ -407,6 +413,7 @@ impl Gpus {
                         errors: 0,
                         missing: 0,
                         usage: Usage::default(),
+                        latest: Vec::new(),
                     })
                     .collect(),
                 smi_error: None,
@@ -516,6 +523,7 @@ impl Gpus {
                 devices: s.devices.clone(),
                 running: s.holder,
                 out: s.out.clone(),
+                latest: s.latest.clone(),
             })
             .collect()
     }
@@ -546,6 +554,7 @@ impl Gpus {
         for set in &mut pool.sets {
             let mut gone = None;
             let leased = set.holder.is_some();
+            set.latest.clear();
             if leased {
                 set.usage.samples += 1;
             }
@@ -554,6 +563,7 @@ impl Gpus {
                     gone = Some(d);
                     continue;
                 };
+                set.latest.push(s.clone());
                 if leased {
                     if let Some(u) = s.util {
                         set.usage.util_sum += u;

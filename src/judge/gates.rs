@@ -199,6 +199,7 @@ mod tests {
             slots: 1,
             seed: 0,
             socket: dir.join("lineage/ratchet.sock"),
+            http: None,
             drain_timeout_secs: 1,
             max_attempts: 3,
             confirm_first: true,

@@ -7,8 +7,9 @@
 //! `incumbents` id → Incumbent (history, newest last), `meta` (`next_id`,
 //! `incumbent`, markers of one-time migrations),
 //! `events` seq → Event, `counts` outcome → number of terminal trials with
-//! that outcome (kept in the same transaction as the trial, so `status` does
-//! not scan), `paused` specialist name → since (ms), and `index`: secondary
+//! that outcome, and `\x01<specialist>\0<outcome>` → those of one specialist
+//! (kept in the same transaction as the trial, so `status` and `/metrics`
+//! do not scan), `paused` specialist name → since (ms), and `index`: secondary
 //! keys written in the same transactions as the trial (see [`query`]):
 //! `s<specialist>\0<id>` for every trial, and for terminal ones
 //! `o<outcome>\0<id>`, `t<status>\0<id>` and `f<finished ms><id>`.
@@ -154,9 +155,9 @@ pub struct LineageStore {
 
 const NEXT_ID: &[u8] = b"next_id";
 const INCUMBENT: &[u8] = b"incumbent";
-/// Present once `counts` holds every terminal trial (lineages written before
-/// the counts existed are counted once, at open).
-const COUNTS_V1: &[u8] = b"counts_v1";
+/// Present once `counts` holds every terminal trial by outcome and by
+/// (specialist, outcome) (lineages written before are counted once, at open).
+const COUNTS_V2: &[u8] = b"counts_v2";
 /// Present once `index` holds every trial.
 const INDEX_V1: &[u8] = b"index_v1";
 /// Present once `configs` is keyed by hashes.
@@ -193,14 +194,36 @@ pub const SUMMARY_INCUMBENTS: usize = 10;
 /// How many of the newest events a summary looks through.
 const SUMMARY_EVENTS: usize = 2000;
 
-/// Adds one to the count of `outcome` inside a transaction.
-fn count(counts: &sled::transaction::TransactionalTree, outcome: &str) -> TxResult<()> {
-    let n = counts
-        .get(outcome.as_bytes())?
-        .map(|b| u64::from_be_bytes(b.as_ref().try_into().unwrap_or([0; 8])))
-        .unwrap_or(0);
-    counts.insert(outcome.as_bytes(), &(n + 1).to_be_bytes())?;
+/// Adds a terminal trial to the counts of its outcome and of its
+/// (specialist, outcome) pair, inside a transaction.
+fn count(counts: &sled::transaction::TransactionalTree, trial: &Trial) -> TxResult<()> {
+    let outcome = trial.outcome();
+    for k in [
+        outcome.as_bytes().to_vec(),
+        by_specialist_key(&trial.specialist, outcome),
+    ] {
+        let n = counts
+            .get(&k)?
+            .map(|b| u64::from_be_bytes(b.as_ref().try_into().unwrap_or([0; 8])))
+            .unwrap_or(0);
+        counts.insert(k, &(n + 1).to_be_bytes())?;
+    }
     Ok(())
+}
+
+/// The first byte of a `counts` key by (specialist, outcome); outcome keys
+/// are plain words, so they sort after every such key.
+const BY_SPECIALIST: u8 = 1;
+
+/// `counts` key of one specialist's trials with one outcome:
+/// `\x01<specialist>\0<outcome>`.
+fn by_specialist_key(specialist: &str, outcome: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(specialist.len() + outcome.len() + 2);
+    k.push(BY_SPECIALIST);
+    k.extend_from_slice(specialist.as_bytes());
+    k.push(0);
+    k.extend_from_slice(outcome.as_bytes());
+    k
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<LineageError>>;
@@ -320,7 +343,7 @@ impl LineageStore {
             index: db.open_tree("index")?,
             db,
         };
-        if !store.meta.contains_key(COUNTS_V1)? || !store.meta.contains_key(INDEX_V1)? {
+        if !store.meta.contains_key(COUNTS_V2)? || !store.meta.contains_key(INDEX_V1)? {
             store.rebuild_derived()?;
         }
         if !store.meta.contains_key(CONFIGS_HASHED)? {
@@ -352,13 +375,16 @@ impl LineageStore {
     /// Counts the terminal trials by outcome and indexes every trial from
     /// scratch (once, for a lineage written before they were kept).
     fn rebuild_derived(&self) -> Result<(), LineageError> {
-        let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut counts: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
         self.index.clear()?;
         let mut batch = sled::Batch::default();
         for t in self.iter() {
             let t = t?;
             if t.status.is_terminal() {
-                *counts.entry(t.outcome()).or_default() += 1;
+                *counts.entry(t.outcome().as_bytes().to_vec()).or_default() += 1;
+                *counts
+                    .entry(by_specialist_key(&t.specialist, t.outcome()))
+                    .or_default() += 1;
             }
             for k in query::index_keys(&t) {
                 batch.insert(k, &[]);
@@ -367,9 +393,9 @@ impl LineageStore {
         self.index.apply_batch(batch)?;
         self.counts.clear()?;
         for (k, n) in counts {
-            self.counts.insert(k.as_bytes(), &n.to_be_bytes())?;
+            self.counts.insert(k, &n.to_be_bytes())?;
         }
-        self.meta.insert(COUNTS_V1, &[])?;
+        self.meta.insert(COUNTS_V2, &[])?;
         self.meta.insert(INDEX_V1, &[])?;
         self.db.flush()?;
         Ok(())
@@ -466,7 +492,7 @@ impl LineageStore {
                     active.insert(&key(id), &[])?;
                 }
                 if trial.status.is_terminal() {
-                    count(counts, trial.outcome())?;
+                    count(counts, &trial)?;
                 }
                 for k in query::index_keys(&trial) {
                     index.insert(k, &[])?;
@@ -535,7 +561,7 @@ impl LineageStore {
                     }
                     if trial.status.is_terminal() {
                         active.remove(&key(id))?;
-                        count(counts, trial.outcome())?;
+                        count(counts, &trial)?;
                         for k in query::terminal_keys(&trial) {
                             index.insert(k, &[])?;
                         }
@@ -718,7 +744,7 @@ impl LineageStore {
             paused: self.paused()?,
             ..Default::default()
         };
-        for kv in self.counts.iter() {
+        for kv in self.counts.range([BY_SPECIALIST + 1]..) {
             let (k, v) = kv?;
             let n = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
             s.outcomes
@@ -737,6 +763,20 @@ impl LineageStore {
         s.finished_last_hour = self.finished_since(now.saturating_sub(HOUR))?;
         s.llm = self.latest_events("llm_reply", SUMMARY_EVENTS)?;
         Ok(s)
+    }
+
+    /// Terminal trials by (specialist, outcome), without a scan.
+    pub fn counts_by_specialist(&self) -> Result<BTreeMap<(String, String), u64>, LineageError> {
+        let mut out = BTreeMap::new();
+        for kv in self.counts.range([BY_SPECIALIST]..[BY_SPECIALIST + 1]) {
+            let (k, v) = kv?;
+            let n = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
+            let text = String::from_utf8_lossy(&k[1..]);
+            if let Some((specialist, outcome)) = text.split_once('\0') {
+                out.insert((specialist.to_string(), outcome.to_string()), n);
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -270,7 +270,6 @@ impl LineageStore {
         Ok(TrialId(lo))
     }
 
-    /// How many trials reached their outcome at or after `since` (ms).
     /// Terminal trials in the order they finished, after `cursor` (a key
     /// of the finish index; empty: from the first): at most the newest `cap`
     /// of them, oldest first, and the cursor after the newest. What a
@@ -305,6 +304,33 @@ impl LineageStore {
         Ok((out, newest))
     }
 
+    /// Hands every terminal trial that finished after `cursor` (as in
+    /// [`Self::finished_after`]) to `each`, oldest first, one at a time;
+    /// returns the cursor after the last.
+    pub fn each_finished_after(
+        &self,
+        cursor: &[u8],
+        each: &mut dyn FnMut(&Trial),
+    ) -> Result<Vec<u8>, LineageError> {
+        let mut start = cursor.to_vec();
+        if start.is_empty() {
+            start.push(FINISHED);
+        } else {
+            start.push(0);
+        }
+        let mut last = cursor.to_vec();
+        for kv in self.index.range(start..vec![FINISHED + 1]) {
+            let (k, _) = kv?;
+            let id = &k[k.len() - 8..];
+            if let Some(b) = self.trials.get(id)? {
+                each(&decode_trial(id, &b)?);
+            }
+            last = k.to_vec();
+        }
+        Ok(last)
+    }
+
+    /// How many trials reached their outcome at or after `since` (ms).
     pub fn finished_since(&self, since: u64) -> Result<u64, LineageError> {
         let mut start = vec![FINISHED];
         start.extend_from_slice(&since.to_be_bytes());
@@ -375,6 +401,23 @@ mod tests {
         assert_eq!(got, [1, 4, 6]);
         let (got, _) = read(&[], 100);
         assert_eq!(got, [5, 2, 1, 4, 6], "from the start: every finished trial");
+        // The streaming reader agrees, and its cursor is the same.
+        let each = |cursor: &[u8]| {
+            let mut ids = Vec::new();
+            let next = store
+                .each_finished_after(cursor, &mut |t| ids.push(t.id.0))
+                .unwrap();
+            (ids, next)
+        };
+        let (ids, next) = each(&[]);
+        assert_eq!(ids, [5, 2, 1, 4, 6]);
+        assert_eq!(next, read(&[], 100).1);
+        assert_eq!(
+            each(&next),
+            (vec![], next.clone()),
+            "no news keeps the cursor"
+        );
+        assert_eq!(each(&cursor).0, [1, 4, 6]);
     }
 
     /// Every filter gives what a scan with `Filter::matches` gives, whichever

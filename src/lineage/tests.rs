@@ -128,12 +128,25 @@ fn the_summary_counts_outcomes_as_a_full_scan_would() {
     assert_eq!(s.finished_last_hour, 5);
     assert_eq!(s.keeps, 2);
     assert_eq!(s.incumbent.as_ref().map(|i| i.trial), Some(TrialId(4)));
+    // By (specialist, outcome), as a scan counts them.
+    let mut scanned: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for t in store.iter() {
+        let t = t.unwrap();
+        if t.status.is_terminal() {
+            *scanned
+                .entry((t.specialist.clone(), t.outcome().to_string()))
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(scanned.values().sum::<u64>(), 5);
+    assert_eq!(store.counts_by_specialist().unwrap(), scanned);
     // A lineage from before the counts is counted once at open.
-    store.meta.remove(COUNTS_V1).unwrap();
+    store.meta.remove(COUNTS_V2).unwrap();
     store.counts.clear().unwrap();
     drop(store);
     let store = open(dir.path());
     assert_eq!(store.summary().unwrap().outcomes, expect);
+    assert_eq!(store.counts_by_specialist().unwrap(), scanned);
 }
 
 #[test]

@@ -1,0 +1,488 @@
+//! The read-only web dashboard and Prometheus metrics (`daemon.http`),
+//! served by `ratchet daemon` and by a foreground `ratchet run`.
+//!
+//! ```text
+//! GET /                       the dashboard (polls the API below)
+//! GET /trial/<id>             one trial's page
+//! GET /metrics                Prometheus text format (version 0.0.4)
+//! GET /api/v1/status          {"v":1,"now_ms":..,"status":{...}}  what `ratchet status --json` shows
+//! GET /api/v1/trials?...      {"v":1,"trials":[...]}       `lineage list` filters: specialist,
+//!                                                          label, status, since_ms, limit, oldest_first
+//! GET /api/v1/trials/<id>     {"v":1,"trial":{...},"logs":{"train.stderr":"...",...}}
+//! GET /api/v1/failures?limit  {"v":1,"failures":[...]}     the newest failed trials with stderr tails
+//! GET /api/v1/plot?epoch&after {"v":1,"epoch":..,"next":..,"points":[...],...}   the progress plot,
+//!                                                          only points after `after` of this epoch
+//! GET /api/v1/progress        {"v":1,"runs":[...],"incumbent":{...}}  live curves of running trials
+//! ```
+//!
+//! The same rules as the control socket: lineage is read from a handle on
+//! the open database on blocking threads, never through the actors'
+//! mailboxes; the live status (slots, queue) is asked of the supervisor at
+//! most once a second whatever the number of clients; nothing over HTTP
+//! changes anything.
+
+mod metrics;
+mod page;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::control::DaemonStatus;
+use super::Handle;
+use crate::domain::{Trial, TrialId, TrialStatus};
+use crate::lineage::query::Filter;
+use crate::lineage::LineageStore;
+
+/// The version of the JSON API (`/api/v1/...`, and `"v"` in every answer).
+pub const API: u32 = 1;
+/// How old a live status may be before the supervisor is asked again.
+const STATUS_FRESH: Duration = Duration::from_secs(1);
+/// How often the plot's points are brought up to date at most.
+const PLOT_FRESH: Duration = Duration::from_millis(500);
+/// The end of a log a trial page shows.
+const LOG_TAIL: u64 = 8 * 1024;
+/// The end of a failure's stderr the dashboard shows.
+const FAILURE_TAIL: u64 = 1024;
+/// The most trials one list answer holds.
+const LIST_MAX: usize = 1000;
+/// A list without `limit` holds this many.
+const LIST_DEFAULT: usize = 100;
+
+/// Binds the dashboard's address (before anything starts, so an address in
+/// use fails the start).
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+#[derive(Clone)]
+struct Web {
+    handle: Handle,
+    status: Arc<tokio::sync::Mutex<Option<(Instant, Arc<DaemonStatus>)>>>,
+    plot: Arc<Mutex<Plot>>,
+    /// Tells a page that this is another process than the one whose
+    /// points it holds (they are then fetched anew).
+    epoch: u64,
+}
+
+/// Serves the dashboard until the task is aborted.
+pub async fn serve(listener: std::net::TcpListener, handle: Handle) {
+    let addr = listener.local_addr().ok();
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "the dashboard's socket cannot be served");
+            return;
+        }
+    };
+    let web = Web {
+        epoch: handle.started_ms,
+        handle,
+        status: Arc::default(),
+        plot: Arc::default(),
+    };
+    let app = Router::new()
+        .route("/", get(|| async { Html(page::dashboard()) }))
+        .route("/trial/{id}", get(|| async { Html(page::trial()) }))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/trials", get(trials))
+        .route("/api/v1/trials/{id}", get(trial))
+        .route("/api/v1/failures", get(failures))
+        .route("/api/v1/plot", get(plot))
+        .route("/api/v1/progress", get(progress))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page".into()) })
+        .with_state(web);
+    if let Some(a) = addr {
+        tracing::info!(address = %a, "dashboard at http://{a}/ , metrics at http://{a}/metrics");
+    }
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "the dashboard stopped");
+    }
+}
+
+/// A JSON error answer: `{"v":1,"error":"..."}`.
+fn error(code: StatusCode, message: String) -> Response {
+    (code, Json(json!({"v": API, "error": message}))).into_response()
+}
+
+fn ok(body: Value) -> Response {
+    Json(body).into_response()
+}
+
+impl Web {
+    /// The live status, asked of the supervisor at most once a second.
+    async fn status(&self) -> Result<Arc<DaemonStatus>, String> {
+        let mut cached = self.status.lock().await;
+        if let Some((at, s)) = cached.as_ref() {
+            if at.elapsed() < STATUS_FRESH {
+                return Ok(s.clone());
+            }
+        }
+        let s = Arc::new(super::daemon_status(&self.handle).await?);
+        *cached = Some((Instant::now(), s.clone()));
+        Ok(s)
+    }
+
+    /// Runs a lineage read on a blocking thread.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&LineageStore) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, Response> {
+        let store = self.handle.reader.clone();
+        match tokio::task::spawn_blocking(move || f(&store)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+            Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        }
+    }
+}
+
+async fn status(State(web): State<Web>) -> Response {
+    match web.status().await {
+        // The page measures elapsed times by the daemon's clock.
+        Ok(s) => ok(json!({"v": API, "now_ms": crate::domain::now_ms(), "status": &*s})),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn metrics(State(web): State<Web>) -> Response {
+    let s = match web.status().await {
+        Ok(s) => s,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+    };
+    let by = match web
+        .read(|store| store.counts_by_specialist().map_err(|e| e.to_string()))
+        .await
+    {
+        Ok(by) => by,
+        Err(r) => return r,
+    };
+    match metrics::encode(&s, &by, &crate::llm::usage::snapshot()) {
+        Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn trials(
+    State(web): State<Web>,
+    filter: Result<Query<Filter>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let mut filter = match filter {
+        Ok(Query(f)) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    filter.limit = Some(filter.limit.unwrap_or(LIST_DEFAULT).min(LIST_MAX));
+    let listed = web
+        .read(move |store| {
+            store
+                .select(&filter)
+                .and_then(|s| s.collect::<Result<Vec<Trial>, _>>())
+                .map_err(|e| e.to_string())
+        })
+        .await;
+    match listed {
+        Ok(t) => ok(json!({"v": API, "trials": t})),
+        Err(r) => r,
+    }
+}
+
+fn trial_id(raw: &str) -> Result<TrialId, Response> {
+    raw.trim_start_matches('#')
+        .parse()
+        .map(TrialId)
+        .map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("{raw:?} is not a trial id"),
+            )
+        })
+}
+
+async fn trial(State(web): State<Web>, UrlPath(raw): UrlPath<String>) -> Response {
+    let id = match trial_id(&raw) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let found = web
+        .read(move |store| store.get(id).map_err(|e| e.to_string()))
+        .await;
+    match found {
+        Ok(Some(t)) => {
+            let logs: BTreeMap<String, String> = log_files(&t)
+                .into_iter()
+                .filter_map(|(name, path)| tail(&path, LOG_TAIL).map(|text| (name, text)))
+                .collect();
+            ok(json!({"v": API, "trial": t, "logs": logs}))
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no trial {id}")),
+        Err(r) => r,
+    }
+}
+
+/// A trial's logs by name (`train.stderr`, ...): those its reports name,
+/// and while it runs, those in its directory.
+fn log_files(t: &Trial) -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    let reports = [
+        ("preflight", &t.preflight),
+        ("train", &t.train),
+        ("eval", &t.eval),
+    ];
+    for (name, r) in reports {
+        if let Some(r) = r {
+            out.push((format!("{name}.stdout"), r.stdout.clone()));
+            out.push((format!("{name}.stderr"), r.stderr.clone()));
+        }
+    }
+    if let Some(dir) = &t.trial_dir {
+        for name in ["train.stdout", "train.stderr"] {
+            if !out.iter().any(|(n, _)| n == name) {
+                out.push((name.into(), dir.join(name)));
+            }
+        }
+    }
+    out
+}
+
+/// The last `bytes` of a file, from a line start where one is near; `None`
+/// when it cannot be read.
+fn tail(path: &Path, bytes: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let from = len.saturating_sub(bytes);
+    f.seek(SeekFrom::Start(from)).ok()?;
+    let mut buf = Vec::new();
+    f.take(bytes).read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    Some(match (from > 0, text.find('\n')) {
+        (true, Some(i)) if i + 1 < text.len() => text[i + 1..].to_string(),
+        _ => text,
+    })
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn failures(State(web): State<Web>, Query(q): Query<Limit>) -> Response {
+    let filter = Filter {
+        status: Some(TrialStatus::Failed),
+        limit: Some(q.limit.unwrap_or(10).min(LIST_MAX)),
+        ..Default::default()
+    };
+    let listed = web
+        .read(move |store| {
+            let trials = store
+                .select(&filter)
+                .and_then(|s| s.collect::<Result<Vec<Trial>, _>>())
+                .map_err(|e| e.to_string())?;
+            Ok(trials
+                .iter()
+                .map(|t| {
+                    let stderr = t
+                        .train
+                        .as_ref()
+                        .map(|r| r.stderr.clone())
+                        .or_else(|| t.trial_dir.as_ref().map(|d| d.join("train.stderr")));
+                    json!({
+                        "id": t.id,
+                        "specialist": t.specialist,
+                        "label": t.outcome(),
+                        "detail": t.detail,
+                        "hypothesis": t.hypothesis,
+                        "finished_ms": t.history.last().map(|c| c.at_ms),
+                        "stderr_tail": stderr.and_then(|p| tail(&p, FAILURE_TAIL)),
+                    })
+                })
+                .collect::<Vec<_>>())
+        })
+        .await;
+    match listed {
+        Ok(f) => ok(json!({"v": API, "failures": f})),
+        Err(r) => r,
+    }
+}
+
+/// The plot's points, kept in memory and brought up to date from the
+/// finish index, so that a page's poll reads only what is new.
+#[derive(Default)]
+struct Plot {
+    cursor: Vec<u8>,
+    outcomes: Vec<&'static str>,
+    specialists: Vec<String>,
+    /// `(id, outcome index, score, specialist index)` in the order trials
+    /// finished (a trial that reached another outcome later is there twice;
+    /// the page keeps the last).
+    points: Vec<(u64, u32, Option<f64>, u32)>,
+    refreshed: Option<Instant>,
+}
+
+impl Plot {
+    fn refresh(&mut self, store: &LineageStore) -> Result<(), String> {
+        if self.refreshed.is_some_and(|t| t.elapsed() < PLOT_FRESH) {
+            return Ok(());
+        }
+        let mut add = |t: &Trial| {
+            let o = t.outcome();
+            let oi = self
+                .outcomes
+                .iter()
+                .position(|x| *x == o)
+                .unwrap_or_else(|| {
+                    self.outcomes.push(o);
+                    self.outcomes.len() - 1
+                });
+            let si = self
+                .specialists
+                .iter()
+                .position(|x| *x == t.specialist)
+                .unwrap_or_else(|| {
+                    self.specialists.push(t.specialist.clone());
+                    self.specialists.len() - 1
+                });
+            let score = crate::export::plot_score(t);
+            self.points.push((t.id.0, oi as u32, score, si as u32));
+        };
+        self.cursor = store
+            .each_finished_after(&self.cursor, &mut add)
+            .map_err(|e| e.to_string())?;
+        self.refreshed = Some(Instant::now());
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct PlotQuery {
+    epoch: Option<u64>,
+    after: Option<usize>,
+}
+
+async fn plot(State(web): State<Web>, Query(q): Query<PlotQuery>) -> Response {
+    let cache = web.plot.clone();
+    let after = if q.epoch == Some(web.epoch) {
+        q.after.unwrap_or(0)
+    } else {
+        0
+    };
+    let (metric, direction, epoch) = (
+        web.handle.metric.clone(),
+        web.handle.direction.clone(),
+        web.epoch,
+    );
+    let answer = web
+        .read(move |store| {
+            let mut p = cache.lock().unwrap_or_else(|p| p.into_inner());
+            p.refresh(store)?;
+            let incumbents = store.incumbent_history().map_err(|e| e.to_string())?;
+            let summary = store.summary().map_err(|e| e.to_string())?;
+            let after = after.min(p.points.len());
+            Ok(json!({
+                "v": API,
+                "epoch": epoch,
+                "next": p.points.len(),
+                "metric": metric,
+                "direction": direction,
+                "band": 2.0,
+                "outcomes": p.outcomes,
+                "specialists": p.specialists,
+                "points": p.points[after..].iter().map(|x| json!([x.0, x.1, x.2, x.3])).collect::<Vec<_>>(),
+                "incumbents": crate::export::incumbent_steps(&incumbents),
+                "trials": summary.trials,
+                "active": summary.active,
+            }))
+        })
+        .await;
+    match answer {
+        Ok(v) => ok(v),
+        Err(r) => r,
+    }
+}
+
+/// Running trials' progress curves (`NAME=value at=POSITION` lines of their
+/// train logs so far) and the incumbent's, for the dashboard's slot panel.
+async fn progress(State(web): State<Web>) -> Response {
+    let s = match web.status().await {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let runs: Vec<TrialId> = s
+        .live
+        .executor
+        .running
+        .iter()
+        .filter(|r| r.seed == 0)
+        .map(|r| r.trial)
+        .collect();
+    let incumbent = s.live.lineage.incumbent.as_ref().map(|i| i.trial);
+    let answer = web
+        .read(move |store| {
+            let mut out = Vec::new();
+            for id in runs {
+                let Some(t) = store.get(id).map_err(|e| e.to_string())? else {
+                    continue;
+                };
+                let curves = t
+                    .trial_dir
+                    .as_ref()
+                    .map(|d| live_curves(&d.join("train.stdout")))
+                    .unwrap_or_default();
+                out.push(json!({"trial": id, "curves": curves}));
+            }
+            let inc = match incumbent {
+                Some(id) => store.get(id).map_err(|e| e.to_string())?.map(|t| {
+                    json!({"trial": id, "curves": t.train.map(|r| r.progress).unwrap_or_default()})
+                }),
+                None => None,
+            };
+            Ok(json!({"v": API, "runs": out, "incumbent": inc}))
+        })
+        .await;
+    match answer {
+        Ok(v) => ok(v),
+        Err(r) => r,
+    }
+}
+
+/// The progress lines of a log so far (it is capped at
+/// `process::LOG_CAP_BYTES`), thinned as a finished run's report is.
+fn live_curves(log: &Path) -> BTreeMap<String, Vec<(f64, f64)>> {
+    let mut curves: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let Some(text) = tail(log, crate::process::LOG_CAP_BYTES) else {
+        return curves;
+    };
+    for line in text.split(['\n', '\r']) {
+        if let Some((name, value, at)) = crate::process::parse_progress(line) {
+            if value.is_finite() && at.is_finite() {
+                curves
+                    .entry(name.to_string())
+                    .or_default()
+                    .push((at, value));
+            }
+        }
+    }
+    for c in curves.values_mut() {
+        while c.len() > crate::process::PROGRESS_POINTS {
+            let mut i = 0;
+            c.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+        }
+    }
+    curves
+}
