@@ -764,20 +764,6 @@ impl LineageStore {
         s.llm = self.latest_events("llm_reply", SUMMARY_EVENTS)?;
         Ok(s)
     }
-
-    /// Terminal trials by (specialist, outcome), without a scan.
-    pub fn counts_by_specialist(&self) -> Result<BTreeMap<(String, String), u64>, LineageError> {
-        let mut out = BTreeMap::new();
-        for kv in self.counts.range([BY_SPECIALIST]..[BY_SPECIALIST + 1]) {
-            let (k, v) = kv?;
-            let n = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
-            let text = String::from_utf8_lossy(&k[1..]);
-            if let Some((specialist, outcome)) = text.split_once('\0') {
-                out.insert((specialist.to_string(), outcome.to_string()), n);
-            }
-        }
-        Ok(out)
-    }
 }
 
 /// Opens the store in a test; a reopen right after a drop may find sled's

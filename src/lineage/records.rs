@@ -1,5 +1,5 @@
 //! The records besides trials: daemon events, the specialists' pause
-//! state, and bulk import (benchmarks).
+//! state, bulk import (benchmarks), and the trial counts by specialist.
 
 use super::*;
 
@@ -153,6 +153,23 @@ impl LineageStore {
                 if e.kind == kind && !out.contains_key(&e.subject) {
                     out.insert(e.subject.clone(), e);
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Terminal trials by (specialist, outcome), without a scan.
+    pub fn counts_by_specialist(&self) -> Result<BTreeMap<(String, String), u64>, LineageError> {
+        let mut out = BTreeMap::new();
+        for kv in self
+            .counts
+            .range([super::BY_SPECIALIST]..[super::BY_SPECIALIST + 1])
+        {
+            let (k, v) = kv?;
+            let n = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
+            let text = String::from_utf8_lossy(&k[1..]);
+            if let Some((specialist, outcome)) = text.split_once('\0') {
+                out.insert((specialist.to_string(), outcome.to_string()), n);
             }
         }
         Ok(out)

@@ -283,3 +283,4 @@ pub fn python_json(script: &str, args: &[&Path]) -> Value {
     );
     serde_json::from_str(&stdout(&out)).unwrap()
 }
+pub mod web;

@@ -67,10 +67,13 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(l)
 }
 
+/// The last live status and when it was asked for.
+type Cached = Option<(Instant, Arc<DaemonStatus>)>;
+
 #[derive(Clone)]
 struct Web {
     handle: Handle,
-    status: Arc<tokio::sync::Mutex<Option<(Instant, Arc<DaemonStatus>)>>>,
+    status: Arc<tokio::sync::Mutex<Cached>>,
     plot: Arc<Mutex<Plot>>,
     /// Tells a page that this is another process than the one whose
     /// points it holds (they are then fetched anew).
@@ -199,22 +202,17 @@ async fn trials(
     }
 }
 
-fn trial_id(raw: &str) -> Result<TrialId, Response> {
+fn trial_id(raw: &str) -> Result<TrialId, String> {
     raw.trim_start_matches('#')
         .parse()
         .map(TrialId)
-        .map_err(|_| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("{raw:?} is not a trial id"),
-            )
-        })
+        .map_err(|_| format!("{raw:?} is not a trial id"))
 }
 
 async fn trial(State(web): State<Web>, UrlPath(raw): UrlPath<String>) -> Response {
     let id = match trial_id(&raw) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let found = web
         .read(move |store| store.get(id).map_err(|e| e.to_string()))
