@@ -226,6 +226,22 @@ enum BenchCommand {
         #[arg(long)]
         keep: bool,
     },
+    /// The dashboard and /metrics of a real daemon: each endpoint's latency
+    /// at N trials, the daemon's extra memory with a page open, and the
+    /// loop's speed with and without a client polling.
+    Dashboard {
+        #[arg(long, default_value_t = 100_000)]
+        trials: u64,
+        /// Trials of the no-op loop, run once without and once with a client.
+        #[arg(long, default_value_t = 300)]
+        loop_trials: u64,
+        /// Run it here (default: a new directory under the system's temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Leave the lineages on disk afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
     /// The failure model on a synthetic experiment with size, slow and
     /// crash regions: the share of proposals after the first ten failures
     /// that land in one, labels read for their direction and not.
@@ -458,6 +474,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             command: BenchCommand::Failures { seeds, proposals },
         } => {
             crate::bench::failures::failures_command(seeds, proposals);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Dashboard {
+                    trials,
+                    loop_trials,
+                    dir,
+                    keep,
+                },
+        } => {
+            crate::bench::dashboard::dashboard_command(trials, loop_trials, dir, keep)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

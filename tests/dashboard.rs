@@ -241,10 +241,25 @@ fn an_address_beyond_loopback_needs_a_second_key() {
 }
 
 /// The page in a real browser: the finished trials are in the plot, and a
-/// trial that ends while the page is open appears without a reload.
+/// trial that ends while the page is open appears without a reload; its live
+/// curve shows while it trains, and a crash shows with its stderr.
 #[test]
 fn the_dashboard_in_chromium_shows_a_trial_that_ends_after_it_loaded() {
     let dir = Dir::with_fixture("curves");
+    // Runs of 5 s (the page polls every 2 s); s.worse above 0.95 crashes.
+    let exp = std::fs::read_to_string(dir.path().join("experiment/experiment.toml")).unwrap();
+    dir.write(
+        "experiment/experiment.toml",
+        &exp.replace("budget_secs = 2", "budget_secs = 5"),
+    );
+    let train = std::fs::read_to_string(dir.path().join("experiment/train.py")).unwrap();
+    dir.write(
+        "experiment/train.py",
+        &train.replace(
+            "seed = int(",
+            "if s[\"worse\"] > 0.95:\n    import sys\n    print(\"fixture: crashing on purpose\", file=sys.stderr)\n    sys.exit(3)\nseed = int(",
+        ),
+    );
     let addr = setup(&dir, &[("a", json!({"s.better": 0.5}))]);
     let daemon = start_daemon(&dir, &[]);
     wait_up(&dir);
@@ -261,31 +276,65 @@ fn the_dashboard_in_chromium_shows_a_trial_that_ends_after_it_loaded() {
     wait_for("the plot to show 2 trials", 60, || {
         (points(&mut browser) == 2).then_some(())
     });
-    let dom = browser
-        .eval("document.body.innerText")
+    let text = |b: &mut Browser, id: &str| -> String {
+        b.eval(&format!(
+            "(document.getElementById('{id}') || {{}}).innerText || ''"
+        ))
         .as_str()
-        .unwrap()
-        .to_string();
-    assert!(dom.contains("ratchet: curves"), "{dom}");
-    assert!(dom.contains("hand"), "the specialist table: {dom}");
+        .unwrap_or("")
+        .to_string()
+    };
+    assert!(text(&mut browser, "title").contains("ratchet: curves"));
+    assert!(
+        text(&mut browser, "specialists").contains("hand"),
+        "the specialist table: {}",
+        text(&mut browser, "specialists")
+    );
     assert_eq!(
         browser.eval("document.querySelectorAll('#progress .pt').length"),
         json!(2)
     );
     // A mark the page would lose on a reload.
     browser.eval("window.__before = 'still here'");
-    dir.write(
-        "lineage/inbox/hand/b.json",
-        &json!({"hypothesis": "b", "edits": [{"kind": "set", "values": {"s.better": 0.2}}]})
-            .to_string(),
-    );
-    // While it trains, its slot and live curve show.
-    wait_for("the running trial in the slots table", 60, || {
-        let text = browser.eval("document.getElementById('slots').innerText");
-        text.as_str().unwrap_or("").contains("#3").then_some(())
+    for (name, values) in [
+        ("b", json!({"s.better": 0.2})),
+        ("c", json!({"s.worse": 0.99})),
+    ] {
+        dir.write(
+            &format!("lineage/inbox/hand/{name}.json"),
+            &json!({"hypothesis": name, "edits": [{"kind": "set", "values": values}]}).to_string(),
+        );
+    }
+    // While #3 trains, its slot and its live curve against the incumbent's show.
+    let mut seen = String::new();
+    let live = (0..300).any(|_| {
+        let slots = text(&mut browser, "slots");
+        // SVG text is in textContent, not innerText.
+        let curves = browser
+            .eval("document.getElementById('curves').textContent")
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        seen = format!("slots: {slots}\ncurves: {curves}");
+        let found = slots.contains("#3")
+            && curves.contains("#3 train_loss")
+            && curves.contains("(green: incumbent #");
+        if !found {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        found
     });
-    wait_for("the new trial in the plot", 120, || {
-        (points(&mut browser) == 3).then_some(())
+    assert!(
+        live,
+        "no live curve of #3 in 60 s; last seen:\n{seen}\ndaemon.log:\n{}",
+        daemon_log(&dir)
+    );
+    wait_for("the new trials in the plot", 120, || {
+        (points(&mut browser) == 4).then_some(())
+    });
+    wait_for("the crash in the failures table", 60, || {
+        let f = text(&mut browser, "failures");
+        (f.contains("#4") && f.contains("crash") && f.contains("crashing on purpose")).then_some(())
     });
     assert_eq!(
         browser.eval("window.__before"),
@@ -296,18 +345,33 @@ fn the_dashboard_in_chromium_shows_a_trial_that_ends_after_it_loaded() {
         browser.eval("document.body.getAttribute('data-script-errors')"),
         Value::Null
     );
+    assert_eq!(
+        browser.eval("document.getElementById('conn').className"),
+        json!("")
+    );
     let title = browser.eval("Array.from(document.querySelectorAll('#progress .pt title')).map(t => t.textContent).join('|')");
     assert!(title.as_str().unwrap().contains("#3 hand"), "{title}");
+    assert!(
+        title.as_str().unwrap().contains("#4 hand: crash"),
+        "{title}"
+    );
 
-    // The trial page of the new trial.
+    // The trial page of the crash.
     drop(browser);
-    let mut page = Browser::open(&format!("http://{addr}/trial/3"));
+    let mut page = Browser::open(&format!("http://{addr}/trial/4"));
     wait_for("the trial page", 60, || {
         let t = page.eval("(document.getElementById('hypothesis') || {}).textContent");
-        (t == json!("b")).then_some(())
+        (t == json!("c")).then_some(())
     });
     let logs = page.eval("document.getElementById('logs').innerText");
-    assert!(logs.as_str().unwrap().contains("train_loss="), "{logs}");
+    assert!(
+        logs.as_str().unwrap().contains("crashing on purpose"),
+        "{logs}"
+    );
+    assert_eq!(
+        page.eval("document.body.getAttribute('data-script-errors')"),
+        Value::Null
+    );
     drop(page);
     assert!(terminate(daemon).success());
 }

@@ -319,18 +319,10 @@ pub fn lineage_command(trials: u64, dir: Option<PathBuf>, keep: bool) -> anyhow:
     result
 }
 
-fn bench(n: u64, root: &Path) -> anyhow::Result<()> {
-    let lineage = root.join("lineage");
-    let out = std::io::stdout();
-    let mut out = out.lock();
-    writeln!(
-        out,
-        "lineage bench: {n} synthetic trials in {}",
-        lineage.display()
-    )?;
-
-    // Build.
-    let store = LineageStore::open(&lineage)?;
+/// Writes `n` synthetic trials (ids 1..=n, the newest few still active)
+/// into a new lineage at `lineage`, in batches, with progress on stderr.
+pub(super) fn build(lineage: &Path, n: u64) -> anyhow::Result<()> {
+    let store = LineageStore::open(lineage)?;
     let start = now_ms().saturating_sub(n * EVERY_MS + 60_000);
     let mut rng = Rng::new(7);
     let mut best = 4.2;
@@ -347,8 +339,37 @@ fn bench(n: u64, root: &Path) -> anyhow::Result<()> {
         );
     }
     eprintln!();
+    Ok(())
+}
+
+/// Opens a lineage a process just let go of (sled's flusher may hold the
+/// lock for a moment after a drop).
+pub(super) fn reopen(lineage: &Path) -> anyhow::Result<LineageStore> {
+    let t = Instant::now();
+    loop {
+        match LineageStore::open(lineage) {
+            Err(crate::lineage::LineageError::Locked { .. }) if t.elapsed().as_secs() < 120 => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+fn bench(n: u64, root: &Path) -> anyhow::Result<()> {
+    let lineage = root.join("lineage");
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    writeln!(
+        out,
+        "lineage bench: {n} synthetic trials in {}",
+        lineage.display()
+    )?;
+
+    // Build.
+    let t = Instant::now();
+    build(&lineage, n)?;
     let build = t.elapsed();
-    drop(store);
     writeln!(
         out,
         "build (batched import): {:.1} s, {:.0} trials/s; {} on disk",
@@ -357,16 +378,8 @@ fn bench(n: u64, root: &Path) -> anyhow::Result<()> {
         mb(dir_bytes(&lineage))
     )?;
 
-    // sled's flusher may still hold the lock for a moment after the drop.
     let t = Instant::now();
-    let store = loop {
-        match LineageStore::open(&lineage) {
-            Err(crate::lineage::LineageError::Locked { .. }) if t.elapsed().as_secs() < 120 => {
-                std::thread::sleep(Duration::from_millis(100))
-            }
-            other => break other?,
-        }
-    };
+    let store = reopen(&lineage)?;
     writeln!(out, "open (sled recovery): {}", ms(t.elapsed()))?;
 
     // In-process: what the daemon does per request.

@@ -26,7 +26,7 @@ use crate::domain::{TrialId, TrialStatus};
 use crate::lineage::actor::RunEvent;
 use crate::probe::{self, Stage, STAGES};
 
-const EXPERIMENT: &str = r#"# A no-op experiment for `ratchet bench loop`: nothing trains, the eval
+pub(super) const EXPERIMENT: &str = r#"# A no-op experiment for `ratchet bench loop`: nothing trains, the eval
 # scores the recipe's numbers, so the loop's own cost is what is measured.
 name = "noop"
 recipe = "recipe.toml"
@@ -58,9 +58,9 @@ name = "b"
 "b.y" = { type = "float", min = 0.0, max = 1.0 }
 "#;
 
-const RECIPE: &str = "[a]\nx = 0.9\ny = 0.9\n\n[b]\nx = 0.9\ny = 0.9\n";
+pub(super) const RECIPE: &str = "[a]\nx = 0.9\ny = 0.9\n\n[b]\nx = 0.9\ny = 0.9\n";
 
-fn specialists(slots: usize, confirm_first: bool) -> String {
+pub(super) fn specialists(slots: usize, confirm_first: bool) -> String {
     format!(
         "[daemon]\nexperiment = \"experiment\"\nlineage_dir = \"lineage\"\nslots = {slots}\nseed = 0\nconfirm_first = {confirm_first}\n\n\
          [[specialist]]\nname = \"a\"\nsurface = \"a\"\nkind = \"search\"\ninstructions = \"agent.md\"\n\n\

@@ -4,10 +4,14 @@
 //!   use on it (list, status, export), timed and measured for memory.
 //! - `looping.rs`: the research loop itself on a no-op experiment: the
 //!   orchestration time per trial and the slot time the loop leaves idle.
+//! - `dashboard.rs`: the dashboard and `/metrics` of a real daemon: latency
+//!   at N trials, the daemon's extra memory with a page open, and the loop's
+//!   speed with a client polling.
 //! - `failures.rs`: the failure model on a synthetic experiment with size,
 //!   slow and crash regions: how many proposals land in them, with the
 //!   labels read for their direction and without.
 
+pub mod dashboard;
 pub mod failures;
 pub mod lineage;
 pub mod llm;

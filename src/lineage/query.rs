@@ -166,6 +166,19 @@ pub enum Read {
     Events,
 }
 
+/// A cursor of the finish index `ms` milliseconds before `cursor` (for a
+/// reader that reads a trailing window again); empty stays empty.
+pub fn finish_cursor_before(cursor: &[u8], ms: u64) -> Vec<u8> {
+    match cursor.get(1..9).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+        Some(at) => {
+            let mut k = vec![FINISHED];
+            k.extend_from_slice(&u64::from_be_bytes(at).saturating_sub(ms).to_be_bytes());
+            k
+        }
+        None => Vec::new(),
+    }
+}
+
 impl LineageStore {
     /// Answers a read as JSON items handed to `emit` one by one (it
     /// returns false to stop early: the reader went away). Returns how
@@ -418,6 +431,17 @@ mod tests {
             "no news keeps the cursor"
         );
         assert_eq!(each(&cursor).0, [1, 4, 6]);
+        // A trailing window read again: everything finished in the last minute.
+        assert_eq!(
+            each(&finish_cursor_before(&next, 60_000)).0,
+            [5, 2, 1, 4, 6]
+        );
+        assert_eq!(
+            each(&finish_cursor_before(&next, 0)).0,
+            [6],
+            "the last millisecond"
+        );
+        assert!(finish_cursor_before(&[], 1000).is_empty());
     }
 
     /// Every filter gives what a scan with `Filter::matches` gives, whichever

@@ -32,11 +32,11 @@ impl LineageStore {
             .get(NEXT_ID)?
             .map(|b| u64::from_be_bytes(b.as_ref().try_into().unwrap_or([0; 8])))
             .unwrap_or(1);
-        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let mut counts: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
         for kv in self.counts.iter() {
             let (k, v) = kv?;
             counts.insert(
-                String::from_utf8_lossy(&k).into_owned(),
+                k.to_vec(),
                 u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
             );
         }
@@ -55,7 +55,10 @@ impl LineageStore {
                 next = t.id.0 + 1;
                 let k = key(t.id);
                 if t.status.is_terminal() {
-                    *counts.entry(t.outcome().to_string()).or_default() += 1;
+                    *counts.entry(t.outcome().as_bytes().to_vec()).or_default() += 1;
+                    *counts
+                        .entry(super::by_specialist_key(&t.specialist, t.outcome()))
+                        .or_default() += 1;
                 } else {
                     ab.insert(&k, &[]);
                 }
@@ -86,7 +89,7 @@ impl LineageStore {
             self.index.apply_batch(xb)?;
         }
         for (k, v) in counts {
-            self.counts.insert(k.as_bytes(), &v.to_be_bytes())?;
+            self.counts.insert(k, &v.to_be_bytes())?;
         }
         if let Some(inc) = incumbent {
             self.meta.insert(INCUMBENT, inc)?;

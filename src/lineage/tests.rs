@@ -147,6 +147,14 @@ fn the_summary_counts_outcomes_as_a_full_scan_would() {
     let store = open(dir.path());
     assert_eq!(store.summary().unwrap().outcomes, expect);
     assert_eq!(store.counts_by_specialist().unwrap(), scanned);
+    // An import counts as the research loop does.
+    let other = tempfile::tempdir().unwrap();
+    let imported = open(other.path());
+    imported
+        .import(store.iter().map(|t| t.unwrap()).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!(imported.summary().unwrap().outcomes, expect);
+    assert_eq!(imported.counts_by_specialist().unwrap(), scanned);
 }
 
 #[test]

@@ -11,10 +11,14 @@ use crate::llm::usage::Usage;
 
 /// The text exposition of `s`, lineage's terminal trials by (specialist,
 /// outcome) and this process's LLM usage by specialist.
+/// `idle_floor` is the idle slot time last exported: a counter must not go
+/// down, and idle (all slot time less busy and held) can for a while after
+/// a reload lowers the slots while more runs than that still go on.
 pub fn encode(
     s: &DaemonStatus,
     by_specialist: &BTreeMap<(String, String), u64>,
     llm: &BTreeMap<String, Usage>,
+    idle_floor: &mut f64,
 ) -> Result<String, prometheus::Error> {
     let r = Registry::new();
     let e = &s.live.executor;
@@ -80,7 +84,8 @@ pub fn encode(
         Opts::new("ratchet_slot_seconds_total", "Slot time since start: busy (a run in the slot), held (kept free while a candidate is confirmed), idle (the rest)"),
         &["state"],
     )?;
-    let idle = (e.slot_total_s - e.slot_busy_s - e.slot_held_s).max(0.0);
+    let idle = (e.slot_total_s - e.slot_busy_s - e.slot_held_s).max(*idle_floor);
+    *idle_floor = idle;
     for (state, v) in [
         ("busy", e.slot_busy_s),
         ("held", e.slot_held_s),

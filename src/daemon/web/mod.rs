@@ -67,14 +67,16 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(l)
 }
 
-/// The last live status and when it was asked for.
-type Cached = Option<(Instant, Arc<DaemonStatus>)>;
+/// The last live status (or why there was none) and when it was asked for.
+type Cached = Option<(Instant, Result<Arc<DaemonStatus>, String>)>;
 
 #[derive(Clone)]
 struct Web {
     handle: Handle,
     status: Arc<tokio::sync::Mutex<Cached>>,
     plot: Arc<Mutex<Plot>>,
+    /// `ratchet_slot_seconds_total{state="idle"}` as last exported.
+    idle: Arc<Mutex<f64>>,
     /// Tells a page that this is another process than the one whose
     /// points it holds (they are then fetched anew).
     epoch: u64,
@@ -90,11 +92,13 @@ pub async fn serve(listener: std::net::TcpListener, handle: Handle) {
             return;
         }
     };
+    let loopback = addr.is_some_and(|a| a.ip().is_loopback());
     let web = Web {
         epoch: handle.started_ms,
         handle,
         status: Arc::default(),
         plot: Arc::default(),
+        idle: Arc::default(),
     };
     let app = Router::new()
         .route("/", get(|| async { Html(page::dashboard()) }))
@@ -107,6 +111,13 @@ pub async fn serve(listener: std::net::TcpListener, handle: Handle) {
         .route("/api/v1/plot", get(plot))
         .route("/api/v1/progress", get(progress))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page".into()) })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "the dashboard only reads (GET)".into(),
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(loopback, host_check))
         .with_state(web);
     if let Some(a) = addr {
         tracing::info!(address = %a, "dashboard at http://{a}/ , metrics at http://{a}/metrics");
@@ -114,6 +125,42 @@ pub async fn serve(listener: std::net::TcpListener, handle: Handle) {
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "the dashboard stopped");
     }
+}
+
+/// On a loopback address, a request must name a loopback host: a web page
+/// elsewhere that points a name of its own at 127.0.0.1 (DNS rebinding)
+/// gets nothing.
+async fn host_check(
+    State(loopback): State<bool>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if loopback {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        if !loopback_host(host) {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("host {host:?} is not this machine's loopback address"),
+            );
+        }
+    }
+    next.run(request).await
+}
+
+/// `localhost`, `127.0.0.1`, `[::1]`, with or without a port.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A JSON error answer: `{"v":1,"error":"..."}`.
@@ -126,17 +173,19 @@ fn ok(body: Value) -> Response {
 }
 
 impl Web {
-    /// The live status, asked of the supervisor at most once a second.
+    /// The live status, asked of the supervisor at most once a second
+    /// (a failure too is kept that long, so a wedged tree is asked once a
+    /// second, not once per waiting request).
     async fn status(&self) -> Result<Arc<DaemonStatus>, String> {
         let mut cached = self.status.lock().await;
         if let Some((at, s)) = cached.as_ref() {
             if at.elapsed() < STATUS_FRESH {
-                return Ok(s.clone());
+                return s.clone();
             }
         }
-        let s = Arc::new(super::daemon_status(&self.handle).await?);
+        let s = super::daemon_status(&self.handle).await.map(Arc::new);
         *cached = Some((Instant::now(), s.clone()));
-        Ok(s)
+        s
     }
 
     /// Runs a lineage read on a blocking thread.
@@ -173,7 +222,8 @@ async fn metrics(State(web): State<Web>) -> Response {
         Ok(by) => by,
         Err(r) => return r,
     };
-    match metrics::encode(&s, &by, &crate::llm::usage::snapshot()) {
+    let mut idle = web.idle.lock().unwrap_or_else(|p| p.into_inner());
+    match metrics::encode(&s, &by, &crate::llm::usage::snapshot(), &mut idle) {
         Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
@@ -215,16 +265,20 @@ async fn trial(State(web): State<Web>, UrlPath(raw): UrlPath<String>) -> Respons
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let found = web
-        .read(move |store| store.get(id).map_err(|e| e.to_string()))
-        .await;
-    match found {
-        Ok(Some(t)) => {
+        .read(move |store| {
+            let Some(t) = store.get(id).map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            // Log files are read here too, off the async threads.
             let logs: BTreeMap<String, String> = log_files(&t)
                 .into_iter()
                 .filter_map(|(name, path)| tail(&path, LOG_TAIL).map(|text| (name, text)))
                 .collect();
-            ok(json!({"v": API, "trial": t, "logs": logs}))
-        }
+            Ok(Some(json!({"v": API, "trial": t, "logs": logs})))
+        })
+        .await;
+    match found {
+        Ok(Some(v)) => ok(v),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no trial {id}")),
         Err(r) => r,
     }
@@ -277,7 +331,14 @@ struct Limit {
     limit: Option<usize>,
 }
 
-async fn failures(State(web): State<Web>, Query(q): Query<Limit>) -> Response {
+async fn failures(
+    State(web): State<Web>,
+    q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
     let filter = Filter {
         status: Some(TrialStatus::Failed),
         limit: Some(q.limit.unwrap_or(10).min(LIST_MAX)),
@@ -317,48 +378,80 @@ async fn failures(State(web): State<Web>, Query(q): Query<Limit>) -> Response {
 }
 
 /// The plot's points, kept in memory and brought up to date from the
-/// finish index, so that a page's poll reads only what is new.
+/// finish index, so that a page's poll reads only what changed.
 #[derive(Default)]
 struct Plot {
     cursor: Vec<u8>,
     outcomes: Vec<&'static str>,
     specialists: Vec<String>,
-    /// `(id, outcome index, score, specialist index)` in the order trials
-    /// finished (a trial that reached another outcome later is there twice;
-    /// the page keeps the last).
-    points: Vec<(u64, u32, Option<f64>, u32)>,
+    /// `(id, outcome index, score, specialist index)`, each with the
+    /// sequence number of its last change.
+    points: Vec<((u64, u32, Option<f64>, u32), u64)>,
+    /// Trial id → its place in `points`.
+    at: std::collections::HashMap<u64, usize>,
+    /// The last sequence number given.
+    seq: u64,
     refreshed: Option<Instant>,
 }
 
+/// How far back each refresh reads the finish index again: two trials that
+/// finish in the same millisecond may be written in either order, and a
+/// clock may step back a little.
+const RESCAN_MS: u64 = 5_000;
+/// The newest incumbents whose points are read again at each refresh (the
+/// score of a kept trial moves as its seed runs come in).
+const REREAD_INCUMBENTS: usize = 3;
+
 impl Plot {
+    fn set(&mut self, t: &Trial) {
+        let o = t.outcome();
+        let oi = self
+            .outcomes
+            .iter()
+            .position(|x| *x == o)
+            .unwrap_or_else(|| {
+                self.outcomes.push(o);
+                self.outcomes.len() - 1
+            });
+        let si = self
+            .specialists
+            .iter()
+            .position(|x| *x == t.specialist)
+            .unwrap_or_else(|| {
+                self.specialists.push(t.specialist.clone());
+                self.specialists.len() - 1
+            });
+        let point = (t.id.0, oi as u32, crate::export::plot_score(t), si as u32);
+        match self.at.get(&t.id.0) {
+            Some(&i) if self.points[i].0 == point => {}
+            Some(&i) => {
+                self.seq += 1;
+                self.points[i] = (point, self.seq);
+            }
+            None => {
+                self.seq += 1;
+                self.at.insert(t.id.0, self.points.len());
+                self.points.push((point, self.seq));
+            }
+        }
+    }
+
     fn refresh(&mut self, store: &LineageStore) -> Result<(), String> {
         if self.refreshed.is_some_and(|t| t.elapsed() < PLOT_FRESH) {
             return Ok(());
         }
-        let mut add = |t: &Trial| {
-            let o = t.outcome();
-            let oi = self
-                .outcomes
-                .iter()
-                .position(|x| *x == o)
-                .unwrap_or_else(|| {
-                    self.outcomes.push(o);
-                    self.outcomes.len() - 1
-                });
-            let si = self
-                .specialists
-                .iter()
-                .position(|x| *x == t.specialist)
-                .unwrap_or_else(|| {
-                    self.specialists.push(t.specialist.clone());
-                    self.specialists.len() - 1
-                });
-            let score = crate::export::plot_score(t);
-            self.points.push((t.id.0, oi as u32, score, si as u32));
-        };
+        let from = crate::lineage::query::finish_cursor_before(&self.cursor, RESCAN_MS);
         self.cursor = store
-            .each_finished_after(&self.cursor, &mut add)
+            .each_finished_after(&from, &mut |t| self.set(t))
             .map_err(|e| e.to_string())?;
+        let incumbents = store.incumbent_history().map_err(|e| e.to_string())?;
+        for inc in incumbents.iter().rev().take(REREAD_INCUMBENTS) {
+            if let Some(t) = store.get(inc.trial).map_err(|e| e.to_string())? {
+                if t.status.is_terminal() {
+                    self.set(&t);
+                }
+            }
+        }
         self.refreshed = Some(Instant::now());
         Ok(())
     }
@@ -367,15 +460,22 @@ impl Plot {
 #[derive(Deserialize)]
 struct PlotQuery {
     epoch: Option<u64>,
-    after: Option<usize>,
+    /// The `next` of the page's last answer: only points changed since.
+    after: Option<u64>,
 }
 
-async fn plot(State(web): State<Web>, Query(q): Query<PlotQuery>) -> Response {
+async fn plot(
+    State(web): State<Web>,
+    q: Result<Query<PlotQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
     let cache = web.plot.clone();
-    let after = if q.epoch == Some(web.epoch) {
-        q.after.unwrap_or(0)
-    } else {
-        0
+    let after = match q.epoch {
+        Some(e) if e == web.epoch => q.after.unwrap_or(0),
+        _ => 0,
     };
     let (metric, direction, epoch) = (
         web.handle.metric.clone(),
@@ -387,21 +487,23 @@ async fn plot(State(web): State<Web>, Query(q): Query<PlotQuery>) -> Response {
             let mut p = cache.lock().unwrap_or_else(|p| p.into_inner());
             p.refresh(store)?;
             let incumbents = store.incumbent_history().map_err(|e| e.to_string())?;
-            let summary = store.summary().map_err(|e| e.to_string())?;
-            let after = after.min(p.points.len());
+            let points: Vec<Value> = p
+                .points
+                .iter()
+                .filter(|(_, seq)| *seq > after)
+                .map(|((id, o, score, sp), _)| json!([id, o, score, sp]))
+                .collect();
             Ok(json!({
                 "v": API,
                 "epoch": epoch,
-                "next": p.points.len(),
+                "next": p.seq,
                 "metric": metric,
                 "direction": direction,
                 "band": 2.0,
                 "outcomes": p.outcomes,
                 "specialists": p.specialists,
-                "points": p.points[after..].iter().map(|x| json!([x.0, x.1, x.2, x.3])).collect::<Vec<_>>(),
+                "points": points,
                 "incumbents": crate::export::incumbent_steps(&incumbents),
-                "trials": summary.trials,
-                "active": summary.active,
             }))
         })
         .await;

@@ -75,14 +75,25 @@ const TRIAL_BODY: &str = r#"<body>
 
 /// Helpers of both pages: fetching JSON, building rows, times.
 const COMMON: &str = r#"
-window.addEventListener('error', function (e) {
-  document.body.setAttribute('data-script-errors', String(e.message));
-});
+function scriptError(message) {
+  document.body.setAttribute('data-script-errors', String(message));
+}
+window.addEventListener('error', function (e) { scriptError(e.message); });
+// Network and server errors are `unreachable` (the page says so and goes
+// on polling); anything else thrown while drawing is a script error.
+function Unreachable(message) { this.message = message; }
 function get(url) {
   return fetch(url, {cache: 'no-store'}).then(function (r) {
-    if (!r.ok) return r.json().then(function (b) { throw new Error(b.error || r.status); });
+    if (!r.ok) {
+      return r.json().then(function (b) { throw new Unreachable(b.error || String(r.status)); },
+                           function () { throw new Unreachable('HTTP ' + r.status); });
+    }
     return r.json();
-  });
+  }, function (e) { throw new Unreachable(e.message); });
+}
+function failed(e) {
+  if (!(e instanceof Unreachable)) scriptError(e && e.stack || e);
+  conn(false, e && e.message);
 }
 function conn(ok, why) {
   var c = document.getElementById('conn');
@@ -178,10 +189,15 @@ function curve(svg, series, colour, xs, ys) {
   path.setAttribute('d', d); path.setAttribute('fill', 'none'); path.setAttribute('stroke', colour); path.setAttribute('stroke-width', '1.5');
   svg.appendChild(path);
 }
-function pollCurves() {
+function clearCurves() {
+  var box = document.getElementById('curves');
+  while (box.firstChild) box.removeChild(box.firstChild);
+  return box;
+}
+function pollCurves(running) {
+  if (!running) { clearCurves(); return null; }
   return get('/api/v1/progress').then(function (p) {
-    var box = document.getElementById('curves');
-    while (box.firstChild) box.removeChild(box.firstChild);
+    var box = clearCurves();
     var inc = p.incumbent ? p.incumbent.curves : {};
     p.runs.forEach(function (run) {
       var names = Object.keys(run.curves);
@@ -189,12 +205,14 @@ function pollCurves() {
       var name = names.find(function (n) { return inc[n]; }) || names[0];
       var mine = run.curves[name], theirs = inc[name] || [];
       var all = mine.concat(theirs);
-      var x1 = Math.max.apply(null, all.map(function (q) { return q[0]; })) || 1;
+      var x0 = Math.min(0, Math.min.apply(null, all.map(function (q) { return q[0]; })));
+      var x1 = Math.max.apply(null, all.map(function (q) { return q[0]; }));
+      if (!(x1 > x0)) x1 = x0 + 1;
       var lo = Math.min.apply(null, all.map(function (q) { return q[1]; })), hi = Math.max.apply(null, all.map(function (q) { return q[1]; }));
       if (hi <= lo) hi = lo + 1;
       var svg = document.createElementNS(NS, 'svg');
       svg.setAttribute('class', 'curve'); svg.setAttribute('viewBox', '0 0 320 120');
-      var xs = function (x) { return 6 + x / x1 * 308; }, ys = function (y) { return 8 + (hi - y) / (hi - lo) * 100; };
+      var xs = function (x) { return 6 + (x - x0) / (x1 - x0) * 308; }, ys = function (y) { return 8 + (hi - y) / (hi - lo) * 100; };
       if (theirs.length) curve(svg, theirs, '#2a9d55', xs, ys);
       curve(svg, mine, '#1f77b4', xs, ys);
       var t = document.createElementNS(NS, 'text'); t.setAttribute('x', 8); t.setAttribute('y', 116); t.setAttribute('font-size', '10');
@@ -215,18 +233,18 @@ function pollFailures() {
 }
 function tick() {
   polls++;
-  var work = [pollPlot(), pollStatus().then(function (running) { return running ? pollCurves() : null; })];
+  var work = [pollPlot(), pollStatus().then(function (running) { return pollCurves(running); })];
   if (polls % 5 === 1) work.push(pollFailures());
   Promise.all(work).then(function () {
     conn(true);
     document.body.setAttribute('data-polls', String(polls));
-  }, function (e) { conn(false, e.message); }).then(function () { setTimeout(tick, 2000); });
+  }, failed).then(function () { setTimeout(tick, 2000); });
 }
 tick();
 "#;
 
 const TRIAL: &str = r#"
-var id = decodeURIComponent(location.pathname.split('/').pop());
+var id = location.pathname.split('/').pop();
 function utc(ms) { return new Date(ms).toISOString().replace('T', ' ').slice(0, 19); }
 function show(r) {
   var t = r.trial;
@@ -257,10 +275,10 @@ function show(r) {
   return ['kept', 'discarded', 'failed', 'interrupted'].indexOf(t.status) < 0;
 }
 function tick() {
-  get('/api/v1/trials/' + encodeURIComponent(id)).then(function (r) {
+  get('/api/v1/trials/' + id).then(function (r) {
     conn(true);
     if (show(r)) setTimeout(tick, 3000);
-  }, function (e) { conn(false, e.message); setTimeout(tick, 5000); });
+  }).catch(function (e) { failed(e); setTimeout(tick, 5000); });
 }
 tick();
 "#;
