@@ -577,3 +577,58 @@ fn wait_for_or_kill(child: &mut std::process::Child, secs: u64) -> std::process:
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// `/metrics` on GPU slots: each device's memory, and its utilization and
+/// memory in use at nvidia-smi's last sample while a run holds it.
+#[test]
+fn metrics_show_each_gpu_from_nvidia_smi() {
+    let (dir, smi) = setup(2);
+    specialists(&dir, 1, "gpus = \"auto\"\ngpu_poll_secs = 0.2");
+    let addr = format!("127.0.0.1:{}", common::web::free_port());
+    let text = std::fs::read_to_string(dir.path().join("specialists.toml")).unwrap();
+    dir.write(
+        "specialists.toml",
+        &text.replace("seed = 3\n", &format!("seed = 3\nhttp = \"{addr}\"\n")),
+    );
+    std::fs::write(smi.join("hold"), "").unwrap();
+    let path = path_with(&smi);
+    let daemon = start_daemon(
+        &dir,
+        &[
+            ("PATH", path.as_str()),
+            ("FAKE_SMI_DIR", smi.to_str().unwrap()),
+        ],
+    );
+    wait_up(&dir);
+    // The baseline (trial 1) holds GPU 0: the fake reports 1001 MiB and 50%.
+    let labels = |i: u32| format!("{{gpu=\"{i}\",name=\"Fake GPU {i}\",uuid=\"{}\"}}", uuid(i));
+    let metrics = wait_for("GPU 0's sample in /metrics", 60, || {
+        let m = common::web::get(&addr, "/metrics").body;
+        m.contains(&format!("ratchet_gpu_utilization_ratio{} 0.5\n", labels(0)))
+            .then_some(m)
+    });
+    let mib = 1024 * 1024u64;
+    for line in [
+        format!("ratchet_gpu_memory_used_bytes{} {}", labels(0), 1001 * mib),
+        format!(
+            "ratchet_gpu_memory_total_bytes{} {}",
+            labels(0),
+            81559 * mib
+        ),
+        format!(
+            "ratchet_gpu_memory_total_bytes{} {}",
+            labels(1),
+            81559 * mib
+        ),
+        format!("ratchet_gpu_utilization_ratio{} 0", labels(1)),
+        format!("ratchet_gpu_slot_busy{} 1", labels(0)),
+        format!("ratchet_gpu_slot_busy{} 0", labels(1)),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} is missing:\n{metrics}"
+        );
+    }
+    std::fs::remove_file(smi.join("hold")).unwrap();
+    assert!(terminate(daemon).success());
+}

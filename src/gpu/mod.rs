@@ -528,6 +528,12 @@ impl Gpus {
             .collect()
     }
 
+    fn forget_samples(&self) {
+        for set in &mut self.pool().sets {
+            set.latest.clear();
+        }
+    }
+
     fn busy(&self) -> bool {
         self.pool().sets.iter().any(|s| s.holder.is_some())
     }
@@ -602,7 +608,12 @@ async fn sampler(gpus: Weak<Gpus>, poll: Duration) {
         tokio::time::sleep(poll).await;
         match gpus.upgrade() {
             None => return,
-            Some(g) if !g.busy() => continue,
+            Some(g) if !g.busy() => {
+                // No sample is taken while no set is leased: forget the
+                // last, or an idle GPU would show its last run's load.
+                g.forget_samples();
+                continue;
+            }
             Some(_) => {}
         }
         let answer = match smi(&SAMPLE).await {

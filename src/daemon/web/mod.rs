@@ -384,15 +384,17 @@ struct Plot {
     cursor: Vec<u8>,
     outcomes: Vec<&'static str>,
     specialists: Vec<String>,
-    /// `(id, outcome index, score, specialist index)`, each with the
-    /// sequence number of its last change.
-    points: Vec<((u64, u32, Option<f64>, u32), u64)>,
+    /// Each point with the sequence number of its last change.
+    points: Vec<(Point, u64)>,
     /// Trial id → its place in `points`.
     at: std::collections::HashMap<u64, usize>,
     /// The last sequence number given.
     seq: u64,
     refreshed: Option<Instant>,
 }
+
+/// A trial in the plot: `(id, outcome index, score, specialist index)`.
+type Point = (u64, u32, Option<f64>, u32);
 
 /// How far back each refresh reads the finish index again: two trials that
 /// finish in the same millisecond may be written in either order, and a
