@@ -315,7 +315,7 @@ fn init_tracing(default: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| AroundStatusLine(Vec::new()))
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = if std::env::var_os("JOURNAL_STREAM").is_some() {
@@ -323,6 +323,33 @@ fn init_tracing(default: &str) {
     } else {
         builder.try_init()
     };
+}
+
+/// A log line, written to stderr in one piece when tracing is done with it,
+/// around `ratchet run`'s status line (log lines and the status line share
+/// the terminal).
+struct AroundStatusLine(Vec<u8>);
+
+impl std::io::Write for AroundStatusLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for AroundStatusLine {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let bytes = std::mem::take(&mut self.0);
+            crate::run::live::around_status_line(|| {
+                let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), &bytes);
+            });
+        }
+    }
 }
 
 fn load_config(path: &Path) -> Result<Config, ExitCode> {

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::domain::{format_float, Decision, Trial, TrialId, TrialStatus};
 use crate::lineage::actor::RunEvent;
 
-mod live;
+pub mod live;
 
 /// What a foreground run did.
 #[derive(Debug, Default)]

@@ -313,6 +313,8 @@ fn on_a_terminal_the_run_keeps_a_live_status_line_under_its_events() {
     let out = std::process::Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
         .env("TERM", "xterm")
+        // Log lines on the same terminal, around the status line.
+        .env("RATCHET_LOG", "info")
         .current_dir(dir.path())
         .output()
         .expect("script(1) from util-linux");
@@ -327,4 +329,22 @@ fn on_a_terminal_the_run_keeps_a_live_status_line_under_its_events() {
     }
     // Event lines are still printed whole, above the status line.
     assert!(text.contains("#2 "), "{text}");
+    // A log line never lands on the status line: each starts a line, or
+    // follows the escape sequences that cleared the status line.
+    let stamp = regex::Regex::new(r"(?:\x1b\[2m)?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z").unwrap();
+    let escape_end = regex::Regex::new(r"\x1b\[[0-9;?]*[A-Za-z]$").unwrap();
+    let mut logs = 0;
+    for m in stamp.find_iter(&text) {
+        logs += 1;
+        let before = &text[..m.start()];
+        assert!(
+            before.is_empty()
+                || before.ends_with('\n')
+                || before.ends_with('\r')
+                || escape_end.is_match(before),
+            "a log line drawn onto the status line: {:?}",
+            &before[before.len().saturating_sub(120)..]
+        );
+    }
+    assert!(logs > 3, "no log lines on the terminal:\n{text}");
 }

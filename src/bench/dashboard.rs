@@ -26,6 +26,8 @@ pub fn dashboard_command(
     anyhow::ensure!(loop_trials >= 10, "--loop-trials must be at least 10");
     let root = super::root("dashboard", dir)?;
     std::fs::create_dir_all(&root)?;
+    // reqwest is built without a TLS provider of its own (see llm.rs).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {
         scale(&root.join("scale"), trials).await?;

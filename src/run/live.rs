@@ -8,6 +8,19 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// The status line being drawn, if any: log lines go around it.
+static ACTIVE: std::sync::Mutex<Option<ProgressBar>> = std::sync::Mutex::new(None);
+
+/// Runs `write` (a log line to stderr) with the status line taken off the
+/// terminal and drawn again after, so the two never share a line.
+pub fn around_status_line(write: impl FnOnce()) {
+    let bar = ACTIVE.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match bar {
+        Some(b) => b.suspend(write),
+        None => write(),
+    }
+}
+
 use crate::domain::{format_float, TrialId, TrialStatus};
 
 pub struct Live {
@@ -27,6 +40,9 @@ impl Live {
         // indicatif hides a stdout target that is not a terminal.
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
         bar.set_style(ProgressStyle::with_template("{msg}").expect("a valid template"));
+        if !bar.is_hidden() {
+            *ACTIVE.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar.clone());
+        }
         Live {
             bar,
             started: Instant::now(),
@@ -117,7 +133,14 @@ impl Live {
     }
 
     pub fn finish(&self) {
+        ACTIVE.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.bar.finish_and_clear();
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        ACTIVE.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 
