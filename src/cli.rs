@@ -233,7 +233,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 100_000)]
         trials: u64,
         /// Trials of the no-op loop, run once without and once with a client.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 1000)]
         loop_trials: u64,
         /// Run it here (default: a new directory under the system's temp dir).
         #[arg(long)]

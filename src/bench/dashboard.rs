@@ -77,7 +77,22 @@ fn start(dir: &Path) -> anyhow::Result<Child> {
         .spawn()?)
 }
 
-fn stop(mut child: Child) -> anyhow::Result<()> {
+/// Stops the daemon; one that stopped by itself is an error, with the end
+/// of its log.
+fn stop(mut child: Child, dir: &Path) -> anyhow::Result<()> {
+    if let Some(s) = child.try_wait()? {
+        let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+        let tail: String = log
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        anyhow::bail!("the daemon stopped by itself ({s}); its log ends:\n{tail}");
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -125,7 +140,7 @@ fn memory(pid: u32) -> (u64, u64) {
 }
 
 fn mb(b: u64) -> String {
-    format!("{:.1} MB", b as f64 / 1e6)
+    format!("{:.2} MB", b as f64 / 1e6)
 }
 
 fn ms(d: Duration) -> String {
@@ -136,7 +151,7 @@ fn ms(d: Duration) -> String {
 async fn scale(dir: &Path, n: u64) -> anyhow::Result<()> {
     let addr = experiment(dir, "")?;
     let lineage = dir.join("lineage");
-    super::lineage::build(&lineage, n)?;
+    super::lineage::build(&lineage, n, false)?;
     {
         // An idle daemon: nothing proposes, nothing runs.
         let store = super::lineage::reopen(&lineage)?;
@@ -219,8 +234,8 @@ async fn scale(dir: &Path, n: u64) -> anyhow::Result<()> {
         Ok(())
     }
     .await;
-    stop(child)?;
-    result
+    let stopped = stop(child, dir);
+    result.and(stopped)
 }
 
 /// The loop's trials per second with and without a client polling.

@@ -321,7 +321,9 @@ pub fn lineage_command(trials: u64, dir: Option<PathBuf>, keep: bool) -> anyhow:
 
 /// Writes `n` synthetic trials (ids 1..=n, the newest few still active)
 /// into a new lineage at `lineage`, in batches, with progress on stderr.
-pub(super) fn build(lineage: &Path, n: u64) -> anyhow::Result<()> {
+/// Without `commits` they name no git commits (a daemon started on the
+/// lineage then has no incumbent commit to find in its repository).
+pub(super) fn build(lineage: &Path, n: u64, commits: bool) -> anyhow::Result<()> {
     let store = LineageStore::open(lineage)?;
     let start = now_ms().saturating_sub(n * EVERY_MS + 60_000);
     let mut rng = Rng::new(7);
@@ -331,7 +333,13 @@ pub(super) fn build(lineage: &Path, n: u64) -> anyhow::Result<()> {
     let step = (n / 10).max(1);
     while done < n {
         let upto = (done + step).min(n);
-        store.import((done + 1..=upto).map(|id| synthetic(id, n, start, &mut best, &mut rng)))?;
+        store.import((done + 1..=upto).map(|id| {
+            let mut t = synthetic(id, n, start, &mut best, &mut rng);
+            if !commits {
+                (t.commit, t.keep_commit) = (None, None);
+            }
+            t
+        }))?;
         done = upto;
         eprint!(
             "\rbuilding: {done}/{n} trials ({:.0} s)",
@@ -368,7 +376,7 @@ fn bench(n: u64, root: &Path) -> anyhow::Result<()> {
 
     // Build.
     let t = Instant::now();
-    build(&lineage, n)?;
+    build(&lineage, n, true)?;
     let build = t.elapsed();
     writeln!(
         out,
