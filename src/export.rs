@@ -487,7 +487,7 @@ pub fn html(
                     specialists.push(t.specialist.clone());
                     specialists.len() - 1
                 });
-            points.push((t.id.0, oi, plot_score(&t), si));
+            points.push((t.id.0, oi, t.plotted_score(), si));
         } else {
             unfinished += 1;
         }
@@ -587,12 +587,6 @@ pub fn html(
     Ok(w)
 }
 
-/// Where the plot draws a terminal trial: at its score, or (`None`) in the
-/// lane of trials without one (a failure label, or no finite score).
-pub fn plot_score(t: &Trial) -> Option<f64> {
-    t.score.filter(|s| t.label.is_none() && s.is_finite())
-}
-
 /// The plot's incumbents: `[from id, score, sd or null]`. Each step starts
 /// at its trial, or at the one it replaced when that has the higher id (a
 /// keep of an older proposal).
@@ -655,7 +649,8 @@ pub fn utc(ms: u64) -> String {
     iso.trim_end_matches('Z').replacen('T', " ", 1)
 }
 
-const CSS: &str = r#"
+/// The report's and the dashboard's common style: page, plot, tables.
+pub const CSS: &str = r#"
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:28px 0 8px}
 .summary{color:#444}

@@ -452,6 +452,12 @@ pub struct Trial {
 }
 
 impl Trial {
+    /// Where a progress plot draws it: at its score, or (`None`) in the
+    /// lane of trials without one (a failure label, or no finite score).
+    pub fn plotted_score(&self) -> Option<f64> {
+        self.score.filter(|s| self.label.is_none() && s.is_finite())
+    }
+
     /// What became of it, in one word: a failure label, or
     /// `kept`/`false_peak`/`within_noise`/`regressed`/`rebased`/`pruned` for decided
     /// trials, or the status of unfinished ones.

@@ -386,8 +386,8 @@ impl LineageStore {
                     .entry(by_specialist_key(&t.specialist, t.outcome()))
                     .or_default() += 1;
             }
-            for k in query::index_keys(&t) {
-                batch.insert(k, &[]);
+            for (k, v) in query::index_entries(&t) {
+                batch.insert(k, v);
             }
         }
         self.index.apply_batch(batch)?;
@@ -494,8 +494,8 @@ impl LineageStore {
                 if trial.status.is_terminal() {
                     count(counts, &trial)?;
                 }
-                for k in query::index_keys(&trial) {
-                    index.insert(k, &[])?;
+                for (k, v) in query::index_entries(&trial) {
+                    index.insert(k, v)?;
                 }
                 trials.insert(&key(id), encode_trial(&trial))?;
                 Ok(trial)
@@ -562,8 +562,8 @@ impl LineageStore {
                     if trial.status.is_terminal() {
                         active.remove(&key(id))?;
                         count(counts, &trial)?;
-                        for k in query::terminal_keys(&trial) {
-                            index.insert(k, &[])?;
+                        for (k, v) in query::terminal_entries(&trial) {
+                            index.insert(k, v)?;
                         }
                     }
                     if trial.status == TrialStatus::Kept {
@@ -615,8 +615,8 @@ impl LineageStore {
     /// with). A change of the incumbent's band and score is written to the
     /// incumbent too.
     pub fn measure(&self, id: TrialId, change: impl Fn(&mut Trial)) -> Result<Trial, LineageError> {
-        (&self.trials, &self.meta, &self.incumbents)
-            .transaction(|(trials, meta, incumbents)| {
+        (&self.trials, &self.meta, &self.incumbents, &self.index)
+            .transaction(|(trials, meta, incumbents, index)| {
                 let Some(bytes) = trials.get(key(id))? else {
                     return abort(LineageError::NoSuchTrial(id));
                 };
@@ -645,6 +645,10 @@ impl LineageStore {
                             tree.insert(k, encode(&inc))?;
                         }
                     }
+                }
+                if after.status.is_terminal() {
+                    // Its point in the finish index moves with its score.
+                    index.insert(query::finish_key(&after), query::finish_value(&after))?;
                 }
                 trials.insert(&key(id), encode_trial(&after))?;
                 Ok(after)

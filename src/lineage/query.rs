@@ -65,8 +65,8 @@ fn entry(kind: u8, value: &str, id: TrialId) -> Vec<u8> {
     k
 }
 
-/// The index entries of a terminal trial.
-pub(super) fn terminal_keys(t: &Trial) -> Vec<Vec<u8>> {
+/// The finish-index key of a terminal trial: `f<finished ms><id>`.
+pub(super) fn finish_key(t: &Trial) -> Vec<u8> {
     let finished = t
         .history
         .iter()
@@ -75,20 +75,43 @@ pub(super) fn terminal_keys(t: &Trial) -> Vec<Vec<u8>> {
     let mut f = vec![FINISHED];
     f.extend_from_slice(&finished.to_be_bytes());
     f.extend_from_slice(&key(t.id));
+    f
+}
+
+/// The value of a finish-index entry: the trial's point in a progress plot,
+/// `["outcome", score or null, "specialist"]`, so that a plot reads the
+/// index and not every trial. (Entries written before are empty.)
+pub(super) fn finish_value(t: &Trial) -> Vec<u8> {
+    serde_json::to_vec(&(t.outcome(), t.plotted_score(), &t.specialist))
+        .expect("a point serializes")
+}
+
+/// The index entries (key, value) of a terminal trial.
+pub(super) fn terminal_entries(t: &Trial) -> Vec<(Vec<u8>, Vec<u8>)> {
     vec![
-        entry(OUTCOME, t.outcome(), t.id),
-        entry(STATUS, t.status.as_str(), t.id),
-        f,
+        (entry(OUTCOME, t.outcome(), t.id), Vec::new()),
+        (entry(STATUS, t.status.as_str(), t.id), Vec::new()),
+        (finish_key(t), finish_value(t)),
     ]
 }
 
-/// Every index entry of a trial as it is now.
-pub(super) fn index_keys(t: &Trial) -> Vec<Vec<u8>> {
-    let mut keys = vec![entry(SPECIALIST, &t.specialist, t.id)];
+/// Every index entry (key, value) of a trial as it is now.
+pub(super) fn index_entries(t: &Trial) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut entries = vec![(entry(SPECIALIST, &t.specialist, t.id), Vec::new())];
     if t.status.is_terminal() {
-        keys.extend(terminal_keys(t));
+        entries.extend(terminal_entries(t));
     }
-    keys
+    entries
+}
+
+/// A finished trial as a progress plot draws it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Point {
+    pub id: TrialId,
+    pub outcome: String,
+    /// `Trial::plotted_score`.
+    pub score: Option<f64>,
+    pub specialist: String,
 }
 
 /// Where the candidate ids come from.
@@ -317,13 +340,15 @@ impl LineageStore {
         Ok((out, newest))
     }
 
-    /// Hands every terminal trial that finished after `cursor` (as in
-    /// [`Self::finished_after`]) to `each`, oldest first, one at a time;
-    /// returns the cursor after the last.
-    pub fn each_finished_after(
+    /// Hands the plot point of every terminal trial that finished after
+    /// `cursor` (as in [`Self::finished_after`]) to `each`, oldest first,
+    /// read from the finish index alone (a trial record only for entries
+    /// written before the index held points); returns the cursor after the
+    /// last.
+    pub fn each_point_after(
         &self,
         cursor: &[u8],
-        each: &mut dyn FnMut(&Trial),
+        each: &mut dyn FnMut(Point),
     ) -> Result<Vec<u8>, LineageError> {
         let mut start = cursor.to_vec();
         if start.is_empty() {
@@ -333,10 +358,32 @@ impl LineageStore {
         }
         let mut last = cursor.to_vec();
         for kv in self.index.range(start..vec![FINISHED + 1]) {
-            let (k, _) = kv?;
+            let (k, v) = kv?;
             let id = &k[k.len() - 8..];
-            if let Some(b) = self.trials.get(id)? {
-                each(&decode_trial(id, &b)?);
+            let trial = TrialId(u64::from_be_bytes(id.try_into().unwrap_or([0; 8])));
+            let stored = serde_json::from_slice::<(String, Option<f64>, String)>(&v).ok();
+            let point = match stored {
+                Some((outcome, score, specialist)) => Some(Point {
+                    id: trial,
+                    outcome,
+                    score,
+                    specialist,
+                }),
+                None => match self.trials.get(id)? {
+                    Some(b) => {
+                        let t = decode_trial(id, &b)?;
+                        Some(Point {
+                            id: trial,
+                            outcome: t.outcome().to_string(),
+                            score: t.plotted_score(),
+                            specialist: t.specialist,
+                        })
+                    }
+                    None => None,
+                },
+            };
+            if let Some(p) = point {
+                each(p);
             }
             last = k.to_vec();
         }
@@ -418,7 +465,7 @@ mod tests {
         let each = |cursor: &[u8]| {
             let mut ids = Vec::new();
             let next = store
-                .each_finished_after(cursor, &mut |t| ids.push(t.id.0))
+                .each_point_after(cursor, &mut |p| ids.push(p.id.0))
                 .unwrap();
             (ids, next)
         };
@@ -442,6 +489,60 @@ mod tests {
             "the last millisecond"
         );
         assert!(finish_cursor_before(&[], 1000).is_empty());
+    }
+
+    /// The finish index carries each trial's plot point, equal to what its
+    /// record gives, after a measurement too; an entry written before the
+    /// points (empty) is read from the record.
+    #[test]
+    fn finish_entries_hold_the_points_their_trials_give() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::lineage::open_waiting(dir.path());
+        let a = propose(&store, "a", 1);
+        let b = propose(&store, "b", 2);
+        store
+            .walk(a.id, TrialStatus::Kept, |t| {
+                t.decision = Some(crate::domain::Decision::Improved);
+                t.score = Some(1.5);
+            })
+            .unwrap();
+        store
+            .walk(b.id, TrialStatus::Failed, |t| {
+                t.label = Some(FailureLabel::Crash);
+                t.score = Some(9.0);
+            })
+            .unwrap();
+        store.measure(a.id, |t| t.score = Some(1.25)).unwrap();
+        let points = |store: &LineageStore| {
+            let mut v = Vec::new();
+            store.each_point_after(&[], &mut |p| v.push(p)).unwrap();
+            v
+        };
+        let expect: Vec<Point> = [a.id, b.id]
+            .iter()
+            .map(|id| {
+                let t = store.get(*id).unwrap().unwrap();
+                Point {
+                    id: t.id,
+                    outcome: t.outcome().into(),
+                    score: t.plotted_score(),
+                    specialist: t.specialist,
+                }
+            })
+            .collect();
+        assert_eq!(expect[0].score, Some(1.25), "measured");
+        assert_eq!(expect[1].score, None, "a failure has no plotted score");
+        assert_eq!(points(&store), expect);
+        // Entries as older lineages wrote them.
+        let keys: Vec<_> = store
+            .index
+            .range(vec![FINISHED]..vec![FINISHED + 1])
+            .map(|kv| kv.unwrap().0)
+            .collect();
+        for k in keys {
+            store.index.insert(k, &[]).unwrap();
+        }
+        assert_eq!(points(&store), expect);
     }
 
     /// Every filter gives what a scan with `Filter::matches` gives, whichever

@@ -63,8 +63,8 @@ impl LineageStore {
                     ab.insert(&k, &[]);
                 }
                 cb.insert(&known_key(&config_key(&t.config)), &k);
-                for x in query::index_keys(&t) {
-                    xb.insert(x, &[]);
+                for (x, v) in query::index_entries(&t) {
+                    xb.insert(x, v);
                 }
                 if t.status == TrialStatus::Kept {
                     let inc = Incumbent {

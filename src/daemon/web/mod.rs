@@ -382,7 +382,7 @@ async fn failures(
 #[derive(Default)]
 struct Plot {
     cursor: Vec<u8>,
-    outcomes: Vec<&'static str>,
+    outcomes: Vec<String>,
     specialists: Vec<String>,
     /// Each point with the sequence number of its last change.
     points: Vec<(Point, u64)>,
@@ -405,26 +405,24 @@ const RESCAN_MS: u64 = 5_000;
 const REREAD_INCUMBENTS: usize = 3;
 
 impl Plot {
-    fn set(&mut self, t: &Trial) {
-        let o = t.outcome();
-        let oi = self
-            .outcomes
-            .iter()
-            .position(|x| *x == o)
-            .unwrap_or_else(|| {
-                self.outcomes.push(o);
+    fn set(&mut self, p: crate::lineage::query::Point) {
+        let oi = match self.outcomes.iter().position(|x| *x == p.outcome) {
+            Some(i) => i,
+            None => {
+                self.outcomes.push(p.outcome);
                 self.outcomes.len() - 1
-            });
-        let si = self
-            .specialists
-            .iter()
-            .position(|x| *x == t.specialist)
-            .unwrap_or_else(|| {
-                self.specialists.push(t.specialist.clone());
+            }
+        };
+        let si = match self.specialists.iter().position(|x| *x == p.specialist) {
+            Some(i) => i,
+            None => {
+                self.specialists.push(p.specialist);
                 self.specialists.len() - 1
-            });
-        let point = (t.id.0, oi as u32, crate::export::plot_score(t), si as u32);
-        match self.at.get(&t.id.0) {
+            }
+        };
+        let id = p.id.0;
+        let point = (id, oi as u32, p.score, si as u32);
+        match self.at.get(&id) {
             Some(&i) if self.points[i].0 == point => {}
             Some(&i) => {
                 self.seq += 1;
@@ -432,7 +430,7 @@ impl Plot {
             }
             None => {
                 self.seq += 1;
-                self.at.insert(t.id.0, self.points.len());
+                self.at.insert(id, self.points.len());
                 self.points.push((point, self.seq));
             }
         }
@@ -444,13 +442,18 @@ impl Plot {
         }
         let from = crate::lineage::query::finish_cursor_before(&self.cursor, RESCAN_MS);
         self.cursor = store
-            .each_finished_after(&from, &mut |t| self.set(t))
+            .each_point_after(&from, &mut |p| self.set(p))
             .map_err(|e| e.to_string())?;
         let incumbents = store.incumbent_history().map_err(|e| e.to_string())?;
         for inc in incumbents.iter().rev().take(REREAD_INCUMBENTS) {
             if let Some(t) = store.get(inc.trial).map_err(|e| e.to_string())? {
                 if t.status.is_terminal() {
-                    self.set(&t);
+                    self.set(crate::lineage::query::Point {
+                        id: t.id,
+                        outcome: t.outcome().to_string(),
+                        score: t.plotted_score(),
+                        specialist: t.specialist,
+                    });
                 }
             }
         }

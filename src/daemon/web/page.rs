@@ -5,7 +5,8 @@
 /// `/`: the progress plot, slots with live curves, specialists, failures.
 pub fn dashboard() -> String {
     format!(
-        "{HEAD}<title>ratchet</title><style>{CSS}</style></head>\n{DASHBOARD_BODY}<script>{}</script>\n<script>{COMMON}{DASHBOARD}</script>\n</body></html>\n",
+        "{HEAD}<title>ratchet</title><style>{}{CSS}</style></head>\n{DASHBOARD_BODY}<script>{}</script>\n<script>{COMMON}{DASHBOARD}</script>\n</body></html>\n",
+        crate::export::CSS,
         crate::export::PLOT_SCRIPT
     )
 }
@@ -13,7 +14,8 @@ pub fn dashboard() -> String {
 /// `/trial/<id>`: one trial, polled until it is terminal.
 pub fn trial() -> String {
     format!(
-        "{HEAD}<title>ratchet trial</title><style>{CSS}</style></head>\n{TRIAL_BODY}<script>{COMMON}{TRIAL}</script>\n</body></html>\n"
+        "{HEAD}<title>ratchet trial</title><style>{}{CSS}</style></head>\n{TRIAL_BODY}<script>{COMMON}{TRIAL}</script>\n</body></html>\n",
+        crate::export::CSS
     )
 }
 
@@ -22,24 +24,14 @@ const HEAD: &str = r#"<!DOCTYPE html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 "#;
 
+/// The dashboard's own style, after the report's (`export::CSS`).
 const CSS: &str = r#"
-body{font:14px/1.4 system-ui,sans-serif;margin:20px;color:#222;max-width:1400px}
-h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:22px 0 6px}
-a{color:#1f5fa8}.muted{color:#777}.summary{color:#444}
+a{color:#1f5fa8}.muted{color:#777}
 #conn{float:right;font-size:12px;color:#777}#conn.down{color:#b00020;font-weight:600}
-figure{margin:10px 0}svg{width:100%;max-width:980px;height:auto;border:1px solid #ddd;background:#fff}
-figcaption{font-size:13px;color:#333;margin-top:6px}
-figcaption span{display:inline-block;margin-right:14px}
-figcaption i{display:inline-block;width:10px;height:10px;border-radius:50%;margin-right:4px;vertical-align:middle}
-table{border-collapse:collapse;font-size:13px}
-th,td{border-bottom:1px solid #e4e4e4;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f6f6f6}
 .bar{display:inline-block;width:120px;height:8px;background:#eee;vertical-align:middle;margin-right:6px}
 .bar i{display:block;height:8px;background:#5b7fb5}.bar.over i{background:#d62728}
-pre{font-size:12px;background:#f8f8f8;padding:6px;overflow-x:auto;max-width:1100px;white-space:pre-wrap;margin:2px 0}
+pre{max-width:1100px;white-space:pre-wrap;margin:2px 0}
 svg.curve{width:320px;height:120px;border:1px solid #eee}
-.axis text{font-size:11px;fill:#555}.axis line,.axis path{stroke:#999}
-.kept{color:#1b7f3b;font-weight:600}
 "#;
 
 const DASHBOARD_BODY: &str = r#"<body>
