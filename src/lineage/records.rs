@@ -177,4 +177,16 @@ impl LineageStore {
         }
         Ok(out)
     }
+
+    /// The trials of the newest `n` incumbents, newest first.
+    pub fn incumbent_history_tail(&self, n: usize) -> Result<Vec<TrialId>, LineageError> {
+        let mut out = Vec::new();
+        for kv in self.incumbents.iter().rev().take(n) {
+            let (k, _) = kv?;
+            out.push(TrialId(u64::from_be_bytes(
+                k.as_ref().try_into().unwrap_or([0; 8]),
+            )));
+        }
+        Ok(out)
+    }
 }

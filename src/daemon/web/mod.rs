@@ -391,6 +391,10 @@ struct Plot {
     /// The last sequence number given.
     seq: u64,
     refreshed: Option<Instant>,
+    /// The incumbents' plot steps, and the incumbent they were made at (the
+    /// history is read again only when it changes).
+    steps: Vec<Value>,
+    steps_at: Option<crate::domain::Incumbent>,
 }
 
 /// A trial in the plot: `(id, outcome index, score, specialist index)`.
@@ -444,9 +448,18 @@ impl Plot {
         self.cursor = store
             .each_point_after(&from, &mut |p| self.set(p))
             .map_err(|e| e.to_string())?;
-        let incumbents = store.incumbent_history().map_err(|e| e.to_string())?;
-        for inc in incumbents.iter().rev().take(REREAD_INCUMBENTS) {
-            if let Some(t) = store.get(inc.trial).map_err(|e| e.to_string())? {
+        let current = store.incumbent().map_err(|e| e.to_string())?;
+        if current.is_none() || current != self.steps_at {
+            let history = store.incumbent_history().map_err(|e| e.to_string())?;
+            self.steps = crate::export::incumbent_steps(&history);
+            self.steps_at = current;
+        }
+        let mut newest: Vec<TrialId> = store
+            .incumbent_history_tail(REREAD_INCUMBENTS)
+            .map_err(|e| e.to_string())?;
+        newest.extend(self.steps_at.as_ref().map(|i| i.trial));
+        for id in newest {
+            if let Some(t) = store.get(id).map_err(|e| e.to_string())? {
                 if t.status.is_terminal() {
                     self.set(crate::lineage::query::Point {
                         id: t.id,
@@ -491,30 +504,49 @@ async fn plot(
         .read(move |store| {
             let mut p = cache.lock().unwrap_or_else(|p| p.into_inner());
             p.refresh(store)?;
-            let incumbents = store.incumbent_history().map_err(|e| e.to_string())?;
-            let points: Vec<Value> = p
+            // Serialized straight from the cache: no JSON tree of 100k
+            // points in memory.
+            let points: Vec<&Point> = p
                 .points
                 .iter()
                 .filter(|(_, seq)| *seq > after)
-                .map(|((id, o, score, sp), _)| json!([id, o, score, sp]))
+                .map(|(point, _)| point)
                 .collect();
-            Ok(json!({
-                "v": API,
-                "epoch": epoch,
-                "next": p.seq,
-                "metric": metric,
-                "direction": direction,
-                "band": 2.0,
-                "outcomes": p.outcomes,
-                "specialists": p.specialists,
-                "points": points,
-                "incumbents": crate::export::incumbent_steps(&incumbents),
-            }))
+            serde_json::to_vec(&json_plot::Answer {
+                v: API,
+                epoch,
+                next: p.seq,
+                metric: &metric,
+                direction: &direction,
+                band: 2.0,
+                outcomes: &p.outcomes,
+                specialists: &p.specialists,
+                points,
+                incumbents: &p.steps,
+            })
+            .map_err(|e| e.to_string())
         })
         .await;
     match answer {
-        Ok(v) => ok(v),
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Err(r) => r,
+    }
+}
+
+mod json_plot {
+    /// `/api/v1/plot`'s answer.
+    #[derive(serde::Serialize)]
+    pub struct Answer<'a> {
+        pub v: u32,
+        pub epoch: u64,
+        pub next: u64,
+        pub metric: &'a str,
+        pub direction: &'a str,
+        pub band: f64,
+        pub outcomes: &'a [String],
+        pub specialists: &'a [String],
+        pub points: Vec<&'a super::Point>,
+        pub incumbents: &'a [serde_json::Value],
     }
 }
 
