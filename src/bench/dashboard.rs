@@ -127,6 +127,10 @@ async fn wait_up(client: &reqwest::Client, addr: &str, child: &mut Child) -> any
     }
 }
 
+async fn get_json(client: &reqwest::Client, url: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(client.get(url).send().await?.json().await?)
+}
+
 /// VmRSS and VmHWM of a process, bytes.
 fn memory(pid: u32) -> (u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -176,8 +180,34 @@ async fn scale(dir: &Path, n: u64) -> anyhow::Result<()> {
             ms(cold),
             mb(bytes as u64)
         )?;
-        let status: serde_json::Value = client.get(url("/api/v1/plot")).send().await?.json().await?;
-        let (epoch, next) = (&status["epoch"], &status["next"]);
+        // A page opened (above: its first, whole plot) and left open for a
+        // minute: what it asks every 2 s.
+        let epoch = get_json(&client, &url("/api/v1/plot")).await?;
+        let incremental = format!(
+            "/api/v1/plot?epoch={}&after={}",
+            epoch["epoch"], epoch["next"]
+        );
+        let t = Instant::now();
+        let mut polls = 0u64;
+        while t.elapsed() < Duration::from_secs(60) {
+            for p in ["/api/v1/status", incremental.as_str(), "/api/v1/progress"] {
+                get(&client, &url(p)).await?;
+            }
+            if polls.is_multiple_of(5) {
+                get(&client, &url("/api/v1/failures?limit=8")).await?;
+            }
+            polls += 1;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let (rss1, _) = memory(child.id());
+        writeln!(
+            out.lock(),
+            "daemon resident memory: {} before the first dashboard request, {} after a page was open for a minute ({} more)",
+            mb(rss0),
+            mb(rss1),
+            mb(rss1.saturating_sub(rss0)),
+        )?;
+        let (epoch, next) = (&epoch["epoch"], &epoch["next"]);
         let paths = [
             "/".to_string(),
             "/api/v1/status".into(),
@@ -209,26 +239,11 @@ async fn scale(dir: &Path, n: u64) -> anyhow::Result<()> {
                 size
             )?;
         }
-        // A dashboard open for a minute: what the page asks every 2 s.
-        let t = Instant::now();
-        let mut polls = 0u64;
-        while t.elapsed() < Duration::from_secs(60) {
-            for p in [&paths[1], &paths[2], &paths[7]] {
-                get(&client, &url(p)).await?;
-            }
-            if polls.is_multiple_of(5) {
-                get(&client, &url(&paths[6])).await?;
-            }
-            polls += 1;
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-        let (rss1, hwm) = memory(child.id());
+        let (rss2, hwm) = memory(child.id());
         writeln!(
             out.lock(),
-            "daemon resident memory: {} before the first dashboard request, {} after a minute of an open page ({} more; peak {})",
-            mb(rss0),
-            mb(rss1),
-            mb(rss1.saturating_sub(rss0)),
+            "after the table above (21 requests of each, the whole plot among them): {} resident, peak {}",
+            mb(rss2),
             mb(hwm)
         )?;
         Ok(())
