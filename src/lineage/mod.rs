@@ -12,7 +12,8 @@
 //! do not scan), `paused` specialist name → since (ms), and `index`: secondary
 //! keys written in the same transactions as the trial (see [`query`]):
 //! `s<specialist>\0<id>` for every trial, and for terminal ones
-//! `o<outcome>\0<id>`, `t<status>\0<id>` and `f<finished ms><id>`.
+//! `o<outcome>\0<id>`, `t<status>\0<id>` and `f<finished ms><id>` (whose
+//! value is the trial's plot point, [`query::Point`]).
 
 pub mod actor;
 pub mod query;
