@@ -187,6 +187,20 @@ fn the_api_and_metrics_of_a_running_daemon_answer_and_promtool_accepts_them() {
     let post = request(&addr, "POST", "/api/v1/status").unwrap();
     assert_eq!(post.status, 405);
     assert_eq!(request(&addr, "GET", "/nothing").unwrap().status, 404);
+    // A name that is not loopback (DNS rebinding) gets nothing.
+    let port = addr.rsplit(':').next().unwrap();
+    let foreign = common::web::request_as(
+        &addr,
+        &format!("evil.example:{port}"),
+        "GET",
+        "/api/v1/status",
+    )
+    .unwrap();
+    assert_eq!(foreign.status, 403, "{}", foreign.body);
+    let local =
+        common::web::request_as(&addr, &format!("localhost:{port}"), "GET", "/api/v1/status")
+            .unwrap();
+    assert_eq!(local.status, 200, "{}", local.body);
     let page = get(&addr, "/");
     assert!(page.body.contains("ratchetPlot"));
     assert!(terminate(daemon).success());

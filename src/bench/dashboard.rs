@@ -77,21 +77,21 @@ fn start(dir: &Path) -> anyhow::Result<Child> {
         .spawn()?)
 }
 
+/// The last `n` lines of `text`.
+fn tail_of(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Stops the daemon; one that stopped by itself is an error, with the end
 /// of its log.
 fn stop(mut child: Child, dir: &Path) -> anyhow::Result<()> {
     if let Some(s) = child.try_wait()? {
         let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
-        let tail: String = log
-            .lines()
-            .rev()
-            .take(15)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
-        anyhow::bail!("the daemon stopped by itself ({s}); its log ends:\n{tail}");
+        anyhow::bail!(
+            "the daemon stopped by itself ({s}); its log ends:\n{}",
+            tail_of(&log, 15)
+        );
     }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -168,6 +168,7 @@ async fn scale(dir: &Path, n: u64) -> anyhow::Result<()> {
     let result = async {
         wait_up(&client, &addr, &mut child).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
+        // (after the status requests that waited for it to answer)
         let (rss0, _) = memory(child.id());
         let out = std::io::stdout();
         let url = |p: &str| format!("http://{addr}{p}");
@@ -261,27 +262,42 @@ async fn speed(dir: &Path, trials: u64) -> anyhow::Result<()> {
         let addr = experiment(&d, &format!("stop_after_trials = {trials}\n"))?;
         let mut child = start(&d)?;
         let client = reqwest::Client::new();
-        wait_up(&client, &addr, &mut child).await?;
         let mut requests = 0u64;
         let mut slowest = Duration::ZERO;
-        loop {
-            if child.try_wait()?.is_some() {
-                break;
-            }
-            if poll {
-                for p in [
-                    "/api/v1/status",
-                    "/api/v1/plot",
-                    "/api/v1/progress",
-                    "/metrics",
-                ] {
-                    if let Ok((_, _, t)) = get(&client, &format!("http://{addr}{p}")).await {
-                        requests += 1;
-                        slowest = slowest.max(t);
+        let ran = async {
+            wait_up(&client, &addr, &mut child).await?;
+            let t = Instant::now();
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    anyhow::ensure!(status.success(), "the daemon failed ({status})");
+                    return Ok(());
+                }
+                anyhow::ensure!(
+                    t.elapsed() < Duration::from_secs(1800),
+                    "the loop did not finish in 30 minutes"
+                );
+                if poll {
+                    for p in [
+                        "/api/v1/status",
+                        "/api/v1/plot",
+                        "/api/v1/progress",
+                        "/metrics",
+                    ] {
+                        if let Ok((_, _, t)) = get(&client, &format!("http://{addr}{p}")).await {
+                            requests += 1;
+                            slowest = slowest.max(t);
+                        }
                     }
                 }
+                tokio::time::sleep(Duration::from_millis(if poll { 100 } else { 50 })).await;
             }
-            tokio::time::sleep(Duration::from_millis(if poll { 100 } else { 50 })).await;
+        }
+        .await;
+        if let Err(e) = ran {
+            let log = std::fs::read_to_string(d.join("daemon.log")).unwrap_or_default();
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("{e}; the daemon's log ends:\n{}", tail_of(&log, 15));
         }
         // The rate from lineage's own times: first proposal to last outcome.
         let store = super::lineage::reopen(&d.join("lineage"))?;

@@ -41,11 +41,16 @@ impl Reply {
 
 /// `method path` against `addr` (`127.0.0.1:port`), one request per connection.
 pub fn request(addr: &str, method: &str, path: &str) -> std::io::Result<Reply> {
+    request_as(addr, addr, method, path)
+}
+
+/// The same, with another `Host` header than the address.
+pub fn request_as(addr: &str, host: &str, method: &str, path: &str) -> std::io::Result<Reply> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )?;
     // Up to the end of the headers, then the body by its length (some
     // servers keep the connection open whatever the request asks).

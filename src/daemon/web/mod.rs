@@ -136,12 +136,12 @@ async fn host_check(
     next: axum::middleware::Next,
 ) -> Response {
     if loopback {
+        // A request without Host (HTTP/1.0 from a script) is no browser's.
         let host = request
             .headers()
             .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        if !loopback_host(host) {
+            .map(|h| h.to_str().unwrap_or("?"));
+        if let Some(host) = host.filter(|h| !loopback_host(h)) {
             return error(
                 StatusCode::FORBIDDEN,
                 format!("host {host:?} is not this machine's loopback address"),
@@ -409,7 +409,8 @@ const RESCAN_MS: u64 = 5_000;
 const REREAD_INCUMBENTS: usize = 3;
 
 impl Plot {
-    fn set(&mut self, p: crate::lineage::query::Point) {
+    /// Puts a point in; whether it was new or changed.
+    fn set(&mut self, p: crate::lineage::query::Point) -> bool {
         let oi = match self.outcomes.iter().position(|x| *x == p.outcome) {
             Some(i) => i,
             None => {
@@ -427,7 +428,7 @@ impl Plot {
         let id = p.id.0;
         let point = (id, oi as u32, p.score, si as u32);
         match self.at.get(&id) {
-            Some(&i) if self.points[i].0 == point => {}
+            Some(&i) if self.points[i].0 == point => return false,
             Some(&i) => {
                 self.seq += 1;
                 self.points[i] = (point, self.seq);
@@ -438,6 +439,7 @@ impl Plot {
                 self.points.push((point, self.seq));
             }
         }
+        true
     }
 
     fn refresh(&mut self, store: &LineageStore) -> Result<(), String> {
@@ -446,22 +448,22 @@ impl Plot {
         }
         let from = crate::lineage::query::finish_cursor_before(&self.cursor, RESCAN_MS);
         self.cursor = store
-            .each_point_after(&from, &mut |p| self.set(p))
+            .each_point_after(&from, &mut |p| {
+                self.set(p);
+            })
             .map_err(|e| e.to_string())?;
+        // The newest incumbents' scores move as their seed runs come in
+        // (an incumbent already replaced too).
         let current = store.incumbent().map_err(|e| e.to_string())?;
-        if current.is_none() || current != self.steps_at {
-            let history = store.incumbent_history().map_err(|e| e.to_string())?;
-            self.steps = crate::export::incumbent_steps(&history);
-            self.steps_at = current;
-        }
         let mut newest: Vec<TrialId> = store
             .incumbent_history_tail(REREAD_INCUMBENTS)
             .map_err(|e| e.to_string())?;
-        newest.extend(self.steps_at.as_ref().map(|i| i.trial));
+        newest.extend(current.as_ref().map(|i| i.trial));
+        let mut moved = false;
         for id in newest {
             if let Some(t) = store.get(id).map_err(|e| e.to_string())? {
                 if t.status.is_terminal() {
-                    self.set(crate::lineage::query::Point {
+                    moved |= self.set(crate::lineage::query::Point {
                         id: t.id,
                         outcome: t.outcome().to_string(),
                         score: t.plotted_score(),
@@ -469,6 +471,11 @@ impl Plot {
                     });
                 }
             }
+        }
+        if moved || current.is_none() || current != self.steps_at {
+            let history = store.incumbent_history().map_err(|e| e.to_string())?;
+            self.steps = crate::export::incumbent_steps(&history);
+            self.steps_at = current;
         }
         self.refreshed = Some(Instant::now());
         Ok(())
@@ -622,4 +629,36 @@ fn live_curves(log: &Path) -> BTreeMap<String, Vec<(f64, f64)>> {
         }
     }
     curves
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_host;
+
+    #[test]
+    fn only_loopback_names_are_loopback_hosts() {
+        for host in [
+            "localhost",
+            "localhost:8787",
+            "LOCALHOST:1",
+            "127.0.0.1",
+            "127.0.0.1:8787",
+            "127.9.9.9:80",
+            "[::1]:8787",
+            "[::1]",
+        ] {
+            assert!(loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "example.com",
+            "evil.example:8787",
+            "10.0.0.1:8787",
+            "[2001:db8::1]:80",
+            "localhost.evil.example",
+            "0.0.0.0:8787",
+        ] {
+            assert!(!loopback_host(host), "{host}");
+        }
+    }
 }
