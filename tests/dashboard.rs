@@ -72,6 +72,8 @@ fn the_api_and_metrics_of_a_running_daemon_answer_and_promtool_accepts_them() {
         "ratchet_queue_length",
         "ratchet_incumbent_score",
         "ratchet_slot_seconds_total",
+        "ratchet_llm_requests_total",
+        "ratchet_llm_tokens_total",
     ] {
         assert!(
             text.lines()
@@ -103,6 +105,10 @@ fn the_api_and_metrics_of_a_running_daemon_answer_and_promtool_accepts_them() {
         );
     }
     assert!(text.contains("ratchet_slots 1\n"), "{text}");
+    assert!(
+        text.contains("ratchet_llm_requests_total{specialist=\"hand\"} 0\n"),
+        "a specialist that asks no model is at 0: {text}"
+    );
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

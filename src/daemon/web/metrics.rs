@@ -123,7 +123,13 @@ pub fn encode(
         ),
         &["specialist"],
     )?;
-    for (name, u) in llm {
+    // Every configured specialist is listed (one that asks no model at 0),
+    // so the series exist before the first request.
+    let mut usage = llm.clone();
+    for sp in &e.specialists {
+        usage.entry(sp.name.clone()).or_default();
+    }
+    for (name, u) in &usage {
         requests.with_label_values(&[name]).inc_by(u.requests);
         tokens.with_label_values(&[name]).inc_by(u.tokens);
     }
