@@ -114,6 +114,18 @@ pub struct Point {
     pub specialist: String,
 }
 
+impl Point {
+    /// The point of a terminal trial, from its record.
+    pub fn of(t: &Trial) -> Point {
+        Point {
+            id: t.id,
+            outcome: t.outcome().to_string(),
+            score: t.plotted_score(),
+            specialist: t.specialist.clone(),
+        }
+    }
+}
+
 /// Where the candidate ids come from.
 enum Source {
     /// The trials tree itself: values are the records.
@@ -370,15 +382,7 @@ impl LineageStore {
                     specialist,
                 }),
                 None => match self.trials.get(id)? {
-                    Some(b) => {
-                        let t = decode_trial(id, &b)?;
-                        Some(Point {
-                            id: trial,
-                            outcome: t.outcome().to_string(),
-                            score: t.plotted_score(),
-                            specialist: t.specialist,
-                        })
-                    }
+                    Some(b) => Some(Point::of(&decode_trial(id, &b)?)),
                     None => None,
                 },
             };

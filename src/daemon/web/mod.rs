@@ -463,12 +463,7 @@ impl Plot {
         for id in newest {
             if let Some(t) = store.get(id).map_err(|e| e.to_string())? {
                 if t.status.is_terminal() {
-                    moved |= self.set(crate::lineage::query::Point {
-                        id: t.id,
-                        outcome: t.outcome().to_string(),
-                        score: t.plotted_score(),
-                        specialist: t.specialist,
-                    });
+                    moved |= self.set(crate::lineage::query::Point::of(&t));
                 }
             }
         }
