@@ -220,6 +220,11 @@ pub async fn daemon(config: Config) -> Result<(), DaemonError> {
         .await
         .map_err(|e| DaemonError::Start(e.to_string()))?;
     let handle = Handle::new(&config, supervisor.clone()).await?;
+    // Signals are handled before READY and the control socket tell anyone the daemon is up: a
+    // SIGTERM right after the first status must drain, not kill it.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
     // The supervisor's start includes the executor's recovery.
     let tell = |states: &[State]| {
         if let Some(n) = &notifier {
@@ -237,9 +242,6 @@ pub async fn daemon(config: Config) -> Result<(), DaemonError> {
     control.serve_handle(handle.clone());
     let mut tick = tokio::time::interval(watchdog.unwrap_or(STATUS_EVERY));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
     let mut rules = stop::Watch::new(config.stop, Instant::now());
     // Trials seen kept (a kept incumbent is published again as its seed
     // runs come in: that is no new keep).
